@@ -1,0 +1,74 @@
+# mor - Mixture-of-Recursions toolkit.
+#   make              lib/libmor.so, lib/libmor.a, bin/mor-*
+#   make test         build and run the cmocka suites (tests/test_*.c)
+#   make SAN=1 OUT=build/san test   the same under ASan + UBSan, out of tree
+#   make install PREFIX=/usr/local
+CC      ?= cc
+OUT     ?= .
+PREFIX  ?= /usr/local
+BLASDIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+
+WARN    = -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
+OPT     = -O2 -march=x86-64-v3 -mtune=native -fno-math-errno
+CFLAGS  ?= $(OPT) -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) -Ilib
+LDLIBS  = -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lyaml -lzstd -ljansson -lpcre2-8 -lm -fopenmp
+ifeq ($(SAN),1)
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+LIB_SRC  = $(sort $(wildcard lib/*.c))
+LIB_OBJ  = $(LIB_SRC:%.c=$(OUT)/obj/%.o)
+CLI_SRC  = $(filter-out cmd/mor-%.c,$(wildcard cmd/*.c))
+CLI_OBJ  = $(CLI_SRC:%.c=$(OUT)/obj/%.o)
+BIN_SRC  = $(sort $(wildcard cmd/mor-*.c))
+BINS     = $(BIN_SRC:cmd/%.c=$(OUT)/bin/%)
+TEST_SRC = $(sort $(wildcard tests/test_*.c))
+TESTS    = $(TEST_SRC:tests/%.c=$(OUT)/bin/tests/%)
+TEST_HELP_OBJ = $(OUT)/obj/tests/testutil.o
+LIBA     = $(OUT)/lib/libmor.a
+LIBSO    = $(OUT)/lib/libmor.so
+
+all: $(LIBA) $(LIBSO) $(BINS)
+
+$(OUT)/obj/%.o: %.c $(wildcard lib/*.h cmd/*.h tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Icmd -c $< -o $@
+
+$(LIBA): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(LIBSO): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(OUT)/bin/%: $(OUT)/obj/cmd/%.o $(CLI_OBJ) $(LIBA)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(CLI_OBJ) $(LIBA) $(LDLIBS)
+
+$(OUT)/bin/tests/%: $(OUT)/obj/tests/%.o $(TEST_HELP_OBJ) $(LIBA)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_HELP_OBJ) $(LIBA) $(LDLIBS) -lcmocka
+
+tests: $(TESTS)
+
+# Each suite runs from the repository root with MOR_BIN pointing at the tools.
+test: all $(TESTS)
+	@MOR_BIN=$(OUT)/bin OUT=$(OUT) bash tests/run.sh $(TESTS)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
+	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin
+	install -m 644 $(LIBA) $(LIBSO) $(DESTDIR)$(PREFIX)/lib
+	install -m 644 lib/mor.h $(DESTDIR)$(PREFIX)/include
+	install -m 644 $(wildcard man/*.1) $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 644 $(wildcard man/*.5) $(DESTDIR)$(PREFIX)/share/man/man5
+
+clean:
+	rm -rf $(OUT)/obj $(OUT)/bin $(LIBA) $(LIBSO)
+
+.PHONY: all test tests install clean
+.SECONDARY:

@@ -1,0 +1,195 @@
+/* cli.c - shared command-line helpers (see cli.h). */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *prog_name = "mor";
+static int quiet_flag;
+
+void cli_init(const char *prog) {
+    const char *slash = strrchr(prog, '/');
+    prog_name = slash ? slash + 1 : prog;
+}
+void cli_set_quiet(int quiet) { quiet_flag = quiet; }
+int cli_quiet(void) { return quiet_flag; }
+
+void cli_log(const char *fmt, ...) {
+    if (quiet_flag) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int cli_usage_error(const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "%s: ", prog_name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(see %s --help)\n", prog_name);
+    return EXIT_USAGE;
+}
+
+int cli_fail(const mor_error *err) {
+    fprintf(stderr, "%s: error: %s\n", prog_name, err->msg[0] ? err->msg : mor_status_name(err->code));
+    return err->code == MOR_OK ? EXIT_OK : EXIT_INPUT;
+}
+
+const char *cli_value(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        cli_usage_error("option %s needs a value", argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+int cli_int(const char *flag, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        cli_usage_error("%s: expected an integer in [%ld, %ld], got '%s'", flag, lo, hi, s);
+        return EXIT_USAGE;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_float(const char *flag, const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) {
+        cli_usage_error("%s: expected a number in [%g, %g], got '%s'", flag, lo, hi, s);
+        return EXIT_USAGE;
+    }
+    *out = v;
+    return 0;
+}
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void cli_progress_begin(cli_progress *p, const char *label, const char *unit) {
+    p->label = label;
+    p->unit = unit;
+    p->start = cli_now();
+    p->last_draw = 0;
+    p->active = !quiet_flag && isatty(2);
+}
+
+void cli_progress_update(cli_progress *p, double done, double total) {
+    if (!p->active) return;
+    double t = cli_now();
+    if (t - p->last_draw < 0.1 && done < total) return;
+    p->last_draw = t;
+    double el = t - p->start, rate = el > 0 ? done / el : 0;
+    double frac = total > 0 ? done / total : 0;
+    if (frac > 1) frac = 1;
+    char bar[31];
+    int fill = (int)(frac * 30);
+    for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    double eta = rate > 0 && total > done ? (total - done) / rate : 0;
+    fprintf(stderr, "\r%s [%s] %5.1f%% %.1f %s/s ETA %02d:%02d ", p->label, bar, 100 * frac, rate,
+            p->unit, (int)(eta / 60), (int)eta % 60);
+    fflush(stderr);
+}
+
+void cli_progress_end(cli_progress *p) {
+    if (p->active) fprintf(stderr, "\r\033[K");
+    p->active = 0;
+}
+
+int cli_read_input(const char *path, char **buf, size_t *len) {
+    FILE *f = (!path || !strcmp(path, "-")) ? stdin : fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "%s: error: %s: cannot open: %s\n", prog_name, path, strerror(errno));
+        return EXIT_INPUT;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    for (;;) {
+        if (!b) break;
+        if (cap - n < 2) {
+            char *nb = realloc(b, cap * 2);
+            if (!nb) {
+                free(b);
+                b = NULL;
+                break;
+            }
+            b = nb;
+            cap *= 2;
+        }
+        size_t k = fread(b + n, 1, cap - n - 1, f);
+        n += k;
+        if (k == 0) break;
+    }
+    int bad = ferror(f) || !b;
+    if (f != stdin) fclose(f);
+    if (bad) {
+        free(b);
+        fprintf(stderr, "%s: error: %s: read failed\n", prog_name, path ? path : "stdin");
+        return EXIT_INPUT;
+    }
+    b[n] = 0;
+    *buf = b;
+    *len = n;
+    return 0;
+}
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid. */
+static size_t utf8_len(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80) return 1;
+    if ((c & 0xe0) == 0xc0) len = 2, cp = c & 0x1f;
+    else if ((c & 0xf0) == 0xe0) len = 3, cp = c & 0x0f;
+    else if ((c & 0xf8) == 0xf0) len = 4, cp = c & 0x07;
+    else return 0;
+    if (len > n) return 0;
+    for (size_t k = 1; k < len; k++) {
+        if ((s[k] & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (s[k] & 0x3f);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+        return 0;
+    return len;
+}
+
+void cli_json_string(FILE *f, const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    fputc('"', f);
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t k = utf8_len(u + i, n - i);
+        if (k == 0) {
+            fputs("\\ufffd", f);
+            i++;
+            continue;
+        }
+        if (c == '"') fputs("\\\"", f);
+        else if (c == '\\') fputs("\\\\", f);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\r') fputs("\\r", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fwrite(u + i, 1, k, f);
+        i += k;
+    }
+    fputc('"', f);
+}

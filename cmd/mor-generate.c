@@ -1,0 +1,463 @@
+/* mor-generate - text generation with a KV cache, streaming to stdout.
+ * See man/mor-generate.1. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "mor.h"
+
+#define MAX_STOPS 16
+
+typedef struct {
+    const char *model, *prompt, *file;
+    long n_predict, top_k, n_ctx, threads, batch, repeat_last_n;
+    double temp, top_p, min_p, repeat_penalty;
+    unsigned long long seed;
+    int seed_set, echo, print_ids, ignore_eos, no_bos;
+    const char *stops[MAX_STOPS];
+    int n_stops;
+} options;
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: mor-generate -m MODEL.mor [-p PROMPT | -f FILE] [options]\n"
+            "  -m, --model FILE        model checkpoint (.mor or .mor.zst)\n"
+            "  -p, --prompt TEXT       prompt (default: stdin when neither -p nor -f)\n"
+            "  -f, --file FILE         read the prompt from FILE (with --batch: one prompt per line)\n"
+            "  -n, --n-predict N       tokens to generate (default 128)\n"
+            "      --temp T            temperature, 0 = greedy (default 0.8)\n"
+            "      --top-k K           (default 40, 0 = off)\n"
+            "      --top-p P           (default 0.95, 1 = off)\n"
+            "      --min-p P           (default 0.05, 0 = off)\n"
+            "      --repeat-penalty R  (default 1.0 = off)\n"
+            "      --repeat-last-n N   tokens considered for the penalty (default 64)\n"
+            "  -s, --seed S            RNG seed (default: random, printed on stderr)\n"
+            "      --stop STR          stop when STR is generated (repeatable; STR not printed)\n"
+            "      --echo              print the prompt before the generated text\n"
+            "      --ignore-eos        keep generating after the end-of-sequence token\n"
+            "      --no-bos            do not add the BOS token to the prompt\n"
+            "      --print-ids         print generated token ids (one per line) instead of text\n"
+            "  -c, --ctx-size N        context size (default: the model's maximum)\n"
+            "  -t, --threads N         threads (default: physical cores)\n"
+            "      --batch N           with -f: generate for N prompts at a time, JSON lines out\n"
+            "  -q, --quiet             no logs or speed summary on stderr\n");
+}
+
+static int parse_args(int argc, char **argv, options *o) {
+    memset(o, 0, sizeof *o);
+    o->n_predict = 128;
+    o->temp = 0.8;
+    o->top_k = 40;
+    o->top_p = 0.95;
+    o->min_p = 0.05;
+    o->repeat_penalty = 1.0;
+    o->repeat_last_n = 64;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        double d;
+        int rc = 0;
+#define VAL() ((v = cli_value(argc, argv, &i)) != NULL)
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            exit(0);
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            if (!VAL()) return EXIT_USAGE;
+            o->model = v;
+        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+            if (!VAL()) return EXIT_USAGE;
+            o->prompt = v;
+        } else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
+            if (!VAL()) return EXIT_USAGE;
+            o->file = v;
+        } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
+            rc = !VAL() || cli_int(a, v, 0, 1 << 24, &o->n_predict);
+        } else if (!strcmp(a, "--temp")) {
+            rc = !VAL() || cli_float(a, v, 0, 100, &o->temp);
+        } else if (!strcmp(a, "--top-k")) {
+            rc = !VAL() || cli_int(a, v, 0, 1 << 24, &o->top_k);
+        } else if (!strcmp(a, "--top-p")) {
+            rc = !VAL() || cli_float(a, v, 0, 1, &o->top_p);
+        } else if (!strcmp(a, "--min-p")) {
+            rc = !VAL() || cli_float(a, v, 0, 1, &o->min_p);
+        } else if (!strcmp(a, "--repeat-penalty")) {
+            rc = !VAL() || cli_float(a, v, 0.01, 100, &o->repeat_penalty);
+        } else if (!strcmp(a, "--repeat-last-n")) {
+            rc = !VAL() || cli_int(a, v, 0, 1 << 24, &o->repeat_last_n);
+        } else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
+            if (!VAL() || cli_float(a, v, 0, 1.8e19, &d)) return EXIT_USAGE;
+            o->seed = strtoull(v, NULL, 10);
+            o->seed_set = 1;
+        } else if (!strcmp(a, "--stop")) {
+            if (!VAL()) return EXIT_USAGE;
+            if (!*v) return cli_usage_error("--stop: empty string");
+            if (o->n_stops == MAX_STOPS) return cli_usage_error("at most %d --stop strings", MAX_STOPS);
+            o->stops[o->n_stops++] = v;
+        } else if (!strcmp(a, "--echo")) {
+            o->echo = 1;
+        } else if (!strcmp(a, "--ignore-eos")) {
+            o->ignore_eos = 1;
+        } else if (!strcmp(a, "--no-bos")) {
+            o->no_bos = 1;
+        } else if (!strcmp(a, "--print-ids")) {
+            o->print_ids = 1;
+        } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+            rc = !VAL() || cli_int(a, v, 0, 1 << 24, &o->n_ctx);
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            rc = !VAL() || cli_int(a, v, 0, 1024, &o->threads);
+        } else if (!strcmp(a, "--batch")) {
+            rc = !VAL() || cli_int(a, v, 1, 4096, &o->batch);
+        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+            cli_set_quiet(1);
+        } else {
+            return cli_usage_error("unknown option '%s'", a);
+        }
+#undef VAL
+        if (rc) return EXIT_USAGE;
+    }
+    if (!o->model) return cli_usage_error("a model is required (-m MODEL.mor)");
+    if (o->prompt && o->file) return cli_usage_error("-p and -f are exclusive");
+    if (o->batch && !o->file) return cli_usage_error("--batch needs -f FILE (one prompt per line)");
+    if (!o->seed_set) o->seed = (unsigned long long)time(NULL) ^ ((unsigned long long)clock() << 20);
+    return 0;
+}
+
+/* ---- stop strings ---------------------------------------------------------- */
+
+/* Text produced but not yet printed, held back while it could still become a
+ * stop string. */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} pending;
+
+static int pending_add(pending *p, const char *s, size_t n) {
+    if (p->len + n + 1 > p->cap) {
+        size_t cap = (p->len + n + 1) * 2;
+        char *b = realloc(p->buf, cap);
+        if (!b) return -1;
+        p->buf = b;
+        p->cap = cap;
+    }
+    memcpy(p->buf + p->len, s, n);
+    p->len += n;
+    return 0;
+}
+
+/* Emits what can no longer be part of a stop string; returns 1 when a stop
+ * string was found (the text before it is emitted, the rest dropped). */
+static int flush_pending(pending *p, const options *o, FILE *out, int final) {
+    size_t emit = p->len;
+    int stopped = 0;
+    for (int s = 0; s < o->n_stops; s++) {
+        const char *hit = memmem(p->buf, p->len, o->stops[s], strlen(o->stops[s]));
+        if (hit && (size_t)(hit - p->buf) <= emit) {
+            emit = (size_t)(hit - p->buf);
+            stopped = 1;
+        }
+    }
+    if (!stopped && !final) {
+        /* hold back the longest tail that is a prefix of a stop string */
+        for (int s = 0; s < o->n_stops; s++) {
+            size_t sl = strlen(o->stops[s]);
+            for (size_t k = sl - 1; k > 0; k--)
+                if (k <= p->len && !memcmp(p->buf + p->len - k, o->stops[s], k)) {
+                    if (p->len - k < emit) emit = p->len - k;
+                    break;
+                }
+        }
+    }
+    if (out) fwrite(p->buf, 1, emit, out);
+    memmove(p->buf, p->buf + emit, p->len - emit);
+    p->len -= emit;
+    if (stopped) p->len = 0;
+    return stopped;
+}
+
+/* ---- one prompt at a time ---------------------------------------------------- */
+
+static int tokenize_prompt(const mor_tokenizer *tok, const options *o, const char *text, size_t len,
+                           int32_t **ids, size_t *n) {
+    mor_error err = {0};
+    if (mor_tokenize(tok, text, len, !o->no_bos, ids, n, &err)) return cli_fail(&err);
+    if (*n == 0) {
+        free(*ids);
+        return cli_usage_error("the prompt is empty and the tokenizer adds no BOS token");
+    }
+    return 0;
+}
+
+typedef struct {
+    double prompt_s, gen_s;
+    long prompt_tokens, gen_tokens;
+} timing;
+
+static int generate_one(const mor_model *m, mor_context *ctx, const options *o, const char *text,
+                        size_t len, timing *tm) {
+    const mor_tokenizer *tok = mor_model_tokenizer(m);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = tokenize_prompt(tok, o, text, len, &ids, &n);
+    if (rc) return rc;
+    mor_error err = {0};
+    long cap = (long)n + o->n_predict;
+    int32_t *hist = realloc(ids, sizeof(int32_t) * (size_t)(cap + 1));
+    if (!hist) {
+        free(ids);
+        return cli_usage_error("out of memory");
+    }
+    mor_sampler_params sp = mor_sampler_default_params();
+    sp.temp = (float)o->temp;
+    sp.top_k = (int)o->top_k;
+    sp.top_p = (float)o->top_p;
+    sp.min_p = (float)o->min_p;
+    sp.repeat_penalty = (float)o->repeat_penalty;
+    sp.repeat_last_n = (int)o->repeat_last_n;
+    sp.seed = o->seed;
+    mor_sampler *smp = mor_sampler_new(&sp, mor_model_vocab_size(m));
+    float *logits = malloc(sizeof(float) * (size_t)mor_model_vocab_size(m));
+    pending pend = {0};
+    if (!smp || !logits) {
+        rc = cli_usage_error("out of memory");
+        goto out;
+    }
+    if (o->echo && !o->print_ids) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+    }
+    double t0 = cli_now();
+    if (mor_context_eval(ctx, hist, (int)n, NULL, &err)) {
+        rc = cli_fail(&err);
+        goto out;
+    }
+    double t1 = cli_now();
+    tm->prompt_s += t1 - t0;
+    tm->prompt_tokens += (long)n;
+    int32_t eos = mor_tokenizer_eos(tok), prev = hist[n - 1];
+    long nh = (long)n;
+    char piece[256];
+    for (long g = 0; g < o->n_predict; g++) {
+        memcpy(logits, mor_context_logits(ctx), sizeof(float) * (size_t)mor_model_vocab_size(m));
+        int32_t next = mor_sampler_sample(smp, logits, hist, (int)nh);
+        if (next == eos && !o->ignore_eos) break;
+        hist[nh++] = next;
+        tm->gen_tokens++;
+        if (o->print_ids) {
+            printf("%d\n", next);
+        } else {
+            int k = mor_token_to_bytes(tok, prev, next, piece, sizeof piece);
+            if (k > 0 && pending_add(&pend, piece, (size_t)k)) {
+                rc = cli_usage_error("out of memory");
+                goto out;
+            }
+            if (flush_pending(&pend, o, stdout, 0)) break;
+        }
+        fflush(stdout);
+        prev = next;
+        if (g + 1 == o->n_predict) break; /* the last token needs no forward pass */
+        if (mor_context_pos(ctx) >= mor_context_n_ctx(ctx)) {
+            cli_log("\ncontext of %d tokens is full; stopping", mor_context_n_ctx(ctx));
+            break;
+        }
+        if (mor_context_eval(ctx, &next, 1, NULL, &err)) {
+            rc = cli_fail(&err);
+            goto out;
+        }
+    }
+    flush_pending(&pend, o, stdout, 1);
+    fflush(stdout);
+    tm->gen_s += cli_now() - t1;
+out:
+    free(pend.buf);
+    free(logits);
+    mor_sampler_free(smp);
+    free(hist);
+    return rc;
+}
+
+/* ---- many prompts, decoded in lockstep --------------------------------------- */
+
+typedef struct {
+    mor_context *ctx;
+    mor_sampler *smp;
+    int32_t *hist;
+    long nh, generated;
+    int32_t prev;
+    int done;
+    pending text;
+    long index;
+} slot;
+
+static void slot_emit(slot *s, const options *o, const char *prompt, size_t plen) {
+    flush_pending(&s->text, o, NULL, 1); /* drops a trailing stop string */
+    printf("{\"index\":%ld,\"prompt\":", s->index);
+    cli_json_string(stdout, prompt, plen);
+    printf(",\"text\":");
+    cli_json_string(stdout, s->text.buf ? s->text.buf : "", s->text.len);
+    printf(",\"tokens\":%ld}\n", s->generated);
+    fflush(stdout);
+}
+
+/* Samples the next token of slot s from logits; marks it done at EOS, at a
+ * stop string or when n_predict is reached. */
+static int slot_step(slot *s, const mor_model *m, const options *o, float *logits) {
+    const mor_tokenizer *tok = mor_model_tokenizer(m);
+    memcpy(logits, mor_context_logits(s->ctx), sizeof(float) * (size_t)mor_model_vocab_size(m));
+    int32_t next = mor_sampler_sample(s->smp, logits, s->hist, (int)s->nh);
+    if (next == mor_tokenizer_eos(tok) && !o->ignore_eos) {
+        s->done = 1;
+        return 0;
+    }
+    s->hist[s->nh++] = next;
+    s->generated++;
+    char piece[256];
+    int k = mor_token_to_bytes(tok, s->prev, next, piece, sizeof piece);
+    if (k > 0 && pending_add(&s->text, piece, (size_t)k)) return cli_usage_error("out of memory");
+    s->prev = next;
+    /* keep the text pending (not printed) but cut it at a stop string */
+    for (int i = 0; i < o->n_stops; i++)
+        if (memmem(s->text.buf, s->text.len, o->stops[i], strlen(o->stops[i]))) s->done = 1;
+    if (s->generated >= o->n_predict || mor_context_pos(s->ctx) >= mor_context_n_ctx(s->ctx)) s->done = 1;
+    return 0;
+}
+
+static int generate_batch(const mor_model *m, const options *o, char *text, const mor_context_params *cp,
+                          timing *tm) {
+    /* split into lines (the buffer is modified in place) */
+    size_t n_lines = 0, cap = 64;
+    char **lines = malloc(cap * sizeof *lines);
+    for (char *p = text; p && *p;) {
+        char *nl = strchr(p, '\n');
+        if (nl) *nl = 0;
+        if (n_lines == cap) lines = realloc(lines, (cap *= 2) * sizeof *lines);
+        lines[n_lines++] = p;
+        p = nl ? nl + 1 : NULL;
+    }
+    long B = o->batch;
+    slot *slots = calloc((size_t)B, sizeof *slots);
+    mor_context **cs = calloc((size_t)B, sizeof *cs);
+    int32_t *toks = calloc((size_t)B, sizeof *toks);
+    float *logits = malloc(sizeof(float) * (size_t)mor_model_vocab_size(m));
+    mor_error err = {0};
+    int rc = 0;
+    for (long b = 0; b < B && !rc; b++)
+        if (mor_context_new(m, cp, &slots[b].ctx, &err)) rc = cli_fail(&err);
+    mor_sampler_params sp = mor_sampler_default_params();
+    sp.temp = (float)o->temp;
+    sp.top_k = (int)o->top_k;
+    sp.top_p = (float)o->top_p;
+    sp.min_p = (float)o->min_p;
+    sp.repeat_penalty = (float)o->repeat_penalty;
+    sp.repeat_last_n = (int)o->repeat_last_n;
+    for (size_t first = 0; first < n_lines && !rc; first += (size_t)B) {
+        long nb = (long)(n_lines - first) < B ? (long)(n_lines - first) : B;
+        double t0 = cli_now();
+        for (long b = 0; b < nb && !rc; b++) {
+            slot *s = &slots[b];
+            int32_t *ids;
+            size_t n;
+            mor_context_reset(s->ctx);
+            s->index = (long)(first + (size_t)b);
+            s->done = 0;
+            s->generated = 0;
+            s->text.len = 0;
+            if ((rc = tokenize_prompt(mor_model_tokenizer(m), o, lines[s->index], strlen(lines[s->index]),
+                                      &ids, &n)))
+                break;
+            free(s->hist);
+            s->hist = realloc(ids, sizeof(int32_t) * (n + (size_t)o->n_predict + 1));
+            s->nh = (long)n;
+            s->prev = ids[n - 1];
+            sp.seed = o->seed + (uint64_t)s->index; /* per prompt: output independent of --batch */
+            mor_sampler_free(s->smp);
+            s->smp = mor_sampler_new(&sp, mor_model_vocab_size(m));
+            if (mor_context_eval(s->ctx, s->hist, (int)n, NULL, &err)) {
+                rc = cli_fail(&err);
+                break;
+            }
+            tm->prompt_tokens += (long)n;
+            if (o->n_predict == 0 || mor_context_pos(s->ctx) >= mor_context_n_ctx(s->ctx)) s->done = 1;
+            else rc = slot_step(s, m, o, logits);
+        }
+        double t1 = cli_now();
+        tm->prompt_s += t1 - t0;
+        for (;;) {
+            int na = 0;
+            for (long b = 0; b < nb; b++)
+                if (!slots[b].done) {
+                    cs[na] = slots[b].ctx;
+                    toks[na++] = slots[b].hist[slots[b].nh - 1];
+                }
+            if (rc || na == 0) break;
+            if (mor_context_eval_batch(cs, toks, na, &err)) {
+                rc = cli_fail(&err);
+                break;
+            }
+            for (long b = 0; b < nb && !rc; b++)
+                if (!slots[b].done) rc = slot_step(&slots[b], m, o, logits);
+        }
+        tm->gen_s += cli_now() - t1;
+        for (long b = 0; b < nb && !rc; b++) {
+            tm->gen_tokens += slots[b].generated;
+            slot_emit(&slots[b], o, lines[slots[b].index], strlen(lines[slots[b].index]));
+        }
+    }
+    for (long b = 0; b < B; b++) {
+        mor_context_free(slots[b].ctx);
+        mor_sampler_free(slots[b].smp);
+        free(slots[b].hist);
+        free(slots[b].text.buf);
+    }
+    free(slots);
+    free(cs);
+    free(toks);
+    free(logits);
+    free(lines);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    cli_init(argv[0]);
+    options o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc) return rc;
+    char *text = NULL;
+    size_t len = 0;
+    if (o.prompt) {
+        text = strdup(o.prompt);
+        len = strlen(o.prompt);
+    } else if ((rc = cli_read_input(o.file, &text, &len))) {
+        return rc;
+    }
+    mor_error err = {0};
+    mor_model *m = NULL;
+    double t0 = cli_now();
+    if (mor_model_load(o.model, &m, &err)) {
+        free(text);
+        return cli_fail(&err);
+    }
+    cli_log("loaded %s in %.2f s", o.model, cli_now() - t0);
+    mor_context_params cp = mor_context_default_params();
+    cp.n_ctx = (int)o.n_ctx;
+    cp.n_threads = (int)o.threads;
+    timing tm = {0};
+    if (!o.seed_set && o.temp > 0) cli_log("seed: %llu", o.seed);
+    if (o.batch) {
+        rc = generate_batch(m, &o, text, &cp, &tm);
+    } else {
+        mor_context *ctx = NULL;
+        if (mor_context_new(m, &cp, &ctx, &err)) rc = cli_fail(&err);
+        else rc = generate_one(m, ctx, &o, text, len, &tm);
+        mor_context_free(ctx);
+    }
+    if (!rc) {
+        cli_log("\nprompt: %ld tokens in %.3f s, %.1f tokens/s", tm.prompt_tokens, tm.prompt_s,
+                tm.prompt_s > 0 ? tm.prompt_tokens / tm.prompt_s : 0);
+        cli_log("generation: %ld tokens in %.3f s, %.1f tokens/s", tm.gen_tokens, tm.gen_s,
+                tm.gen_s > 0 ? tm.gen_tokens / tm.gen_s : 0);
+    }
+    mor_model_free(m);
+    free(text);
+    return rc;
+}

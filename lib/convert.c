@@ -1,0 +1,480 @@
+/* convert.c - checkpoints in and out: Hugging Face directories and llama2.c
+ * files to .mor, and .mor back to a Hugging Face directory.
+ *
+ * Conversion streams: every output tensor is produced into one reusable
+ * buffer and written before the next is read, so peak memory is about the
+ * largest tensor (the sources are mmapped), never the whole model. */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "config.h"
+#include "model.h"
+#include "tokenizer.h"
+#include "util.h"
+
+/* Fills dst (numel floats) with tensor i of the spec list. */
+typedef mor_status (*tensor_reader)(void *src, const mor_tensor_spec *spec, float *dst,
+                                    mor_error *err);
+
+static size_t spec_numel(const mor_tensor_spec *s) {
+    return (size_t)s->shape[0] * (size_t)(s->ndim > 1 ? s->shape[1] : 1);
+}
+
+/* Writes a .mor with the given config/tokenizer, pulling tensors from read(). */
+static mor_status write_model(const char *out_path, const mor_config *cfg, const char *tok_json,
+                              const char *tok_cfg, tensor_reader read, void *src,
+                              const mor_convert_params *p, mor_error *err) {
+    mor_tensor_spec *specs = NULL;
+    int n = mor_model_tensor_specs(cfg, &specs);
+    if (n < 0) return mor_fail(err, MOR_ENOMEM, "out of memory");
+    char *yaml = mor_config_to_yaml(cfg);
+    mor_ckpt_writer w;
+    memset(&w, 0, sizeof w);
+    float *buf = NULL;
+    uint16_t *half = NULL;
+    mor_status st = yaml ? mor_ckpt_writer_init(&w, yaml, tok_json, tok_cfg, err)
+                         : mor_fail(err, MOR_ENOMEM, "out of memory");
+    size_t maxn = 0;
+    uint64_t total = 0, done = 0;
+    for (int i = 0; i < n && !st; i++) {
+        int bf16 = p && p->dtype == MOR_DTYPE_BF16 && !specs[i].norm;
+        st = mor_st_writer_declare(w.st, specs[i].name, bf16 ? MOR_ST_BF16 : MOR_ST_F32,
+                                   specs[i].ndim, specs[i].shape, err);
+        if (spec_numel(&specs[i]) > maxn) maxn = spec_numel(&specs[i]);
+        total += spec_numel(&specs[i]) * (bf16 ? 2 : 4);
+    }
+    if (!st) {
+        buf = malloc(maxn * sizeof(float));
+        half = malloc(maxn * sizeof(uint16_t));
+        if (!buf || !half) st = mor_fail(err, MOR_ENOMEM, "out of memory (%zu floats)", maxn);
+    }
+    if (!st) st = mor_ckpt_writer_start(&w, out_path, err);
+    for (int i = 0; i < n && !st; i++) {
+        size_t k = spec_numel(&specs[i]);
+        int bf16 = p && p->dtype == MOR_DTYPE_BF16 && !specs[i].norm;
+        if ((st = read(src, &specs[i], buf, err))) break;
+        if (bf16) {
+            for (size_t e = 0; e < k; e++) half[e] = mor_f32_to_bf16(buf[e]);
+            st = mor_ckpt_writer_tensor(&w, half, k * 2, err);
+        } else {
+            st = mor_ckpt_writer_tensor(&w, buf, k * 4, err);
+        }
+        done += k * (bf16 ? 2 : 4);
+        if (p && p->progress) p->progress(p->progress_user, done, total);
+    }
+    if (!st) st = mor_ckpt_writer_commit(&w, err);
+    else mor_ckpt_writer_abort(&w);
+    free(buf);
+    free(half);
+    free(yaml);
+    free(specs);
+    return st;
+}
+
+/* ---- Hugging Face ---------------------------------------------------------- */
+
+typedef struct {
+    const char *dir;
+    mor_st_file **files; /* opened shards */
+    int n_files;
+    const mor_config *cfg;
+} hf_source;
+
+static const mor_st_tensor *hf_find(const hf_source *h, const char *name, const mor_st_file **in) {
+    for (int i = 0; i < h->n_files; i++) {
+        const mor_st_tensor *t = mor_st_find(h->files[i], name);
+        if (t) {
+            if (in) *in = h->files[i];
+            return t;
+        }
+    }
+    return NULL;
+}
+
+static mor_status hf_read(void *src, const mor_tensor_spec *spec, float *dst, mor_error *err) {
+    hf_source *h = src;
+    const mor_st_file *f;
+    const mor_st_tensor *t = hf_find(h, spec->name, &f);
+    if (!t) return mor_fail(err, MOR_EFORMAT, "%s: missing tensor '%s'", h->dir, spec->name);
+    int ok = t->ndim == spec->ndim && t->shape[0] == spec->shape[0] &&
+             (spec->ndim < 2 || t->shape[1] == spec->shape[1]);
+    if (!ok)
+        return mor_fail(err, MOR_EFORMAT,
+                        "%s: tensor '%s' has shape [%lld, %lld] (%d dims), the config implies "
+                        "[%lld, %lld]",
+                        f->path, spec->name, (long long)t->shape[0],
+                        t->ndim > 1 ? (long long)t->shape[1] : 0LL, t->ndim,
+                        (long long)spec->shape[0], spec->ndim > 1 ? (long long)spec->shape[1] : 0LL);
+    size_t k = spec_numel(spec);
+    const uint8_t *b = t->data;
+    switch (t->dtype) {
+    case MOR_ST_F32: memcpy(dst, b, k * 4); break;
+    case MOR_ST_BF16:
+        for (size_t e = 0; e < k; e++) {
+            uint16_t v;
+            memcpy(&v, b + 2 * e, 2);
+            dst[e] = mor_bf16_to_f32(v);
+        }
+        break;
+    case MOR_ST_F16:
+        for (size_t e = 0; e < k; e++) {
+            uint16_t v;
+            memcpy(&v, b + 2 * e, 2);
+            dst[e] = mor_f16_to_f32(v);
+        }
+        break;
+    default:
+        return mor_fail(err, MOR_EUNSUPPORTED, "%s: tensor '%s' has dtype %s (F32, F16 or BF16 expected)",
+                        f->path, spec->name, mor_st_dtype_name(t->dtype));
+    }
+    return MOR_OK;
+}
+
+static char *path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+static int file_exists(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* Opens model.safetensors, or every shard listed by model.safetensors.index.json. */
+static mor_status hf_open_weights(hf_source *h, mor_error *err) {
+    char *single = path_join(h->dir, "model.safetensors");
+    char *index = path_join(h->dir, "model.safetensors.index.json");
+    mor_status st = MOR_OK;
+    if (!single || !index) {
+        st = mor_fail(err, MOR_ENOMEM, "out of memory");
+    } else if (file_exists(single)) {
+        h->files = calloc(1, sizeof *h->files);
+        if (!h->files) st = mor_fail(err, MOR_ENOMEM, "out of memory");
+        else if (!(st = mor_st_open(single, &h->files[0], err))) h->n_files = 1;
+    } else if (file_exists(index)) {
+        char *text;
+        size_t len;
+        if ((st = mor_read_file(index, &text, &len, err))) goto out;
+        json_error_t je;
+        json_t *o = json_loadb(text, len, 0, &je);
+        free(text);
+        json_t *map = o ? json_object_get(o, "weight_map") : NULL;
+        if (!o) {
+            st = mor_fail(err, MOR_EFORMAT, "%s:%d:%d: invalid JSON: %s", index, je.line, je.column, je.text);
+            goto out;
+        }
+        if (!json_is_object(map)) {
+            st = mor_fail(err, MOR_EFORMAT, "%s: missing object 'weight_map'", index);
+            json_decref(o);
+            goto out;
+        }
+        /* distinct shard names, in first-seen order */
+        const char *key;
+        json_t *val;
+        const char **names = calloc(json_object_size(map) + 1, sizeof *names);
+        int nn = 0;
+        json_object_foreach(map, key, val) {
+            const char *s = json_string_value(val);
+            if (!s || strchr(s, '/')) {
+                st = mor_fail(err, MOR_EFORMAT, "%s: weight_map['%s'] must be a file name", index, key);
+                break;
+            }
+            int seen = 0;
+            for (int i = 0; i < nn && !seen; i++) seen = !strcmp(names[i], s);
+            if (!seen) names[nn++] = s;
+        }
+        h->files = calloc((size_t)nn + 1, sizeof *h->files);
+        for (int i = 0; i < nn && !st; i++) {
+            char *sp = path_join(h->dir, names[i]);
+            st = mor_st_open(sp, &h->files[i], err);
+            free(sp);
+            if (!st) h->n_files++;
+        }
+        /* every mapped tensor must be in the shard the index names */
+        json_object_foreach(map, key, val) {
+            if (st) break;
+            const mor_st_file *f;
+            if (!hf_find(h, key, &f))
+                st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' is not in shard %s", index, key,
+                              json_string_value(val));
+        }
+        free(names);
+        json_decref(o);
+    } else {
+        st = mor_fail(err, MOR_EIO, "%s: neither model.safetensors nor model.safetensors.index.json exists",
+                      h->dir);
+    }
+out:
+    free(single);
+    free(index);
+    return st;
+}
+
+/* Every source tensor must be one the config expects (or a known leftover). */
+static mor_status hf_check_unexpected(const hf_source *h, mor_error *err) {
+    mor_tensor_spec *specs;
+    int n = mor_model_tensor_specs(h->cfg, &specs);
+    if (n < 0) return mor_fail(err, MOR_ENOMEM, "out of memory");
+    mor_status st = MOR_OK;
+    for (int f = 0; f < h->n_files && !st; f++)
+        for (int j = 0; j < h->files[f]->n_tensors && !st; j++) {
+            const char *name = h->files[f]->tensors[j].name;
+            int known = strstr(name, "rotary_emb.inv_freq") != NULL ||
+                        (h->cfg->tie_embeddings && !strcmp(name, "lm_head.weight"));
+            for (int i = 0; i < n && !known; i++) known = !strcmp(name, specs[i].name);
+            if (!known)
+                st = mor_fail(err, MOR_EFORMAT, "%s: unexpected tensor '%s' (not part of a %d-layer Llama)",
+                              h->files[f]->path, name, h->cfg->n_layers);
+        }
+    free(specs);
+    return st;
+}
+
+mor_status mor_convert_hf(const char *dir, const char *out_path, const mor_convert_params *p,
+                          mor_error *err) {
+    hf_source h = {.dir = dir};
+    mor_config cfg;
+    char *cfg_path = path_join(dir, "config.json"), *tok_path = path_join(dir, "tokenizer.json"),
+         *tc_path = path_join(dir, "tokenizer_config.json");
+    char *cfg_text = NULL, *tok = NULL, *tc = NULL;
+    size_t len, tok_len, tc_len = 0;
+    mor_tokenizer *check = NULL;
+    mor_status st = MOR_OK;
+    if (!cfg_path || !tok_path || !tc_path) {
+        st = mor_fail(err, MOR_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((st = mor_read_file(cfg_path, &cfg_text, &len, err)) ||
+        (st = mor_config_from_hf_json(cfg_text, len, cfg_path, &cfg, err)) ||
+        (st = mor_read_file(tok_path, &tok, &tok_len, err)))
+        goto out;
+    if (file_exists(tc_path) && (st = mor_read_file(tc_path, &tc, &tc_len, err))) goto out;
+    /* parse the tokenizer now so a broken one fails before any output */
+    if ((st = mor_tokenizer_from_json(tok, tok_len, tc, tc_len, tok_path, &check, err))) goto out;
+    if (mor_tokenizer_vocab_size(check) > cfg.vocab_size) {
+        st = mor_fail(err, MOR_EFORMAT, "%s: %d tokens, but config.json has vocab_size %d", tok_path,
+                      mor_tokenizer_vocab_size(check), cfg.vocab_size);
+        goto out;
+    }
+    h.cfg = &cfg;
+    if ((st = hf_open_weights(&h, err)) || (st = hf_check_unexpected(&h, err))) goto out;
+    st = write_model(out_path, &cfg, tok, tc, hf_read, &h, p, err);
+out:
+    for (int i = 0; i < h.n_files; i++) mor_st_close(h.files[i]);
+    free(h.files);
+    mor_tokenizer_free(check);
+    free(cfg_text);
+    free(tok);
+    free(tc);
+    free(cfg_path);
+    free(tok_path);
+    free(tc_path);
+    return st;
+}
+
+/* ---- llama2.c ------------------------------------------------------------ */
+
+typedef struct {
+    const char *path;
+    const float *w;      /* weights after the 7-int header */
+    const mor_config *cfg;
+    size_t off_embed, off_rms_att, off_wq, off_wk, off_wv, off_wo, off_rms_ffn, off_w1, off_w2,
+        off_w3, off_rms_final, off_wcls; /* in floats */
+} l2c_source;
+
+/* llama2.c stores q/k rows of each head interleaved (pairs 2i, 2i+1); HF
+ * pairs i with i + HD/2. Row (i) of HF comes from row 2i, row (HD/2 + i)
+ * from row 2i + 1, within every head. */
+static void unpermute_rows(const float *src, float *dst, int n_heads, int hd, int cols) {
+    for (int h = 0; h < n_heads; h++)
+        for (int i = 0; i < hd / 2; i++)
+            for (int t = 0; t < 2; t++)
+                memcpy(dst + ((size_t)h * hd + (size_t)t * (hd / 2) + i) * cols,
+                       src + ((size_t)h * hd + 2 * (size_t)i + t) * cols, sizeof(float) * (size_t)cols);
+}
+
+static mor_status l2c_read(void *src, const mor_tensor_spec *spec, float *dst, mor_error *err) {
+    l2c_source *s = src;
+    const mor_config *c = s->cfg;
+    size_t D = (size_t)c->dim, F = (size_t)c->hidden_dim, KV = (size_t)c->n_kv_heads * c->head_dim;
+    size_t n = spec_numel(spec);
+    int layer = -1;
+    char what[64] = "";
+    if (sscanf(spec->name, "model.layers.%d.%63s", &layer, what) != 2) layer = -1;
+    const float *p;
+    if (!strcmp(spec->name, "model.embed_tokens.weight")) p = s->w + s->off_embed;
+    else if (!strcmp(spec->name, "model.norm.weight")) p = s->w + s->off_rms_final;
+    else if (!strcmp(spec->name, "lm_head.weight")) p = s->w + s->off_wcls;
+    else if (!strcmp(what, "input_layernorm.weight")) p = s->w + s->off_rms_att + layer * D;
+    else if (!strcmp(what, "post_attention_layernorm.weight")) p = s->w + s->off_rms_ffn + layer * D;
+    else if (!strcmp(what, "self_attn.q_proj.weight")) {
+        unpermute_rows(s->w + s->off_wq + layer * D * D, dst, c->n_heads, c->head_dim, (int)D);
+        return MOR_OK;
+    } else if (!strcmp(what, "self_attn.k_proj.weight")) {
+        unpermute_rows(s->w + s->off_wk + layer * KV * D, dst, c->n_kv_heads, c->head_dim, (int)D);
+        return MOR_OK;
+    } else if (!strcmp(what, "self_attn.v_proj.weight")) p = s->w + s->off_wv + layer * KV * D;
+    else if (!strcmp(what, "self_attn.o_proj.weight")) p = s->w + s->off_wo + layer * D * D;
+    else if (!strcmp(what, "mlp.gate_proj.weight")) p = s->w + s->off_w1 + layer * F * D;
+    else if (!strcmp(what, "mlp.down_proj.weight")) p = s->w + s->off_w2 + layer * D * F;
+    else if (!strcmp(what, "mlp.up_proj.weight")) p = s->w + s->off_w3 + layer * F * D;
+    else return mor_fail(err, MOR_EFORMAT, "%s: no llama2.c tensor for '%s'", s->path, spec->name);
+    memcpy(dst, p, n * sizeof(float));
+    return MOR_OK;
+}
+
+mor_status mor_convert_llama2c(const char *model_bin, const char *tokenizer_bin, const char *out_path,
+                               const mor_convert_params *p, mor_error *err) {
+    int fd = open(model_bin, O_RDONLY);
+    if (fd < 0) return mor_fail(err, MOR_EIO, "%s: cannot open: %s", model_bin, strerror(errno));
+    struct stat sb;
+    fstat(fd, &sb);
+    size_t size = (size_t)sb.st_size;
+    if (size < 28) {
+        close(fd);
+        return mor_fail(err, MOR_EFORMAT, "%s: %zu bytes is too short for a llama2.c header (28 bytes)",
+                        model_bin, size);
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return mor_fail(err, MOR_EIO, "%s: mmap failed: %s", model_bin, strerror(errno));
+    int32_t hdr[7];
+    memcpy(hdr, map, sizeof hdr);
+    mor_config cfg;
+    mor_config_defaults(&cfg);
+    cfg.dim = hdr[0];
+    cfg.hidden_dim = hdr[1];
+    cfg.n_layers = hdr[2];
+    cfg.n_heads = hdr[3];
+    cfg.n_kv_heads = hdr[4];
+    cfg.vocab_size = hdr[5] < 0 ? -hdr[5] : hdr[5];
+    cfg.tie_embeddings = hdr[5] > 0; /* llama2.c: a negative vocab size means an untied classifier */
+    cfg.max_seq_len = hdr[6];
+    cfg.head_dim = 0;
+    cfg.bos_id = 1;
+    cfg.eos_id = 2;
+    char *tok = NULL, *tc = NULL;
+    mor_status st = mor_config_validate(&cfg, model_bin, err);
+    l2c_source s = {.path = model_bin, .w = (const float *)((const char *)map + 28), .cfg = &cfg};
+    if (!st) {
+        size_t D = (size_t)cfg.dim, F = (size_t)cfg.hidden_dim, L = (size_t)cfg.n_layers,
+               V = (size_t)cfg.vocab_size, KV = (size_t)cfg.n_kv_heads * cfg.head_dim,
+               HD = (size_t)cfg.head_dim, off = 0;
+        s.off_embed = off; off += V * D;
+        s.off_rms_att = off; off += L * D;
+        s.off_wq = off; off += L * D * D;
+        s.off_wk = off; off += L * KV * D;
+        s.off_wv = off; off += L * KV * D;
+        s.off_wo = off; off += L * D * D;
+        s.off_rms_ffn = off; off += L * D;
+        s.off_w1 = off; off += L * F * D;
+        s.off_w2 = off; off += L * D * F;
+        s.off_w3 = off; off += L * F * D;
+        s.off_rms_final = off; off += D;
+        off += (size_t)cfg.max_seq_len * HD; /* legacy freq_cis_real and freq_cis_imag, unused */
+        s.off_wcls = cfg.tie_embeddings ? s.off_embed : off;
+        if (!cfg.tie_embeddings) off += V * D;
+        if (cfg.n_heads * cfg.head_dim != cfg.dim)
+            st = mor_fail(err, MOR_EFORMAT, "%s: dim %d is not n_heads %d x head_dim", model_bin,
+                          cfg.dim, cfg.n_heads);
+        else if (28 + off * 4 != size)
+            st = mor_fail(err, MOR_EFORMAT,
+                          "%s: file is %zu bytes, but the header (dim %d, hidden %d, layers %d, heads %d, "
+                          "kv heads %d, vocab %d, seq %d) implies %zu",
+                          model_bin, size, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads,
+                          cfg.n_kv_heads, hdr[5], cfg.max_seq_len, 28 + off * 4);
+    }
+    if (!st) st = mor_tokenizer_json_from_llama2c(tokenizer_bin, cfg.vocab_size, &tok, &tc, err);
+    if (!st) st = write_model(out_path, &cfg, tok, tc, l2c_read, &s, p, err);
+    free(tok);
+    free(tc);
+    munmap(map, size);
+    return st;
+}
+
+/* ---- export to Hugging Face ------------------------------------------------- */
+
+static mor_status write_text_file(const char *dir, const char *name, const char *text, mor_error *err) {
+    char *path = path_join(dir, name);
+    if (!path) return mor_fail(err, MOR_ENOMEM, "out of memory");
+    mor_atomic_file a;
+    mor_status st = mor_atomic_open(&a, path, err);
+    if (!st) {
+        size_t n = strlen(text);
+        if (fwrite(text, 1, n, a.f) != n || (n && text[n - 1] != '\n' && fputc('\n', a.f) == EOF)) {
+            st = mor_fail(err, MOR_EIO, "%s: write failed", path);
+            mor_atomic_abort(&a);
+        } else {
+            st = mor_atomic_commit(&a, err);
+        }
+    }
+    free(path);
+    return st;
+}
+
+mor_status mor_export_hf(const char *mor_path, const char *out_dir, mor_error *err) {
+    mor_st_file *f;
+    mor_status st = mor_ckpt_open(mor_path, &f, err);
+    if (st) return st;
+    mor_config cfg;
+    const char *yaml = mor_st_meta_get(f, MOR_META_CONFIG);
+    char *hf = NULL;
+    mor_st_writer *w = NULL;
+    char *st_path = NULL;
+    mor_atomic_file a = {0};
+    mor_sink sink = {0};
+    if ((st = mor_config_parse_yaml(yaml, strlen(yaml), mor_path, &cfg, err))) goto out;
+    if (cfg.recursive) {
+        st = mor_fail(err, MOR_EUNSUPPORTED,
+                      "%s: a recursive model has no Hugging Face Llama equivalent; export needs a vanilla model",
+                      mor_path);
+        goto out;
+    }
+    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+        st = mor_fail(err, MOR_EIO, "%s: cannot create directory: %s", out_dir, strerror(errno));
+        goto out;
+    }
+    hf = mor_config_to_hf_json(&cfg);
+    const char *tc = mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG);
+    if ((st = write_text_file(out_dir, "config.json", hf, err)) ||
+        (st = write_text_file(out_dir, "tokenizer.json", mor_st_meta_get(f, MOR_META_TOKENIZER), err)) ||
+        (tc && (st = write_text_file(out_dir, "tokenizer_config.json", tc, err))))
+        goto out;
+    /* tensors verbatim: same names, dtypes and bytes */
+    w = mor_st_writer_new();
+    if (!w) {
+        st = mor_fail(err, MOR_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((st = mor_st_writer_meta(w, "format", "pt", err))) goto out;
+    for (int i = 0; i < f->n_tensors && !st; i++)
+        st = mor_st_writer_declare(w, f->tensors[i].name, f->tensors[i].dtype, f->tensors[i].ndim,
+                                   f->tensors[i].shape, err);
+    st_path = path_join(out_dir, "model.safetensors");
+    if (st || (st = mor_atomic_open(&a, st_path, err))) goto out;
+    if ((st = mor_sink_open(&sink, a.f, st_path, 0, err)) || (st = mor_st_writer_header(w, &sink, err)))
+        goto out_abort;
+    for (int i = 0; i < f->n_tensors && !st; i++)
+        st = mor_st_writer_data(w, &sink, f->tensors[i].data, f->tensors[i].end - f->tensors[i].begin, err);
+    if (st || (st = mor_sink_finish(&sink, err))) goto out_abort;
+    st = mor_atomic_commit(&a, err);
+    goto out;
+out_abort:
+    mor_atomic_abort(&a);
+out:
+    mor_sink_free(&sink);
+    mor_st_writer_free(w);
+    free(st_path);
+    free(hf);
+    mor_st_close(f);
+    return st;
+}

@@ -1,0 +1,184 @@
+/*
+ * mor.h - the public interface of libmor, a C toolkit for Llama-family and
+ * Mixture-of-Recursions (MoR) language models.
+ *
+ * Conventions (after sqlite3.h and llama.h):
+ *   - opaque handles, created by mor_<noun>_new/_load and released by _free;
+ *   - every call that can fail returns a mor_status and, when given a non-NULL
+ *     mor_error, fills it with a message naming the file, field or offset;
+ *   - the library never exits, never prints to stdout, and keeps no global
+ *     state: two models or contexts never interfere.
+ */
+#ifndef MOR_H
+#define MOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOR_VERSION "0.1.0"
+
+typedef enum {
+    MOR_OK = 0,
+    MOR_EIO,          /* a file could not be opened, read, written or renamed */
+    MOR_EFORMAT,      /* a file's bytes do not follow its format */
+    MOR_ECONFIG,      /* a config value is missing, of the wrong type or out of range */
+    MOR_EUNSUPPORTED, /* valid input that mor does not handle (architecture, dtype) */
+    MOR_ENOMEM,       /* an allocation failed */
+    MOR_EARG,         /* a caller's argument is invalid (prompt too long, bad UTF-8) */
+} mor_status;
+
+typedef struct mor_error {
+    mor_status code;
+    char msg[1024];
+} mor_error;
+
+/* A short fixed name for a status ("io", "format", ...). */
+const char *mor_status_name(mor_status s);
+
+typedef struct mor_model mor_model;
+typedef struct mor_tokenizer mor_tokenizer;
+typedef struct mor_context mor_context;
+typedef struct mor_sampler mor_sampler;
+
+/* ------------------------------------------------------------------------ */
+/* Models                                                                   */
+
+/* Loads a .mor checkpoint (or .mor.zst). F32 tensors are used in place from
+ * the mmapped file; BF16 tensors are converted to F32 once, here. */
+mor_status mor_model_load(const char *path, mor_model **out, mor_error *err);
+void mor_model_free(mor_model *m);
+
+const mor_tokenizer *mor_model_tokenizer(const mor_model *m);
+int mor_model_vocab_size(const mor_model *m);
+int mor_model_max_seq_len(const mor_model *m);
+/* The model config as YAML text (owned by the model). */
+const char *mor_model_config_yaml(const mor_model *m);
+
+typedef struct mor_tensor_info {
+    const char *name;
+    const char *dtype; /* "F32", "BF16", ... as stored in the file */
+    int ndim;
+    int64_t shape[4];
+    size_t nbytes; /* bytes in the file */
+} mor_tensor_info;
+
+int mor_model_n_tensors(const mor_model *m);
+mor_status mor_model_tensor_info(const mor_model *m, int i, mor_tensor_info *out);
+
+/* ------------------------------------------------------------------------ */
+/* Tokenizers                                                               */
+
+/* path is a tokenizer.json (tokenizer_config.json beside it is read when
+ * present) or a .mor checkpoint. */
+mor_status mor_tokenizer_load(const char *path, mor_tokenizer **out, mor_error *err);
+/* json: tokenizer.json text; config_json: tokenizer_config.json text or NULL.
+ * name is used in error messages. */
+mor_status mor_tokenizer_from_json(const char *json, size_t json_len, const char *config_json,
+                                   size_t config_len, const char *name, mor_tokenizer **out,
+                                   mor_error *err);
+void mor_tokenizer_free(mor_tokenizer *t);
+
+int mor_tokenizer_vocab_size(const mor_tokenizer *t);
+int32_t mor_tokenizer_bos(const mor_tokenizer *t); /* -1 when none */
+int32_t mor_tokenizer_eos(const mor_tokenizer *t); /* -1 when none */
+int mor_tokenizer_add_bos(const mor_tokenizer *t);  /* default from tokenizer_config */
+/* The vocabulary string of a token (as in tokenizer.json), or NULL. */
+const char *mor_tokenizer_piece(const mor_tokenizer *t, int32_t id);
+
+/* Encodes UTF-8 text. Invalid UTF-8 gives MOR_EARG with the byte offset.
+ * add_special: 1 adds BOS as the tokenizer's post-processor says, 0 adds
+ * nothing. *ids is malloc'ed; the caller frees it. */
+mor_status mor_tokenize(const mor_tokenizer *t, const char *text, size_t len, int add_special,
+                        int32_t **ids, size_t *n_ids, mor_error *err);
+
+/* Decodes ids to UTF-8 text as the tokenizer's decoder does (special tokens
+ * skipped). *text is malloc'ed and NUL-terminated. */
+mor_status mor_detokenize(const mor_tokenizer *t, const int32_t *ids, size_t n, char **text,
+                          size_t *len, mor_error *err);
+
+/* Streaming decode: the bytes token `id` adds to the text when it follows
+ * `prev` (-1 at the start of the text). Bytes of an incomplete UTF-8
+ * character may be returned; the caller concatenates. Returns the number of
+ * bytes written to buf (at most cap), or -1 if cap is too small. */
+int mor_token_to_bytes(const mor_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t cap);
+
+/* ------------------------------------------------------------------------ */
+/* Contexts: the run state of one sequence (KV cache, scratch buffers).     */
+
+typedef struct mor_context_params {
+    int n_ctx;     /* maximum positions; 0 = the model's max_seq_len */
+    int n_threads; /* 0 = physical cores */
+    int n_batch;   /* prompt tokens per forward chunk; 0 = 256 */
+} mor_context_params;
+
+mor_context_params mor_context_default_params(void);
+mor_status mor_context_new(const mor_model *m, const mor_context_params *p, mor_context **out,
+                           mor_error *err);
+void mor_context_free(mor_context *c);
+void mor_context_reset(mor_context *c); /* forget all positions */
+int mor_context_pos(const mor_context *c);
+int mor_context_n_ctx(const mor_context *c);
+
+/* Runs n tokens at positions pos..pos+n-1, appending their K/V. If logits is
+ * non-NULL it receives (n, vocab) logits for every token; otherwise only the
+ * last token's logits are kept, readable with mor_context_logits. Fails with
+ * MOR_EARG when pos+n exceeds n_ctx. */
+mor_status mor_context_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
+                            mor_error *err);
+const float *mor_context_logits(const mor_context *c); /* (vocab) of the last token */
+
+/* Decodes one token for each of n contexts of the same model in one pass, so
+ * the weights are read once for all of them. */
+mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
+
+/* ------------------------------------------------------------------------ */
+/* Sampling                                                                 */
+
+typedef struct mor_sampler_params {
+    float temp;           /* 0 = greedy (argmax, lowest id on ties) */
+    int top_k;            /* 0 = off */
+    float top_p;          /* 1 = off */
+    float min_p;          /* 0 = off */
+    float repeat_penalty; /* 1 = off */
+    int repeat_last_n;    /* tokens looked back for the penalty */
+    uint64_t seed;
+} mor_sampler_params;
+
+mor_sampler_params mor_sampler_default_params(void);
+mor_sampler *mor_sampler_new(const mor_sampler_params *p, int vocab_size);
+void mor_sampler_free(mor_sampler *s);
+/* Picks the next token. logits are modified in place. history holds the ids
+ * seen so far (for the repeat penalty). */
+int32_t mor_sampler_sample(mor_sampler *s, float *logits, const int32_t *history, int n_history);
+
+/* ------------------------------------------------------------------------ */
+/* Conversion                                                               */
+
+typedef enum { MOR_DTYPE_F32 = 0, MOR_DTYPE_BF16 = 1 } mor_out_dtype;
+
+typedef struct mor_convert_params {
+    mor_out_dtype dtype; /* matrices; norms and routers always F32 */
+    /* Called after each tensor with (done, total) bytes written; may be NULL. */
+    void (*progress)(void *user, uint64_t done, uint64_t total);
+    void *progress_user;
+} mor_convert_params;
+
+/* Hugging Face directory (config.json, model.safetensors or a sharded index,
+ * tokenizer.json [, tokenizer_config.json]) to a .mor file. Written to a
+ * temporary file, fsynced and renamed: nothing half-written on failure. */
+mor_status mor_convert_hf(const char *dir, const char *out_path, const mor_convert_params *p,
+                          mor_error *err);
+/* llama2.c checkpoint + tokenizer.bin to a .mor file. */
+mor_status mor_convert_llama2c(const char *model_bin, const char *tokenizer_bin,
+                               const char *out_path, const mor_convert_params *p, mor_error *err);
+/* A .mor file back to a Hugging Face directory. */
+mor_status mor_export_hf(const char *mor_path, const char *out_dir, mor_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOR_H */

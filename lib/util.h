@@ -1,0 +1,60 @@
+/* util.h - small helpers shared by every libmor file: errors, files, floats. */
+#ifndef MOR_UTIL_H
+#define MOR_UTIL_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "mor.h"
+
+/* Sets err (if non-NULL) and returns code, so callers can write
+ * `return mor_fail(err, MOR_EFORMAT, "%s: ...", path);` */
+mor_status mor_fail(mor_error *err, mor_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Reads a whole file into a NUL-terminated malloc'ed buffer. */
+mor_status mor_read_file(const char *path, char **buf, size_t *len, mor_error *err);
+
+/* Atomic output: open `path.tmp.XXXXXX` beside path, write, then
+ * mor_atomic_commit (fflush + fsync + rename) or mor_atomic_abort (unlink). */
+typedef struct mor_atomic_file {
+    FILE *f;
+    char *path;
+    char *tmp_path;
+} mor_atomic_file;
+mor_status mor_atomic_open(mor_atomic_file *a, const char *path, mor_error *err);
+mor_status mor_atomic_commit(mor_atomic_file *a, mor_error *err);
+void mor_atomic_abort(mor_atomic_file *a);
+
+/* Number formats. */
+static inline float mor_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t mor_f32_to_bf16(float f) { /* round to nearest even, NaN kept quiet */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+float mor_f16_to_f32(uint16_t h);
+
+/* Seconds from a monotonic clock. */
+double mor_now(void);
+
+/* Number of physical cores (used as the default thread count). */
+int mor_physical_cores(void);
+
+/* 1 if s[0..n) is valid UTF-8; else 0 and *bad_offset = offset of the first
+ * invalid byte. */
+int mor_utf8_valid(const char *s, size_t n, size_t *bad_offset);
+
+/* Allocation of large float buffers: 64-byte aligned, huge-page advised. */
+void *mor_alloc_big(size_t bytes);
+void mor_free_big(void *p);
+
+#endif

@@ -1,0 +1,270 @@
+/* test_convert.c - the real stories260K model through both conversion routes
+ * reproduces llama2.c's greedy ids; export round-trips; bad checkpoints fail
+ * cleanly and leave no output behind. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mor.h"
+#include "safetensors.h"
+#include "testutil.h"
+
+#define HF_DIR "tests/data/stories260K-hf"
+#define L2C_BIN "tests/data/stories260K/stories260K.bin"
+#define L2C_TOK "tests/data/stories260K/tok512.bin"
+#define EXPECTED_IDS "tests/data/stories260K/expected_greedy_256_ids.txt"
+
+static char *tmp_path(const char *name) {
+    static char buf[8][512];
+    static int k;
+    char *p = buf[k++ % 8];
+    snprintf(p, 512, "%s/%s", tmp_dir(), name);
+    return p;
+}
+
+static int exists(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* No stray temporary files beside an output that failed. */
+static void assert_no_leftovers(const char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "ls '%s' | grep -c tmp", dir);
+    char *out;
+    run_cmd(cmd, &out, NULL);
+    assert_int_equal(atoi(out), 0);
+    free(out);
+}
+
+static int *expected_ids(int *n) {
+    size_t len;
+    char *text = read_all(EXPECTED_IDS, &len);
+    int *ids = malloc(sizeof(int) * 1024);
+    int k = 0;
+    for (char *p = strtok(text, " \n"); p && k < 1024; p = strtok(NULL, " \n")) ids[k++] = atoi(p);
+    free(text);
+    *n = k;
+    return ids;
+}
+
+/* Greedy decoding from BOS, as llama2.c's run.c does with -t 0. */
+static void check_greedy(const char *model_path, int threads) {
+    mor_model *m;
+    mor_error e = {0};
+    if (mor_model_load(model_path, &m, &e)) fail_msg("load: %s", e.msg);
+    mor_context_params p = mor_context_default_params();
+    p.n_threads = threads;
+    mor_context *c;
+    if (mor_context_new(m, &p, &c, &e)) fail_msg("context: %s", e.msg);
+    int n;
+    int *want = expected_ids(&n);
+    assert_int_equal(n, 256);
+    int32_t tok = mor_tokenizer_bos(mor_model_tokenizer(m));
+    assert_int_equal(tok, 1);
+    int V = mor_model_vocab_size(m);
+    for (int i = 0; i < n; i++) {
+        if (mor_context_eval(c, &tok, 1, NULL, &e)) fail_msg("eval: %s", e.msg);
+        const float *lg = mor_context_logits(c);
+        int best = 0;
+        for (int v = 1; v < V; v++)
+            if (lg[v] > lg[best]) best = v;
+        if (best != want[i]) fail_msg("%s: token %d is %d, expected %d", model_path, i, best, want[i]);
+        tok = best;
+    }
+    free(want);
+    mor_context_free(c);
+    mor_model_free(m);
+}
+
+static void test_hf_greedy(void **state) {
+    (void)state;
+    mor_error e = {0};
+    mor_convert_params p = {.dtype = MOR_DTYPE_F32};
+    const char *out = tmp_path("hf.mor");
+    if (mor_convert_hf(HF_DIR, out, &p, &e)) fail_msg("%s", e.msg);
+    check_greedy(out, 1);
+    check_greedy(out, 2);
+}
+
+static void test_llama2c_greedy(void **state) {
+    (void)state;
+    mor_error e = {0};
+    mor_convert_params p = {.dtype = MOR_DTYPE_F32};
+    const char *out = tmp_path("l2c.mor.zst"); /* also exercises the zstd variant */
+    if (mor_convert_llama2c(L2C_BIN, L2C_TOK, out, &p, &e)) fail_msg("%s", e.msg);
+    check_greedy(out, 2);
+}
+
+/* The two routes give the same tensors bit for bit (the q/k permutation is exact). */
+static void test_routes_agree(void **state) {
+    (void)state;
+    mor_error e = {0};
+    mor_convert_params p = {.dtype = MOR_DTYPE_F32};
+    const char *a = tmp_path("agree_hf.mor"), *b = tmp_path("agree_l2c.mor");
+    assert_int_equal(mor_convert_hf(HF_DIR, a, &p, &e), MOR_OK);
+    assert_int_equal(mor_convert_llama2c(L2C_BIN, L2C_TOK, b, &p, &e), MOR_OK);
+    mor_st_file *fa, *fb;
+    assert_int_equal(mor_st_open(a, &fa, &e), MOR_OK);
+    assert_int_equal(mor_st_open(b, &fb, &e), MOR_OK);
+    assert_int_equal(fa->n_tensors, fb->n_tensors);
+    for (int i = 0; i < fa->n_tensors; i++) {
+        const mor_st_tensor *ta = &fa->tensors[i], *tb = mor_st_find(fb, ta->name);
+        assert_non_null(tb);
+        assert_int_equal(ta->end - ta->begin, tb->end - tb->begin);
+        if (memcmp(ta->data, tb->data, ta->end - ta->begin)) fail_msg("tensor %s differs", ta->name);
+    }
+    mor_st_close(fa);
+    mor_st_close(fb);
+}
+
+static void test_export_round_trip(void **state) {
+    (void)state;
+    mor_error e = {0};
+    mor_convert_params p = {.dtype = MOR_DTYPE_F32};
+    const char *m1 = tmp_path("rt.mor"), *dir = tmp_path("rt_hf"), *m2 = tmp_path("rt2.mor");
+    assert_int_equal(mor_convert_hf(HF_DIR, m1, &p, &e), MOR_OK);
+    if (mor_export_hf(m1, dir, &e)) fail_msg("%s", e.msg);
+    char path[600];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    mor_st_file *orig, *back;
+    assert_int_equal(mor_st_open(HF_DIR "/model.safetensors", &orig, &e), MOR_OK);
+    assert_int_equal(mor_st_open(path, &back, &e), MOR_OK);
+    for (int i = 0; i < orig->n_tensors; i++) {
+        const mor_st_tensor *a = &orig->tensors[i], *b = mor_st_find(back, a->name);
+        if (!b) fail_msg("export lost %s", a->name);
+        assert_int_equal(a->dtype, b->dtype);
+        if (a->end - a->begin != b->end - b->begin || memcmp(a->data, b->data, a->end - a->begin))
+            fail_msg("tensor %s is not bit-identical after hf -> mor -> hf", a->name);
+    }
+    mor_st_close(orig);
+    mor_st_close(back);
+    /* and the exported directory converts again */
+    if (mor_convert_hf(dir, m2, &p, &e)) fail_msg("%s", e.msg);
+    check_greedy(m2, 1);
+}
+
+static void test_bf16(void **state) {
+    (void)state;
+    mor_error e = {0};
+    mor_convert_params p = {.dtype = MOR_DTYPE_BF16};
+    const char *out = tmp_path("bf16.mor");
+    assert_int_equal(mor_convert_hf(HF_DIR, out, &p, &e), MOR_OK);
+    mor_model *m;
+    assert_int_equal(mor_model_load(out, &m, &e), MOR_OK);
+    int bf = 0, f32 = 0;
+    for (int i = 0; i < mor_model_n_tensors(m); i++) {
+        mor_tensor_info t;
+        mor_model_tensor_info(m, i, &t);
+        if (strstr(t.name, "norm")) assert_string_equal(t.dtype, "F32");
+        bf += !strcmp(t.dtype, "BF16");
+        f32 += !strcmp(t.dtype, "F32");
+    }
+    assert_true(bf == 1 + 7 * 5);
+    assert_true(f32 == 1 + 2 * 5);
+    mor_model_free(m);
+}
+
+/* ---- bad input ------------------------------------------------------------- */
+
+/* Builds a scratch HF directory: a copy of stories260K-hf with one file replaced. */
+static const char *scratch_hf(const char *name, const char *file, const char *content, size_t len) {
+    const char *dir = tmp_path(name);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r " HF_DIR " '%s' && chmod -R u+w '%s'", dir, dir, dir);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    if (file) {
+        char path[800];
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        FILE *f = fopen(path, "wb");
+        assert_non_null(f);
+        fwrite(content, 1, len, f);
+        fclose(f);
+    }
+    return dir;
+}
+
+static void expect_hf_failure(const char *dir, const char *needle) {
+    mor_error e = {0};
+    mor_convert_params p = {.dtype = MOR_DTYPE_F32};
+    const char *out = tmp_path("bad_out.mor");
+    mor_status st = mor_convert_hf(dir, out, &p, &e);
+    assert_int_not_equal(st, MOR_OK);
+    if (!strstr(e.msg, needle)) fail_msg("message '%s' lacks '%s'", e.msg, needle);
+    assert_false(exists(out));
+    assert_no_leftovers(tmp_dir());
+}
+
+static void test_bad_hf_inputs(void **state) {
+    (void)state;
+    size_t len;
+    char *cfg = read_all(HF_DIR "/config.json", &len);
+    char *mod = malloc(len + 64);
+
+    expect_hf_failure(tmp_path("nonexistent"), "config.json: cannot open");
+    expect_hf_failure(scratch_hf("h1", "config.json", "{ \"model_type\": ", 16), "invalid JSON");
+    /* unsupported architecture */
+    strcpy(mod, cfg);
+    memcpy(strstr(mod, "\"llama\""), "\"gpt2_\"", 7);
+    expect_hf_failure(scratch_hf("h2", "config.json", mod, strlen(mod)), "model_type 'gpt2_' is not supported");
+    /* config disagrees with the tensors */
+    strcpy(mod, cfg);
+    memcpy(strstr(mod, "\"intermediate_size\": 172"), "\"intermediate_size\": 176", 24);
+    expect_hf_failure(scratch_hf("h3", "config.json", mod, strlen(mod)), "the config implies");
+    /* fewer layers in the config than in the file: unexpected tensors */
+    strcpy(mod, cfg);
+    memcpy(strstr(mod, "\"num_hidden_layers\": 5"), "\"num_hidden_layers\": 4", 22);
+    expect_hf_failure(scratch_hf("h4", "config.json", mod, strlen(mod)), "unexpected tensor 'model.layers.4.");
+    /* more layers in the config than in the file: a missing tensor */
+    memcpy(strstr(mod, "\"num_hidden_layers\": 4"), "\"num_hidden_layers\": 6", 22);
+    expect_hf_failure(scratch_hf("h5", "config.json", mod, strlen(mod)), "missing tensor 'model.layers.5.");
+    /* truncated weights */
+    size_t wl;
+    char *w = read_all(HF_DIR "/model.safetensors", &wl);
+    expect_hf_failure(scratch_hf("h6", "model.safetensors", w, wl / 2), "model.safetensors");
+    expect_hf_failure(scratch_hf("h7", "model.safetensors", w, 5), "model.safetensors");
+    /* malformed tokenizer */
+    expect_hf_failure(scratch_hf("h8", "tokenizer.json", "{\"model\": [", 11), "tokenizer.json");
+    free(w);
+    free(mod);
+    free(cfg);
+}
+
+static void test_bad_llama2c(void **state) {
+    (void)state;
+    size_t len;
+    char *bin = read_all(L2C_BIN, &len);
+    const char *p = tmp_path("trunc.bin"), *out = tmp_path("trunc.mor");
+    FILE *f = fopen(p, "wb");
+    fwrite(bin, 1, len - 100, f);
+    fclose(f);
+    mor_error e = {0};
+    mor_convert_params cp = {.dtype = MOR_DTYPE_F32};
+    assert_int_equal(mor_convert_llama2c(p, L2C_TOK, out, &cp, &e), MOR_EFORMAT);
+    assert_non_null(strstr(e.msg, "implies"));
+    assert_false(exists(out));
+    free(bin);
+}
+
+static void test_bad_checkpoint(void **state) {
+    (void)state;
+    mor_error e = {0};
+    mor_model *m;
+    /* an HF safetensors file is not a .mor checkpoint: no config metadata */
+    assert_int_not_equal(mor_model_load(HF_DIR "/model.safetensors", &m, &e), MOR_OK);
+    assert_non_null(strstr(e.msg, "model.safetensors"));
+    assert_int_not_equal(mor_model_load(tmp_path("missing.mor"), &m, &e), MOR_OK);
+    assert_non_null(strstr(e.msg, "missing.mor"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hf_greedy),        cmocka_unit_test(test_llama2c_greedy),
+        cmocka_unit_test(test_routes_agree),     cmocka_unit_test(test_export_round_trip),
+        cmocka_unit_test(test_bf16),             cmocka_unit_test(test_bad_hf_inputs),
+        cmocka_unit_test(test_bad_llama2c),      cmocka_unit_test(test_bad_checkpoint),
+    };
+    return cmocka_run_group_tests_name("convert", tests, NULL, NULL);
+}
