@@ -1,0 +1,306 @@
+/* layers.c - forward and backward of the dense layers: embedding, RMSNorm,
+ * linear (sgemm), RoPE, SwiGLU, GELU and cross-entropy, plus the row
+ * gather/scatter that compacts an active subset and adds the gated block
+ * output back. Attention lives in layers_attn.c, the router pieces in
+ * layers_router.c. Shapes and conventions: layers.h. */
+#include "layers.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* Below this many elements a parallel region costs more than it saves. */
+#define PAR_MIN 32768
+
+/* ======================================================================== */
+/* Embedding                                                                */
+
+void mor_embedding_forward(float *out, const int32_t *tokens, const float *E, int T, int C) {
+#pragma omp parallel for if ((long)T * C >= PAR_MIN)
+    for (int t = 0; t < T; t++)
+        memcpy(out + (size_t)t * C, E + (size_t)tokens[t] * C, (size_t)C * sizeof(float));
+}
+
+void mor_embedding_backward(float *dE, const float *dout, const int32_t *tokens, int T, int C) {
+    /* Sequential: repeated tokens add into the same row, and a fixed order
+     * keeps the sum reproducible. */
+    for (int t = 0; t < T; t++) {
+        float *row = dE + (size_t)tokens[t] * C;
+        const float *d = dout + (size_t)t * C;
+        for (int i = 0; i < C; i++) row[i] += d[i];
+    }
+}
+
+/* ======================================================================== */
+/* RMSNorm                                                                  */
+
+void mor_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int T, int C,
+                         float eps) {
+#pragma omp parallel for if ((long)T * C >= PAR_MIN)
+    for (int t = 0; t < T; t++) {
+        const float *x = inp + (size_t)t * C;
+        float *y = out + (size_t)t * C;
+        double ss = 0;
+        for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
+        float r = 1.0f / sqrtf((float)(ss / C) + eps);
+        for (int i = 0; i < C; i++) y[i] = w[i] * (x[i] * r);
+        rstd[t] = r;
+    }
+}
+
+void mor_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
+                          const float *w, const float *rstd, int T, int C) {
+    /* With n = x*rstd and dn = w*dy: dx = rstd * (dn - n * mean(dn*n)). */
+#pragma omp parallel for if ((long)T * C >= PAR_MIN)
+    for (int t = 0; t < T; t++) {
+        const float *x = inp + (size_t)t * C, *dy = dout + (size_t)t * C;
+        float *dx = dinp + (size_t)t * C;
+        float r = rstd[t];
+        double dot = 0;
+        for (int i = 0; i < C; i++) dot += (double)(w[i] * dy[i]) * (x[i] * r);
+        float m = (float)(dot / C);
+        for (int i = 0; i < C; i++) dx[i] += r * (w[i] * dy[i] - (x[i] * r) * m);
+    }
+    /* dw sums over rows: threads own columns, rows run in order. */
+#pragma omp parallel for if ((long)T * C >= PAR_MIN)
+    for (int i0 = 0; i0 < C; i0 += 64) {
+        int i1 = i0 + 64 < C ? i0 + 64 : C;
+        for (int t = 0; t < T; t++) {
+            const float *x = inp + (size_t)t * C, *dy = dout + (size_t)t * C;
+            float r = rstd[t];
+            for (int i = i0; i < i1; i++) dw[i] += dy[i] * (x[i] * r);
+        }
+    }
+}
+
+/* ======================================================================== */
+/* Linear                                                                   */
+
+void mor_matmul_forward(float *out, const float *inp, const float *W, const float *bias, int T,
+                        int IN, int OUT) {
+    if (T <= 0 || OUT <= 0) return;
+    if (IN <= 0) {
+        memset(out, 0, (size_t)T * OUT * sizeof(float));
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OUT, IN, 1.0f, inp, IN, W, IN, 0.0f,
+                    out, OUT);
+    }
+    if (bias) {
+        for (int t = 0; t < T; t++)
+            for (int o = 0; o < OUT; o++) out[(size_t)t * OUT + o] += bias[o];
+    }
+}
+
+void mor_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout, const float *inp,
+                         const float *W, int T, int IN, int OUT) {
+    if (T <= 0 || OUT <= 0 || IN <= 0) return;
+    if (dinp) /* (T, IN) += (T, OUT) x (OUT, IN) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, IN, OUT, 1.0f, dout, OUT, W, IN,
+                    1.0f, dinp, IN);
+    /* (OUT, IN) += (T, OUT)^T x (T, IN) */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OUT, IN, T, 1.0f, dout, OUT, inp, IN, 1.0f,
+                dW, IN);
+    if (dbias) {
+        for (int o = 0; o < OUT; o++) {
+            double s = 0;
+            for (int t = 0; t < T; t++) s += dout[(size_t)t * OUT + o];
+            dbias[o] += (float)s;
+        }
+    }
+}
+
+/* ======================================================================== */
+/* RoPE                                                                     */
+
+void mor_rope_inv_freq(float *inv_freq, int HD, float theta) {
+    for (int i = 0; i < HD / 2; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)HD);
+}
+
+/* cos/sin of pos * inv_freq[i], the angle rounded to float32 first as HF does. */
+static void rope_cos_sin(float *c, float *s, int32_t pos, const float *inv_freq, int half) {
+    for (int i = 0; i < half; i++) {
+        float a = (float)pos * inv_freq[i];
+        c[i] = cosf(a);
+        s[i] = sinf(a);
+    }
+}
+
+/* cos/sin are computed once per row and chunk of frequencies, then used by
+ * every head of the row. */
+#define ROPE_CHUNK 64
+
+void mor_rope_forward(float *out, const float *inp, const int32_t *pos, const float *inv_freq,
+                      int T, int NH, int HD) {
+    int half = HD / 2;
+#pragma omp parallel for if ((long)T * NH * HD >= PAR_MIN)
+    for (int t = 0; t < T; t++) {
+        float c[ROPE_CHUNK], s[ROPE_CHUNK];
+        for (int i0 = 0; i0 < half; i0 += ROPE_CHUNK) {
+            int m = half - i0 < ROPE_CHUNK ? half - i0 : ROPE_CHUNK;
+            rope_cos_sin(c, s, pos[t], inv_freq + i0, m);
+            for (int h = 0; h < NH; h++) {
+                const float *x = inp + ((size_t)t * NH + h) * HD + i0;
+                float *y = out + ((size_t)t * NH + h) * HD + i0;
+                for (int i = 0; i < m; i++) {
+                    float x0 = x[i], x1 = x[i + half]; /* both read first: out may be inp */
+                    y[i] = x0 * c[i] - x1 * s[i];
+                    y[i + half] = x1 * c[i] + x0 * s[i];
+                }
+            }
+        }
+    }
+}
+
+void mor_rope_backward(float *dinp, const float *dout, const int32_t *pos, const float *inv_freq,
+                       int T, int NH, int HD) {
+    int half = HD / 2;
+#pragma omp parallel for if ((long)T * NH * HD >= PAR_MIN)
+    for (int t = 0; t < T; t++) {
+        float c[ROPE_CHUNK], s[ROPE_CHUNK];
+        for (int i0 = 0; i0 < half; i0 += ROPE_CHUNK) {
+            int m = half - i0 < ROPE_CHUNK ? half - i0 : ROPE_CHUNK;
+            rope_cos_sin(c, s, pos[t], inv_freq + i0, m);
+            for (int h = 0; h < NH; h++) {
+                const float *dy = dout + ((size_t)t * NH + h) * HD + i0;
+                float *dx = dinp + ((size_t)t * NH + h) * HD + i0;
+                for (int i = 0; i < m; i++) { /* the transpose of the rotation */
+                    dx[i] += dy[i] * c[i] + dy[i + half] * s[i];
+                    dx[i + half] += dy[i + half] * c[i] - dy[i] * s[i];
+                }
+            }
+        }
+    }
+}
+
+/* ======================================================================== */
+/* SwiGLU and GELU                                                          */
+
+void mor_swiglu_forward(float *out, const float *gate, const float *up, size_t N) {
+#pragma omp parallel for if (N >= PAR_MIN)
+    for (size_t i = 0; i < N; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void mor_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                         const float *up, size_t N) {
+#pragma omp parallel for if (N >= PAR_MIN)
+    for (size_t i = 0; i < N; i++) {
+        float g = gate[i], sg = 1.0f / (1.0f + expf(-g));
+        float silu = g * sg;
+        dgate[i] += dout[i] * up[i] * (sg * (1.0f + g * (1.0f - sg)));
+        dup[i] += dout[i] * silu;
+    }
+}
+
+void mor_gelu_forward(float *out, const float *inp, size_t N) {
+#pragma omp parallel for if (N >= PAR_MIN)
+    for (size_t i = 0; i < N; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+    }
+}
+
+void mor_gelu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
+    const float inv_sqrt_2pi = 0.3989422804014327f;
+#pragma omp parallel for if (N >= PAR_MIN)
+    for (size_t i = 0; i < N; i++) {
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+        float pdf = inv_sqrt_2pi * expf(-0.5f * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+}
+
+/* ======================================================================== */
+/* Cross-entropy                                                            */
+
+double mor_crossentropy_forward(float *lse, float *losses, const float *logits,
+                                const int32_t *targets, int T, int V, float norm) {
+#pragma omp parallel for if ((long)T * V >= PAR_MIN)
+    for (int t = 0; t < T; t++) {
+        const float *l = logits + (size_t)t * V;
+        float mx = l[0];
+        for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+        double sum = 0;
+        for (int j = 0; j < V; j++) sum += expf(l[j] - mx);
+        lse[t] = mx + (float)log(sum);
+        if (losses) losses[t] = targets[t] >= 0 ? lse[t] - l[targets[t]] : 0.0f;
+    }
+    /* The total is summed in row order, after the parallel part. */
+    double total = 0;
+    for (int t = 0; t < T; t++)
+        if (targets[t] >= 0) total += (double)lse[t] - logits[(size_t)t * V + targets[t]];
+    return total / norm;
+}
+
+void mor_crossentropy_backward(float *dlogits, const float *logits, const float *lse,
+                               const int32_t *targets, int T, int V, float norm, float dloss) {
+    float scale = dloss / norm;
+#pragma omp parallel for if ((long)T * V >= PAR_MIN)
+    for (int t = 0; t < T; t++) {
+        const float *l = logits + (size_t)t * V;
+        float *d = dlogits + (size_t)t * V;
+        if (targets[t] < 0) {
+            memset(d, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        float m = lse[t];
+        for (int j = 0; j < V; j++) d[j] = expf(l[j] - m) * scale;
+        d[targets[t]] -= scale;
+    }
+}
+
+/* ======================================================================== */
+/* Active subsets                                                           */
+
+int mor_mask_to_index(int32_t *idx, const uint8_t *mask, int n) {
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (mask[i]) idx[k++] = i;
+    return k;
+}
+
+void mor_gather_rows(float *out, const float *inp, const int32_t *idx, int n, int C) {
+#pragma omp parallel for if ((long)n * C >= PAR_MIN)
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * C, inp + (size_t)idx[i] * C, (size_t)C * sizeof(float));
+}
+
+void mor_gather_rows_backward(float *dinp, const float *dout, const int32_t *idx, int n, int C) {
+    /* Sequential so that repeated indices would still add up deterministically. */
+    for (int i = 0; i < n; i++) {
+        float *dx = dinp + (size_t)idx[i] * C;
+        const float *dy = dout + (size_t)i * C;
+        for (int c = 0; c < C; c++) dx[c] += dy[c];
+    }
+}
+
+void mor_scatter_gate_forward(float *h, const float *Y, const float *g, const int32_t *idx, int n,
+                              int C) {
+#pragma omp parallel for if ((long)n * C >= PAR_MIN)
+    for (int i = 0; i < n; i++) {
+        float *hr = h + (size_t)idx[i] * C;
+        const float *y = Y + (size_t)i * C;
+        float gi = g ? g[i] : 1.0f;
+        for (int c = 0; c < C; c++) hr[c] += gi * y[c];
+    }
+}
+
+void mor_scatter_gate_backward(float *dY, float *dg, const float *dh, const float *Y,
+                               const float *g, const int32_t *idx, int n, int C) {
+#pragma omp parallel for if ((long)n * C >= PAR_MIN)
+    for (int i = 0; i < n; i++) {
+        const float *d = dh + (size_t)idx[i] * C;
+        const float *y = Y + (size_t)i * C;
+        float *dy = dY + (size_t)i * C;
+        float gi = g ? g[i] : 1.0f;
+        double dot = 0;
+        for (int c = 0; c < C; c++) {
+            dy[c] += gi * d[c];
+            dot += (double)d[c] * y[c];
+        }
+        if (dg) dg[i] += (float)dot;
+    }
+}
