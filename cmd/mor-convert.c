@@ -6,6 +6,7 @@
 
 #include "cli.h"
 #include "mor.h"
+#include "shard.h"
 
 static void usage(void) {
     fprintf(stderr,
@@ -13,17 +14,24 @@ static void usage(void) {
             "  mor-convert hf DIR -o OUT.mor [--dtype f32|bf16]\n"
             "  mor-convert llama2c MODEL.bin --tokenizer TOK.bin -o OUT.mor [--dtype f32|bf16]\n"
             "  mor-convert export MODEL.mor -o DIR\n"
-            "  mor-convert tokens --tokenizer T --ids < text   (T: tokenizer.json or .mor)\n"
+            "  mor-convert tokens --tokenizer T --ids [FILE]        (T: tokenizer.json or .mor)\n"
+            "  mor-convert tokens --tokenizer T -o OUT.shard[.zst] [--split file|line|blank] [FILE...]\n"
             "options:\n"
             "  -o, --output PATH   output file (a name ending in .zst is zstd-compressed) or directory\n"
             "      --dtype D       f32 (default) or bf16 for matrices; norms stay f32\n"
             "      --bos           tokens --ids: add the BOS token to every line\n"
+            "      --split S       tokens shard: a document is a whole file (default), a line, or a\n"
+            "                      paragraph between blank lines; documents are joined with EOS\n"
             "  -q, --quiet         no progress or logs on stderr\n");
 }
 
+enum { SPLIT_FILE, SPLIT_LINE, SPLIT_BLANK };
+
 typedef struct {
     const char *cmd, *input, *output, *tokenizer;
-    int dtype, ids, bos;
+    const char *inputs[256]; /* tokens: every input file */
+    int n_inputs;
+    int dtype, ids, bos, split;
 } options;
 
 static int parse_args(int argc, char **argv, options *o) {
@@ -50,6 +58,12 @@ static int parse_args(int argc, char **argv, options *o) {
             else return cli_usage_error("--dtype: expected f32 or bf16, got '%s'", v);
         } else if (!strcmp(a, "--ids")) {
             o->ids = 1;
+        } else if (!strcmp(a, "--split")) {
+            if (!(v = cli_value(argc, argv, &i))) return EXIT_USAGE;
+            if (!strcmp(v, "file")) o->split = SPLIT_FILE;
+            else if (!strcmp(v, "line")) o->split = SPLIT_LINE;
+            else if (!strcmp(v, "blank")) o->split = SPLIT_BLANK;
+            else return cli_usage_error("--split: expected file, line or blank, got '%s'", v);
         } else if (!strcmp(a, "--bos")) {
             o->bos = 1;
         } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
@@ -58,13 +72,16 @@ static int parse_args(int argc, char **argv, options *o) {
             return cli_usage_error("unknown option '%s'", a);
         } else if (!o->cmd) {
             o->cmd = a;
-        } else if (!o->input) {
-            o->input = a;
+        } else if (o->n_inputs < 256) {
+            if (!o->input) o->input = a;
+            o->inputs[o->n_inputs++] = a;
         } else {
-            return cli_usage_error("unexpected argument '%s'", a);
+            return cli_usage_error("too many inputs");
         }
     }
     if (!o->cmd) return cli_usage_error("missing command (hf, llama2c, export or tokens)");
+    if (strcmp(o->cmd, "tokens") && o->n_inputs > 1)
+        return cli_usage_error("unexpected argument '%s'", o->inputs[1]);
     return 0;
 }
 
@@ -72,13 +89,86 @@ static void on_progress(void *user, uint64_t done, uint64_t total) {
     cli_progress_update(user, (double)done / 1e6, (double)total / 1e6);
 }
 
+/* Tokenizes text[0..len) as documents (per --split) into the shard. */
+static int shard_text(const options *o, const mor_tokenizer *tok, mor_shard_writer *w, const char *name,
+                      const char *text, size_t len, uint64_t *docs) {
+    mor_error err = {0};
+    size_t off = 0;
+    while (off < len) {
+        size_t end = len;
+        if (o->split == SPLIT_LINE) {
+            const char *nl = memchr(text + off, '\n', len - off);
+            if (nl) end = (size_t)(nl - text);
+        } else if (o->split == SPLIT_BLANK) {
+            const char *b = memmem(text + off, len - off, "\n\n", 2);
+            if (b) end = (size_t)(b - text);
+        }
+        size_t next = end < len ? end + 1 : len;
+        while (o->split == SPLIT_BLANK && next < len && text[next] == '\n') next++;
+        /* skip empty documents (blank lines) */
+        size_t a = off;
+        while (a < end && (text[a] == '\n' || text[a] == '\r')) a++;
+        if (a < end) {
+            int32_t *ids;
+            size_t n;
+            if (mor_tokenize(tok, text + a, end - a, 0, &ids, &n, &err)) {
+                mor_error e2 = err;
+                snprintf(e2.msg, sizeof e2.msg, "%s: document at byte %zu: %.900s", name, a, err.msg);
+                return cli_fail(&e2);
+            }
+            mor_status st = mor_shard_writer_append(w, ids, n, &err);
+            free(ids);
+            if (st || mor_shard_writer_end_doc(w, &err)) return cli_fail(&err);
+            (*docs)++;
+        }
+        off = next;
+    }
+    return 0;
+}
+
+static int cmd_shard(const options *o, const mor_tokenizer *tok) {
+    mor_error err = {0};
+    mor_shard_writer *w;
+    if (mor_tokenizer_eos(tok) < 0)
+        return cli_usage_error("%s: the tokenizer has no EOS token to join documents with", o->tokenizer);
+    if (mor_shard_writer_open(o->output, (uint32_t)mor_tokenizer_vocab_size(tok), mor_tokenizer_eos(tok),
+                              MOR_SHARD_ZSTD_AUTO, &w, &err))
+        return cli_fail(&err);
+    uint64_t docs = 0;
+    int rc = 0;
+    double t0 = cli_now();
+    for (int i = 0; i < (o->n_inputs ? o->n_inputs : 1) && !rc; i++) {
+        const char *in = o->n_inputs ? o->inputs[i] : NULL;
+        char *text;
+        size_t len;
+        if ((rc = cli_read_input(in, &text, &len))) break;
+        rc = shard_text(o, tok, w, in ? in : "stdin", text, len, &docs);
+        free(text);
+    }
+    if (rc) {
+        mor_shard_writer_abort(w);
+        return rc;
+    }
+    uint64_t n = mor_shard_writer_n_tokens(w);
+    if (mor_shard_writer_commit(w, &err)) return cli_fail(&err);
+    double dt = cli_now() - t0;
+    cli_log("%s: %llu tokens in %llu documents, %.2f s (%.0f tokens/s)", o->output, (unsigned long long)n,
+            (unsigned long long)docs, dt, dt > 0 ? (double)n / dt : 0);
+    return 0;
+}
+
 static int cmd_tokens(const options *o) {
     if (!o->tokenizer) return cli_usage_error("tokens needs --tokenizer T");
-    if (!o->ids)
-        return cli_usage_error("tokens: only --ids output is available in this version");
+    if (!o->ids && !o->output) return cli_usage_error("tokens needs --ids or -o OUT.shard");
+    if (o->ids && o->n_inputs > 1) return cli_usage_error("tokens --ids reads one input");
     mor_error err = {0};
     mor_tokenizer *tok;
     if (mor_tokenizer_load(o->tokenizer, &tok, &err)) return cli_fail(&err);
+    if (!o->ids) {
+        int rc = cmd_shard(o, tok);
+        mor_tokenizer_free(tok);
+        return rc;
+    }
     char *text;
     size_t len;
     int rc = cli_read_input(o->input, &text, &len);

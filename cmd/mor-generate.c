@@ -290,7 +290,10 @@ typedef struct {
 } slot;
 
 static void slot_emit(slot *s, const options *o, const char *prompt, size_t plen) {
-    flush_pending(&s->text, o, NULL, 1); /* drops a trailing stop string */
+    for (int i = 0; i < o->n_stops; i++) { /* cut at the first stop string */
+        const char *hit = memmem(s->text.buf, s->text.len, o->stops[i], strlen(o->stops[i]));
+        if (hit) s->text.len = (size_t)(hit - s->text.buf);
+    }
     printf("{\"index\":%ld,\"prompt\":", s->index);
     cli_json_string(stdout, prompt, plen);
     printf(",\"text\":");

@@ -43,7 +43,8 @@ typedef struct mor_source {
 
 /* Detects zstd by its magic number (works on pipes). Concatenated zstd
  * frames read as one byte sequence; input that ends inside a frame is
- * MOR_EFORMAT. */
+ * MOR_EFORMAT. The source reads fileno(f) directly (so a pipe delivers data
+ * as it arrives): f must not have been read through stdio before. */
 mor_status mor_source_open(mor_source *s, FILE *f, const char *name, mor_error *err);
 /* Reads up to n bytes; *got < n only at end of input. */
 mor_status mor_source_read(mor_source *s, void *buf, size_t n, size_t *got, mor_error *err);

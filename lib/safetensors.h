@@ -62,8 +62,9 @@ mor_status mor_st_open(const char *path, mor_st_file **out, mor_error *err);
 /* Parses a blob already in memory (borrowed: buf must outlive the handle). */
 mor_status mor_st_parse(const void *buf, size_t len, const char *name, mor_st_file **out,
                         mor_error *err);
-/* Reads one complete blob from a source into memory (data section 64-byte
- * aligned). `label` prefixes messages (e.g. "x.stream: frame 3 at byte 4096").
+/* Reads one complete blob from a source into memory (a 64-byte aligned
+ * buffer, so the data section of a blob mor wrote is aligned too). `label`
+ * prefixes messages (e.g. "x.stream: frame 3 at byte 4096").
  * At a clean end of input (no byte left) *out is NULL and MOR_OK returned;
  * input that ends inside the blob is MOR_EFORMAT ("truncated"). */
 mor_status mor_st_read(mor_source *src, const char *label, mor_st_file **out, mor_error *err);
@@ -73,7 +74,12 @@ const char *mor_st_meta_get(const mor_st_file *f, const char *key);
 int64_t mor_st_numel(const mor_st_tensor *t);
 
 /* Writer. Declare every tensor (and metadata), then write their bytes in the
- * declared order; only one tensor's bytes need to be in memory at a time. */
+ * declared order; only one tensor's bytes need to be in memory at a time.
+ * The header is deterministic: __metadata__ first (keys in the order first
+ * set; setting a key again replaces its value), then the tensors in declared
+ * order with contiguous data offsets. Names and metadata must be UTF-8 and
+ * tensor names unique (else MOR_EARG); misuse (wrong byte count, too many
+ * tensors, declaring after the header) is MOR_EARG too. */
 typedef struct mor_st_writer mor_st_writer;
 mor_st_writer *mor_st_writer_new(void);
 void mor_st_writer_free(mor_st_writer *w);

@@ -1,0 +1,115 @@
+/* checkpoint.c - the .mor checkpoint (man/mor-checkpoint.5): a safetensors
+ * file with the model config and tokenizer in its __metadata__, written
+ * atomically (temporary file, fsync, rename) and zstd-compressed when the
+ * path ends in ".zst". */
+#include "checkpoint.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define CKPT_ZSTD_LEVEL 3
+
+mor_status mor_ckpt_writer_init(mor_ckpt_writer *w, const char *config_yaml,
+                                const char *tokenizer_json, const char *tokenizer_config_json,
+                                mor_error *err) {
+    memset(w, 0, sizeof *w);
+    if (!config_yaml || !tokenizer_json)
+        return mor_fail(err, MOR_EARG, "checkpoint writer: the %s is required",
+                        !config_yaml ? "config YAML" : "tokenizer JSON");
+    w->st = mor_st_writer_new();
+    if (!w->st) return mor_fail(err, MOR_ENOMEM, "out of memory");
+    mor_status st = mor_st_writer_meta(w->st, MOR_META_FORMAT, MOR_CKPT_FORMAT, err);
+    if (!st) st = mor_st_writer_meta(w->st, MOR_META_VERSION, MOR_CKPT_VERSION, err);
+    if (!st) st = mor_st_writer_meta(w->st, MOR_META_CONFIG, config_yaml, err);
+    if (!st) st = mor_st_writer_meta(w->st, MOR_META_TOKENIZER, tokenizer_json, err);
+    if (!st && tokenizer_config_json)
+        st = mor_st_writer_meta(w->st, MOR_META_TOKENIZER_CONFIG, tokenizer_config_json, err);
+    if (st) mor_ckpt_writer_abort(w);
+    return st;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && strcmp(s + n - k, suf) == 0;
+}
+
+mor_status mor_ckpt_writer_start(mor_ckpt_writer *w, const char *path, mor_error *err) {
+    if (!w->st || w->started)
+        return mor_fail(err, MOR_EARG, "%s: checkpoint writer not initialised or already started", path);
+    mor_status st = mor_atomic_open(&w->af, path, err);
+    if (st) return st;
+    w->started = 1;
+    /* the sink names the final path in messages, not the temporary file */
+    st = mor_sink_open(&w->sink, w->af.f, w->af.path, ends_with(path, ".zst") ? CKPT_ZSTD_LEVEL : 0, err);
+    if (!st) st = mor_st_writer_header(w->st, &w->sink, err);
+    return st;
+}
+
+mor_status mor_ckpt_writer_tensor(mor_ckpt_writer *w, const void *bytes, size_t n, mor_error *err) {
+    if (!w->started) return mor_fail(err, MOR_EARG, "checkpoint writer: tensor written before start");
+    return mor_st_writer_data(w->st, &w->sink, bytes, n, err);
+}
+
+/* Commits or, on any failure, aborts: either way the writer is released. */
+mor_status mor_ckpt_writer_commit(mor_ckpt_writer *w, mor_error *err) {
+    mor_status st = MOR_OK;
+    if (!w->started) {
+        st = mor_fail(err, MOR_EARG, "checkpoint writer: commit before start");
+    } else if (mor_st_writer_pending(w->st) > 0) {
+        st = mor_fail(err, MOR_EARG, "%s: %d declared tensors were not written", w->af.path,
+                      mor_st_writer_pending(w->st));
+    }
+    if (!st) st = mor_sink_finish(&w->sink, err);
+    if (!st) {
+        st = mor_atomic_commit(&w->af, err); /* releases af, success or not */
+        w->started = 0;
+    }
+    mor_ckpt_writer_abort(w);
+    return st;
+}
+
+void mor_ckpt_writer_abort(mor_ckpt_writer *w) {
+    mor_sink_free(&w->sink);
+    if (w->started) mor_atomic_abort(&w->af);
+    mor_st_writer_free(w->st);
+    memset(w, 0, sizeof *w);
+}
+
+mor_status mor_ckpt_open(const char *path, mor_st_file **out, mor_error *err) {
+    mor_st_file *f;
+    mor_status st = mor_st_open(path, &f, err);
+    if (st) return st;
+    const char *fmt = mor_st_meta_get(f, MOR_META_FORMAT);
+    const char *ver = mor_st_meta_get(f, MOR_META_VERSION);
+    if (!fmt || strcmp(fmt, MOR_CKPT_FORMAT) != 0) {
+        if (fmt)
+            st = mor_fail(err, MOR_EFORMAT,
+                          "%s: not a mor checkpoint: __metadata__.%s is \"%s\", expected \"%s\"",
+                          path, MOR_META_FORMAT, fmt, MOR_CKPT_FORMAT);
+        else
+            st = mor_fail(err, MOR_EFORMAT,
+                          "%s: not a mor checkpoint: __metadata__ has no \"%s\" key (expected \"%s\"; "
+                          "a Hugging Face model.safetensors needs mor-convert first)",
+                          path, MOR_META_FORMAT, MOR_CKPT_FORMAT);
+    } else if (!ver) {
+        st = mor_fail(err, MOR_EFORMAT, "%s: __metadata__ has no \"%s\" key (expected \"%s\")", path,
+                      MOR_META_VERSION, MOR_CKPT_VERSION);
+    } else if (strcmp(ver, MOR_CKPT_VERSION) != 0) {
+        st = mor_fail(err, MOR_EUNSUPPORTED,
+                      "%s: %s \"%s\" is not supported (this build reads version %s)", path,
+                      MOR_META_VERSION, ver, MOR_CKPT_VERSION);
+    } else if (!mor_st_meta_get(f, MOR_META_CONFIG)) {
+        st = mor_fail(err, MOR_EFORMAT, "%s: __metadata__ has no \"%s\" key (the model config YAML)",
+                      path, MOR_META_CONFIG);
+    } else if (!mor_st_meta_get(f, MOR_META_TOKENIZER)) {
+        st = mor_fail(err, MOR_EFORMAT,
+                      "%s: __metadata__ has no \"%s\" key (the tokenizer.json text)", path,
+                      MOR_META_TOKENIZER);
+    }
+    if (st) {
+        mor_st_close(f);
+        return st;
+    }
+    *out = f;
+    return MOR_OK;
+}
