@@ -12,6 +12,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage:\n"
             "  mor-convert hf DIR -o OUT.mor [--dtype f32|bf16]\n"
+            "  mor-convert hf DIR --config CONFIG.yaml -o OUT.mor [--init METHOD] [--seed S]\n"
+            "  mor-convert init --config CONFIG.yaml --tokenizer T -o OUT.mor [--seed S]\n"
             "  mor-convert llama2c MODEL.bin --tokenizer TOK.bin -o OUT.mor [--dtype f32|bf16]\n"
             "  mor-convert export MODEL.mor -o DIR\n"
             "  mor-convert tokens --tokenizer T --ids [FILE]        (T: tokenizer.json or .mor)\n"
@@ -19,6 +21,10 @@ static void usage(void) {
             "options:\n"
             "  -o, --output PATH   output file (a name ending in .zst is zstd-compressed) or directory\n"
             "      --dtype D       f32 (default) or bf16 for matrices; norms stay f32\n"
+            "      --config FILE   a recursive/MoR model config (mor-config(5))\n"
+            "      --init METHOD   shared layers from the source layers: stepwise, average, lower,\n"
+            "                      upper or random (default: the config's recursive.initialization)\n"
+            "  -s, --seed S        routers and random choices (default 0)\n"
             "      --bos           tokens --ids: add the BOS token to every line\n"
             "      --split S       tokens shard: a document is a whole file (default), a line, or a\n"
             "                      paragraph between blank lines; documents are joined with EOS\n"
@@ -28,7 +34,9 @@ static void usage(void) {
 enum { SPLIT_FILE, SPLIT_LINE, SPLIT_BLANK };
 
 typedef struct {
-    const char *cmd, *input, *output, *tokenizer;
+    const char *cmd, *input, *output, *tokenizer, *config;
+    int init;
+    unsigned long long seed;
     const char *inputs[256]; /* tokens: every input file */
     int n_inputs;
     int dtype, ids, bos, split;
@@ -36,6 +44,7 @@ typedef struct {
 
 static int parse_args(int argc, char **argv, options *o) {
     memset(o, 0, sizeof *o);
+    o->init = MOR_FROM_CONFIG;
     if (argc < 2) {
         usage();
         return EXIT_USAGE;
@@ -58,6 +67,21 @@ static int parse_args(int argc, char **argv, options *o) {
             else return cli_usage_error("--dtype: expected f32 or bf16, got '%s'", v);
         } else if (!strcmp(a, "--ids")) {
             o->ids = 1;
+        } else if (!strcmp(a, "--config")) {
+            if (!(v = cli_value(argc, argv, &i))) return EXIT_USAGE;
+            o->config = v;
+        } else if (!strcmp(a, "--init")) {
+            static const char *names[] = {"random", "stepwise", "average", "lower", "upper"};
+            if (!(v = cli_value(argc, argv, &i))) return EXIT_USAGE;
+            o->init = -2;
+            for (int k = 0; k < 5; k++)
+                if (!strcmp(v, names[k])) o->init = k;
+            if (o->init == -2)
+                return cli_usage_error("--init: expected stepwise, average, lower, upper or random, got '%s'", v);
+        } else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
+            long seed;
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 0, 0x7fffffffffffffffL, &seed)) return EXIT_USAGE;
+            o->seed = (unsigned long long)seed;
         } else if (!strcmp(a, "--split")) {
             if (!(v = cli_value(argc, argv, &i))) return EXIT_USAGE;
             if (!strcmp(v, "file")) o->split = SPLIT_FILE;
@@ -207,17 +231,25 @@ int main(int argc, char **argv) {
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc;
     mor_error err = {0};
-    mor_convert_params p = {.dtype = o.dtype};
+    mor_convert_params p = {.dtype = o.dtype, .init = (mor_layer_init)o.init, .seed = o.seed};
     cli_progress bar;
     cli_progress_begin(&bar, "writing", "MB");
     p.progress = on_progress;
     p.progress_user = &bar;
     mor_status st;
     if (!strcmp(o.cmd, "tokens")) return cmd_tokens(&o);
-    if (!o.input) return cli_usage_error("%s needs an input", o.cmd);
     if (!o.output) return cli_usage_error("%s needs -o", o.cmd);
     double t0 = cli_now();
-    if (!strcmp(o.cmd, "hf")) {
+    if (!strcmp(o.cmd, "init")) {
+        if (!o.config || !o.tokenizer) return cli_usage_error("init needs --config and --tokenizer");
+        if (o.input) return cli_usage_error("unexpected argument '%s'", o.input);
+        st = mor_model_init(o.config, o.tokenizer, o.output, &p, &err);
+    } else if (!o.input) {
+        return cli_usage_error("%s needs an input", o.cmd);
+    } else if (!strcmp(o.cmd, "hf") && o.config) {
+        st = mor_convert_hf_config(o.input, o.config, o.output, &p, &err);
+    } else if (!strcmp(o.cmd, "hf")) {
+        if (o.init != MOR_FROM_CONFIG) return cli_usage_error("--init needs --config");
         st = mor_convert_hf(o.input, o.output, &p, &err);
     } else if (!strcmp(o.cmd, "llama2c")) {
         if (!o.tokenizer) return cli_usage_error("llama2c needs --tokenizer TOK.bin");

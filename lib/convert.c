@@ -16,6 +16,7 @@
 #include "checkpoint.h"
 #include "config.h"
 #include "model.h"
+#include "rng.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -398,6 +399,223 @@ mor_status mor_convert_llama2c(const char *model_bin, const char *tokenizer_bin,
     free(tok);
     free(tc);
     munmap(map, size);
+    return st;
+}
+
+/* ---- recursive models from a pretrained Llama, and fresh models ----------- */
+
+typedef struct {
+    hf_source hf;              /* the pretrained model */
+    const mor_config *target;  /* the recursive/MoR config */
+    int src_layers;            /* source num_hidden_layers */
+    mor_layer_init init;
+    int *pick;                 /* (P) source layer for each physical layer, -1 = average */
+    mor_rng rng;               /* routers */
+    float *tmp;                /* one tensor, for averaging */
+} reshape_source;
+
+static const char *field_name(int f) {
+    static const char *names[] = {"input_layernorm.weight", "self_attn.q_proj.weight",
+                                  "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                  "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+                                  "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+    return names[f];
+}
+
+/* Reads field f of source layer `layer` into dst. */
+static mor_status read_src_layer(reshape_source *r, int layer, const mor_tensor_spec *spec, float *dst,
+                                 mor_error *err) {
+    mor_tensor_spec s = *spec;
+    snprintf(s.name, sizeof s.name, "model.layers.%d.%s", layer, field_name(spec->field));
+    return hf_read(&r->hf, &s, dst, err);
+}
+
+static void fill_normal(mor_rng *rng, float *dst, size_t n, double std) {
+    for (size_t i = 0; i < n; i++) dst[i] = (float)(std * mor_rng_normal(rng));
+}
+
+static mor_status reshape_read(void *src, const mor_tensor_spec *spec, float *dst, mor_error *err) {
+    reshape_source *r = src;
+    const mor_config *c = r->target;
+    size_t n = spec_numel(spec);
+    switch (spec->role) {
+    case MOR_T_ROUTER:
+    case MOR_T_AUX_ROUTER: fill_normal(&r->rng, dst, n, 0.02); return MOR_OK;
+    case MOR_T_ROUTER_BIAS: memset(dst, 0, n * sizeof *dst); return MOR_OK;
+    case MOR_T_UNROLLED: {
+        /* a position of its own takes the source layer at the same depth */
+        int l = spec->index;
+        int src_l = l < r->src_layers ? l : r->src_layers - 1;
+        if (mor_config_rec_offset(c) && l == c->n_layers - 1) src_l = r->src_layers - 1;
+        return read_src_layer(r, src_l, spec, dst, err);
+    }
+    case MOR_T_LAYER: {
+        int p = spec->index;
+        if (r->pick[p] >= 0) return read_src_layer(r, r->pick[p], spec, dst, err);
+        /* average over the source layers at the unrolled positions that use p */
+        memset(dst, 0, n * sizeof *dst);
+        int count = 0;
+        for (int l = 0; l < c->n_layers && l < r->src_layers; l++) {
+            if (mor_config_layer_map(c, l) != p) continue;
+            mor_status st = read_src_layer(r, l, spec, r->tmp, err);
+            if (st) return st;
+            for (size_t e = 0; e < n; e++) dst[e] += r->tmp[e];
+            count++;
+        }
+        for (size_t e = 0; e < n; e++) dst[e] /= (float)(count ? count : 1);
+        return MOR_OK;
+    }
+    default: return hf_read(&r->hf, spec, dst, err); /* embedding, final norm, head */
+    }
+}
+
+/* Chooses the source layer of every physical layer (spec section 2's
+ * initialisation options; -1 = average of the tied positions). */
+static void choose_source_layers(reshape_source *r) {
+    const mor_config *c = r->target;
+    int P = mor_config_n_phys_layers(c), off = mor_config_rec_offset(c), base = mor_config_base_depth(c);
+    int span = r->src_layers - 2 * off; /* source layers available to the shared block */
+    int random_pick[MOR_MAX_RECURSION * 64];
+    if (r->init == MOR_LAYERS_RANDOM && base <= (int)(sizeof random_pick / sizeof *random_pick)) {
+        /* a sorted random subset of `base` source layers of the span */
+        int chosen = 0;
+        for (int i = 0; i < span && chosen < base; i++)
+            if (mor_rng_below(&r->rng, (uint64_t)(span - i)) < (uint64_t)(base - chosen))
+                random_pick[chosen++] = off + i;
+    }
+    for (int p = 0; p < P; p++) {
+        if (!mor_config_phys_is_shared(c, p)) {
+            /* unique layers: the first and the last source layer */
+            r->pick[p] = p == 0 ? 0 : r->src_layers - 1;
+            continue;
+        }
+        int i = p - off; /* slot within the recursion block */
+        switch (r->init) {
+        case MOR_LAYERS_STEPWISE: r->pick[p] = off + (int)((long)i * span / base); break;
+        case MOR_LAYERS_LOWER: r->pick[p] = off + i; break;
+        case MOR_LAYERS_UPPER: r->pick[p] = off + span - base + i; break;
+        case MOR_LAYERS_AVERAGE: r->pick[p] = -1; break;
+        default: r->pick[p] = random_pick[i]; break;
+        }
+        if (r->pick[p] >= r->src_layers) r->pick[p] = r->src_layers - 1;
+    }
+}
+
+static mor_status read_yaml_config(const char *path, mor_config *c, mor_error *err) {
+    char *text;
+    size_t len;
+    mor_status st = mor_read_file(path, &text, &len, err);
+    if (st) return st;
+    st = mor_config_parse_yaml(text, len, path, c, err);
+    free(text);
+    return st;
+}
+
+mor_status mor_convert_hf_config(const char *dir, const char *config_path, const char *out_path,
+                                 const mor_convert_params *p, mor_error *err) {
+    reshape_source r = {.hf = {.dir = dir}};
+    mor_config src, cfg;
+    char *cfg_path = path_join(dir, "config.json"), *tok_path = path_join(dir, "tokenizer.json");
+    char *text = NULL, *tok = NULL, *tc = NULL;
+    size_t len;
+    mor_status st = MOR_OK;
+    if ((st = mor_read_file(cfg_path, &text, &len, err)) ||
+        (st = mor_config_from_hf_json(text, len, cfg_path, &src, err)) ||
+        (st = read_yaml_config(config_path, &cfg, err)) ||
+        (st = mor_tokenizer_texts(tok_path, &tok, &tc, err)))
+        goto out;
+    if (cfg.dim != src.dim || cfg.hidden_dim != src.hidden_dim || cfg.n_heads != src.n_heads ||
+        cfg.n_kv_heads != src.n_kv_heads || cfg.head_dim != src.head_dim || cfg.vocab_size != src.vocab_size ||
+        cfg.tie_embeddings != src.tie_embeddings) {
+        st = mor_fail(err, MOR_ECONFIG,
+                      "%s: model shape (hidden %d, intermediate %d, heads %d/%d, head_dim %d, vocab %d, tied %d) "
+                      "differs from %s (hidden %d, intermediate %d, heads %d/%d, head_dim %d, vocab %d, tied %d)",
+                      config_path, cfg.dim, cfg.hidden_dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+                      cfg.vocab_size, cfg.tie_embeddings, cfg_path, src.dim, src.hidden_dim, src.n_heads,
+                      src.n_kv_heads, src.head_dim, src.vocab_size, src.tie_embeddings);
+        goto out;
+    }
+    /* RoPE and special tokens come from the pretrained model */
+    cfg.rope_theta = src.rope_theta;
+    cfg.rope_factor = src.rope_factor;
+    cfg.rope_low_freq_factor = src.rope_low_freq_factor;
+    cfg.rope_high_freq_factor = src.rope_high_freq_factor;
+    cfg.rope_original_max_pos = src.rope_original_max_pos;
+    cfg.norm_eps = src.norm_eps;
+    cfg.bos_id = src.bos_id;
+    cfg.eos_id = src.eos_id;
+    r.target = &cfg;
+    r.src_layers = src.n_layers;
+    r.init = p && p->init != MOR_FROM_CONFIG ? p->init : (mor_layer_init)cfg.rec_init;
+    mor_rng_seed(&r.rng, p ? p->seed : 0);
+    r.hf.cfg = &src;
+    int P = mor_config_n_phys_layers(&cfg);
+    r.pick = calloc((size_t)P, sizeof *r.pick);
+    size_t maxn = (size_t)(cfg.hidden_dim > cfg.dim ? cfg.hidden_dim : cfg.dim) *
+                  (size_t)(cfg.n_heads * cfg.head_dim > cfg.dim ? cfg.n_heads * cfg.head_dim : cfg.dim);
+    r.tmp = malloc(maxn * sizeof(float));
+    if (!r.pick || !r.tmp) {
+        st = mor_fail(err, MOR_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((st = hf_open_weights(&r.hf, err)) || (st = hf_check_unexpected(&r.hf, err))) goto out;
+    if (cfg.recursive) choose_source_layers(&r);
+    else
+        for (int i = 0; i < P; i++) r.pick[i] = i < src.n_layers ? i : src.n_layers - 1;
+    st = write_model(out_path, &cfg, tok, tc, reshape_read, &r, p, err);
+out:
+    for (int i = 0; i < r.hf.n_files; i++) mor_st_close(r.hf.files[i]);
+    free(r.hf.files);
+    free(r.pick);
+    free(r.tmp);
+    free(text);
+    free(tok);
+    free(tc);
+    free(cfg_path);
+    free(tok_path);
+    return st;
+}
+
+typedef struct {
+    const mor_config *cfg;
+    mor_rng rng;
+} init_source;
+
+static mor_status init_read(void *src, const mor_tensor_spec *spec, float *dst, mor_error *err) {
+    init_source *s = src;
+    size_t n = spec_numel(spec);
+    if (spec->role == MOR_T_ROUTER_BIAS) {
+        memset(dst, 0, n * sizeof *dst);
+    } else if (spec->norm && spec->role != MOR_T_ROUTER && spec->role != MOR_T_AUX_ROUTER) {
+        for (size_t i = 0; i < n; i++) dst[i] = 1.0f;
+    } else {
+        fill_normal(&s->rng, dst, n, s->cfg->initializer_range);
+    }
+    return MOR_OK;
+}
+
+mor_status mor_model_init(const char *config_path, const char *tokenizer_path, const char *out_path,
+                          const mor_convert_params *p, mor_error *err) {
+    mor_config cfg;
+    char *tok = NULL, *tc = NULL;
+    mor_tokenizer *check = NULL;
+    mor_status st;
+    if ((st = read_yaml_config(config_path, &cfg, err)) ||
+        (st = mor_tokenizer_texts(tokenizer_path, &tok, &tc, err)) ||
+        (st = mor_tokenizer_from_json(tok, strlen(tok), tc, tc ? strlen(tc) : 0, tokenizer_path, &check, err)))
+        goto out;
+    if (mor_tokenizer_vocab_size(check) > cfg.vocab_size) {
+        st = mor_fail(err, MOR_ECONFIG, "%s: vocab_size %d is smaller than the tokenizer's %d tokens (%s)",
+                      config_path, cfg.vocab_size, mor_tokenizer_vocab_size(check), tokenizer_path);
+        goto out;
+    }
+    init_source s = {.cfg = &cfg};
+    mor_rng_seed(&s.rng, p ? p->seed : 0);
+    st = write_model(out_path, &cfg, tok, tc, init_read, &s, p, err);
+out:
+    mor_tokenizer_free(check);
+    free(tok);
+    free(tc);
     return st;
 }
 

@@ -23,6 +23,12 @@ typedef struct mor_layer_weights {
     const float *w_down;    /* (D, F) */
 } mor_layer_weights;
 
+/* A router's weights. Linear: w (K, D). MLP: fc1 (2D, D), fc2 (K, 2D).
+ * K = 1 for an expert-choice step router, N_R for the token-choice router. */
+typedef struct mor_router_weights {
+    const float *w, *fc1, *fc2;
+} mor_router_weights;
+
 struct mor_model {
     mor_config cfg;
     char *config_yaml;
@@ -33,6 +39,15 @@ struct mor_model {
     const float *lm_head;    /* (V, D); == embed when tied */
     mor_layer_weights *layers; /* (P) physical layers */
     int *layer_map;          /* (L) unrolled position -> physical layer */
+    /* (L) the weights used at each unrolled position: the physical layer's,
+     * except norms when recursive.ln_share is off and attention when
+     * mor.expert.untie_attention is on, which are per position. */
+    mor_layer_weights *unrolled;
+    /* MoR routers: expert-choice has one per step (N_R), token-choice one
+     * with N_R outputs (routers[0]); aux_routers for sampling: aux_router. */
+    mor_router_weights routers[MOR_MAX_RECURSION];
+    mor_router_weights aux_routers[MOR_MAX_RECURSION];
+    const float *router_bias; /* (N_R) token-choice loss-free balancing bias, or NULL */
     mor_tokenizer *tok;
 };
 
@@ -63,14 +78,34 @@ struct mor_context {
     int batch_rows;          /* MOR_BATCH_LOGITS_ROWS, capped by n_batch */
 };
 
-/* The tensors a config implies, in checkpoint order. `norm` tensors (and
- * later routers) are always stored as F32. */
+/* The tensors a config implies, in checkpoint order. `norm` tensors (norm
+ * weights, routers and the router bias) are always stored as F32.
+ *
+ * Names (man/mor-checkpoint.5): Hugging Face Llama names with PHYSICAL layer
+ * indices, model.layers.P.*; when recursive.ln_share is off, the norms of
+ * every unrolled position l of a shared layer are
+ * model.unrolled.l.{input,post_attention}_layernorm.weight instead; with
+ * mor.expert.untie_attention the attention projections of shared layers are
+ * model.unrolled.l.self_attn.{q,k,v,o}_proj.weight. Routers: expert-choice
+ * step r (0-based) model.routers.r.weight (1, D), or .fc1.weight (2D, D) and
+ * .fc2.weight (1, 2D) for MLP routers; token-choice model.router.weight
+ * (N_R, D) or model.router.fc1/fc2, and model.router.bias (N_R) under
+ * loss-free balancing; sampling aux_router adds model.aux_routers.r.*. */
 typedef struct mor_tensor_spec {
     char name[96];
     int ndim;
     int64_t shape[2];
     int norm;
+    /* where it binds: role and index (physical layer, unrolled position or
+     * router step) */
+    enum { MOR_T_EMBED, MOR_T_FINAL_NORM, MOR_T_HEAD, MOR_T_LAYER, MOR_T_UNROLLED, MOR_T_ROUTER,
+           MOR_T_AUX_ROUTER, MOR_T_ROUTER_BIAS } role;
+    int index;
+    int field; /* MOR_T_LAYER/UNROLLED: mor_layer_weights field; routers: 0 w, 1 fc1, 2 fc2 */
 } mor_tensor_spec;
+
+enum { MOR_F_ATTN_NORM, MOR_F_WQ, MOR_F_WK, MOR_F_WV, MOR_F_WO, MOR_F_MLP_NORM, MOR_F_GATE,
+       MOR_F_UP, MOR_F_DOWN };
 
 /* Fills *specs (malloc'ed) and returns the count, or -1 on allocation failure. */
 int mor_model_tensor_specs(const mor_config *c, mor_tensor_spec **specs);
@@ -78,5 +113,9 @@ int mor_model_tensor_specs(const mor_config *c, mor_tensor_spec **specs);
 /* Binds the tensors of m->file to the weight pointers (converting BF16 to F32
  * once, into m->converted). Fails on missing, unexpected or mis-shaped tensors. */
 mor_status mor_model_bind(mor_model *m, mor_error *err);
+
+/* The tokenizer.json and tokenizer_config.json texts (malloc'ed; the config
+ * may be NULL) of a tokenizer.json path or a .mor checkpoint. */
+mor_status mor_tokenizer_texts(const char *path, char **json, char **config_json, mor_error *err);
 
 #endif

@@ -9,39 +9,103 @@
 #include "tokenizer.h"
 #include "util.h"
 
+static const char *layer_field_names[] = {
+    "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",   "mlp.up_proj.weight",      "mlp.down_proj.weight"};
+
+/* Which fields of unrolled position l are its own rather than its physical
+ * layer's: bit f set = field f is stored per position. */
+static unsigned unrolled_own_fields(const mor_config *c, int l) {
+    if (!c->recursive || !mor_config_phys_is_shared(c, mor_config_layer_map(c, l))) return 0;
+    unsigned bits = 0;
+    if (!c->ln_share) bits |= 1u << MOR_F_ATTN_NORM | 1u << MOR_F_MLP_NORM;
+    if (c->mor.enable && c->mor.type == MOR_ROUTING_EXPERT && c->mor.expert.untie_attention)
+        bits |= 1u << MOR_F_WQ | 1u << MOR_F_WK | 1u << MOR_F_WV | 1u << MOR_F_WO;
+    return bits;
+}
+
+/* Fields some unrolled position stores itself, so the physical layer omits them. */
+static unsigned phys_missing_fields(const mor_config *c, int p) {
+    unsigned bits = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        if (mor_config_layer_map(c, l) == p) bits |= unrolled_own_fields(c, l);
+    return bits;
+}
+
 int mor_model_tensor_specs(const mor_config *c, mor_tensor_spec **specs) {
-    int P = mor_config_n_phys_layers(c);
-    int n = 2 + 9 * P + (c->tie_embeddings ? 0 : 1);
-    mor_tensor_spec *s = calloc((size_t)n, sizeof *s), *t = s;
+    int P = mor_config_n_phys_layers(c), L = c->n_layers, R = c->num_recursion;
+    int cap = 4 + 9 * (P + L) + 6 * MOR_MAX_RECURSION + 8;
+    mor_tensor_spec *s = calloc((size_t)cap, sizeof *s), *t = s;
     if (!s) return -1;
     int64_t D = c->dim, F = c->hidden_dim, Q = (int64_t)c->n_heads * c->head_dim,
             KV = (int64_t)c->n_kv_heads * c->head_dim;
-#define SPEC(nd, a, b, isnorm, ...)                                       \
-    do {                                                                  \
-        snprintf(t->name, sizeof t->name, __VA_ARGS__);                   \
-        t->ndim = nd;                                                     \
-        t->shape[0] = a;                                                  \
-        t->shape[1] = b;                                                  \
-        t->norm = isnorm;                                                 \
-        t++;                                                              \
+    /* (rows, cols) of each layer field, in mor_layer_weights order */
+    const int64_t shape[9][2] = {{D, 0}, {Q, D}, {KV, D}, {KV, D}, {D, Q},
+                                 {D, 0}, {F, D}, {F, D}, {D, F}};
+#define SPEC(r, idx, fld, a, b, ...)                                          \
+    do {                                                                      \
+        snprintf(t->name, sizeof t->name, __VA_ARGS__);                       \
+        t->ndim = (b) != 0 ? 2 : 1;                                           \
+        t->shape[0] = a;                                                      \
+        t->shape[1] = b;                                                      \
+        t->role = r;                                                          \
+        t->index = idx;                                                       \
+        t->field = fld;                                                       \
+        t->norm = (r) != MOR_T_EMBED && (r) != MOR_T_HEAD &&                  \
+                  ((r) == MOR_T_ROUTER || (r) == MOR_T_AUX_ROUTER ||          \
+                   (r) == MOR_T_ROUTER_BIAS || (r) == MOR_T_FINAL_NORM ||     \
+                   (fld) == MOR_F_ATTN_NORM || (fld) == MOR_F_MLP_NORM);      \
+        t++;                                                                  \
     } while (0)
-    SPEC(2, c->vocab_size, D, 0, "model.embed_tokens.weight");
+    SPEC(MOR_T_EMBED, 0, 0, c->vocab_size, D, "model.embed_tokens.weight");
     for (int p = 0; p < P; p++) {
-        SPEC(1, D, 0, 1, "model.layers.%d.input_layernorm.weight", p);
-        SPEC(2, Q, D, 0, "model.layers.%d.self_attn.q_proj.weight", p);
-        SPEC(2, KV, D, 0, "model.layers.%d.self_attn.k_proj.weight", p);
-        SPEC(2, KV, D, 0, "model.layers.%d.self_attn.v_proj.weight", p);
-        SPEC(2, D, Q, 0, "model.layers.%d.self_attn.o_proj.weight", p);
-        SPEC(1, D, 0, 1, "model.layers.%d.post_attention_layernorm.weight", p);
-        SPEC(2, F, D, 0, "model.layers.%d.mlp.gate_proj.weight", p);
-        SPEC(2, F, D, 0, "model.layers.%d.mlp.up_proj.weight", p);
-        SPEC(2, D, F, 0, "model.layers.%d.mlp.down_proj.weight", p);
+        unsigned missing = phys_missing_fields(c, p);
+        for (int f = 0; f < 9; f++)
+            if (!(missing >> f & 1))
+                SPEC(MOR_T_LAYER, p, f, shape[f][0], shape[f][1], "model.layers.%d.%s", p,
+                     layer_field_names[f]);
     }
-    SPEC(1, D, 0, 1, "model.norm.weight");
-    if (!c->tie_embeddings) SPEC(2, c->vocab_size, D, 0, "lm_head.weight");
+    for (int l = 0; l < L; l++) {
+        unsigned own = unrolled_own_fields(c, l);
+        for (int f = 0; f < 9; f++)
+            if (own >> f & 1)
+                SPEC(MOR_T_UNROLLED, l, f, shape[f][0], shape[f][1], "model.unrolled.%d.%s", l,
+                     layer_field_names[f]);
+    }
+    SPEC(MOR_T_FINAL_NORM, 0, 0, D, 0, "model.norm.weight");
+    if (!c->tie_embeddings) SPEC(MOR_T_HEAD, 0, 0, c->vocab_size, D, "lm_head.weight");
+    if (c->mor.enable && !c->mor.rand_router) {
+        int expert = c->mor.type == MOR_ROUTING_EXPERT, mlp = c->mor.router_type != MOR_ROUTER_LINEAR;
+        int n_routers = expert ? R : 1, K = expert ? 1 : R;
+        int aux = expert && c->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER;
+        for (int pass = 0; pass <= aux; pass++) {
+            int role = pass ? MOR_T_AUX_ROUTER : MOR_T_ROUTER;
+            const char *base = pass ? "model.aux_routers" : "model.routers";
+            for (int r = 0; r < n_routers; r++) {
+                char prefix[48];
+                if (expert) snprintf(prefix, sizeof prefix, "%s.%d", base, r);
+                else snprintf(prefix, sizeof prefix, "model.router");
+                if (mlp) {
+                    SPEC(role, r, 1, 2 * D, D, "%s.fc1.weight", prefix);
+                    SPEC(role, r, 2, K, 2 * D, "%s.fc2.weight", prefix);
+                } else {
+                    SPEC(role, r, 0, K, D, "%s.weight", prefix);
+                }
+            }
+        }
+        if (!expert && c->mor.token.balancing == MOR_BALANCE_LOSS_FREE)
+            SPEC(MOR_T_ROUTER_BIAS, 0, 0, R, 0, "model.router.bias");
+    }
 #undef SPEC
     *specs = s;
-    return n;
+    return (int)(t - s);
+}
+
+static const float **layer_field(mor_layer_weights *w, int f) {
+    const float **fields[9] = {&w->attn_norm, &w->wq,     &w->wk,   &w->wv,    &w->wo,
+                               &w->mlp_norm,  &w->w_gate, &w->w_up, &w->w_down};
+    return fields[f];
 }
 
 mor_status mor_model_bind(mor_model *m, mor_error *err) {
@@ -114,30 +178,38 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
             used += k;
         }
     }
+    int P = mor_config_n_phys_layers(c), L = c->n_layers;
     if (!st) {
-        int P = mor_config_n_phys_layers(c);
         m->layers = calloc((size_t)P, sizeof *m->layers);
-        m->layer_map = malloc(sizeof(int) * (size_t)c->n_layers);
-        if (!m->layers || !m->layer_map) {
+        m->unrolled = calloc((size_t)L, sizeof *m->unrolled);
+        m->layer_map = malloc(sizeof(int) * (size_t)L);
+        if (!m->layers || !m->unrolled || !m->layer_map)
             st = mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
-        } else {
-            const float **q = ptrs;
-            m->embed = *q++;
-            for (int p = 0; p < P; p++) {
-                mor_layer_weights *w = &m->layers[p];
-                w->attn_norm = *q++;
-                w->wq = *q++;
-                w->wk = *q++;
-                w->wv = *q++;
-                w->wo = *q++;
-                w->mlp_norm = *q++;
-                w->w_gate = *q++;
-                w->w_up = *q++;
-                w->w_down = *q++;
+    }
+    for (int i = 0; i < n && !st; i++) {
+        const mor_tensor_spec *sp = &specs[i];
+        mor_router_weights *rw = NULL;
+        switch (sp->role) {
+        case MOR_T_EMBED: m->embed = ptrs[i]; break;
+        case MOR_T_FINAL_NORM: m->final_norm = ptrs[i]; break;
+        case MOR_T_HEAD: m->lm_head = ptrs[i]; break;
+        case MOR_T_LAYER: *layer_field(&m->layers[sp->index], sp->field) = ptrs[i]; break;
+        case MOR_T_UNROLLED: *layer_field(&m->unrolled[sp->index], sp->field) = ptrs[i]; break;
+        case MOR_T_ROUTER: rw = &m->routers[sp->index]; break;
+        case MOR_T_AUX_ROUTER: rw = &m->aux_routers[sp->index]; break;
+        case MOR_T_ROUTER_BIAS: m->router_bias = ptrs[i]; break;
+        }
+        if (rw) *(sp->field == 0 ? &rw->w : sp->field == 1 ? &rw->fc1 : &rw->fc2) = ptrs[i];
+    }
+    if (!st) {
+        if (c->tie_embeddings) m->lm_head = m->embed;
+        /* resolve every unrolled position: own fields stay, the rest come from its layer */
+        for (int l = 0; l < L; l++) {
+            m->layer_map[l] = mor_config_layer_map(c, l);
+            for (int f = 0; f < 9; f++) {
+                const float **dst = layer_field(&m->unrolled[l], f);
+                if (!*dst) *dst = *layer_field(&m->layers[m->layer_map[l]], f);
             }
-            m->final_norm = *q++;
-            m->lm_head = c->tie_embeddings ? m->embed : *q++;
-            for (int l = 0; l < c->n_layers; l++) m->layer_map[l] = mor_config_layer_map(c, l);
         }
     }
     free(ptrs);
@@ -179,6 +251,7 @@ void mor_model_free(mor_model *m) {
     if (m->file) mor_st_close(m->file);
     mor_free_big(m->converted);
     free(m->layers);
+    free(m->unrolled);
     free(m->layer_map);
     free(m->config_yaml);
     free(m);
@@ -203,24 +276,21 @@ mor_status mor_model_tensor_info(const mor_model *m, int i, mor_tensor_info *out
     return MOR_OK;
 }
 
-/* A tokenizer from a tokenizer.json (with tokenizer_config.json beside it when
- * present) or from the metadata of a .mor checkpoint. */
-mor_status mor_tokenizer_load(const char *path, mor_tokenizer **out, mor_error *err) {
+mor_status mor_tokenizer_texts(const char *path, char **json, char **config_json, mor_error *err) {
     size_t n = strlen(path);
+    *json = *config_json = NULL;
     int is_mor = (n >= 4 && !strcmp(path + n - 4, ".mor")) || (n >= 8 && !strcmp(path + n - 8, ".mor.zst"));
     if (is_mor) {
         mor_st_file *f;
         mor_status st = mor_ckpt_open(path, &f, err);
         if (st) return st;
-        const char *tj = mor_st_meta_get(f, MOR_META_TOKENIZER);
         const char *tc = mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG);
-        st = mor_tokenizer_from_json(tj, strlen(tj), tc, tc ? strlen(tc) : 0, path, out, err);
+        *json = strdup(mor_st_meta_get(f, MOR_META_TOKENIZER));
+        *config_json = tc ? strdup(tc) : NULL;
         mor_st_close(f);
-        return st;
+        return *json ? MOR_OK : mor_fail(err, MOR_ENOMEM, "out of memory");
     }
-    char *json, *cfg = NULL;
-    size_t jl, cl = 0;
-    mor_status st = mor_read_file(path, &json, &jl, err);
+    mor_status st = mor_read_file(path, json, NULL, err);
     if (st) return st;
     /* tokenizer_config.json beside it, if any */
     const char *slash = strrchr(path, '/');
@@ -229,10 +299,19 @@ mor_status mor_tokenizer_load(const char *path, mor_tokenizer **out, mor_error *
     if (cpath) {
         memcpy(cpath, path, dl);
         strcpy(cpath + dl, "tokenizer_config.json");
-        if (mor_read_file(cpath, &cfg, &cl, NULL)) cfg = NULL;
+        if (mor_read_file(cpath, config_json, NULL, NULL)) *config_json = NULL;
         free(cpath);
     }
-    st = mor_tokenizer_from_json(json, jl, cfg, cl, path, out, err);
+    return MOR_OK;
+}
+
+/* A tokenizer from a tokenizer.json (with tokenizer_config.json beside it when
+ * present) or from the metadata of a .mor checkpoint. */
+mor_status mor_tokenizer_load(const char *path, mor_tokenizer **out, mor_error *err) {
+    char *json, *cfg;
+    mor_status st = mor_tokenizer_texts(path, &json, &cfg, err);
+    if (st) return st;
+    st = mor_tokenizer_from_json(json, strlen(json), cfg, cfg ? strlen(cfg) : 0, path, out, err);
     free(json);
     free(cfg);
     return st;

@@ -160,8 +160,15 @@ int32_t mor_sampler_sample(mor_sampler *s, float *logits, const int32_t *history
 
 typedef enum { MOR_DTYPE_F32 = 0, MOR_DTYPE_BF16 = 1 } mor_out_dtype;
 
+/* How the shared layers of a recursive model are taken from a pretrained
+ * model's layers (Relaxed Recursive Transformers' options, spec section 2). */
+typedef enum { MOR_FROM_CONFIG = -1, MOR_LAYERS_RANDOM = 0, MOR_LAYERS_STEPWISE, MOR_LAYERS_AVERAGE,
+               MOR_LAYERS_LOWER, MOR_LAYERS_UPPER } mor_layer_init;
+
 typedef struct mor_convert_params {
     mor_out_dtype dtype; /* matrices; norms and routers always F32 */
+    mor_layer_init init; /* mor_convert_hf_config: MOR_FROM_CONFIG = recursive.initialization */
+    uint64_t seed;       /* routers, random layer choice, mor_model_init weights */
     /* Called after each tensor with (done, total) bytes written; may be NULL. */
     void (*progress)(void *user, uint64_t done, uint64_t total);
     void *progress_user;
@@ -175,6 +182,18 @@ mor_status mor_convert_hf(const char *dir, const char *out_path, const mor_conve
 /* llama2.c checkpoint + tokenizer.bin to a .mor file. */
 mor_status mor_convert_llama2c(const char *model_bin, const char *tokenizer_bin,
                                const char *out_path, const mor_convert_params *p, mor_error *err);
+/* A pretrained Hugging Face Llama re-shaped into the recursive or MoR model
+ * that the YAML config at config_path describes (uptraining): unique layers
+ * from the first and last source layers, shared layers from the source
+ * layers by p->init, per-position norms/attention from the matching source
+ * layer, routers from N(0, 0.02). The model shape must match the source's;
+ * the layer count may differ. */
+mor_status mor_convert_hf_config(const char *dir, const char *config_path, const char *out_path,
+                                 const mor_convert_params *p, mor_error *err);
+/* A freshly initialised model for the YAML config: matrices and routers
+ * N(0, initializer_range), norms 1. tokenizer_path: tokenizer.json or .mor. */
+mor_status mor_model_init(const char *config_path, const char *tokenizer_path, const char *out_path,
+                          const mor_convert_params *p, mor_error *err);
 /* A .mor file back to a Hugging Face directory. */
 mor_status mor_export_hf(const char *mor_path, const char *out_dir, mor_error *err);
 

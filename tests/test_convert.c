@@ -1,6 +1,7 @@
 /* test_convert.c - the real stories260K model through both conversion routes
  * reproduces llama2.c's greedy ids; export round-trips; bad checkpoints fail
  * cleanly and leave no output behind. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,12 +260,111 @@ static void test_bad_checkpoint(void **state) {
     assert_non_null(strstr(e.msg, "missing.mor"));
 }
 
+/* ---- recursive models from a pretrained one, and fresh ones --------------- */
+
+static const float *tensor(const mor_st_file *f, const char *name) {
+    const mor_st_tensor *t = mor_st_find(f, name);
+    if (!t) fail_msg("no tensor %s", name);
+    return t->data;
+}
+
+static void test_uptrain_init_methods(void **state) {
+    (void)state;
+    /* stories260K has 5 layers; tiny-mor-expert-r3 is Middle-Cycle with one
+     * shared layer used at positions 1, 2, 3 */
+    const char *names[] = {"random", "stepwise", "average", "lower", "upper"};
+    mor_error e = {0};
+    mor_st_file *src;
+    assert_int_equal(mor_st_open(HF_DIR "/model.safetensors", &src, &e), MOR_OK);
+    const size_t n = 172 * 64;
+    for (int m = 0; m < 5; m++) {
+        mor_convert_params p = {.dtype = MOR_DTYPE_F32, .init = (mor_layer_init)m, .seed = 3};
+        char out[64];
+        snprintf(out, sizeof out, "up_%s.mor", names[m]);
+        const char *path = tmp_path(out);
+        if (mor_convert_hf_config(HF_DIR, "configs/tiny-mor-expert-r3.yaml", path, &p, &e))
+            fail_msg("%s: %s", names[m], e.msg);
+        mor_st_file *f;
+        assert_int_equal(mor_st_open(path, &f, &e), MOR_OK);
+        /* unique layers: the first and last source layers */
+        assert_memory_equal(tensor(f, "model.layers.0.mlp.up_proj.weight"),
+                            tensor(src, "model.layers.0.mlp.up_proj.weight"), n * 4);
+        assert_memory_equal(tensor(f, "model.layers.2.mlp.up_proj.weight"),
+                            tensor(src, "model.layers.4.mlp.up_proj.weight"), n * 4);
+        const float *shared = tensor(f, "model.layers.1.mlp.up_proj.weight");
+        if (m == MOR_LAYERS_AVERAGE) {
+            const float *a = tensor(src, "model.layers.1.mlp.up_proj.weight"),
+                        *b = tensor(src, "model.layers.2.mlp.up_proj.weight"),
+                        *c = tensor(src, "model.layers.3.mlp.up_proj.weight");
+            for (size_t i = 0; i < n; i++) assert_float_equal(shared[i], (a[i] + b[i] + c[i]) / 3, 1e-6);
+        } else {
+            int want = m == MOR_LAYERS_UPPER ? 3 : m == MOR_LAYERS_RANDOM ? -1 : 1;
+            int found = -1;
+            for (int l = 1; l <= 3; l++) {
+                char nm[96];
+                snprintf(nm, sizeof nm, "model.layers.%d.mlp.up_proj.weight", l);
+                if (!memcmp(shared, tensor(src, nm), n * 4)) found = l;
+            }
+            if (want > 0) assert_int_equal(found, want);
+            else assert_true(found >= 1); /* random: one of the middle layers */
+        }
+        /* routers drawn from N(0, 0.02) */
+        const float *r = tensor(f, "model.routers.1.weight");
+        double ss = 0;
+        for (int i = 0; i < 64; i++) ss += (double)r[i] * r[i];
+        double sd = sqrt(ss / 64);
+        assert_true(sd > 0.012 && sd < 0.03);
+        mor_st_close(f);
+    }
+    mor_st_close(src);
+    /* a shape mismatch is refused */
+    mor_convert_params p = {.dtype = MOR_DTYPE_F32, .init = MOR_FROM_CONFIG};
+    assert_int_equal(mor_convert_hf_config(HF_DIR, "configs/135m-mor-expert-r3.yaml", tmp_path("bad.mor"), &p, &e),
+                     MOR_ECONFIG);
+    assert_non_null(strstr(e.msg, "differs from"));
+    assert_false(exists(tmp_path("bad.mor")));
+}
+
+static void test_init_fresh(void **state) {
+    (void)state;
+    mor_error e = {0};
+    mor_convert_params p = {.dtype = MOR_DTYPE_F32, .seed = 9};
+    const char *a = tmp_path("init_a.mor"), *b = tmp_path("init_b.mor"), *c = tmp_path("init_c.mor");
+    const char *cfg = "configs/tiny-mor-token-r3.yaml", *tok = HF_DIR "/tokenizer.json";
+    assert_int_equal(mor_model_init(cfg, tok, a, &p, &e), MOR_OK);
+    assert_int_equal(mor_model_init(cfg, tok, b, &p, &e), MOR_OK);
+    p.seed = 10;
+    assert_int_equal(mor_model_init(cfg, tok, c, &p, &e), MOR_OK);
+    size_t la, lb, lc;
+    char *da = read_all(a, &la), *db = read_all(b, &lb), *dc = read_all(c, &lc);
+    assert_int_equal(la, lb);
+    assert_memory_equal(da, db, la); /* same seed, same bytes */
+    assert_true(la == lc && memcmp(da, dc, la) != 0);
+    free(da);
+    free(db);
+    free(dc);
+    mor_model *m;
+    if (mor_model_load(a, &m, &e)) fail_msg("%s", e.msg);
+    mor_model_free(m);
+    mor_st_file *f;
+    assert_int_equal(mor_st_open(a, &f, &e), MOR_OK);
+    const float *norm = tensor(f, "model.layers.1.input_layernorm.weight");
+    for (int i = 0; i < 64; i++) assert_float_equal(norm[i], 1.0f, 0);
+    const float *w = tensor(f, "model.layers.1.mlp.gate_proj.weight");
+    double ss = 0;
+    for (int i = 0; i < 172 * 64; i++) ss += (double)w[i] * w[i];
+    assert_float_equal(sqrt(ss / (172 * 64)), 0.02, 0.001);
+    assert_non_null(mor_st_find(f, "model.router.weight")); /* token-choice: one router, N_R outputs */
+    mor_st_close(f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hf_greedy),        cmocka_unit_test(test_llama2c_greedy),
         cmocka_unit_test(test_routes_agree),     cmocka_unit_test(test_export_round_trip),
         cmocka_unit_test(test_bf16),             cmocka_unit_test(test_bad_hf_inputs),
         cmocka_unit_test(test_bad_llama2c),      cmocka_unit_test(test_bad_checkpoint),
+        cmocka_unit_test(test_uptrain_init_methods), cmocka_unit_test(test_init_fresh),
     };
     return cmocka_run_group_tests_name("convert", tests, NULL, NULL);
 }
