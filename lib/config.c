@@ -4,7 +4,11 @@
  * The YAML schema is one table (config_keys): each entry names a dotted key,
  * its type and where it lives in struct mor_config. Parsing walks the YAML
  * tree, builds the dotted path of every scalar, and looks it up, so an unknown
- * key, a wrong type or an out-of-range value is reported with its line. */
+ * key, a wrong type or an out-of-range value is reported with its line.
+ * Validation remembers the line of every key it was given, so consistency
+ * errors ("mor.capacity has 2 values ...") point at the file too. A new
+ * section (train.*) is a few table rows and, if it has rules, a few lines in
+ * validate_impl. */
 #include "config.h"
 
 #include <ctype.h>
@@ -19,46 +23,130 @@
 
 #include "util.h"
 
-typedef enum { K_INT, K_FLOAT, K_BOOL, K_SHARING } key_type;
+typedef enum { K_INT, K_FLOAT, K_BOOL, K_ENUM, K_CAPACITY } key_type;
+
+/* Accepted spellings of an enum key; the first name listed for a value is
+ * the one written back. */
+typedef struct {
+    const char *name;
+    int value;
+} enum_name;
 
 typedef struct {
     const char *path;
     key_type type;
     size_t off;
-    double lo, hi; /* accepted range for numbers */
+    double lo, hi;            /* accepted range for numbers */
+    const enum_name *names;   /* K_ENUM: NULL-terminated */
 } config_key;
 
+static const enum_name sharing_names[] = {
+    {"cycle", MOR_SHARE_CYCLE},   {"sequence", MOR_SHARE_SEQUENCE},
+    {"middle_cycle", MOR_SHARE_MIDDLE_CYCLE}, {"middle_sequence", MOR_SHARE_MIDDLE_SEQUENCE},
+    {"none", MOR_SHARE_NONE},     {NULL, 0}};
+static const enum_name init_names[] = {
+    {"random", MOR_INIT_RANDOM}, {"stepwise", MOR_INIT_STEPWISE}, {"average", MOR_INIT_AVERAGE},
+    {"lower", MOR_INIT_LOWER},   {"upper", MOR_INIT_UPPER},       {NULL, 0}};
+static const enum_name type_names[] = {
+    {"expert", MOR_ROUTING_EXPERT}, {"token", MOR_ROUTING_TOKEN}, {NULL, 0}};
+static const enum_name router_names[] = {
+    {"linear", MOR_ROUTER_LINEAR}, {"mlp", MOR_ROUTER_MLP}, {"wide_mlp", MOR_ROUTER_WIDE_MLP},
+    {NULL, 0}};
+/* the reference configs spell "no activation" as null */
+static const enum_name expert_func_names[] = {
+    {"sigmoid", MOR_FUNC_SIGMOID}, {"tanh", MOR_FUNC_TANH}, {"none", MOR_FUNC_NONE},
+    {"null", MOR_FUNC_NONE},       {NULL, 0}};
+static const enum_name token_func_names[] = {
+    {"softmax", MOR_FUNC_SOFTMAX}, {"sigmoid", MOR_FUNC_SIGMOID}, {NULL, 0}};
+static const enum_name sampling_names[] = {
+    {"aux_loss", MOR_SAMPLING_AUX_LOSS}, {"aux_router", MOR_SAMPLING_AUX_ROUTER}, {NULL, 0}};
+static const enum_name gating_names[] = {
+    {"weighted", MOR_GATING_WEIGHTED}, {"additive", MOR_GATING_ADDITIVE}, {NULL, 0}};
+static const enum_name balancing_names[] = {
+    {"loss", MOR_BALANCE_LOSS}, {"loss_free", MOR_BALANCE_LOSS_FREE}, {NULL, 0}};
+static const enum_name wd_names[] = {{"all", MOR_WD_ALL}, {"no_norms", MOR_WD_NO_NORMS}, {NULL, 0}};
+static const enum_name lr_names[] = {
+    {"warmup_stable_decay", MOR_LR_WSD}, {"cosine", MOR_LR_COSINE}, {NULL, 0}};
+
 #define F(field) offsetof(mor_config, field)
+#define INT(p, f, lo, hi) {p, K_INT, F(f), lo, hi, NULL}
+#define FLT(p, f, lo, hi) {p, K_FLOAT, F(f), lo, hi, NULL}
+#define BOOL(p, f) {p, K_BOOL, F(f), 0, 1, NULL}
+#define ENUM(p, f, names) {p, K_ENUM, F(f), 0, 0, names}
 static const config_key config_keys[] = {
-    {"model.vocab_size", K_INT, F(vocab_size), 1, 1 << 24},
-    {"model.hidden_size", K_INT, F(dim), 1, 1 << 16},
-    {"model.intermediate_size", K_INT, F(hidden_dim), 1, 1 << 18},
-    {"model.num_hidden_layers", K_INT, F(n_layers), 1, 1024},
-    {"model.num_attention_heads", K_INT, F(n_heads), 1, 1024},
-    {"model.num_key_value_heads", K_INT, F(n_kv_heads), 1, 1024},
-    {"model.head_dim", K_INT, F(head_dim), 2, 1024},
-    {"model.max_position_embeddings", K_INT, F(max_seq_len), 1, 1 << 22},
-    {"model.rms_norm_eps", K_FLOAT, F(norm_eps), 0, 1},
-    {"model.rope_theta", K_FLOAT, F(rope_theta), 1, 1e12},
-    {"model.initializer_range", K_FLOAT, F(initializer_range), 0, 10},
-    {"model.tie_word_embeddings", K_BOOL, F(tie_embeddings), 0, 1},
-    {"model.bos_token_id", K_INT, F(bos_id), -1, 1 << 24},
-    {"model.eos_token_id", K_INT, F(eos_id), -1, 1 << 24},
-    {"model.rope_scaling.factor", K_FLOAT, F(rope_factor), 0, 1e6},
-    {"model.rope_scaling.low_freq_factor", K_FLOAT, F(rope_low_freq_factor), 0, 1e6},
-    {"model.rope_scaling.high_freq_factor", K_FLOAT, F(rope_high_freq_factor), 0, 1e6},
-    {"model.rope_scaling.original_max_position_embeddings", K_INT, F(rope_original_max_pos), 0,
-     1 << 24},
-    {"recursive.enable", K_BOOL, F(recursive), 0, 1},
-    {"recursive.num_recursion", K_INT, F(num_recursion), 1, 64},
-    {"recursive.sharing", K_SHARING, F(sharing), 0, 0},
-    {"recursive.ln_share", K_BOOL, F(ln_share), 0, 1},
+    INT("model.vocab_size", vocab_size, 1, 1 << 24),
+    INT("model.hidden_size", dim, 1, 1 << 16),
+    INT("model.intermediate_size", hidden_dim, 1, 1 << 18),
+    INT("model.num_hidden_layers", n_layers, 1, 1024),
+    INT("model.num_attention_heads", n_heads, 1, 1024),
+    INT("model.num_key_value_heads", n_kv_heads, 1, 1024),
+    INT("model.head_dim", head_dim, 2, 1024),
+    INT("model.max_position_embeddings", max_seq_len, 1, 1 << 22),
+    FLT("model.rms_norm_eps", norm_eps, 0, 1),
+    FLT("model.rope_theta", rope_theta, 1, 1e12),
+    FLT("model.initializer_range", initializer_range, 0, 10),
+    BOOL("model.tie_word_embeddings", tie_embeddings),
+    INT("model.bos_token_id", bos_id, -1, 1 << 24),
+    INT("model.eos_token_id", eos_id, -1, 1 << 24),
+    FLT("model.rope_scaling.factor", rope_factor, 0, 1e6),
+    FLT("model.rope_scaling.low_freq_factor", rope_low_freq_factor, 0, 1e6),
+    FLT("model.rope_scaling.high_freq_factor", rope_high_freq_factor, 0, 1e6),
+    INT("model.rope_scaling.original_max_position_embeddings", rope_original_max_pos, 0, 1 << 24),
+    BOOL("recursive.enable", recursive),
+    INT("recursive.num_recursion", num_recursion, 1, MOR_MAX_RECURSION),
+    ENUM("recursive.sharing", sharing, sharing_names),
+    BOOL("recursive.ln_share", ln_share),
+    ENUM("recursive.initialization", rec_init, init_names),
+    BOOL("kv_sharing.enable", kv.enable),
+    BOOL("kv_sharing.update_cache", kv.update_cache),
+    BOOL("mor.enable", mor.enable),
+    ENUM("mor.type", mor.type, type_names),
+    {"mor.capacity", K_CAPACITY, F(mor.capacity), 0, 1, NULL},
+    BOOL("mor.rand_router", mor.rand_router),
+    ENUM("mor.router_type", mor.router_type, router_names),
+    FLT("mor.temp", mor.temp, 1e-6, 1e6),
+    BOOL("mor.z_loss", mor.z_loss),
+    FLT("mor.z_coeff", mor.z_coeff, 0, 1e6),
+    ENUM("mor.expert.router_func", mor.expert.router_func, expert_func_names),
+    FLT("mor.expert.alpha", mor.expert.alpha, 0, 1e6),
+    ENUM("mor.expert.sampling", mor.expert.sampling, sampling_names),
+    FLT("mor.expert.coeff", mor.expert.coeff, 0, 1e6),
+    INT("mor.expert.cap_warmup_step", mor.expert.cap_warmup_step, 0, 1 << 30),
+    BOOL("mor.expert.include_first", mor.expert.include_first),
+    ENUM("mor.expert.gating", mor.expert.gating, gating_names),
+    BOOL("mor.expert.untie_attention", mor.expert.untie_attention),
+    ENUM("mor.token.router_func", mor.token.router_func, token_func_names),
+    FLT("mor.token.alpha", mor.token.alpha, 0, 1e6),
+    ENUM("mor.token.balancing", mor.token.balancing, balancing_names),
+    FLT("mor.token.coeff", mor.token.coeff, 0, 1e6),
+    FLT("mor.token.u", mor.token.u, 0, 1e6),
+    INT("mor.token.bal_warmup_step", mor.token.bal_warmup_step, 0, 1 << 30),
+    ENUM("mor.token.gating", mor.token.gating, gating_names),
+    FLT("train.learning_rate", train.learning_rate, 0, 1e3),
+    FLT("train.adam_beta1", train.adam_beta1, 0, 1),
+    FLT("train.adam_beta2", train.adam_beta2, 0, 1),
+    FLT("train.adam_eps", train.adam_eps, 0, 1),
+    FLT("train.weight_decay", train.weight_decay, 0, 1e3),
+    ENUM("train.weight_decay_scope", train.weight_decay_scope, wd_names),
+    FLT("train.max_grad_norm", train.max_grad_norm, 0, 1e9),
+    ENUM("train.lr_scheduler", train.lr_scheduler, lr_names),
+    INT("train.warmup_steps", train.warmup_steps, -1, 1 << 30),
+    FLT("train.decay_fraction", train.decay_fraction, 0, 1),
+    FLT("train.min_lr_ratio", train.min_lr_ratio, 0, 1),
+    INT("train.steps", train.steps, 0, 1 << 30),
+    INT("train.batch_size", train.batch_size, 1, 1 << 20),
+    INT("train.grad_accum", train.grad_accum, 1, 1 << 20),
+    INT("train.max_length", train.max_length, 0, 1 << 22),
+    INT("train.seed", train.seed, 0, 0x7fffffff),
+    INT("train.save_every", train.save_every, 0, 1 << 30),
+    INT("train.eval_every", train.eval_every, 0, 1 << 30),
 };
 #undef F
+#undef INT
+#undef FLT
+#undef BOOL
+#undef ENUM
 #define N_KEYS (sizeof config_keys / sizeof config_keys[0])
-
-static const char *sharing_names[] = {"none", "cycle", "sequence", "middle_cycle",
-                                      "middle_sequence"};
 
 void mor_config_defaults(mor_config *c) {
     memset(c, 0, sizeof *c);
@@ -79,12 +167,97 @@ void mor_config_defaults(mor_config *c) {
     c->num_recursion = 1;
     c->sharing = MOR_SHARE_NONE;
     c->ln_share = 1;
+    c->rec_init = MOR_INIT_RANDOM;
+    /* mor.*: the final paper configs (spec 10), expert coeff per decision 4 */
+    c->mor.type = MOR_ROUTING_EXPERT;
+    c->mor.capacity_auto = 1;
+    c->mor.router_type = MOR_ROUTER_LINEAR;
+    c->mor.temp = 1.0f;
+    c->mor.z_coeff = 1e-3f;
+    c->mor.expert.router_func = MOR_FUNC_SIGMOID;
+    c->mor.expert.alpha = 0.1f;
+    c->mor.expert.sampling = MOR_SAMPLING_AUX_LOSS;
+    c->mor.expert.coeff = 1e-3f;
+    c->mor.expert.include_first = 1;
+    c->mor.expert.gating = MOR_GATING_WEIGHTED;
+    c->mor.token.router_func = MOR_FUNC_SOFTMAX;
+    c->mor.token.alpha = 1.0f;
+    c->mor.token.balancing = MOR_BALANCE_LOSS;
+    c->mor.token.coeff = 0.1f;
+    c->mor.token.u = 1e-3f;
+    c->mor.token.gating = MOR_GATING_WEIGHTED;
+    /* train.*: spec 6.2 */
+    c->train.learning_rate = 3e-3f;
+    c->train.adam_beta1 = 0.9f;
+    c->train.adam_beta2 = 0.95f;
+    c->train.adam_eps = 1e-8f;
+    c->train.weight_decay = 0.1f;
+    c->train.weight_decay_scope = MOR_WD_ALL;
+    c->train.max_grad_norm = 1.0f;
+    c->train.lr_scheduler = MOR_LR_WSD;
+    c->train.warmup_steps = -1;
+    c->train.decay_fraction = 0.2f;
+    c->train.min_lr_ratio = 0.1f;
+    c->train.batch_size = 16;
+    c->train.grad_accum = 1;
+    c->train.seed = 1234;
 }
 
 static const config_key *find_key(const char *path) {
     for (size_t i = 0; i < N_KEYS; i++)
         if (strcmp(config_keys[i].path, path) == 0) return &config_keys[i];
     return NULL;
+}
+
+static const char *enum_to_name(const enum_name *names, int v) {
+    for (const enum_name *e = names; e->name; e++)
+        if (e->value == v) return e->name;
+    return "?";
+}
+
+/* "a, b or c" into buf, for error messages. */
+static void enum_list(const enum_name *names, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = 0;
+    for (const enum_name *e = names; e->name && used < n; e++) {
+        if (!strcmp(e->name, "null")) continue;
+        int last = !e[1].name || (!strcmp(e[1].name, "null") && !e[2].name);
+        used += (size_t)snprintf(buf + used, n - used, "%s%s", e == names ? "" : last ? " or " : ", ",
+                                 e->name);
+    }
+}
+
+/* Parses "1.0, 0.5" into c->mor.capacity (comma- or space-separated). */
+static mor_status set_capacity(mor_config *c, const config_key *k, const char *val,
+                               const char *source, int line, mor_error *err) {
+    double v[MOR_MAX_RECURSION] = {0};
+    int n = 0;
+    const char *p = val;
+    for (;;) {
+        while (*p == ' ' || *p == ',' || *p == '\t') p++;
+        if (!*p) break;
+        if (n == MOR_MAX_RECURSION)
+            return mor_fail(err, MOR_ECONFIG, "%s:%d: %s: more than %d values", source, line,
+                            k->path, MOR_MAX_RECURSION);
+        char *end;
+        errno = 0;
+        double x = strtod(p, &end);
+        if (errno || end == p || !isfinite(x) || (*end && *end != ',' && *end != ' ' && *end != '\t'))
+            return mor_fail(err, MOR_ECONFIG,
+                            "%s:%d: %s: expected numbers separated by commas, got '%s'", source,
+                            line, k->path, val);
+        if (!(x > 0 && x <= 1))
+            return mor_fail(err, MOR_ECONFIG, "%s:%d: %s: capacity %g is outside (0, 1]", source,
+                            line, k->path, x);
+        v[n++] = x;
+        p = end;
+    }
+    if (n == 0)
+        return mor_fail(err, MOR_ECONFIG, "%s:%d: %s: expected at least one value", source, line,
+                        k->path);
+    c->mor.capacity_auto = 0;
+    memcpy(c->mor.capacity, v, sizeof v);
+    return MOR_OK;
 }
 
 /* Sets one key from its text. line is 1-based (0 when the source is JSON). */
@@ -126,16 +299,18 @@ static mor_status set_key(mor_config *c, const config_key *k, const char *val, c
             return mor_fail(err, MOR_ECONFIG, "%s:%d: %s: expected true or false, got '%s'",
                             source, line, k->path, val);
         return MOR_OK;
-    case K_SHARING:
-        for (int i = 0; i < (int)(sizeof sharing_names / sizeof *sharing_names); i++)
-            if (!strcmp(val, sharing_names[i])) {
-                *(mor_sharing *)(base + k->off) = (mor_sharing)i;
+    case K_ENUM: {
+        for (const enum_name *e = k->names; e->name; e++)
+            if (!strcmp(val, e->name)) {
+                *(int *)(base + k->off) = e->value;
                 return MOR_OK;
             }
-        return mor_fail(err, MOR_ECONFIG,
-                        "%s:%d: %s: expected cycle, sequence, middle_cycle or middle_sequence, "
-                        "got '%s'",
-                        source, line, k->path, val);
+        char list[256];
+        enum_list(k->names, list, sizeof list);
+        return mor_fail(err, MOR_ECONFIG, "%s:%d: %s: expected %s, got '%s'", source, line,
+                        k->path, list, val);
+    }
+    case K_CAPACITY: return set_capacity(c, k, val, source, line, err);
     }
     return MOR_OK;
 }
@@ -147,6 +322,7 @@ typedef struct {
     const char *source;
     mor_config *c;
     mor_error *err;
+    int lines[N_KEYS]; /* line each key was set on, 0 = not given */
 } yaml_walk;
 
 static mor_status yaml_next(yaml_walk *w, yaml_event_t *ev) {
@@ -155,6 +331,32 @@ static mor_status yaml_next(yaml_walk *w, yaml_event_t *ev) {
                         w->parser.problem_mark.line + 1,
                         w->parser.problem ? w->parser.problem : "unknown");
     return MOR_OK;
+}
+
+/* Reads a sequence of scalars (the start event consumed) into "a,b,c". */
+static mor_status read_sequence(yaml_walk *w, const char *path, int line, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = 0;
+    for (;;) {
+        yaml_event_t ev;
+        mor_status st = yaml_next(w, &ev);
+        if (st) return st;
+        if (ev.type == YAML_SEQUENCE_END_EVENT) {
+            yaml_event_delete(&ev);
+            return MOR_OK;
+        }
+        if (ev.type != YAML_SCALAR_EVENT) {
+            yaml_event_delete(&ev);
+            return mor_fail(w->err, MOR_ECONFIG, "%s:%d: %s: expected a list of numbers", w->source,
+                            line, path);
+        }
+        int k = snprintf(buf + used, n - used, "%s%s", used ? "," : "",
+                         (const char *)ev.data.scalar.value);
+        yaml_event_delete(&ev);
+        if (k < 0 || (size_t)k >= n - used)
+            return mor_fail(w->err, MOR_ECONFIG, "%s:%d: %s: list too long", w->source, line, path);
+        used += (size_t)k;
+    }
 }
 
 /* Walks a mapping whose dotted prefix is `prefix` (the start event consumed). */
@@ -184,6 +386,15 @@ static mor_status walk_mapping(yaml_walk *w, const char *prefix) {
             if ((st = walk_mapping(w, path))) return st;
             continue;
         }
+        const config_key *k = find_key(path);
+        if (val.type == YAML_SEQUENCE_START_EVENT && k && k->type == K_CAPACITY) {
+            yaml_event_delete(&val);
+            char list[1024];
+            if ((st = read_sequence(w, path, line, list, sizeof list))) return st;
+            if ((st = set_key(w->c, k, list, w->source, line, w->err))) return st;
+            w->lines[k - config_keys] = line;
+            continue;
+        }
         if (val.type != YAML_SCALAR_EVENT) {
             yaml_event_delete(&val);
             return mor_fail(w->err, MOR_ECONFIG, "%s:%d: %s: expected a scalar value", w->source,
@@ -192,32 +403,47 @@ static mor_status walk_mapping(yaml_walk *w, const char *prefix) {
         const char *text = (const char *)val.data.scalar.value;
         int is_null = val.data.scalar.plain_implicit &&
                       (!strcmp(text, "null") || !strcmp(text, "~") || !*text);
-        const config_key *k = find_key(path);
         if (!k) {
             st = mor_fail(w->err, MOR_ECONFIG, "%s:%d: unknown key '%s' (see mor-config(5))",
                           w->source, line, path);
         } else if (!is_null) {
             st = set_key(w->c, k, text, w->source, line, w->err);
+        } else if (k->type == K_CAPACITY) {
+            w->c->mor.capacity_auto = 1;
+            memset(w->c->mor.capacity, 0, sizeof w->c->mor.capacity);
+        } else if (k->type == K_ENUM) { /* null keeps the default unless the enum spells it */
+            for (const enum_name *e = k->names; e->name; e++)
+                if (!strcmp(e->name, "null")) *(int *)((char *)w->c + k->off) = e->value;
         }
+        if (k) w->lines[k - config_keys] = line;
         yaml_event_delete(&val);
         if (st) return st;
     }
 }
 
+static mor_status validate_impl(mor_config *c, const char *source, const int *lines,
+                                mor_error *err);
+
 mor_status mor_config_parse_yaml(const char *text, size_t len, const char *source, mor_config *c,
                                  mor_error *err) {
-    yaml_walk w = {.source = source, .c = c, .err = err};
+    yaml_walk *w = calloc(1, sizeof *w);
+    if (!w) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", source);
+    w->source = source;
+    w->c = c;
+    w->err = err;
     mor_config_defaults(c);
-    if (!yaml_parser_initialize(&w.parser))
+    if (!yaml_parser_initialize(&w->parser)) {
+        free(w);
         return mor_fail(err, MOR_ENOMEM, "%s: cannot initialise the YAML parser", source);
-    yaml_parser_set_input_string(&w.parser, (const unsigned char *)text, len);
+    }
+    yaml_parser_set_input_string(&w->parser, (const unsigned char *)text, len);
     mor_status st = MOR_OK;
     int done = 0;
     while (!done && st == MOR_OK) {
         yaml_event_t ev;
-        if ((st = yaml_next(&w, &ev))) break;
+        if ((st = yaml_next(w, &ev))) break;
         switch (ev.type) {
-        case YAML_MAPPING_START_EVENT: st = walk_mapping(&w, ""); break;
+        case YAML_MAPPING_START_EVENT: st = walk_mapping(w, ""); break;
         case YAML_STREAM_END_EVENT: done = 1; break;
         case YAML_SCALAR_EVENT:
         case YAML_SEQUENCE_START_EVENT:
@@ -228,9 +454,10 @@ mor_status mor_config_parse_yaml(const char *text, size_t len, const char *sourc
         }
         yaml_event_delete(&ev);
     }
-    yaml_parser_delete(&w.parser);
-    if (st) return st;
-    return mor_config_validate(c, source, err);
+    yaml_parser_delete(&w->parser);
+    if (!st) st = validate_impl(c, source, w->lines, err);
+    free(w);
+    return st;
 }
 
 /* Appends printf output to a growing buffer; returns 0 on allocation failure. */
@@ -252,16 +479,48 @@ static int buf_printf(char **s, size_t *n, size_t *cap, const char *fmt, ...) {
     }
 }
 
+/* Whether the section of a key is in use: then all its keys are written, so
+ * a checkpoint's YAML shows the whole routing setup. Other keys are written
+ * only when they differ from the default. */
+static int section_in_use(const mor_config *c, const char *path) {
+    if (!strncmp(path, "model.rope_scaling.", 19)) return c->rope_factor > 0;
+    if (!strncmp(path, "model.", 6) || !strcmp(path, "recursive.enable")) return 1;
+    if (!strncmp(path, "recursive.", 10)) return c->recursive;
+    if (!strncmp(path, "kv_sharing.", 11)) return c->kv.enable;
+    if (!strcmp(path, "mor.enable")) return c->recursive;
+    if (!strncmp(path, "mor.expert.", 11)) return c->mor.enable && c->mor.type == MOR_ROUTING_EXPERT;
+    if (!strncmp(path, "mor.token.", 10)) return c->mor.enable && c->mor.type == MOR_ROUTING_TOKEN;
+    if (!strncmp(path, "mor.", 4)) return c->mor.enable;
+    return 0; /* train.* */
+}
+
+static int differs_from_default(const mor_config *c, const mor_config *d, const config_key *k) {
+    if (k->type == K_CAPACITY)
+        return c->mor.capacity_auto != d->mor.capacity_auto ||
+               memcmp(c->mor.capacity, d->mor.capacity, sizeof c->mor.capacity);
+    size_t size = k->type == K_FLOAT ? sizeof(float) : sizeof(int);
+    return memcmp((const char *)c + k->off, (const char *)d + k->off, size) != 0;
+}
+
+/* Shortest %g text that reads back as the same float. */
+static void format_float(float v, char *buf, size_t n) {
+    for (int prec = 6; prec <= 9; prec++) {
+        snprintf(buf, n, "%.*g", prec, (double)v);
+        if (strtof(buf, NULL) == v) return;
+    }
+}
+
 char *mor_config_to_yaml(const mor_config *c) {
     size_t cap = 4096, n = 0;
     char *s = malloc(cap);
     char section[128] = "";
+    mor_config d;
+    mor_config_defaults(&d);
     if (!s) return NULL;
+    s[0] = 0;
     for (size_t i = 0; i < N_KEYS; i++) {
         const config_key *k = &config_keys[i];
-        if (!strncmp(k->path, "model.rope_scaling.", 19) && c->rope_factor <= 0) continue;
-        if (!strncmp(k->path, "recursive.", 10) && !c->recursive && strcmp(k->path, "recursive.enable"))
-            continue;
+        if (!section_in_use(c, k->path) && !differs_from_default(c, &d, k)) continue;
         const char *leaf = strrchr(k->path, '.') + 1;
         char sec[128];
         snprintf(sec, sizeof sec, "%.*s", (int)(leaf - 1 - k->path), k->path);
@@ -274,22 +533,38 @@ char *mor_config_to_yaml(const mor_config *c) {
             if (!same && !buf_printf(&s, &n, &cap, "%*s%.*s:\n", 2 * depth, "", (int)la, a)) goto oom;
             depth++;
             a += la + (a[la] == '.');
-            b += lb + (b[lb] == '.');
+            b += *b ? lb + (b[lb] == '.') : 0;
         }
         snprintf(section, sizeof section, "%s", sec);
         const char *base = (const char *)c;
         int ok = buf_printf(&s, &n, &cap, "%*s%s: ", 2 * depth, "", leaf);
+        char num[32];
         switch (k->type) {
         case K_INT: ok = ok && buf_printf(&s, &n, &cap, "%d\n", *(const int *)(base + k->off)); break;
         case K_FLOAT:
-            ok = ok && buf_printf(&s, &n, &cap, "%.9g\n", *(const float *)(base + k->off));
+            format_float(*(const float *)(base + k->off), num, sizeof num);
+            ok = ok && buf_printf(&s, &n, &cap, "%s\n", num);
             break;
         case K_BOOL:
             ok = ok && buf_printf(&s, &n, &cap, "%s\n", *(const int *)(base + k->off) ? "true" : "false");
             break;
-        case K_SHARING:
-            ok = ok && buf_printf(&s, &n, &cap, "%s\n", sharing_names[*(const mor_sharing *)(base + k->off)]);
+        case K_ENUM:
+            ok = ok && buf_printf(&s, &n, &cap, "%s\n",
+                                  enum_to_name(k->names, *(const int *)(base + k->off)));
             break;
+        case K_CAPACITY: {
+            if (c->mor.capacity_auto) {
+                ok = ok && buf_printf(&s, &n, &cap, "null\n");
+                break;
+            }
+            int m = MOR_MAX_RECURSION;
+            while (m > 1 && c->mor.capacity[m - 1] == 0) m--;
+            ok = ok && buf_printf(&s, &n, &cap, "[");
+            for (int r = 0; r < m; r++) /* %.17g: doubles read back exactly */
+                ok = ok && buf_printf(&s, &n, &cap, "%s%.17g", r ? ", " : "", c->mor.capacity[r]);
+            ok = ok && buf_printf(&s, &n, &cap, "]\n");
+            break;
+        }
         }
         if (!ok) goto oom;
     }
@@ -451,8 +726,104 @@ char *mor_config_to_hf_json(const mor_config *c) {
 
 /* ---- validation and sharing --------------------------------------------- */
 
-mor_status mor_config_validate(const mor_config *cc, const char *source, mor_error *err) {
-    mor_config *c = (mor_config *)cc; /* head_dim default is filled in here */
+/* "file:line" of a key when the parser saw it, else "file". */
+static const char *where(char *buf, size_t n, const char *source, const int *lines,
+                         const char *path) {
+    const config_key *k = find_key(path);
+    int line = lines && k ? lines[k - config_keys] : 0;
+    if (line)
+        snprintf(buf, n, "%s:%d", source, line);
+    else
+        snprintf(buf, n, "%s", source);
+    return buf;
+}
+
+static int is_middle(mor_sharing s) {
+    return s == MOR_SHARE_MIDDLE_CYCLE || s == MOR_SHARE_MIDDLE_SEQUENCE;
+}
+
+static mor_status validate_mor(mor_config *c, const char *source, const int *lines,
+                               mor_error *err) {
+    char at[1100];
+#define AT(path) where(at, sizeof at, source, lines, path)
+    int R = c->num_recursion, expert = c->mor.type == MOR_ROUTING_EXPERT;
+    if (!c->recursive)
+        return mor_fail(err, MOR_ECONFIG, "%s: mor.enable needs recursive.enable: true",
+                        AT("mor.enable"));
+    if (c->sharing != MOR_SHARE_CYCLE && c->sharing != MOR_SHARE_MIDDLE_CYCLE)
+        return mor_fail(err, MOR_ECONFIG,
+                        "%s: recursive.sharing: MoR needs cycle or middle_cycle, got %s",
+                        AT("recursive.sharing"), enum_to_name(sharing_names, c->sharing));
+    if (!expert && c->sharing == MOR_SHARE_CYCLE) /* spec 11.11 */
+        return mor_fail(err, MOR_ECONFIG,
+                        "%s: mor.type: token-choice routing needs recursive.sharing: middle_cycle "
+                        "(it runs on the output of the first unique layer)",
+                        AT("mor.type"));
+    if (c->mor.type != MOR_ROUTING_EXPERT && c->mor.type != MOR_ROUTING_TOKEN)
+        return mor_fail(err, MOR_ECONFIG, "%s: mor.type: unknown value %d", AT("mor.type"),
+                        (int)c->mor.type);
+    if ((unsigned)c->mor.router_type > MOR_ROUTER_WIDE_MLP)
+        return mor_fail(err, MOR_ECONFIG, "%s: mor.router_type: unknown value %d",
+                        AT("mor.router_type"), (int)c->mor.router_type);
+    if (!(c->mor.temp > 0))
+        return mor_fail(err, MOR_ECONFIG, "%s: mor.temp must be positive", AT("mor.temp"));
+    if (c->mor.capacity_auto) {
+        for (int r = 1; r <= MOR_MAX_RECURSION; r++)
+            c->mor.capacity[r - 1] = r <= R ? (double)(R - r + 1) / R : 0.0;
+    } else {
+        if (!expert)
+            return mor_fail(err, MOR_ECONFIG,
+                            "%s: mor.capacity applies to expert-choice routing only (token-choice "
+                            "depths come from its router); leave it null",
+                            AT("mor.capacity"));
+        int n = 0;
+        while (n < MOR_MAX_RECURSION && c->mor.capacity[n] > 0) n++;
+        if (n != R)
+            return mor_fail(err, MOR_ECONFIG,
+                            "%s: mor.capacity has %d value%s but recursive.num_recursion is %d",
+                            AT("mor.capacity"), n, n == 1 ? "" : "s", R);
+        for (int r = 0; r < n; r++) {
+            if (!(c->mor.capacity[r] > 0 && c->mor.capacity[r] <= 1))
+                return mor_fail(err, MOR_ECONFIG, "%s: mor.capacity: value %d (%g) is outside (0, 1]",
+                                AT("mor.capacity"), r + 1, c->mor.capacity[r]);
+            if (r && c->mor.capacity[r] > c->mor.capacity[r - 1])
+                return mor_fail(err, MOR_ECONFIG,
+                                "%s: mor.capacity must be non-increasing (hierarchical filtering), "
+                                "but step %d has %g after %g",
+                                AT("mor.capacity"), r + 1, c->mor.capacity[r], c->mor.capacity[r - 1]);
+        }
+    }
+    if (expert) {
+        mor_router_func f = c->mor.expert.router_func;
+        if (f != MOR_FUNC_SIGMOID && f != MOR_FUNC_TANH && f != MOR_FUNC_NONE)
+            return mor_fail(err, MOR_ECONFIG, "%s: mor.expert.router_func must be sigmoid, tanh or none",
+                            AT("mor.expert.router_func"));
+        if (f != MOR_FUNC_NONE && c->mor.expert.gating == MOR_GATING_WEIGHTED &&
+            !(c->mor.expert.alpha > 0))
+            return mor_fail(err, MOR_ECONFIG,
+                            "%s: mor.expert.alpha must be positive (it scales every gate)",
+                            AT("mor.expert.alpha"));
+    } else {
+        mor_router_func f = c->mor.token.router_func;
+        if (f != MOR_FUNC_SOFTMAX && f != MOR_FUNC_SIGMOID)
+            return mor_fail(err, MOR_ECONFIG, "%s: mor.token.router_func must be softmax or sigmoid",
+                            AT("mor.token.router_func"));
+        if (!(c->mor.token.alpha > 0))
+            return mor_fail(err, MOR_ECONFIG, "%s: mor.token.alpha must be positive",
+                            AT("mor.token.alpha"));
+        if (c->mor.expert.untie_attention)
+            return mor_fail(err, MOR_ECONFIG,
+                            "%s: mor.expert.untie_attention needs mor.type: expert",
+                            AT("mor.expert.untie_attention"));
+    }
+    return MOR_OK;
+#undef AT
+}
+
+static mor_status validate_impl(mor_config *c, const char *source, const int *lines,
+                                mor_error *err) {
+    char at[1100];
+#define AT(path) where(at, sizeof at, source, lines, path)
     if (c->vocab_size < 1 || c->dim < 1 || c->hidden_dim < 1 || c->n_layers < 1 || c->n_heads < 1 ||
         c->n_kv_heads < 1 || c->max_seq_len < 1)
         return mor_fail(err, MOR_ECONFIG, "%s: model sizes must be positive", source);
@@ -483,10 +854,13 @@ mor_status mor_config_validate(const mor_config *cc, const char *source, mor_err
                         source);
     if (c->recursive) {
         int R = c->num_recursion;
-        if (c->sharing == MOR_SHARE_NONE)
+        if (R < 1 || R > MOR_MAX_RECURSION)
+            return mor_fail(err, MOR_ECONFIG, "%s: recursive.num_recursion %d is outside [1, %d]",
+                            AT("recursive.num_recursion"), R, MOR_MAX_RECURSION);
+        if (c->sharing == MOR_SHARE_NONE || (unsigned)c->sharing > MOR_SHARE_MIDDLE_SEQUENCE)
             return mor_fail(err, MOR_ECONFIG, "%s: recursive.sharing must be set when enabled",
                             source);
-        int middle = c->sharing == MOR_SHARE_MIDDLE_CYCLE || c->sharing == MOR_SHARE_MIDDLE_SEQUENCE;
+        int middle = is_middle(c->sharing);
         int span = c->n_layers - (middle ? 2 : 0);
         if (span < R || span % R)
             return mor_fail(err, MOR_ECONFIG,
@@ -494,13 +868,67 @@ mor_status mor_config_validate(const mor_config *cc, const char *source, mor_err
                             R, middle ? "middle (num_hidden_layers - 2)" : "num_hidden_layers",
                             span);
     }
+    if (c->kv.enable) {
+        if (!c->recursive)
+            return mor_fail(err, MOR_ECONFIG, "%s: kv_sharing.enable needs recursive.enable: true",
+                            AT("kv_sharing.enable"));
+        if (c->sharing != MOR_SHARE_CYCLE && c->sharing != MOR_SHARE_MIDDLE_CYCLE)
+            return mor_fail(err, MOR_ECONFIG,
+                            "%s: kv_sharing.enable needs recursive.sharing cycle or middle_cycle, "
+                            "got %s",
+                            AT("kv_sharing.enable"), enum_to_name(sharing_names, c->sharing));
+    }
+    if (c->kv.update_cache &&
+        (!c->kv.enable || !c->mor.enable || c->mor.type != MOR_ROUTING_EXPERT))
+        return mor_fail(err, MOR_ECONFIG,
+                        "%s: kv_sharing.update_cache needs kv_sharing.enable: true, mor.enable: "
+                        "true and mor.type: expert",
+                        AT("kv_sharing.update_cache"));
+    if (c->mor.enable) {
+        mor_status st = validate_mor(c, source, lines, err);
+        if (st) return st;
+    } else if (c->mor.expert.untie_attention) {
+        return mor_fail(err, MOR_ECONFIG,
+                        "%s: mor.expert.untie_attention needs mor.enable: true and mor.type: expert",
+                        AT("mor.expert.untie_attention"));
+    }
+    if (c->train.adam_beta1 >= 1 || c->train.adam_beta2 >= 1)
+        return mor_fail(err, MOR_ECONFIG, "%s: train.adam_beta1 and adam_beta2 must be below 1",
+                        AT(c->train.adam_beta1 >= 1 ? "train.adam_beta1" : "train.adam_beta2"));
+    if (c->train.max_length > c->max_seq_len)
+        return mor_fail(err, MOR_ECONFIG,
+                        "%s: train.max_length %d exceeds model.max_position_embeddings %d",
+                        AT("train.max_length"), c->train.max_length, c->max_seq_len);
+    if (c->train.steps > 0 && c->train.warmup_steps > c->train.steps)
+        return mor_fail(err, MOR_ECONFIG, "%s: train.warmup_steps %d exceeds train.steps %d",
+                        AT("train.warmup_steps"), c->train.warmup_steps, c->train.steps);
     return MOR_OK;
+#undef AT
+}
+
+mor_status mor_config_validate(const mor_config *cc, const char *source, mor_error *err) {
+    /* derived values (head_dim, auto capacities) are filled in here */
+    return validate_impl((mor_config *)cc, source, NULL, err);
+}
+
+int mor_config_base_depth(const mor_config *c) {
+    if (!c->recursive || c->num_recursion < 1) return 0;
+    return (c->n_layers - (is_middle(c->sharing) ? 2 : 0)) / c->num_recursion;
+}
+
+int mor_config_rec_offset(const mor_config *c) {
+    return c->recursive && is_middle(c->sharing) ? 1 : 0;
 }
 
 int mor_config_n_phys_layers(const mor_config *c) {
     if (!c->recursive) return c->n_layers;
-    int middle = c->sharing == MOR_SHARE_MIDDLE_CYCLE || c->sharing == MOR_SHARE_MIDDLE_SEQUENCE;
-    return (c->n_layers - (middle ? 2 : 0)) / c->num_recursion + (middle ? 2 : 0);
+    return mor_config_base_depth(c) + (is_middle(c->sharing) ? 2 : 0);
+}
+
+int mor_config_phys_is_shared(const mor_config *c, int p) {
+    if (!c->recursive || c->num_recursion < 2) return 0;
+    if (is_middle(c->sharing)) return p >= 1 && p <= mor_config_base_depth(c);
+    return 1;
 }
 
 int mor_config_layer_map(const mor_config *c, int l) {

@@ -47,7 +47,7 @@ struct mor_model {
      * with N_R outputs (routers[0]); aux_routers for sampling: aux_router. */
     mor_router_weights routers[MOR_MAX_RECURSION];
     mor_router_weights aux_routers[MOR_MAX_RECURSION];
-    const float *router_bias; /* (N_R) token-choice loss-free balancing bias, or NULL */
+    const float *router_bias; /* (N_R) token-choice loss-free balance_bias, or NULL */
     mor_tokenizer *tok;
 };
 
@@ -78,19 +78,10 @@ struct mor_context {
     int batch_rows;          /* MOR_BATCH_LOGITS_ROWS, capped by n_batch */
 };
 
-/* The tensors a config implies, in checkpoint order. `norm` tensors (norm
- * weights, routers and the router bias) are always stored as F32.
- *
- * Names (man/mor-checkpoint.5): Hugging Face Llama names with PHYSICAL layer
- * indices, model.layers.P.*; when recursive.ln_share is off, the norms of
- * every unrolled position l of a shared layer are
- * model.unrolled.l.{input,post_attention}_layernorm.weight instead; with
- * mor.expert.untie_attention the attention projections of shared layers are
- * model.unrolled.l.self_attn.{q,k,v,o}_proj.weight. Routers: expert-choice
- * step r (0-based) model.routers.r.weight (1, D), or .fc1.weight (2D, D) and
- * .fc2.weight (1, 2D) for MLP routers; token-choice model.router.weight
- * (N_R, D) or model.router.fc1/fc2, and model.router.bias (N_R) under
- * loss-free balancing; sampling aux_router adds model.aux_routers.r.*. */
+/* The tensors a config implies, in checkpoint order, with where each binds.
+ * Names and shapes come from mor_param_specs (lib/mor_cost.h, the layout of
+ * man/mor-checkpoint.5); `norm` marks tensors always stored as F32 (norms,
+ * routers, the balance bias). */
 typedef struct mor_tensor_spec {
     char name[96];
     int ndim;

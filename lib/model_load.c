@@ -6,6 +6,7 @@
 
 #include "checkpoint.h"
 #include "model.h"
+#include "mor_cost.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -14,92 +15,83 @@ static const char *layer_field_names[] = {
     "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
     "mlp.gate_proj.weight",   "mlp.up_proj.weight",      "mlp.down_proj.weight"};
 
-/* Which fields of unrolled position l are its own rather than its physical
- * layer's: bit f set = field f is stored per position. */
-static unsigned unrolled_own_fields(const mor_config *c, int l) {
-    if (!c->recursive || !mor_config_phys_is_shared(c, mor_config_layer_map(c, l))) return 0;
-    unsigned bits = 0;
-    if (!c->ln_share) bits |= 1u << MOR_F_ATTN_NORM | 1u << MOR_F_MLP_NORM;
-    if (c->mor.enable && c->mor.type == MOR_ROUTING_EXPERT && c->mor.expert.untie_attention)
-        bits |= 1u << MOR_F_WQ | 1u << MOR_F_WK | 1u << MOR_F_WV | 1u << MOR_F_WO;
-    return bits;
+static int field_index(const char *suffix) {
+    for (int f = 0; f < 9; f++)
+        if (!strcmp(suffix, layer_field_names[f])) return f;
+    return -1;
 }
 
-/* Fields some unrolled position stores itself, so the physical layer omits them. */
-static unsigned phys_missing_fields(const mor_config *c, int p) {
-    unsigned bits = 0;
+/* Unrolled position of the S-th use of physical layer P, or -1. */
+static int nth_use(const mor_config *c, int P, int S) {
     for (int l = 0; l < c->n_layers; l++)
-        if (mor_config_layer_map(c, l) == p) bits |= unrolled_own_fields(c, l);
-    return bits;
+        if (mor_config_layer_map(c, l) == P && S-- == 0) return l;
+    return -1;
 }
 
+static int router_field(const char *suffix) {
+    return !strcmp(suffix, "weight") ? 0 : !strcmp(suffix, "fc1.weight") ? 1
+         : !strcmp(suffix, "fc2.weight") ? 2 : -1;
+}
+
+/* The names and shapes come from mor_param_specs (lib/mor_cost.c), the one
+ * definition of the checkpoint layout; here each is given the place it binds. */
 int mor_model_tensor_specs(const mor_config *c, mor_tensor_spec **specs) {
-    int P = mor_config_n_phys_layers(c), L = c->n_layers, R = c->num_recursion;
-    int cap = 4 + 9 * (P + L) + 6 * MOR_MAX_RECURSION + 8;
-    mor_tensor_spec *s = calloc((size_t)cap, sizeof *s), *t = s;
-    if (!s) return -1;
-    int64_t D = c->dim, F = c->hidden_dim, Q = (int64_t)c->n_heads * c->head_dim,
-            KV = (int64_t)c->n_kv_heads * c->head_dim;
-    /* (rows, cols) of each layer field, in mor_layer_weights order */
-    const int64_t shape[9][2] = {{D, 0}, {Q, D}, {KV, D}, {KV, D}, {D, Q},
-                                 {D, 0}, {F, D}, {F, D}, {D, F}};
-#define SPEC(r, idx, fld, a, b, ...)                                          \
-    do {                                                                      \
-        snprintf(t->name, sizeof t->name, __VA_ARGS__);                       \
-        t->ndim = (b) != 0 ? 2 : 1;                                           \
-        t->shape[0] = a;                                                      \
-        t->shape[1] = b;                                                      \
-        t->role = r;                                                          \
-        t->index = idx;                                                       \
-        t->field = fld;                                                       \
-        t->norm = (r) != MOR_T_EMBED && (r) != MOR_T_HEAD &&                  \
-                  ((r) == MOR_T_ROUTER || (r) == MOR_T_AUX_ROUTER ||          \
-                   (r) == MOR_T_ROUTER_BIAS || (r) == MOR_T_FINAL_NORM ||     \
-                   (fld) == MOR_F_ATTN_NORM || (fld) == MOR_F_MLP_NORM);      \
-        t++;                                                                  \
-    } while (0)
-    SPEC(MOR_T_EMBED, 0, 0, c->vocab_size, D, "model.embed_tokens.weight");
-    for (int p = 0; p < P; p++) {
-        unsigned missing = phys_missing_fields(c, p);
-        for (int f = 0; f < 9; f++)
-            if (!(missing >> f & 1))
-                SPEC(MOR_T_LAYER, p, f, shape[f][0], shape[f][1], "model.layers.%d.%s", p,
-                     layer_field_names[f]);
+    int n = mor_param_specs(c, NULL, 0);
+    mor_param_spec *ps = calloc((size_t)n, sizeof *ps);
+    mor_tensor_spec *s = calloc((size_t)n, sizeof *s);
+    if (!ps || !s) {
+        free(ps);
+        free(s);
+        return -1;
     }
-    for (int l = 0; l < L; l++) {
-        unsigned own = unrolled_own_fields(c, l);
-        for (int f = 0; f < 9; f++)
-            if (own >> f & 1)
-                SPEC(MOR_T_UNROLLED, l, f, shape[f][0], shape[f][1], "model.unrolled.%d.%s", l,
-                     layer_field_names[f]);
-    }
-    SPEC(MOR_T_FINAL_NORM, 0, 0, D, 0, "model.norm.weight");
-    if (!c->tie_embeddings) SPEC(MOR_T_HEAD, 0, 0, c->vocab_size, D, "lm_head.weight");
-    if (c->mor.enable && !c->mor.rand_router) {
-        int expert = c->mor.type == MOR_ROUTING_EXPERT, mlp = c->mor.router_type != MOR_ROUTER_LINEAR;
-        int n_routers = expert ? R : 1, K = expert ? 1 : R;
-        int aux = expert && c->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER;
-        for (int pass = 0; pass <= aux; pass++) {
-            int role = pass ? MOR_T_AUX_ROUTER : MOR_T_ROUTER;
-            const char *base = pass ? "model.aux_routers" : "model.routers";
-            for (int r = 0; r < n_routers; r++) {
-                char prefix[48];
-                if (expert) snprintf(prefix, sizeof prefix, "%s.%d", base, r);
-                else snprintf(prefix, sizeof prefix, "model.router");
-                if (mlp) {
-                    SPEC(role, r, 1, 2 * D, D, "%s.fc1.weight", prefix);
-                    SPEC(role, r, 2, K, 2 * D, "%s.fc2.weight", prefix);
-                } else {
-                    SPEC(role, r, 0, K, D, "%s.weight", prefix);
-                }
-            }
+    mor_param_specs(c, ps, n);
+    for (int i = 0; i < n; i++) {
+        mor_tensor_spec *t = &s[i];
+        const char *nm = ps[i].name;
+        memcpy(t->name, nm, sizeof t->name);
+        t->ndim = ps[i].ndim;
+        t->shape[0] = ps[i].shape[0];
+        t->shape[1] = ps[i].ndim > 1 ? ps[i].shape[1] : 0;
+        t->norm = ps[i].f32;
+        int a = -1, b = -1, off = 0;
+        if (!strcmp(nm, "model.embed_tokens.weight")) {
+            t->role = MOR_T_EMBED;
+        } else if (!strcmp(nm, "model.norm.weight")) {
+            t->role = MOR_T_FINAL_NORM;
+        } else if (!strcmp(nm, "lm_head.weight")) {
+            t->role = MOR_T_HEAD;
+        } else if (sscanf(nm, "model.layers.%d.step.%d.%n", &a, &b, &off) == 2 && off) {
+            t->role = MOR_T_UNROLLED;
+            t->index = nth_use(c, a, b);
+            t->field = field_index(nm + off);
+        } else if (sscanf(nm, "model.layers.%d.%n", &a, &off) == 1 && off) {
+            t->role = MOR_T_LAYER;
+            t->index = a;
+            t->field = field_index(nm + off);
+        } else if (sscanf(nm, "model.routers.%d.%n", &a, &off) == 1 && off) {
+            t->role = MOR_T_ROUTER;
+            t->index = a;
+            t->field = router_field(nm + off);
+        } else if (sscanf(nm, "model.aux_routers.%d.%n", &a, &off) == 1 && off) {
+            t->role = MOR_T_AUX_ROUTER;
+            t->index = a;
+            t->field = router_field(nm + off);
+        } else if (!strcmp(nm, "model.router.balance_bias")) {
+            t->role = MOR_T_ROUTER_BIAS;
+        } else if (!strncmp(nm, "model.router.", 13)) {
+            t->role = MOR_T_ROUTER;
+            t->field = router_field(nm + 13);
         }
-        if (!expert && c->mor.token.balancing == MOR_BALANCE_LOSS_FREE)
-            SPEC(MOR_T_ROUTER_BIAS, 0, 0, R, 0, "model.router.bias");
+        /* a name this loader cannot place is a programming error upstream */
+        if (t->index < 0 || t->field < 0) {
+            free(ps);
+            free(s);
+            return -1;
+        }
     }
-#undef SPEC
+    free(ps);
     *specs = s;
-    return (int)(t - s);
+    return n;
 }
 
 static const float **layer_field(mor_layer_weights *w, int f) {

@@ -1,0 +1,117 @@
+/* router.h - MoR routing decisions as pure functions over plain arrays
+ * (spec sections 3 and 4): how many tokens a step keeps, which ones
+ * (expert-choice top-k or the causal threshold), the token-choice depth of
+ * each token, the loss-free balancing bias, router logits (linear or MLP)
+ * and the router health metrics. No allocation, no state: the forward pass,
+ * the trainer and the tools share these so they route identically.
+ *
+ * Conventions: positions are 0-based indices into the full sequence of n
+ * tokens; steps r are 1-based as in the paper (r = 1..N_R). Matrices are
+ * (OUT, IN) row-major as in Hugging Face. */
+#ifndef MOR_ROUTER_H
+#define MOR_ROUTER_H
+
+#include <stdint.h>
+
+#include "config.h"
+
+/* ---- capacity -------------------------------------------------------- */
+
+/* Tokens kept per sequence at a step of capacity c: max(1, floor(c*n)) in
+ * double, n = the FULL sequence length (spec 3.3, 11.13): floor(2/3 * 2048)
+ * = 1365. n <= 0 gives 0. */
+int mor_route_k(double c, int n);
+/* k_r for every step r = 1..N_R of a config (mor.capacity) into k[r-1]. */
+void mor_route_k_steps(const mor_config *c, int n, int *k /* (N_R) */);
+
+/* ---- expert-choice ----------------------------------------------------- */
+
+/* Gate from a raw router logit: alpha*sigmoid(z), alpha*tanh(z) or z
+ * (MOR_FUNC_NONE). z is the router output already divided by mor.temp. */
+float mor_route_gate(mor_router_func f, float alpha, float z);
+
+/* Top-k selection of one step (spec 3.3). cand holds the n_cand candidate
+ * positions in ascending order (C_1 = 0..n-1, C_r = S_{r-1}); gate[i] is the
+ * gate of cand[i]. Keeps the min(k, n_cand) largest gates; equal gates go to
+ * the lower position, NaN counts as the smallest. Returns the count m and
+ * writes sel[0..m) = the kept candidate INDICES (into cand and gate) in
+ * ascending order, which is also ascending position order; pos[0..m) (may
+ * be NULL) = the kept positions. sel must have room for n_cand entries: it
+ * is the sort workspace. */
+int mor_route_topk(int32_t *sel,        /* (n_cand) workspace; out (m) */
+                   int32_t *pos,        /* (m) or NULL */
+                   const int32_t *cand, /* (n_cand) ascending positions */
+                   const float *gate,   /* (n_cand) */
+                   int n_cand, int k);
+
+/* The causal (decode) rule of spec 3.7 / decision 2: at step 1 every
+ * candidate runs; at step r >= 2 a candidate continues iff z >= 0, which is
+ * sigmoid(z) >= 0.5 (and tanh(z) >= 0) without the rounding of sigmoid near
+ * 0.5. z = raw logit (divided by temp). */
+int mor_route_causal_continues(int r, float z);
+/* Applies that rule to n_cand candidates; same outputs as mor_route_topk. */
+int mor_route_causal(int32_t *sel,        /* (n_cand) out (m) */
+                     int32_t *pos,        /* (m) or NULL */
+                     const int32_t *cand, /* (n_cand) ascending positions */
+                     const float *z,      /* (n_cand) */
+                     int n_cand, int r);
+
+/* ---- token-choice ------------------------------------------------------ */
+
+/* Depth assignment (spec 4.1), per token t of T:
+ *   p = alpha*softmax(z_t) (or alpha*sigmoid(z_t) elementwise),
+ *   sel = argmax_j (p[j] + bias[j]) (first j on ties), depth = sel + 1,
+ *   gate = p[sel] (the UNBIASED probability).
+ * bias may be NULL (= 0; it is nonzero only under loss-free balancing);
+ * p may be NULL. f is MOR_FUNC_SOFTMAX or MOR_FUNC_SIGMOID. */
+void mor_route_token_assign(int32_t *depth,    /* (T) 1..K */
+                            float *gate,       /* (T) */
+                            float *p,          /* (T, K) or NULL */
+                            const float *z,    /* (T, K) logits */
+                            const float *bias, /* (K) or NULL */
+                            int T, int K, mor_router_func f, float alpha);
+
+/* Fraction of tokens at each depth: ratio[d-1] = #{t : depth[t] == d} / T. */
+void mor_route_depth_ratio(double *ratio,        /* (K) */
+                           const int32_t *depth, /* (T) */
+                           int T, int K);
+/* Loss-free balancing after an optimizer step (spec 4.2):
+ * bias[i] += u * sign(mean_j ratio[j] - ratio[i]), sign(0) = 0. */
+void mor_route_bias_update(float *bias,         /* (K) */
+                           const double *ratio, /* (K) */
+                           int K, float u);
+
+/* ---- router networks ----------------------------------------------------- */
+
+/* z = W (x / temp) for T rows (spec 3.2): the expert-choice router (K = 1)
+ * or the token-choice router (K = N_R). Dot products accumulate in double. */
+void mor_route_linear_logits(float *z,       /* (T, K) */
+                             const float *x, /* (T, D) raw residual stream */
+                             const float *W, /* (K, D) */
+                             int T, int D, int K, float temp);
+/* z = W2 gelu(W1 (x / temp)) with the exact (erf) GELU, no biases. */
+void mor_route_mlp_logits(float *z,        /* (T, K) */
+                          float *hidden,   /* (2D) scratch */
+                          const float *x,  /* (T, D) */
+                          const float *W1, /* (2D, D) */
+                          const float *W2, /* (K, 2D) */
+                          int T, int D, int K, float temp);
+
+/* ---- metrics (spec 8, 4.2) ----------------------------------------------- */
+
+/* Dead-token ratio: the fraction of positions p in [0, n) that no sequence
+ * of the batch selected at the last step (last_mask[b*n + p] != 0 = selected). */
+double mor_route_dead_ratio(const uint8_t *last_mask, /* (B, n) */
+                            int B, int n);
+/* Sampling accuracy: mean over N candidates of [(z >= 0) == (y != 0)],
+ * z = raw logits, y = the top-k mask. 1.0 when N == 0. */
+double mor_route_sampling_accuracy(const float *z, const uint8_t *y, int N);
+/* MaxVio = (max_i load_i - mean load) / mean load over K depths (0 when all
+ * loads are 0). */
+double mor_route_maxvio(const double *load, int K);
+/* Entropy (nats) of the average routing distribution: P_i = mean_t p[t, i],
+ * normalised to sum 1 (alpha and sigmoid rows do not sum to 1). */
+double mor_route_entropy(const float *p, /* (T, K) */
+                         int T, int K);
+
+#endif

@@ -1,0 +1,296 @@
+/* test_mor_cost.c - tensors, parameter counts, FLOPs and KV-cache bytes of
+ * lib/mor_cost.c against the spec's invariants (spec 1.2, 2, 3.3, 5.1, 6.3,
+ * 11.1 and "Quick invariants"), using the model configs in configs/. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mor_cost.h"
+#include "testutil.h"
+
+static mor_config load(const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, "configs/%s.yaml", name);
+    size_t n;
+    char *text = read_all(path, &n);
+    mor_config c;
+    mor_error e = {0};
+    if (mor_config_parse_yaml(text, n, path, &c, &e)) fail_msg("%s", e.msg);
+    free(text);
+    return c;
+}
+
+static void revalidate(mor_config *c) {
+    mor_error e = {0};
+    if (mor_config_validate(c, "modified", &e)) fail_msg("%s", e.msg);
+}
+
+static void test_param_counts(void **state) {
+    (void)state;
+    mor_param_count p;
+    /* spec 1.2: 9,832,320 per layer, 32 layers + final norm */
+    mor_config v = load("360m-vanilla");
+    mor_cost_params(&v, &p);
+    assert_int_equal(p.layer, 9832320);
+    assert_int_equal(p.unique, 314635200);
+    assert_int_equal(p.unrolled, 314635200);
+    assert_int_equal(p.embedding, 47185920);
+    assert_int_equal(p.routers, 0);
+    assert_int_equal(p.total, 314635200 + 47185920);
+    /* Middle-Cycle N_R=3 fully tied: 12 layers + final norm */
+    mor_config r3 = load("360m-recursive-r3");
+    mor_cost_params(&r3, &p);
+    assert_int_equal(p.unique, 117988800);
+    assert_int_equal(p.unrolled, 314635200);
+    /* MoR-E adds 2,880 for its three linear routers (960 each) */
+    mor_config m3 = load("360m-mor-expert-r3");
+    mor_cost_params(&m3, &p);
+    assert_int_equal(p.routers, 2880);
+    assert_int_equal(p.unique, 117988800 + 2880);
+    assert_int_equal(p.unrolled, 314635200 + 2880);
+    /* Table 3 "Param": 167M (N_R=2), 98M (N_R=4, 34 layers) */
+    mor_config m2 = load("360m-mor-expert-r2"), m4 = load("360m-mor-expert-r4");
+    mor_cost_params(&m2, &p);
+    assert_int_equal(p.unique, 17LL * 9832320 + 960 + 2 * 960);
+    mor_cost_params(&m4, &p);
+    assert_int_equal(p.unique, 10LL * 9832320 + 960 + 4 * 960);
+    /* spec 11.1: per-step attention (the released code) gives ~167M / 204M / 157M */
+    const int64_t untied[3] = {204016320, 167143680, 157310400};
+    mor_config *ms[3] = {&m2, &m3, &m4};
+    for (int i = 0; i < 3; i++) {
+        ms[i]->mor.expert.untie_attention = 1;
+        mor_cost_params(ms[i], &p);
+        assert_int_equal(p.unique, untied[i]);
+        ms[i]->mor.expert.untie_attention = 0;
+    }
+    /* token-choice: one router d -> N_R */
+    mor_config t3 = load("360m-mor-token-r3");
+    mor_cost_params(&t3, &p);
+    assert_int_equal(p.routers, 960 * 3);
+    assert_int_equal(p.unique, 117988800 + 2880);
+    /* MLP routers: 3 x (2d*d + 2d); token MLP: 2d*d + N_R*2d */
+    m3.mor.router_type = MOR_ROUTER_MLP;
+    mor_cost_params(&m3, &p);
+    assert_int_equal(p.routers, 3 * (1920LL * 960 + 1920));
+    m3.mor.expert.sampling = MOR_SAMPLING_AUX_ROUTER; /* a second set of routers */
+    mor_cost_params(&m3, &p);
+    assert_int_equal(p.routers, 6 * (1920LL * 960 + 1920));
+    t3.mor.router_type = MOR_ROUTER_WIDE_MLP; /* == mlp in the reference code */
+    t3.mor.token.balancing = MOR_BALANCE_LOSS_FREE;
+    mor_cost_params(&t3, &p);
+    assert_int_equal(p.routers, 1920LL * 960 + 3 * 1920);
+    assert_int_equal(p.buffers, 3);
+    /* 135M: "106M" non-embedding, "28M" embedding (Table 6) */
+    mor_config s = load("135m-vanilla");
+    mor_cost_params(&s, &p);
+    assert_int_equal(p.unique, 106203456);
+    assert_int_equal(p.embedding, 28311552);
+    /* untied head counts as embedding */
+    s.tie_embeddings = 0;
+    mor_cost_params(&s, &p);
+    assert_int_equal(p.embedding, 2 * 28311552);
+}
+
+static int find(const mor_param_spec *s, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s[i].name, name)) return i;
+    return -1;
+}
+
+static void expect_tensor(const mor_param_spec *s, int n, const char *name, int ndim, int64_t a,
+                          int64_t b) {
+    int i = find(s, n, name);
+    if (i < 0) fail_msg("tensor %s missing", name);
+    assert_int_equal(s[i].ndim, ndim);
+    assert_int_equal(s[i].shape[0], a);
+    if (ndim > 1) assert_int_equal(s[i].shape[1], b);
+}
+
+static void test_tensor_names(void **state) {
+    (void)state;
+    enum { CAP = 400 };
+    mor_param_spec *s = calloc(CAP, sizeof *s);
+    /* tiny MoR-E N_R=3, Middle-Cycle L=5: P0, S1, P2 */
+    mor_config c = load("tiny-mor-expert-r3");
+    int n = mor_param_specs(&c, s, CAP);
+    assert_int_equal(n, 1 + 3 * 9 + 3 + 1);
+    assert_string_equal(s[0].name, "model.embed_tokens.weight");
+    assert_string_equal(s[1].name, "model.layers.0.input_layernorm.weight");
+    assert_string_equal(s[n - 1].name, "model.norm.weight");
+    expect_tensor(s, n, "model.layers.1.self_attn.k_proj.weight", 2, 32, 64);
+    expect_tensor(s, n, "model.layers.2.mlp.down_proj.weight", 2, 64, 172);
+    expect_tensor(s, n, "model.routers.0.weight", 2, 1, 64);
+    expect_tensor(s, n, "model.routers.2.weight", 2, 1, 64);
+    assert_int_equal(s[find(s, n, "model.routers.2.weight")].f32, 1);
+    assert_int_equal(s[find(s, n, "model.layers.1.mlp.up_proj.weight")].f32, 0);
+    assert_int_equal(find(s, n, "model.layers.3.input_layernorm.weight"), -1);
+    /* the count without an array matches */
+    assert_int_equal(mor_param_specs(&c, NULL, 0), n);
+    /* MLP routers, per-step attention and norms on the shared layer only */
+    c.mor.router_type = MOR_ROUTER_MLP;
+    c.mor.expert.untie_attention = 1;
+    c.ln_share = 0;
+    n = mor_param_specs(&c, s, CAP);
+    assert_int_equal(n, 1 + 9 + (3 * 2 + 3 * 4 + 3) + 9 + 6 + 1);
+    expect_tensor(s, n, "model.routers.1.fc1.weight", 2, 128, 64);
+    expect_tensor(s, n, "model.routers.1.fc2.weight", 2, 1, 128);
+    expect_tensor(s, n, "model.layers.1.step.2.self_attn.q_proj.weight", 2, 64, 64);
+    expect_tensor(s, n, "model.layers.1.step.0.input_layernorm.weight", 1, 64, 0);
+    expect_tensor(s, n, "model.layers.1.step.1.post_attention_layernorm.weight", 1, 64, 0);
+    expect_tensor(s, n, "model.layers.1.mlp.gate_proj.weight", 2, 172, 64);
+    expect_tensor(s, n, "model.layers.0.self_attn.q_proj.weight", 2, 64, 64);
+    assert_int_equal(find(s, n, "model.layers.1.self_attn.q_proj.weight"), -1);
+    assert_int_equal(find(s, n, "model.layers.0.step.0.self_attn.q_proj.weight"), -1);
+    /* order inside a shared layer: norms, attention by step, norms, MLP */
+    int i = find(s, n, "model.layers.1.step.0.input_layernorm.weight");
+    assert_string_equal(s[i + 3].name, "model.layers.1.step.0.self_attn.q_proj.weight");
+    assert_string_equal(s[i + 7].name, "model.layers.1.step.1.self_attn.q_proj.weight");
+    /* rand_router has no router weights */
+    c.mor.rand_router = 1;
+    n = mor_param_specs(&c, s, CAP);
+    assert_int_equal(find(s, n, "model.routers.0.fc1.weight"), -1);
+    /* token-choice: one router, and the loss-free bias */
+    mor_config t = load("tiny-mor-token-r3");
+    t.mor.token.balancing = MOR_BALANCE_LOSS_FREE;
+    n = mor_param_specs(&t, s, CAP);
+    expect_tensor(s, n, "model.router.weight", 2, 3, 64);
+    expect_tensor(s, n, "model.router.balance_bias", 1, 3, 0);
+    assert_int_equal(s[find(s, n, "model.router.balance_bias")].kind, MOR_PARAM_BUFFER);
+    t.mor.router_type = MOR_ROUTER_MLP;
+    t.tie_embeddings = 0;
+    n = mor_param_specs(&t, s, CAP);
+    expect_tensor(s, n, "model.router.fc2.weight", 2, 3, 128);
+    assert_string_equal(s[n - 1].name, "lm_head.weight");
+    /* a vanilla config gives exactly the Llama tensors */
+    mor_config v = load("tiny-vanilla");
+    n = mor_param_specs(&v, s, CAP);
+    assert_int_equal(n, 2 + 9 * 5);
+    /* cap smaller than the count: filled up to cap, full count returned */
+    assert_int_equal(mor_param_specs(&v, s, 3), 2 + 9 * 5);
+    free(s);
+}
+
+static void test_k_per_step(void **state) {
+    (void)state;
+    /* spec 3.3's table, through the FLOP accounting's active counts */
+    const char *names[3] = {"360m-mor-expert-r2", "360m-mor-expert-r3", "360m-mor-expert-r4"};
+    const int want[3][4] = {{2048, 1024}, {2048, 1365, 682}, {2048, 1536, 1024, 512}};
+    for (int i = 0; i < 3; i++) {
+        mor_config c = load(names[i]);
+        mor_flops f;
+        mor_cost_flops(&c, 2048, &f);
+        for (int r = 0; r < i + 2; r++)
+            assert_int_equal(f.active[r], want[i][r]);
+    }
+}
+
+static void test_kv_bytes(void **state) {
+    (void)state;
+    mor_kv_cost kv;
+    /* spec 5.1, bf16, 360M: 1,280 B per layer per token */
+    mor_config v = load("360m-vanilla");
+    mor_cost_kv(&v, 2, &kv);
+    assert_int_equal(kv.strategy, MOR_KV_VANILLA);
+    assert_true(kv.bytes_per_token == 40960.0);
+    mor_config r3 = load("360m-recursive-r3"); /* the baseline keeps every layer's cache */
+    mor_cost_kv(&r3, 2, &kv);
+    assert_int_equal(kv.strategy, MOR_KV_RECURSIVE);
+    assert_true(kv.bytes_per_token == 40960.0);
+    mor_config m3 = load("360m-mor-expert-r3");
+    mor_cost_kv(&m3, 2, &kv);
+    assert_int_equal(kv.strategy, MOR_KV_CACHE);
+    assert_true(kv.bytes_per_token == 28160.0);
+    assert_true(kv.ratio == 0.6875); /* 22/32 */
+    assert_float_equal(kv.block_ratio, 2.0 / 3.0, 1e-15);
+    mor_config s3 = load("360m-mor-expert-r3-kvshare");
+    mor_cost_kv(&s3, 2, &kv);
+    assert_int_equal(kv.strategy, MOR_KV_SHARE);
+    assert_true(kv.bytes_per_token == 15360.0);
+    assert_float_equal(kv.block_ratio, 1.0 / 3.0, 1e-15);
+    /* N_R = 2: (2 + 15 * 1.5)/32; N_R = 4: 22/34; blocks (N_R+1)/(2 N_R) */
+    mor_config m2 = load("360m-mor-expert-r2"), m4 = load("360m-mor-expert-r4");
+    mor_cost_kv(&m2, 2, &kv);
+    assert_true(kv.ratio == 0.765625);
+    assert_true(kv.block_ratio == 0.75);
+    assert_true(kv.bytes_per_token == 24.5 * 1280);
+    mor_cost_kv(&m4, 2, &kv);
+    assert_true(kv.layers == 22.0);
+    assert_true(kv.ratio == 22.0 / 34.0);
+    assert_true(kv.block_ratio == 0.625);
+    /* token-choice at its balanced depths is the same as N_R=3 expert */
+    mor_config t3 = load("360m-mor-token-r3");
+    mor_cost_kv(&t3, 2, &kv);
+    assert_true(kv.bytes_per_token == 28160.0);
+    /* explicit capacities are summed; f32 doubles the bytes */
+    m3.mor.capacity_auto = 0;
+    m3.mor.capacity[0] = 1.0;
+    m3.mor.capacity[1] = 0.5;
+    m3.mor.capacity[2] = 0.25;
+    revalidate(&m3);
+    mor_cost_kv(&m3, 4, &kv);
+    assert_true(kv.layers == 2 + 10 * 1.75);
+    assert_true(kv.bytes_per_token == (2 + 10 * 1.75) * 2560);
+}
+
+static void test_flops(void **state) {
+    (void)state;
+    mor_flops f;
+    /* vanilla 360M at n = 2048: 2 x matmul params, causal attention */
+    mor_config v = load("360m-vanilla");
+    mor_cost_flops(&v, 2048, &f);
+    assert_true(f.layers == 32.0 * 2 * 9830400);
+    assert_true(f.attention == 32.0 * 4 * 960 * 2049 / 2);
+    assert_true(f.head == 2.0 * 49152 * 960);
+    assert_true(f.routers == 0);
+    assert_true(f.total == f.layers + f.attention + f.head);
+    assert_true(f.kaplan == f.layers + f.attention);
+    /* the recursive baseline costs what vanilla costs */
+    mor_config r3 = load("360m-recursive-r3");
+    mor_flops fr;
+    mor_cost_flops(&r3, 2048, &fr);
+    assert_true(fr.kaplan == f.kaplan);
+
+    /* tiny MoR-E N_R=3 (L = 5, base 1) at n = 16: k = (16, 10, 5), by hand:
+     * matmul params 45,312 per layer; attention 4*H*HD = 256 per pair */
+    mor_config t = load("tiny-mor-expert-r3");
+    mor_cost_flops(&t, 16, &f);
+    assert_float_equal(f.layers, (2 * 16 + 16 + 10 + 5) * 2.0 * 45312 / 16, 1e-6);
+    assert_float_equal(f.attention, (2 * 136 + 136 + 55 + 15) * 256.0 / 16, 1e-9);
+    assert_float_equal(f.routers, (16 + 16 + 10) * 128.0 / 16, 1e-9);
+    /* KV sharing: queries of k tokens over the whole prefix, k(n+1)/2 pairs */
+    t.kv.enable = 1;
+    revalidate(&t);
+    mor_cost_flops(&t, 16, &f);
+    assert_float_equal(f.attention, (2 * 136 + 136 + 85 + 42.5) * 256.0 / 16, 1e-9);
+    /* token-choice: balanced depths, one d -> N_R router on every token */
+    mor_config tt = load("tiny-mor-token-r3");
+    mor_cost_flops(&tt, 16, &f);
+    assert_int_equal(f.active[1], 10);
+    assert_float_equal(f.routers, 2.0 * 64 * 3, 1e-9);
+
+    /* spec 6.3: the MoR/vanilla step counts of the 16.5e18 runs follow the
+     * per-token cost without the head (the paper's constant is unknown; the
+     * ratios agree within 0.4%) */
+    mor_config v360 = load("360m-vanilla");
+    mor_cost_flops(&v360, 2048, &f);
+    const char *names[3] = {"360m-mor-expert-r2", "360m-mor-expert-r3", "360m-mor-expert-r4"};
+    const double steps[3] = {12619, 14161, 14216};
+    for (int i = 0; i < 3; i++) {
+        mor_config c = load(names[i]);
+        mor_flops fm;
+        mor_cost_flops(&c, 2048, &fm);
+        double predicted = f.kaplan / fm.kaplan, actual = steps[i] / 9438;
+        if (fabs(predicted / actual - 1) > 0.004)
+            fail_msg("%s: predicted step ratio %.5f, paper %.5f", names[i], predicted, actual);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_param_counts), cmocka_unit_test(test_tensor_names),
+        cmocka_unit_test(test_k_per_step),   cmocka_unit_test(test_kv_bytes),
+        cmocka_unit_test(test_flops),
+    };
+    return cmocka_run_group_tests_name("mor_cost", tests, NULL, NULL);
+}
