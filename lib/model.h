@@ -76,6 +76,10 @@ struct mor_context {
     float *scores;           /* (n_batch, n_ctx) one head's attention scores (prompt path) */
     float *batch_logits;     /* (MOR_BATCH_LOGITS_ROWS, V) logits of an eval_batch group */
     int batch_rows;          /* MOR_BATCH_LOGITS_ROWS, capped by n_batch */
+    /* MoR models (mor.enable): routing mode and the recursion-wise state
+     * (per-depth KV caches, routes of the last eval), lib/mor_forward.c. */
+    mor_route_mode routing;
+    struct mor_recur_state *mor;
 };
 
 /* The tensors a config implies, in checkpoint order, with where each binds.

@@ -253,6 +253,9 @@ const mor_tokenizer *mor_model_tokenizer(const mor_model *m) { return m->tok; }
 int mor_model_vocab_size(const mor_model *m) { return m->cfg.vocab_size; }
 int mor_model_max_seq_len(const mor_model *m) { return m->cfg.max_seq_len; }
 const char *mor_model_config_yaml(const mor_model *m) { return m->config_yaml; }
+int mor_model_num_recursion(const mor_model *m) {
+    return m->cfg.mor.enable ? m->cfg.num_recursion : 0;
+}
 int mor_model_n_tensors(const mor_model *m) { return m->file->n_tensors; }
 
 mor_status mor_model_tensor_info(const mor_model *m, int i, mor_tensor_info *out) {

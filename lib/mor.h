@@ -109,10 +109,19 @@ int mor_token_to_bytes(const mor_tokenizer *t, int32_t prev, int32_t id, char *b
 /* ------------------------------------------------------------------------ */
 /* Contexts: the run state of one sequence (KV cache, scratch buffers).     */
 
+/* How a MoR model routes tokens (spec 3.7, decision 2). causal: every token
+ * decides alone (expert-choice: continue at step r while sigmoid(z_r) >= 0.5,
+ * step 1 always runs; token-choice: argmax depth), so incremental decoding
+ * equals a full-sequence forward. topk: expert-choice picks the top
+ * k_r = max(1, floor(c_r n)) tokens of each eval call's sequence at every step
+ * (the paper's non-causal evaluation). Generation is always causal. */
+typedef enum { MOR_ROUTE_CAUSAL = 0, MOR_ROUTE_TOPK = 1 } mor_route_mode;
+
 typedef struct mor_context_params {
     int n_ctx;     /* maximum positions; 0 = the model's max_seq_len */
     int n_threads; /* 0 = physical cores */
     int n_batch;   /* prompt tokens per forward chunk; 0 = 256 */
+    mor_route_mode routing; /* MoR models only */
 } mor_context_params;
 
 mor_context_params mor_context_default_params(void);
@@ -130,6 +139,18 @@ int mor_context_n_ctx(const mor_context *c);
 mor_status mor_context_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
                             mor_error *err);
 const float *mor_context_logits(const mor_context *c); /* (vocab) of the last token */
+
+/* Recursion steps N_R of a MoR model; 0 for a model without routers. */
+int mor_model_num_recursion(const mor_model *m);
+/* Routing of token i (0-based) of the last mor_context_eval call: the depth
+ * it reached (1..N_R) and, when scores is non-NULL, N_R router scores: for
+ * expert-choice the router activation at each step that was evaluated
+ * (sigmoid or tanh of the logit; NAN where the token had already exited),
+ * for token-choice the N_R routing probabilities. */
+mor_status mor_context_route(const mor_context *c, int i, int *depth, float *scores, mor_error *err);
+/* KV cache memory in use: bytes of K and V stored for the positions so far
+ * (a MoR model stores a token only at the depths it reached). */
+size_t mor_context_kv_bytes(const mor_context *c);
 
 /* Decodes one token for each of n contexts of the same model in one pass, so
  * the weights are read once for all of them. */

@@ -1,0 +1,69 @@
+/* kernels.h - the inference kernels of the decoder (float32, CPU).
+ *
+ * Matrices are row-major (out, in) as in model.h: y = W x means
+ * y[o] = sum_i W[o*in + i] x[i]. Functions that take n_threads open their
+ * own OpenMP region (static schedule); all others are serial and may be
+ * called inside a parallel region. Every output element is summed by one
+ * thread in a fixed order, so results depend on the thread count at most
+ * through OpenBLAS, never through scheduling. */
+#ifndef MOR_KERNELS_H
+#define MOR_KERNELS_H
+
+#include "config.h"
+
+/* Up to this many rows (a decode step, an eval_batch group, a short chunk)
+ * mor_matmul uses mor_matvec_multi, which reads W once at memory speed;
+ * a one-row sgemm is slow and small ones spend their time packing W. */
+#define MOR_MATVEC_MAX_ROWS 16
+
+/* Thread counts: sets OpenBLAS (the OpenMP build, which shares libgomp's
+ * pool) and the caller's OpenMP default to n_threads, and returns the
+ * previous OpenMP default for mor_threads_end to put back. */
+int mor_threads_begin(int n_threads);
+void mor_threads_end(int saved);
+
+/* y (out) = W (out, in) x (in). Parallel over output rows. */
+void mor_matvec(float *y, const float *W, const float *x, int out, int in, int n_threads);
+/* Y (n, out) = X (n, in) W^T, reading each row of W from memory once for
+ * all n vectors. Parallel over output rows. */
+void mor_matvec_multi(float *Y, const float *W, const float *X, int n, int out, int in,
+                      int n_threads);
+/* Y (n, out) = X (n, in) W^T: mor_matvec_multi for n <= MOR_MATVEC_MAX_ROWS,
+ * else cblas_sgemm (threads from mor_threads_begin) if OpenBLAS runs an
+ * AVX2/AVX-512 kernel; with its SSE3 fallback mor_matvec_multi is faster
+ * at every n. Not inside a parallel region. */
+void mor_matmul(float *Y, const float *X, const float *W, int n, int out, int in, int n_threads);
+
+/* sum a[i] b[i], vectorised. */
+float mor_dot(const float *a, const float *b, int n);
+
+/* y (n) = w * x * rsqrt(mean(x^2) + eps); y may alias x. */
+void mor_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
+
+/* RoPE frequencies inv_freq (HD/2) as transformers computes them in float32:
+ * theta^(-2i/HD), then the Llama-3 rope_scaling of
+ * _compute_llama3_parameters when cfg->rope_factor > 0. */
+void mor_rope_freqs(float *inv_freq, const mor_config *cfg);
+/* cos, sin (n_pos, HD/2) at positions 0..n_pos-1, angle = float32(p * inv_freq[i])
+ * as in transformers' rotary embedding. */
+void mor_rope_table(float *cos_t, float *sin_t, int n_pos, const mor_config *cfg);
+/* Rotates n_heads heads of x (n_heads*HD, head-major) in place with the
+ * rotate-half layout: feature i pairs with i + HD/2. cos_p, sin_p (HD/2) are
+ * one position's row of the table. */
+void mor_rope(float *x, int n_heads, int head_dim, const float *cos_p, const float *sin_p);
+
+/* Softmax in place over n values (n >= 1). */
+void mor_softmax(float *x, int n);
+
+static inline float mor_silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
+/* g (n) = silu(g) * u: the SwiGLU gate. */
+void mor_swiglu(float *g, const float *u, int n);
+
+/* One query head attending to n_kv cached positions (causal masking is the
+ * caller's choice of n_kv): out (HD) = softmax(q . k_j * scale) v_j.
+ * k, v point at the head's features of position 0; position j is at
+ * k + j*stride. One pass with a running max (no score buffer). */
+void mor_attend_head(float *out, const float *q, const float *k, const float *v, int n_kv,
+                     int stride, int head_dim, float scale);
+
+#endif
