@@ -27,6 +27,8 @@ BINS     = $(BIN_SRC:cmd/%.c=$(OUT)/bin/%)
 TEST_SRC = $(sort $(wildcard tests/test_*.c))
 TESTS    = $(TEST_SRC:tests/%.c=$(OUT)/bin/tests/%)
 TEST_HELP_OBJ = $(OUT)/obj/tests/testutil.o
+BENCH_SRC = $(sort $(wildcard bench/*.c))
+BENCHES  = $(BENCH_SRC:bench/%.c=$(OUT)/bin/bench/%)
 LIBA     = $(OUT)/lib/libmor.a
 LIBSO    = $(OUT)/lib/libmor.so
 
@@ -52,7 +54,14 @@ $(OUT)/bin/tests/%: $(OUT)/obj/tests/%.o $(TEST_HELP_OBJ) $(LIBA)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(TEST_HELP_OBJ) $(LIBA) $(LDLIBS) -lcmocka
 
+$(OUT)/bin/bench/%: $(OUT)/obj/bench/%.o $(LIBA)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBA) $(LDLIBS)
+
 tests: $(TESTS)
+
+# Benchmarks: bin/bench/*; the scripts in bench/ run them (bench/README.md).
+bench: all $(BENCHES)
 
 # Each suite runs from the repository root with MOR_BIN pointing at the tools.
 test: all $(TESTS)
@@ -70,5 +79,5 @@ install: all
 clean:
 	rm -rf $(OUT)/obj $(OUT)/bin $(LIBA) $(LIBSO)
 
-.PHONY: all test tests install clean
+.PHONY: all test tests bench install clean
 .SECONDARY:

@@ -1,11 +1,13 @@
-/* mor-generate - text generation with a KV cache, streaming to stdout.
- * See man/mor-generate.1. */
+/* mor-generate - text generation with a KV cache, streaming to stdout; for
+ * MoR models, optionally a trace of every token's recursion depth and router
+ * scores (--trace, man/mor-trace.5). See man/mor-generate.1. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "cli.h"
+#include "inspect.h"
 #include "mor.h"
 
 #define MAX_STOPS 16
@@ -16,6 +18,9 @@ typedef struct {
     double temp, top_p, min_p, repeat_penalty;
     unsigned long long seed;
     int seed_set, echo, print_ids, ignore_eos, no_bos;
+    const char *trace;  /* --trace FILE ("-" = stdout) */
+    int trace_stream;   /* --trace-format stream */
+    int trace_format_set;
     const char *stops[MAX_STOPS];
     int n_stops;
 } options;
@@ -42,6 +47,12 @@ static void usage(void) {
             "  -c, --ctx-size N        context size (default: the model's maximum)\n"
             "  -t, --threads N         threads (default: physical cores)\n"
             "      --batch N           with -f: generate for N prompts at a time, JSON lines out\n"
+            "      --routing MODE      MoR routing: causal (default; topk is for scoring only,\n"
+            "                          see mor-eval --routing)\n"
+            "      --trace FILE        MoR models: write every token's recursion depth and router\n"
+            "                          scores to FILE (- = stdout, the text then not printed)\n"
+            "      --trace-format F    jsonl (default) or stream (a tensor stream; zstd when FILE\n"
+            "                          ends in .zst)\n"
             "  -q, --quiet             no logs or speed summary on stderr\n");
 }
 
@@ -108,6 +119,24 @@ static int parse_args(int argc, char **argv, options *o) {
             rc = !VAL() || cli_int(a, v, 0, 1024, &o->threads);
         } else if (!strcmp(a, "--batch")) {
             rc = !VAL() || cli_int(a, v, 1, 4096, &o->batch);
+        } else if (!strcmp(a, "--routing")) {
+            if (!VAL()) return EXIT_USAGE;
+            if (!strcmp(v, "topk"))
+                return cli_usage_error("--routing topk: generation is always causal (top-k routing ranks "
+                                       "tokens over the whole sequence, so it cannot decode one token at a "
+                                       "time); score text with top-k routing with mor-eval --routing topk");
+            if (strcmp(v, "causal"))
+                return cli_usage_error("--routing: expected causal or topk, got '%s'", v);
+        } else if (!strcmp(a, "--trace")) {
+            if (!VAL()) return EXIT_USAGE;
+            if (!*v) return cli_usage_error("--trace: empty file name");
+            o->trace = v;
+        } else if (!strcmp(a, "--trace-format")) {
+            if (!VAL()) return EXIT_USAGE;
+            if (!strcmp(v, "stream")) o->trace_stream = 1;
+            else if (strcmp(v, "jsonl"))
+                return cli_usage_error("--trace-format: expected jsonl or stream, got '%s'", v);
+            o->trace_format_set = 1;
         } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
             cli_set_quiet(1);
         } else {
@@ -119,6 +148,12 @@ static int parse_args(int argc, char **argv, options *o) {
     if (!o->model) return cli_usage_error("a model is required (-m MODEL.mor)");
     if (o->prompt && o->file) return cli_usage_error("-p and -f are exclusive");
     if (o->batch && !o->file) return cli_usage_error("--batch needs -f FILE (one prompt per line)");
+    if (o->trace && o->batch)
+        return cli_usage_error("--trace follows one prompt; it does not work with --batch");
+    if (o->trace_format_set && !o->trace) return cli_usage_error("--trace-format needs --trace FILE");
+    if (o->trace && !strcmp(o->trace, "-") && (o->print_ids || o->echo))
+        return cli_usage_error("--trace - writes the trace to stdout; --print-ids and --echo would mix "
+                               "into it");
     if (!o->seed_set) o->seed = (unsigned long long)time(NULL) ^ ((unsigned long long)clock() << 20);
     return 0;
 }
@@ -168,11 +203,139 @@ static int flush_pending(pending *p, const options *o, FILE *out, int final) {
                 }
         }
     }
-    if (out) fwrite(p->buf, 1, emit, out);
-    memmove(p->buf, p->buf + emit, p->len - emit);
+    if (out && emit) fwrite(p->buf, 1, emit, out);
+    if (p->len > emit) memmove(p->buf, p->buf + emit, p->len - emit); /* buf is NULL before any text */
     p->len -= emit;
     if (stopped) p->len = 0;
     return stopped;
+}
+
+/* ---- routing traces (man/mor-trace.5) ------------------------------------------ */
+
+/* Records the depth and router scores of every token the model runs: the
+ * prompt's after its forward pass, each generated token's after its own. */
+typedef struct tracer {
+    trace t;
+    FILE *f; /* NULL when not tracing */
+    const char *path;
+    int stream, to_stdout;
+    int n_r;
+    float *scores; /* (N_R) */
+    const char *type;
+    char carry[4]; /* the start of a UTF-8 character the next token completes */
+    int ncarry;
+} tracer;
+
+/* Length of s[0..n) without a trailing incomplete UTF-8 character (a byte
+ * token can end in the middle of one). Invalid bytes count as complete. */
+static size_t utf8_complete_prefix(const char *s, size_t n) {
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        unsigned c = (unsigned char)s[n - k];
+        if ((c & 0xc0) == 0x80) continue; /* a continuation byte: look further back */
+        size_t need = c >= 0xf8 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+        return need > k ? n - k : n;
+    }
+    return n;
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+static int tracer_open(tracer *tr, const options *o, const mor_model *m) {
+    memset(tr, 0, sizeof *tr);
+    if (!o->trace) return 0;
+    tr->n_r = mor_model_num_recursion(m);
+    if (tr->n_r <= 0) {
+        fprintf(stderr, "mor-generate: error: %s: not a MoR model (no routers); --trace needs one\n",
+                o->model);
+        return EXIT_INPUT;
+    }
+    mor_config c;
+    int rc = inspect_model_config(m, o->model, &c);
+    if (rc) return rc;
+    tr->type = c.mor.type == MOR_ROUTING_TOKEN ? "token" : "expert";
+    tr->path = o->trace;
+    tr->stream = o->trace_stream;
+    tr->to_stdout = !strcmp(o->trace, "-");
+    tr->f = tr->to_stdout ? stdout : fopen(o->trace, "wb");
+    tr->scores = malloc(sizeof(float) * (size_t)tr->n_r);
+    if (!tr->f || !tr->scores) {
+        fprintf(stderr, "mor-generate: error: %s: cannot open for writing\n", o->trace);
+        return EXIT_INPUT;
+    }
+    return 0;
+}
+
+/* Starts the run once the prompt's length is known. */
+static int tracer_begin(tracer *tr, const char *model, int n_prompt) {
+    if (!tr->f) return 0;
+    if (trace_begin_run(&tr->t, tr->n_r, model, "causal", tr->type, n_prompt))
+        return cli_usage_error("out of memory");
+    if (!tr->stream) trace_write_header(tr->f, &tr->t, 0);
+    return 0;
+}
+
+/* Records token i of the last mor_context_eval call. A character split
+ * across byte tokens goes with the token that completes it, so every
+ * token's text is valid UTF-8 and the texts still concatenate to the text. */
+static int tracer_token(tracer *tr, const mor_context *ctx, int i, int32_t pos, int32_t id,
+                        const char *piece, int len) {
+    if (!tr->f) return 0;
+    mor_error err = {0};
+    int depth;
+    if (mor_context_route(ctx, i, &depth, tr->scores, &err)) return cli_fail(&err);
+    char buf[sizeof tr->carry + 256];
+    size_t n = (size_t)tr->ncarry;
+    memcpy(buf, tr->carry, n);
+    if (len > 0 && (size_t)len <= 256) memcpy(buf + n, piece, (size_t)len), n += (size_t)len;
+    size_t keep = utf8_complete_prefix(buf, n);
+    tr->ncarry = (int)(n - keep);
+    memcpy(tr->carry, buf + keep, n - keep);
+    if (trace_add(&tr->t, pos, id, buf, keep, depth, tr->scores))
+        return cli_usage_error("out of memory");
+    if (!tr->stream) {
+        trace_write_token(tr->f, &tr->t, tr->t.n - 1);
+        fflush(tr->f);
+    }
+    return 0;
+}
+
+/* Writes the stream frame (stream format), closes the file and logs the
+ * depth histogram. rc: the run's exit code so far. */
+static int tracer_close(tracer *tr, int rc) {
+    if (!tr->f) {
+        free(tr->scores);
+        return rc;
+    }
+    mor_error err = {0};
+    if (!rc && tr->stream && tr->t.n_runs > 0) {
+        mor_sink sink;
+        int level = ends_with(tr->path, ".zst") ? 3 : 0;
+        mor_status st = mor_sink_open(&sink, tr->f, tr->to_stdout ? "stdout" : tr->path, level, &err);
+        if (!st) st = trace_write_frame(&sink, &tr->t, 0, &err);
+        if (!st) st = mor_sink_finish(&sink, &err);
+        mor_sink_free(&sink); /* safe after a failed open too */
+        if (st) rc = cli_fail(&err);
+    }
+    if (tr->to_stdout ? fflush(tr->f) != 0 : fclose(tr->f) != 0) {
+        fprintf(stderr, "mor-generate: error: %s: write failed\n", tr->path);
+        if (!rc) rc = EXIT_INPUT;
+    }
+    inspect_summary s;
+    if (!rc && tr->t.n > 0 && !inspect_summarize(&tr->t, 0, &s)) {
+        char line[512];
+        size_t k = (size_t)snprintf(line, sizeof line, "depths of %ld tokens:", s.total);
+        for (int d = 1; d <= s.n_r && k < sizeof line; d++)
+            k += (size_t)snprintf(line + k, sizeof line - k, " %d: %ld (%.1f%%)%s", d, s.count[d],
+                                  100.0 * (double)s.count[d] / (double)s.total, d < s.n_r ? "," : "");
+        cli_log("%s; mean %.3f", line, s.mean);
+        inspect_summary_free(&s);
+    }
+    trace_free(&tr->t);
+    free(tr->scores);
+    return rc;
 }
 
 /* ---- one prompt at a time ---------------------------------------------------- */
@@ -194,7 +357,7 @@ typedef struct {
 } timing;
 
 static int generate_one(const mor_model *m, mor_context *ctx, const options *o, const char *text,
-                        size_t len, timing *tm) {
+                        size_t len, timing *tm, tracer *tr) {
     const mor_tokenizer *tok = mor_model_tokenizer(m);
     int32_t *ids = NULL;
     size_t n = 0;
@@ -234,27 +397,47 @@ static int generate_one(const mor_model *m, mor_context *ctx, const options *o, 
     double t1 = cli_now();
     tm->prompt_s += t1 - t0;
     tm->prompt_tokens += (long)n;
+    char piece[256];
+    if ((rc = tracer_begin(tr, o->model, (int)n))) goto out;
+    for (size_t i = 0; i < n && tr->f; i++) {
+        int k = mor_token_to_bytes(tok, i ? hist[i - 1] : -1, hist[i], piece, sizeof piece);
+        if ((rc = tracer_token(tr, ctx, (int)i, (int32_t)i, hist[i], piece, k))) goto out;
+    }
     int32_t eos = mor_tokenizer_eos(tok), prev = hist[n - 1];
     long nh = (long)n;
-    char piece[256];
+    FILE *text_out = tr->to_stdout ? NULL : stdout; /* --trace - : stdout carries the trace */
     for (long g = 0; g < o->n_predict; g++) {
         memcpy(logits, mor_context_logits(ctx), sizeof(float) * (size_t)mor_model_vocab_size(m));
         int32_t next = mor_sampler_sample(smp, logits, hist, (int)nh);
         if (next == eos && !o->ignore_eos) break;
+        int k = mor_token_to_bytes(tok, prev, next, piece, sizeof piece);
+        if (tr->f) {
+            /* a traced token is run at once, for its depth; one that does not
+             * fit in the context is neither traced nor printed */
+            if (mor_context_pos(ctx) >= mor_context_n_ctx(ctx)) {
+                cli_log("\ncontext of %d tokens is full; stopping", mor_context_n_ctx(ctx));
+                break;
+            }
+            if (mor_context_eval(ctx, &next, 1, NULL, &err)) {
+                rc = cli_fail(&err);
+                goto out;
+            }
+            if ((rc = tracer_token(tr, ctx, 0, (int32_t)nh, next, piece, k))) goto out;
+        }
         hist[nh++] = next;
         tm->gen_tokens++;
         if (o->print_ids) {
             printf("%d\n", next);
         } else {
-            int k = mor_token_to_bytes(tok, prev, next, piece, sizeof piece);
             if (k > 0 && pending_add(&pend, piece, (size_t)k)) {
                 rc = cli_usage_error("out of memory");
                 goto out;
             }
-            if (flush_pending(&pend, o, stdout, 0)) break;
+            if (flush_pending(&pend, o, text_out, 0)) break;
         }
-        fflush(stdout);
+        if (text_out) fflush(stdout);
         prev = next;
+        if (tr->f) continue; /* already run */
         if (g + 1 == o->n_predict) break; /* the last token needs no forward pass */
         if (mor_context_pos(ctx) >= mor_context_n_ctx(ctx)) {
             cli_log("\ncontext of %d tokens is full; stopping", mor_context_n_ctx(ctx));
@@ -265,7 +448,7 @@ static int generate_one(const mor_model *m, mor_context *ctx, const options *o, 
             goto out;
         }
     }
-    flush_pending(&pend, o, stdout, 1);
+    flush_pending(&pend, o, text_out, 1);
     fflush(stdout);
     tm->gen_s += cli_now() - t1;
 out:
@@ -370,8 +553,13 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
                 break;
             free(s->hist);
             s->hist = realloc(ids, sizeof(int32_t) * (n + (size_t)o->n_predict + 1));
+            if (!s->hist) {
+                free(ids);
+                rc = cli_usage_error("out of memory");
+                break;
+            }
             s->nh = (long)n;
-            s->prev = ids[n - 1];
+            s->prev = s->hist[n - 1]; /* ids was moved by realloc */
             sp.seed = o->seed + (uint64_t)s->index; /* per prompt: output independent of --batch */
             mor_sampler_free(s->smp);
             s->smp = mor_sampler_new(&sp, mor_model_vocab_size(m));
@@ -444,6 +632,16 @@ int main(int argc, char **argv) {
     mor_context_params cp = mor_context_default_params();
     cp.n_ctx = (int)o.n_ctx;
     cp.n_threads = (int)o.threads;
+    cp.routing = MOR_ROUTE_CAUSAL; /* spec decision 2: generation is always causal */
+    int n_r = mor_model_num_recursion(m);
+    if (n_r > 0) cli_log("routing: causal (MoR, N_R = %d)", n_r);
+    tracer tr;
+    if ((rc = tracer_open(&tr, &o, m))) {
+        tracer_close(&tr, rc);
+        mor_model_free(m);
+        free(text);
+        return rc;
+    }
     timing tm = {0};
     if (!o.seed_set && o.temp > 0) cli_log("seed: %llu", o.seed);
     if (o.batch) {
@@ -451,9 +649,13 @@ int main(int argc, char **argv) {
     } else {
         mor_context *ctx = NULL;
         if (mor_context_new(m, &cp, &ctx, &err)) rc = cli_fail(&err);
-        else rc = generate_one(m, ctx, &o, text, len, &tm);
+        else rc = generate_one(m, ctx, &o, text, len, &tm, &tr);
+        if (!rc && n_r > 0)
+            cli_log("\nkv cache: %zu bytes for %d positions", mor_context_kv_bytes(ctx),
+                    mor_context_pos(ctx));
         mor_context_free(ctx);
     }
+    rc = tracer_close(&tr, rc);
     if (!rc) {
         cli_log("\nprompt: %ld tokens in %.3f s, %.1f tokens/s", tm.prompt_tokens, tm.prompt_s,
                 tm.prompt_s > 0 ? tm.prompt_tokens / tm.prompt_s : 0);

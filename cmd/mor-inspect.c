@@ -1,17 +1,25 @@
 /* mor-inspect - what a .mor checkpoint holds: config, tokenizer, tensors and
- * parameter counts, as text or JSON. See man/mor-inspect.1. */
+ * parameter counts, and for recursive and MoR models the sharing map, routers
+ * and cost per token (inspect_mor.c), as text or JSON. `mor-inspect depths`
+ * shows a routing trace instead (inspect_depths.c). See man/mor-inspect.1. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "inspect.h"
 #include "mor.h"
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: mor-inspect MODEL.mor [--json]\n"
-            "  --json      one JSON object on stdout instead of text\n"
-            "  -q, --quiet no logs on stderr\n");
+            "usage: mor-inspect MODEL.mor [--json] [--seq-len N]\n"
+            "       mor-inspect depths [TRACE] [--color WHEN] [--html FILE] [--top N] [--json]\n"
+            "  --json        one JSON object on stdout instead of text\n"
+            "  --seq-len N   sequence length the FLOPs per token are averaged over\n"
+            "                (default: the config's train.max_length, else max_position_embeddings)\n"
+            "  -q, --quiet   no logs on stderr\n"
+            "  depths        show the recursion depth of every token of a trace\n"
+            "                (mor-inspect depths --help)\n");
 }
 
 typedef struct {
@@ -41,7 +49,7 @@ static counts count_params(const mor_model *m) {
     return c;
 }
 
-static void print_text(const char *path, const mor_model *m) {
+static void print_text(const char *path, const mor_model *m, const mor_config *cfg, int seq_len) {
     const mor_tokenizer *tok = mor_model_tokenizer(m);
     counts c = count_params(m);
     printf("model: %s\n\nconfig:\n", path);
@@ -73,9 +81,10 @@ static void print_text(const char *path, const mor_model *m) {
     }
     printf("\nparameters:\n  total: %lld\n  embedding: %lld\n  non-embedding: %lld\n  tensor bytes: %lld\n",
            c.total, c.embedding, c.non_embedding, bytes);
+    inspect_mor_text(stdout, cfg, seq_len);
 }
 
-static void print_json(const char *path, const mor_model *m) {
+static void print_json(const char *path, const mor_model *m, const mor_config *cfg, int seq_len) {
     const mor_tokenizer *tok = mor_model_tokenizer(m);
     counts c = count_params(m);
     printf("{\"path\":");
@@ -95,20 +104,27 @@ static void print_json(const char *path, const mor_model *m) {
         for (int d = 0; d < t.ndim; d++) printf(d ? ",%lld" : "%lld", (long long)t.shape[d]);
         printf("],\"bytes\":%zu}", t.nbytes);
     }
-    printf("],\"parameters\":{\"total\":%lld,\"embedding\":%lld,\"non_embedding\":%lld}}\n", c.total,
+    printf("],\"parameters\":{\"total\":%lld,\"embedding\":%lld,\"non_embedding\":%lld}", c.total,
            c.embedding, c.non_embedding);
+    inspect_mor_json(stdout, cfg, seq_len);
+    printf("}\n");
 }
 
 int main(int argc, char **argv) {
     cli_init(argv[0]);
+    if (argc > 1 && !strcmp(argv[1], "depths")) return inspect_depths_main(argc - 1, argv + 1);
     const char *path = NULL;
     int json = 0;
+    long seq_len = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage();
             return 0;
         } else if (!strcmp(argv[i], "--json")) {
             json = 1;
+        } else if (!strcmp(argv[i], "--seq-len")) {
+            const char *v = cli_value(argc, argv, &i);
+            if (!v || cli_int("--seq-len", v, 1, 1 << 24, &seq_len)) return EXIT_USAGE;
         } else if (!strcmp(argv[i], "-q") || !strcmp(argv[i], "--quiet")) {
             cli_set_quiet(1);
         } else if (argv[i][0] == '-') {
@@ -123,8 +139,13 @@ int main(int argc, char **argv) {
     mor_error err = {0};
     mor_model *m;
     if (mor_model_load(path, &m, &err)) return cli_fail(&err);
-    if (json) print_json(path, m);
-    else print_text(path, m);
+    mor_config cfg;
+    int rc = inspect_model_config(m, path, &cfg);
+    if (!rc) {
+        if (!seq_len) seq_len = cfg.train.max_length > 0 ? cfg.train.max_length : cfg.max_seq_len;
+        if (json) print_json(path, m, &cfg, (int)seq_len);
+        else print_text(path, m, &cfg, (int)seq_len);
+    }
     mor_model_free(m);
-    return 0;
+    return rc;
 }
