@@ -3,7 +3,7 @@
  * head_dim 64, 1536 MLP, 49152 vocab, tied), against the machine's memory
  * bandwidth and sgemm speed.
  *
- *   bench_decode [prompt_tokens=512] [decode_tokens=64] [reps=3]
+ *   bench_decode [prompt_tokens=512] [decode_tokens=64] [reps=3] [threads=0: 1 and 2]
  *
  * Build (from the repository root, after `make`):
  *   cc -O2 -march=x86-64-v3 -fopenmp -Ilib bench/bench_decode.c lib/libmor.a \
@@ -179,12 +179,13 @@ static void build(bench_model *b) {
 
 int main(int argc, char **argv) {
     int n_prompt = argc > 1 ? atoi(argv[1]) : 512, n_decode = argc > 2 ? atoi(argv[2]) : 64,
-        reps = argc > 3 ? atoi(argv[3]) : 3;
+        reps = argc > 3 ? atoi(argv[3]) : 3, only = argc > 4 ? atoi(argv[4]) : 0;
+    int nt_lo = only > 0 ? only : 1, nt_hi = only > 0 ? only : 2;
     bench_model b;
     printf("bench_decode: SmolLM-135M shape, F32, prompt %d tokens, decode %d tokens, best of %d\n",
            n_prompt, n_decode, reps);
     double copy_bw[3], read_bw[3];
-    for (int nt = 1; nt <= 2; nt++) {
+    for (int nt = nt_lo; nt <= nt_hi; nt++) {
         bandwidth(nt, reps, &copy_bw[nt], &read_bw[nt]);
         printf("threads %d: memcpy %.1f GB/s (bytes copied), read %.1f GB/s; 256x1536x576 "
                "products: sgemm (OpenBLAS %s) %.1f GFLOP/s, mor_matvec_multi %.1f GFLOP/s\n",
@@ -197,7 +198,7 @@ int main(int argc, char **argv) {
 
     int32_t *tokens = malloc((size_t)(n_prompt + n_decode) * sizeof *tokens);
     for (int i = 0; i < n_prompt + n_decode; i++) tokens[i] = (i * 7919 + 13) % 49152;
-    for (int nt = 1; nt <= 2; nt++) {
+    for (int nt = nt_lo; nt <= nt_hi; nt++) {
         mor_context_params p = mor_context_default_params();
         p.n_ctx = n_prompt + n_decode;
         p.n_threads = nt;
@@ -238,7 +239,7 @@ int main(int argc, char **argv) {
     }
 
     /* eval_batch: n contexts decoding together read the weights once */
-    for (int nt = 1; nt <= 2; nt++) {
+    for (int nt = nt_lo; nt <= nt_hi; nt++) {
         int ns[] = {2, 4, 8, 16};
         printf("threads %d: eval_batch", nt);
         for (int k = 0; k < 4; k++) {
