@@ -16,6 +16,7 @@
 #include "eval.h"
 #include "util.h"
 #include "eval_common.h"
+#include "rng.h"
 
 /* ------------------------------------------------------------------------ */
 /* Task files                                                               */
@@ -212,15 +213,6 @@ int eval_task_load(const char *path, int cloze, eval_task *t) {
 /* ------------------------------------------------------------------------ */
 /* Few-shot prompts                                                         */
 
-/* splitmix64: a small, well-mixed generator of our own, so shot selection
- * is the same on every platform and for every libc. */
-static uint64_t mix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 typedef struct {
     const eval_task *pool;
     int same_file; /* the pool is the test file: never show an item itself */
@@ -232,10 +224,11 @@ typedef struct {
  * test file). The generator is seeded from (seed, index) alone, so an item's
  * shots do not depend on --limit or on the other items. */
 static void fewshot_pick(const fewshot *fs, size_t index, size_t *out) {
-    uint64_t s = fs->seed ^ mix64(&(uint64_t){index + 1});
+    mor_rng rng;
+    mor_rng_seed(&rng, fs->seed ^ mor_splitmix64(&(uint64_t){index + 1}));
     size_t M = fs->pool->n;
     for (int j = 0; j < fs->k;) {
-        size_t c = (size_t)(((unsigned __int128)mix64(&s) * M) >> 64);
+        size_t c = (size_t)mor_rng_below(&rng, M);
         int dup = fs->same_file && c == index;
         for (int i = 0; i < j && !dup; i++) dup = out[i] == c;
         if (!dup) out[j++] = c;

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rng.h"
 #include "sampler.h"
 
 typedef struct {
@@ -29,7 +30,7 @@ typedef struct {
 struct mor_sampler {
     mor_sampler_params p;
     int vocab_size;
-    uint64_t rng[4];      /* xoshiro256** state */
+    mor_rng rng;
     candidate *cand;      /* (V) working set */
     unsigned char *seen;  /* (V) marks for the penalty, all 0 between calls */
     int32_t *ids;         /* (V) candidate ids for mor_sampler_sample */
@@ -48,32 +49,6 @@ mor_sampler_params mor_sampler_default_params(void) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Random numbers: splitmix64 seeding, xoshiro256** (Blackman and Vigna)     */
-
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t xoshiro_next(uint64_t *s) {
-    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-/* Uniform in [0, 1) with 53 random bits. */
-static double uniform(uint64_t *s) { return (double)(xoshiro_next(s) >> 11) * 0x1.0p-53; }
-
-/* ------------------------------------------------------------------------ */
 /* Life cycle                                                               */
 
 mor_sampler *mor_sampler_new(const mor_sampler_params *p, int vocab_size) {
@@ -82,8 +57,7 @@ mor_sampler *mor_sampler_new(const mor_sampler_params *p, int vocab_size) {
     if (!s) return NULL;
     s->p = p ? *p : mor_sampler_default_params();
     s->vocab_size = vocab_size;
-    uint64_t x = s->p.seed;
-    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
+    mor_rng_seed(&s->rng, s->p.seed);
     s->cand = malloc((size_t)vocab_size * sizeof *s->cand);
     s->seen = calloc((size_t)vocab_size, 1);
     s->ids = malloc((size_t)vocab_size * sizeof *s->ids);
@@ -232,7 +206,7 @@ int mor_sampler_candidates(mor_sampler *s, float *logits, const int32_t *history
 int32_t mor_sampler_sample(mor_sampler *s, float *logits, const int32_t *history, int n_history) {
     int n = mor_sampler_candidates(s, logits, history, n_history, s->ids, s->probs);
     if (n == 1) return s->ids[0];
-    double u = uniform(s->rng), cum = 0.0;
+    double u = mor_rng_uniform(&s->rng), cum = 0.0;
     for (int i = 0; i < n; i++) {
         cum += s->probs[i];
         if (u < cum) return s->ids[i];
