@@ -5,7 +5,7 @@
  *
  *   bench_decode [prompt_tokens=512] [decode_tokens=64] [reps=3] [threads=0: 1 and 2]
  *
- * Build (from the repository root, after `make`):
+ * Build: `make bench` (bin/bench/bench_decode). By hand, after `make`:
  *   cc -O2 -march=x86-64-v3 -fopenmp -Ilib bench/bench_decode.c lib/libmor.a \
  *      -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
  *      -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas \

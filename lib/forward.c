@@ -24,6 +24,7 @@
 
 #include "kernels.h"
 #include "model.h"
+#include "mor_forward.h"
 #include "util.h"
 
 /* Prompt chunks at least this long compute attention with sgemm; shorter
@@ -40,6 +41,7 @@ mor_context_params mor_context_default_params(void) {
 
 void mor_context_free(mor_context *c) {
     if (!c) return;
+    if (c->m->cfg.recursive) { mor_recur_free(c); return; } /* lib/mor_forward.c */
     mor_free_big(c->key_cache);
     mor_free_big(c->value_cache);
     mor_free_big(c->rope_cos);
@@ -59,6 +61,7 @@ mor_status mor_context_new(const mor_model *m, const mor_context_params *p, mor_
                            mor_error *err) {
     *out = NULL;
     if (!m) return mor_fail(err, MOR_EARG, "mor_context_new: no model");
+    if (m->cfg.recursive) return mor_recur_new(m, p, out, err); /* lib/mor_forward.c */
     mor_context_params dp = mor_context_default_params();
     if (!p) p = &dp;
     const mor_config *cfg = &m->cfg;
@@ -124,7 +127,10 @@ mor_status mor_context_new(const mor_model *m, const mor_context_params *p, mor_
     return MOR_OK;
 }
 
-void mor_context_reset(mor_context *c) { c->pos = 0; }
+void mor_context_reset(mor_context *c) {
+    if (c->m->cfg.recursive) { mor_recur_reset(c); return; } /* lib/mor_forward.c */
+    c->pos = 0;
+}
 int mor_context_pos(const mor_context *c) { return c->pos; }
 int mor_context_n_ctx(const mor_context *c) { return c->n_ctx; }
 const float *mor_context_logits(const mor_context *c) { return c->logits; }
@@ -275,6 +281,7 @@ static mor_status check_tokens(const mor_model *m, const int32_t *tokens, int n,
 
 mor_status mor_context_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
                             mor_error *err) {
+    if (c->m->cfg.recursive) return mor_recur_eval(c, tokens, n, logits, err); /* lib/mor_forward.c */
     if (n < 0 || (n > 0 && !tokens))
         return mor_fail(err, MOR_EARG, "mor_context_eval: %d tokens%s", n,
                         n < 0 ? " (a negative count)" : " but no token array");
@@ -310,6 +317,8 @@ mor_status mor_context_eval(mor_context *c, const int32_t *tokens, int n, float 
 /* Scratch, thread count and the group logits buffer come from cs[0]; groups
  * of up to cs[0]->batch_rows contexts share one pass over the weights. */
 mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err) {
+    if (n > 0 && cs && cs[0] && cs[0]->m->cfg.recursive) /* lib/mor_forward.c */
+        return mor_recur_eval_batch(cs, tokens, n, err);
     if (n < 0 || (n > 0 && (!cs || !tokens)))
         return mor_fail(err, MOR_EARG, "mor_context_eval_batch: %d contexts%s", n,
                         n < 0 ? " (a negative count)" : " but no context or token array");

@@ -1,0 +1,247 @@
+/* bench_mor.c - generation speed and memory of a MoR model next to the
+ * vanilla model of the same shape (spec 7, 9.2), on random weights.
+ *
+ *   bench_mor vanilla|mor|recursive THREADS [prompt=64] [decode=256] [config]
+ *
+ * vanilla: configs/135m-vanilla.yaml (30 layers); mor:
+ * configs/135m-mor-expert-r3.yaml (Middle-Cycle, 1 + 10x3 + 1 layers,
+ * expert-choice, causal routing, recursion-wise KV caching); recursive:
+ * configs/135m-recursive-r3.yaml (every token runs every step). A fourth
+ * argument names another config. One model per process, so the peak RSS
+ * (getrusage) is that model's: weights + KV cache + scratch.
+ *
+ * Weights are uniform random at the init scale (0.02), in memory, F32.
+ * Routers of random weights would send half the tokens on at every step,
+ * so the router weights are calibrated on a separate token stream before
+ * the timed run: embedding feature 0 is set to a constant (a bias input),
+ * and router r gets the weight on it that makes about c_r / c_{r-1} of its
+ * candidates continue under the causal rule (z >= 0): 2/3 at step 2 and
+ * 1/2 at step 3 for capacities 1, 2/3, 1/3, so about 1/3 reach depth 3.
+ *
+ * Timed: the prompt in one call, then `decode` tokens one call each (a fixed
+ * pseudo-random stream, not sampled, so both models decode the same ids).
+ * One thread is timed by the thread's CPU clock (other jobs on a shared
+ * machine do not count), two by the wall clock. Prints one line of
+ * key=value pairs; bench/bench_mor.sh runs the matrix and makes the table.
+ *
+ * Build (from the repository root, after `make`):
+ *   cc -O2 -march=x86-64-v3 -fopenmp -Ilib bench/bench_mor.c lib/libmor.a \
+ *      -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
+ *      -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas \
+ *      -lyaml -lzstd -ljansson -lpcre2-8 -lm -o bin/bench_mor */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "model.h"
+#include "mor_forward.h"
+#include "util.h"
+
+#define BIAS_FEATURE 0.5f /* embedding feature 0 of every token */
+
+static double now(int nt) {
+    if (nt > 1) return mor_now();
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* w[i] uniform in [-scale, scale), from a hash of (seed, i). */
+static void fill(float *w, size_t n, float scale, uint64_t seed) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        uint64_t x = (i + 1) * 0x9e3779b97f4a7c15ull ^ (seed * 0xd1b54a32d192ed03ull);
+        x ^= x >> 29;
+        x *= 0xbf58476d1ce4e5b9ull;
+        x ^= x >> 32;
+        w[i] = scale * ((float)(x >> 40) * (1.0f / (1 << 23)) - 1.0f);
+    }
+}
+
+typedef struct {
+    mor_model m;
+    float *w;           /* every weight */
+    float *router[MOR_MAX_RECURSION]; /* (D) writable views of the expert routers */
+    size_t n_weights;
+} bench_model;
+
+static void die(const char *what, const mor_error *e) {
+    fprintf(stderr, "bench_mor: %s: %s\n", what, e ? e->msg : "out of memory");
+    exit(1);
+}
+
+/* A model of the config with random weights. uniform(+-a) has std a/sqrt(3):
+ * a = 0.02*sqrt(3) gives the N(0, 0.02) init's scale; norms are 1. */
+static void build(bench_model *b, const char *config_path) {
+    mor_error e = {0};
+    char *yaml;
+    size_t len;
+    if (mor_read_file(config_path, &yaml, &len, &e)) die("config", &e);
+    memset(b, 0, sizeof *b);
+    mor_model *m = &b->m;
+    if (mor_config_parse_yaml(yaml, len, config_path, &m->cfg, &e)) die("config", &e);
+    if (mor_config_validate(&m->cfg, config_path, &e)) die("config", &e);
+    free(yaml);
+    const mor_config *c = &m->cfg;
+    size_t D = c->dim, QD = (size_t)c->n_heads * c->head_dim, KVD = (size_t)c->n_kv_heads * c->head_dim,
+           F = c->hidden_dim, V = c->vocab_size;
+    int P = mor_config_n_phys_layers(c), L = c->n_layers, R = mor_model_num_recursion(m);
+    size_t per_layer = 2 * D + 2 * QD * D + 2 * KVD * D + 3 * F * D;
+    b->n_weights = V * D + (size_t)P * per_layer + D + (size_t)R * D;
+    b->w = mor_alloc_big(b->n_weights * sizeof(float));
+    m->layers = calloc((size_t)P, sizeof *m->layers);
+    m->unrolled = calloc((size_t)L, sizeof *m->unrolled);
+    m->layer_map = calloc((size_t)L, sizeof(int));
+    if (!b->w || !m->layers || !m->unrolled || !m->layer_map) die("weights", NULL);
+    float a = 0.02f * sqrtf(3.0f), *p = b->w;
+    uint64_t seed = 1;
+#define TAKE(n, scale) (fill(p, (n), (scale), seed++), p += (n), p - (n))
+    float *embed = TAKE(V * D, a);
+    for (size_t t = 0; t < V; t++) embed[t * D] = BIAS_FEATURE;
+    m->embed = embed;
+    for (int l = 0; l < P; l++) {
+        mor_layer_weights *w = &m->layers[l];
+        w->attn_norm = TAKE(D, 0.0f);
+        w->wq = TAKE(QD * D, a);
+        w->wk = TAKE(KVD * D, a);
+        w->wv = TAKE(KVD * D, a);
+        w->wo = TAKE(D * QD, a);
+        w->mlp_norm = TAKE(D, 0.0f);
+        w->w_gate = TAKE(F * D, a);
+        w->w_up = TAKE(F * D, a);
+        w->w_down = TAKE(D * F, a);
+        for (size_t i = 0; i < D; i++) ((float *)w->attn_norm)[i] = ((float *)w->mlp_norm)[i] = 1.0f;
+    }
+    float *fn = TAKE(D, 0.0f);
+    for (size_t i = 0; i < D; i++) fn[i] = 1.0f;
+    m->final_norm = fn;
+    m->lm_head = m->embed;
+    for (int r = 0; r < R; r++) { /* z = theta.h of order 1 */
+        b->router[r] = TAKE(D, 1.0f);
+        b->router[r][0] = 0.0f;
+        m->routers[r].w = b->router[r];
+    }
+#undef TAKE
+    for (int l = 0; l < L; l++) {
+        m->layer_map[l] = mor_config_layer_map(c, l);
+        m->unrolled[l] = m->layers[m->layer_map[l]];
+    }
+}
+
+/* Router logits (not activations) of every token of the last call at step
+ * r (1-based), for the tokens that were candidates there; returns the count. */
+static int step_logits(const mor_context *c, int n, int r, float *z) {
+    int k = 0;
+    float s[MOR_MAX_RECURSION];
+    for (int i = 0; i < n; i++) {
+        int d;
+        mor_context_route(c, i, &d, s, NULL);
+        if (!isnan(s[r - 1])) z[k++] = logf(s[r - 1] / (1.0f - s[r - 1])); /* sigmoid^-1 */
+    }
+    return k;
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* Router r's bias weight so that a fraction keep of its candidates on the
+ * calibration stream has z >= 0. */
+static void calibrate(bench_model *b, int n_cal, int threads) {
+    const mor_config *cfg = &b->m.cfg;
+    int R = cfg->num_recursion;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n_cal);
+    float *z = malloc(sizeof(float) * (size_t)n_cal);
+    for (int i = 0; i < n_cal; i++) tok[i] = (int32_t)((i * 104729u + 7u) % (unsigned)cfg->vocab_size);
+    mor_context_params p = mor_context_default_params();
+    p.n_ctx = n_cal;
+    p.n_threads = threads;
+    mor_context *c;
+    mor_error e = {0};
+    if (mor_context_new(&b->m, &p, &c, &e)) die("context", &e);
+    for (int r = 2; r <= R; r++) {
+        mor_context_reset(c);
+        if (mor_context_eval(c, tok, n_cal, NULL, &e)) die("calibration", &e);
+        int k = step_logits(c, n_cal, r, z);
+        double keep = cfg->mor.capacity[r - 1] / cfg->mor.capacity[r - 2];
+        qsort(z, (size_t)k, sizeof *z, cmp_float);
+        int cut = (int)floor((1.0 - keep) * k);
+        if (cut >= k) cut = k - 1;
+        float q = 0.5f * (z[cut] + (cut > 0 ? z[cut - 1] : z[cut] - 1.0f)); /* between two tokens */
+        /* h[0] stays near BIAS_FEATURE through the first layer, so this adds about -q */
+        b->router[r - 1][0] = -q / BIAS_FEATURE;
+    }
+    mor_context_free(c);
+    free(tok);
+    free(z);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_mor vanilla|mor|recursive THREADS [prompt=64] [decode=256] [config]\n");
+        return 2;
+    }
+    const char *kind = argv[1];
+    int nt = atoi(argv[2]), n_prompt = argc > 3 ? atoi(argv[3]) : 64,
+        n_decode = argc > 4 ? atoi(argv[4]) : 256;
+    const char *config = argc > 5                     ? argv[5]
+                       : !strcmp(kind, "vanilla")     ? "configs/135m-vanilla.yaml"
+                       : !strcmp(kind, "recursive")   ? "configs/135m-recursive-r3.yaml"
+                                                      : "configs/135m-mor-expert-r3.yaml";
+    bench_model b;
+    build(&b, config);
+    int R = mor_model_num_recursion(&b.m);
+    if (R > 0) calibrate(&b, 512, nt);
+
+    int n = n_prompt + n_decode;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) tok[i] = (int32_t)((i * 7919u + 13u) % (unsigned)b.m.cfg.vocab_size);
+    mor_context_params p = mor_context_default_params();
+    p.n_ctx = n;
+    p.n_threads = nt;
+    mor_context *c;
+    mor_error e = {0};
+    if (mor_context_new(&b.m, &p, &c, &e)) die("context", &e);
+    /* warm-up: page in the weights and the scratch */
+    if (mor_context_eval(c, tok, 8, NULL, &e)) die("eval", &e);
+    mor_context_reset(c);
+
+    double t0 = now(nt);
+    if (mor_context_eval(c, tok, n_prompt, NULL, &e)) die("eval", &e);
+    double t1 = now(nt);
+    long depth_sum = 0, hist[MOR_MAX_RECURSION + 1] = {0};
+    double t_dec = 0;
+    for (int i = n_prompt; i < n; i++) {
+        double ta = now(nt);
+        if (mor_context_eval(c, tok + i, 1, NULL, &e)) die("eval", &e);
+        t_dec += now(nt) - ta;
+        int d;
+        mor_context_route(c, 0, &d, NULL, NULL);
+        if (R == 0) d = b.m.cfg.recursive ? b.m.cfg.num_recursion : 1;
+        depth_sum += d;
+        hist[d]++;
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    size_t kv = mor_context_kv_bytes(c);
+    printf("model=%s layers=%d threads=%d prompt=%d decode=%d prompt_tok_s=%.1f decode_tok_s=%.2f "
+           "mean_depth=%.3f kv_bytes=%zu kv_bytes_per_token=%.0f weights_mib=%.1f peak_rss_mib=%.1f "
+           "depths=",
+           kind, b.m.cfg.n_layers, nt, n_prompt, n_decode, n_prompt / (t1 - t0), n_decode / t_dec,
+           (double)depth_sum / n_decode, kv, (double)kv / mor_context_pos(c),
+           b.n_weights * 4.0 / 1048576.0, ru.ru_maxrss / 1024.0);
+    int max_depth = b.m.cfg.recursive ? b.m.cfg.num_recursion : 1;
+    for (int d = 1; d <= max_depth; d++) printf("%s%ld", d > 1 ? "/" : "", hist[d]);
+    printf("\n");
+    mor_context_free(c);
+    free(tok);
+    free(b.m.layers);
+    free(b.m.unrolled);
+    free(b.m.layer_map);
+    mor_free_big(b.w);
+    return 0;
+}

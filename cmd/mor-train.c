@@ -1,0 +1,453 @@
+/* mor-train - trains a vanilla, recursive or MoR model on token shards or
+ * text, with resumable checkpoints. See man/mor-train.1. */
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "cli.h"
+#include "kernels.h"
+#include "mor.h"
+#include "mor_cost.h"
+#include "train.h"
+#include "util.h"
+
+#define MAX_DATA 256
+
+typedef struct {
+    const char *config, *init, *out, *resume, *tokenizer, *val;
+    const char *data[MAX_DATA];
+    int n_data;
+    long steps, threads, seed, eval_every, save_every, eval_rows, log_every, batch, max_length;
+    double lr, val_fraction;
+    int lr_set, seed_set;
+} options;
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: mor-train -c CONFIG.yaml [--init MODEL.mor] --data FILE... -o RUNDIR [options]\n"
+            "       mor-train --resume RUNDIR --data FILE... [-o RUNDIR] [options]\n"
+            "  -c, --config FILE       model + train config (YAML, man/mor-config.5); without it the\n"
+            "                          config of --init (or of the resumed run) is used\n"
+            "      --init FILE         start from this checkpoint's weights (else random init)\n"
+            "      --data FILE...      token shards (mor-convert tokens) or UTF-8 text files; every\n"
+            "                          argument up to the next option is a file; repeatable\n"
+            "      --tokenizer FILE    tokenizer.json or .mor (default: that of --init / the run)\n"
+            "      --val FILE          validation data (default: the last --val-fraction of rows)\n"
+            "      --val-fraction F    held-out share of the rows (default 0.05)\n"
+            "  -o, --output DIR        run directory: step-N.mor, step-N.state, metrics.jsonl\n"
+            "      --resume DIR        continue the newest checkpoint of DIR\n"
+            "      --steps N           optimizer steps (default: train.steps)\n"
+            "      --lr X              peak learning rate (default: train.learning_rate)\n"
+            "      --batch N           rows per micro-batch (default: train.batch_size)\n"
+            "      --max-length N      tokens per row (default: train.max_length)\n"
+            "      --seed S            init and data-order seed (default: train.seed)\n"
+            "      --eval-every N      validate every N steps (default: train.eval_every; 0 = at the end)\n"
+            "      --eval-rows N       periodic validations use at most N rows (default 8 batches;\n"
+            "                          0 = all); the final one always uses every held-out row\n"
+            "      --save-every N      checkpoint every N steps (default: train.save_every; 0 = end)\n"
+            "      --log-every N       plain progress line every N steps (default: ~50 lines)\n"
+            "  -t, --threads N         threads (default: physical cores)\n"
+            "  -q, --quiet             no progress or logs on stderr\n");
+}
+
+static int parse_args(int argc, char **argv, options *o) {
+    memset(o, 0, sizeof *o);
+    o->steps = o->seed = o->eval_every = o->save_every = o->log_every = o->eval_rows = -1;
+    o->val_fraction = 0.05;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        int rc = 0;
+#define VAL() ((v = cli_value(argc, argv, &i)) != NULL)
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            exit(0);
+        } else if (!strcmp(a, "-c") || !strcmp(a, "--config")) {
+            if (!VAL()) return EXIT_USAGE;
+            o->config = v;
+        } else if (!strcmp(a, "--init")) {
+            if (!VAL()) return EXIT_USAGE;
+            o->init = v;
+        } else if (!strcmp(a, "--data")) {
+            if (!VAL()) return EXIT_USAGE;
+            do {
+                if (o->n_data == MAX_DATA) return cli_usage_error("at most %d data files", MAX_DATA);
+                o->data[o->n_data++] = argv[i];
+            } while (i + 1 < argc && argv[i + 1][0] != '-' && ++i);
+        } else if (!strcmp(a, "--tokenizer")) {
+            if (!VAL()) return EXIT_USAGE;
+            o->tokenizer = v;
+        } else if (!strcmp(a, "--val")) {
+            if (!VAL()) return EXIT_USAGE;
+            o->val = v;
+        } else if (!strcmp(a, "--val-fraction")) {
+            rc = !VAL() || cli_float(a, v, 0, 0.5, &o->val_fraction);
+        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+            if (!VAL()) return EXIT_USAGE;
+            o->out = v;
+        } else if (!strcmp(a, "--resume")) {
+            if (!VAL()) return EXIT_USAGE;
+            o->resume = v;
+        } else if (!strcmp(a, "--steps")) {
+            rc = !VAL() || cli_int(a, v, 1, 1L << 30, &o->steps);
+        } else if (!strcmp(a, "--lr")) {
+            rc = !VAL() || cli_float(a, v, 0, 1e3, &o->lr);
+            o->lr_set = 1;
+        } else if (!strcmp(a, "--batch")) {
+            rc = !VAL() || cli_int(a, v, 1, 1L << 20, &o->batch);
+        } else if (!strcmp(a, "--max-length")) {
+            rc = !VAL() || cli_int(a, v, 2, 1L << 22, &o->max_length);
+        } else if (!strcmp(a, "--seed")) {
+            rc = !VAL() || cli_int(a, v, 0, 0x7fffffff, &o->seed);
+        } else if (!strcmp(a, "--eval-every")) {
+            rc = !VAL() || cli_int(a, v, 0, 1L << 30, &o->eval_every);
+        } else if (!strcmp(a, "--eval-rows")) {
+            rc = !VAL() || cli_int(a, v, 0, 1L << 30, &o->eval_rows);
+        } else if (!strcmp(a, "--save-every")) {
+            rc = !VAL() || cli_int(a, v, 0, 1L << 30, &o->save_every);
+        } else if (!strcmp(a, "--log-every")) {
+            rc = !VAL() || cli_int(a, v, 1, 1L << 30, &o->log_every);
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            rc = !VAL() || cli_int(a, v, 0, 1024, &o->threads);
+        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+            cli_set_quiet(1);
+        } else {
+            return cli_usage_error("unknown option '%s'", a);
+        }
+#undef VAL
+        if (rc) return EXIT_USAGE;
+    }
+    if (!o->out) o->out = o->resume;
+    if (!o->out) return cli_usage_error("a run directory is required (-o RUNDIR)");
+    if (!o->config && !o->init && !o->resume)
+        return cli_usage_error("a config is required (-c CONFIG.yaml, or --init / --resume)");
+    if (o->n_data == 0) return cli_usage_error("training data is required (--data FILE...)");
+    return 0;
+}
+
+/* ---- signals: finish the step, write a checkpoint, exit ------------------ */
+
+static volatile sig_atomic_t stop_signal;
+static void on_signal(int sig) { stop_signal = sig; }
+
+/* ---- config and tokenizer ---------------------------------------------------- */
+
+/* Newest step-N.mor of a run directory (for its config and tokenizer). */
+static char *newest_mor(const char *dir) {
+    long best = -1;
+    DIR *dp = opendir(dir);
+    if (dp) {
+        struct dirent *e;
+        while ((e = readdir(dp))) {
+            long s;
+            char tail[8];
+            if (sscanf(e->d_name, "step-%ld.%7s", &s, tail) == 2 && !strcmp(tail, "mor") && s > best)
+                best = s;
+        }
+        closedir(dp);
+    }
+    if (best < 0) return NULL;
+    size_t k = strlen(dir) + 48;
+    char *p = malloc(k);
+    if (p) snprintf(p, k, "%s/step-%ld.mor", dir, best);
+    return p;
+}
+
+/* Reads config YAML and tokenizer texts from a .mor checkpoint's metadata. */
+static int from_checkpoint(const char *path, char **yaml, char **tok, char **tokcfg) {
+    mor_st_file *f;
+    mor_error err = {0};
+    if (mor_ckpt_open(path, &f, &err)) return cli_fail(&err);
+    const char *y = mor_st_meta_get(f, MOR_META_CONFIG), *t = mor_st_meta_get(f, MOR_META_TOKENIZER),
+               *tc = mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG);
+    if (yaml) *yaml = strdup(y);
+    if (tok) *tok = strdup(t);
+    if (tokcfg) *tokcfg = tc ? strdup(tc) : NULL;
+    mor_st_close(f);
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && !strcmp(s + n - k, suf);
+}
+
+/* tokenizer.json text (+ tokenizer_config.json beside it) or a .mor's. */
+static int load_tokenizer_text(const char *path, char **tok, char **tokcfg) {
+    if (ends_with(path, ".mor") || ends_with(path, ".mor.zst"))
+        return from_checkpoint(path, NULL, tok, tokcfg);
+    size_t len;
+    if (cli_read_input(path, tok, &len)) return EXIT_INPUT;
+    const char *slash = strrchr(path, '/');
+    size_t dl = slash ? (size_t)(slash - path + 1) : 0;
+    char *cp = malloc(dl + 32);
+    memcpy(cp, path, dl);
+    strcpy(cp + dl, "tokenizer_config.json");
+    mor_error err;
+    *tokcfg = NULL;
+    if (mor_read_file(cp, tokcfg, &len, &err)) *tokcfg = NULL;
+    free(cp);
+    return 0;
+}
+
+static int parse_config(const char *text, const char *source, mor_config *c) {
+    mor_error err = {0};
+    mor_config_defaults(c);
+    if (mor_config_parse_yaml(text, strlen(text), source, c, &err)) {
+        fprintf(stderr, "mor-train: error: %s\n", err.msg);
+        return EXIT_VALIDATION;
+    }
+    return 0;
+}
+
+/* ---- metrics ------------------------------------------------------------------- */
+
+static void metrics_step(FILE *f, long step, const mor_config *c, const mor_train_step_stats *st,
+                         double tok_s) {
+    if (!f) return;
+    fprintf(f, "{\"step\":%ld,\"loss\":%.6f,\"ce\":%.6f", step, st->loss, st->ce);
+    if (c->mor.enable) {
+        int expert = c->mor.type == MOR_ROUTING_EXPERT;
+        if (expert) fprintf(f, ",\"aux_bce\":%.6f", st->bce);
+        else fprintf(f, ",\"bal_loss\":%.6f", st->bal);
+        if (c->mor.z_loss) fprintf(f, ",\"z_loss\":%.6g", st->zloss);
+    }
+    fprintf(f, ",\"grad_norm\":%.6f,\"lr\":%.6g,\"tokens_per_s\":%.1f", st->grad_norm, st->lr, tok_s);
+    if (c->mor.enable) {
+        fprintf(f, ",\"tokens_per_depth\":[");
+        for (int r = 0; r < c->num_recursion; r++) fprintf(f, "%s%.0f", r ? "," : "", st->rs.depth[r]);
+        fprintf(f, "]");
+        if (c->mor.type == MOR_ROUTING_EXPERT)
+            fprintf(f, ",\"dead_token_ratio\":%.4f,\"sampling_acc\":%.4f", st->rs.dead,
+                    st->rs.acc_count ? st->rs.acc_hits / st->rs.acc_count : 1.0);
+        else
+            fprintf(f, ",\"maxvio\":%.4f,\"entropy\":%.4f", st->rs.maxvio, st->rs.entropy);
+    }
+    fprintf(f, "}\n");
+    fflush(f);
+}
+
+static void metrics_val(FILE *f, long step, double val) {
+    if (!f) return;
+    fprintf(f, "{\"step\":%ld,\"val_loss\":%.6f}\n", step, val);
+    fflush(f);
+}
+
+/* On resume: drops the lines of steps after the checkpoint (a killed run may
+ * have logged them), then appends. */
+static FILE *open_metrics(const char *path, long resumed_step) {
+    if (resumed_step < 0) return fopen(path, "w");
+    char *text = NULL;
+    size_t len = 0;
+    mor_error err;
+    if (mor_read_file(path, &text, &len, &err)) return fopen(path, "w");
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        free(text);
+        return NULL;
+    }
+    for (char *line = text; line < text + len;) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        size_t k = nl ? (size_t)(nl - line) + 1 : (size_t)(text + len - line);
+        long s = -1;
+        if (sscanf(line, "{\"step\":%ld", &s) == 1 && s <= resumed_step) fwrite(line, 1, k, f);
+        line += k;
+    }
+    free(text);
+    return f;
+}
+
+/* ---- main ---------------------------------------------------------------------- */
+
+int main(int argc, char **argv) {
+    cli_init(argv[0]);
+    options o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc) return rc;
+    mor_error err = {0};
+    char *yaml = NULL, *tok_json = NULL, *tok_cfg = NULL, *resume_mor = NULL;
+    size_t len;
+    mor_config cfg;
+    mor_tokenizer *tok = NULL;
+    mor_trainer tr;
+    mor_train_data data;
+    FILE *mf = NULL;
+    memset(&tr, 0, sizeof tr);
+    memset(&data, 0, sizeof data);
+
+    /* config: -c, else the resumed run's, else --init's */
+    if (o.resume) {
+        resume_mor = newest_mor(o.resume);
+        if (!resume_mor) {
+            fprintf(stderr, "mor-train: error: %s: no step-N.mor checkpoint to resume\n", o.resume);
+            rc = EXIT_INPUT;
+            goto done;
+        }
+    }
+    const char *cfg_src = o.config ? o.config : resume_mor ? resume_mor : o.init;
+    if (o.config) {
+        if ((rc = cli_read_input(o.config, &yaml, &len))) goto done;
+    } else if ((rc = from_checkpoint(cfg_src, &yaml, NULL, NULL))) {
+        goto done;
+    }
+    if ((rc = parse_config(yaml, cfg_src, &cfg))) goto done;
+    free(yaml);
+    yaml = NULL;
+    if (o.lr_set) cfg.train.learning_rate = (float)o.lr;
+    if (o.seed >= 0) cfg.train.seed = (int)o.seed;
+    if (o.batch > 0) cfg.train.batch_size = (int)o.batch;
+    if (o.max_length > 0) cfg.train.max_length = (int)o.max_length;
+    if (o.eval_every >= 0) cfg.train.eval_every = (int)o.eval_every;
+    if (o.save_every >= 0) cfg.train.save_every = (int)o.save_every;
+    long steps = o.steps > 0 ? o.steps : cfg.train.steps;
+    if (steps <= 0) { rc = cli_usage_error("the number of steps is not set (train.steps or --steps)"); goto done; }
+    if (cfg.train.warmup_steps > steps) cfg.train.warmup_steps = (int)steps;
+    if (mor_config_validate(&cfg, cfg_src, &err)) { rc = cli_fail(&err); goto done; }
+
+    /* tokenizer: --tokenizer, else the run's, else --init's */
+    const char *tok_src = o.tokenizer ? o.tokenizer : resume_mor ? resume_mor : o.init;
+    if (!tok_src) { rc = cli_usage_error("a tokenizer is required (--tokenizer tokenizer.json|.mor)"); goto done; }
+    if ((rc = load_tokenizer_text(tok_src, &tok_json, &tok_cfg))) goto done;
+    if (mor_tokenizer_from_json(tok_json, strlen(tok_json), tok_cfg, tok_cfg ? strlen(tok_cfg) : 0,
+                                tok_src, &tok, &err)) {
+        rc = cli_fail(&err);
+        goto done;
+    }
+    if (mor_tokenizer_vocab_size(tok) > cfg.vocab_size) {
+        fprintf(stderr, "mor-train: error: %s has %d tokens but the model vocab_size is %d\n", tok_src,
+                mor_tokenizer_vocab_size(tok), cfg.vocab_size);
+        rc = EXIT_VALIDATION;
+        goto done;
+    }
+
+    int threads = o.threads > 0 ? (int)o.threads : mor_physical_cores();
+    mor_threads_begin(threads);
+    if (mor_trainer_new(&tr, &cfg, steps, tok_json, tok_cfg, &err)) { rc = cli_fail(&err); goto done; }
+    const mor_config *c = &tr.model.cfg;
+
+    int32_t eos = mor_tokenizer_eos(tok);
+    if (eos < 0) eos = c->eos_id;
+    mor_train_data_opts dopt = {.paths = o.data, .n_paths = o.n_data, .val_path = o.val,
+                                .val_fraction = o.val_fraction, .n = tr.model.n, .tok = tok,
+                                .vocab_size = c->vocab_size, .eos_id = eos,
+                                .seed = (uint64_t)c->train.seed};
+    if (mor_train_data_load(&data, &dopt, &err)) { rc = cli_fail(&err); goto done; }
+
+    long start = 0;
+    if (o.resume) {
+        if (mor_trainer_resume(&tr, &data, o.resume, &start, &err)) { rc = cli_fail(&err); goto done; }
+        cli_log("resumed %s at step %ld", o.resume, start);
+    } else if (o.init) {
+        if (mor_train_model_load(&tr.model, o.init, &err)) { rc = cli_fail(&err); goto done; }
+    } else {
+        mor_train_model_init_weights(&tr.model, (uint64_t)c->train.seed);
+    }
+    if (mkdir(o.out, 0755) && errno != EEXIST) {
+        fprintf(stderr, "mor-train: error: %s: cannot create: %s\n", o.out, strerror(errno));
+        rc = EXIT_INPUT;
+        goto done;
+    }
+    char mpath[4096];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o.out);
+    mf = open_metrics(mpath, o.resume ? start : -1);
+    if (!mf) {
+        fprintf(stderr, "mor-train: error: %s: cannot open: %s\n", mpath, strerror(errno));
+        rc = EXIT_INPUT;
+        goto done;
+    }
+
+    mor_param_count pc;
+    mor_cost_params(c, &pc);
+    long tok_step = (long)c->train.batch_size * c->train.grad_accum * tr.model.n;
+    cli_log("model: %lld params (%lld non-embedding), %d unrolled layers%s", (long long)pc.total,
+            (long long)pc.unique, c->n_layers,
+            c->mor.enable ? (c->mor.type == MOR_ROUTING_EXPERT ? ", MoR expert-choice (top-k)"
+                                                               : ", MoR token-choice")
+                          : c->recursive ? ", recursive" : "");
+    cli_log("data: %zu tokens, %zu train rows + %zu validation rows of %d; %ld tokens/step, %ld steps, "
+            "%d threads", data.n_tokens, data.n_train_rows, data.n_val_rows, tr.model.n, tok_step,
+            steps, threads);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    long eval_every = c->train.eval_every;
+    long log_every = o.log_every > 0 ? o.log_every : (steps >= 50 ? steps / 50 : 1);
+    size_t eval_rows = o.eval_rows >= 0 ? (size_t)o.eval_rows : (size_t)8 * tr.model.B;
+    cli_progress bar;
+    char label[160];
+    cli_progress_begin(&bar, label, "tok");
+    label[0] = 0;
+    double t_start = cli_now();
+    double val = NAN;
+    mor_train_step_stats st;
+    while (tr.step < steps && !stop_signal) {
+        double t0 = cli_now();
+        mor_trainer_step(&tr, &data, &st);
+        double dt = cli_now() - t0;
+        double tok_s = tok_step / dt;
+        metrics_step(mf, tr.step, c, &st, tok_s);
+        if (!isfinite(st.loss)) {
+            cli_progress_end(&bar);
+            fprintf(stderr, "mor-train: error: the loss is %g at step %ld; stopping\n", st.loss,
+                    tr.step);
+            rc = EXIT_VALIDATION;
+            goto done;
+        }
+        snprintf(label, sizeof label, "step %ld/%ld loss %.4f lr %.2e", tr.step, steps, st.loss,
+                 st.lr);
+        cli_progress_update(&bar, (double)(tr.step - start) * tok_step,
+                            (double)(steps - start) * tok_step);
+        if (!bar.active && (tr.step % log_every == 0 || tr.step == steps)) {
+            double el = cli_now() - t_start, eta = el / (tr.step - start) * (steps - tr.step);
+            cli_log("step %ld/%ld loss %.4f lr %.3e grad %.3f %.0f tok/s ETA %02d:%02d", tr.step, steps,
+                    st.loss, st.lr, st.grad_norm, tok_step * (tr.step - start) / el, (int)(eta / 60),
+                    (int)eta % 60);
+        }
+        if (eval_every && tr.step % eval_every == 0 && tr.step < steps && data.n_val_rows) {
+            val = mor_trainer_eval(&tr, &data, eval_rows);
+            metrics_val(mf, tr.step, val);
+            cli_progress_end(&bar);
+            cli_log("step %ld: validation loss %.4f", tr.step, val);
+            cli_progress_begin(&bar, label, "tok");
+        }
+        if (c->train.save_every > 0 && tr.step % c->train.save_every == 0 && tr.step < steps) {
+            if (mor_trainer_save(&tr, &data, o.out, &err)) { rc = cli_fail(&err); goto done; }
+        }
+    }
+    cli_progress_end(&bar);
+    if (data.n_val_rows && !stop_signal) {
+        val = mor_trainer_eval(&tr, &data, 0);
+        metrics_val(mf, tr.step, val);
+    }
+    if (mor_trainer_save(&tr, &data, o.out, &err)) { rc = cli_fail(&err); goto done; }
+    double el = cli_now() - t_start;
+    if (stop_signal) {
+        cli_log("interrupted (signal %d) at step %ld; wrote %s/step-%ld.mor", (int)stop_signal, tr.step,
+                o.out, tr.step);
+    } else {
+        cli_log("done: %ld steps in %.1f s (%.0f tok/s); final train loss %.4f, validation loss %.4f",
+                steps - start, el, el > 0 ? tok_step * (steps - start) / el : 0.0, st.loss, val);
+        cli_log("wrote %s/step-%ld.mor", o.out, tr.step);
+    }
+    rc = stop_signal ? 128 + (int)stop_signal : EXIT_OK;
+done:
+    if (mf) fclose(mf);
+    mor_train_data_free(&data);
+    mor_trainer_free(&tr);
+    mor_tokenizer_free(tok);
+    free(yaml);
+    free(tok_json);
+    free(tok_cfg);
+    free(resume_mor);
+    return rc;
+}

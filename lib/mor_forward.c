@@ -1,0 +1,667 @@
+/* mor_forward.c - recursive and MoR models over recursion-wise KV caches
+ * (spec sections 2-5 and 7; see mor_forward.h).
+ *
+ * An eval call runs its n tokens stage by stage. A stage is a run of
+ * unrolled layers over a fixed set of the call's tokens:
+ *   unique first layer(s) (Middle-Cycle: position 0) ... all n tokens
+ *   recursion step r = 1..N_R (`base` layers each) ...... the tokens routed to r
+ *   unique last layer (Middle-Cycle) .................... all n tokens
+ * Every token's residual stream lives in st->h (one row per token of the
+ * call) between stages, so a routing decision can look at every token of
+ * the call first: top-k mode needs that (k_r = max(1, floor(c_r n)) over
+ * the n tokens of the call, which is then one sequence), causal mode does
+ * not care. Inside a stage the tokens go through the layers in chunks of up
+ * to n_batch rows, in position order, so a token's keys at a layer are
+ * always those of the same layer's earlier entries plus its own chunk.
+ *
+ * Routing (which tokens a stage gets):
+ *   expert-choice: at step r, router_r on the raw residual stream of the
+ *     candidates (the tokens selected at r-1; all at r = 1), g = alpha*act(z);
+ *     topk mode keeps the k_r largest gates, causal mode keeps z >= 0
+ *     (step 1 keeps all); selected: h <- h + g*B(h) (B includes its
+ *     residuals; gating additive: h + B(h)); the rest are frozen for good.
+ *   token-choice: one router on h^1 gives each token a depth d; the step-r
+ *     stage runs the tokens with d >= r on x (x = h^1 at r = 1); a token
+ *     leaves at r = d with out = h^1 + g*B^d(h^1), no gate in between.
+ *   no router (the Recursive baseline): every token runs every layer.
+ * In causal mode every decision is the token's own, so feeding the tokens
+ * one at a time or in any chunking gives the same logits as one call.
+ *
+ * KV caches (lib/mor_kv.c): each unrolled layer stores the K/V of the
+ * tokens that ran it, at their original positions, and a token attends to
+ * the entries at positions <= its own: at step r exactly the tokens that
+ * reached r (spec 5.1). Under KV sharing (spec 5.2) a step r >= 2 layer
+ * stores nothing and attends to the recursion-1 entries of the same block
+ * layer (every token runs step 1); with update_cache (hybrid) it stores its
+ * fresh K/V of the tokens that reach it, and those replace the recursion-1
+ * ones at their positions, so a later call sees what one long call would. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "mor_forward.h"
+#include "router.h"
+#include "util.h"
+
+/* Chunks of at least this many rows attend with sgemm (lib/mor_kv.c). */
+#define GEMM_ATTENTION_MIN_ROWS 8
+
+typedef enum { RECUR_PLAIN = 0, RECUR_EXPERT, RECUR_TOKEN } recur_kind;
+
+/* How unrolled layer l treats the KV cache. */
+typedef enum {
+    KV_OWN,    /* store this layer's K/V, attend to this layer's entries */
+    KV_SHARED, /* store nothing, attend to the recursion-1 layer's entries */
+    KV_HYBRID, /* store, attend to the recursion-1 entries with ours in their place */
+} kv_policy;
+
+/* How a stage's output rows Y go back into the residual stream. */
+typedef enum {
+    OUT_SET,   /* h = Y */
+    OUT_GATED, /* h += g*Y (expert-choice), for the rows marked kept */
+    OUT_TOKEN, /* token-choice: h = h1 + g*Y where the token exits, else h = Y */
+} out_mode;
+
+struct mor_recur_state {
+    mor_kv kv;
+    recur_kind kind;
+    int R, base, off; /* steps, layers per step, first block position */
+    int n_last;       /* tokens of the last eval call */
+    int32_t *depth;   /* (n_ctx) depth each token of the last call reached */
+    float *route;     /* (n_ctx, R) router activations or probabilities; NAN = not evaluated */
+    float *h;         /* (n_ctx, D) residual stream of the call's tokens */
+    float *h1;        /* (n_ctx, D) token-choice: the recursion block's input */
+    int32_t *cand;    /* (n_ctx) candidates of a step (call indices, ascending) */
+    int32_t *sel;     /* (n_ctx) selection workspace (indices into cand) */
+    int32_t *rows;    /* (n_ctx) tokens of a stage */
+    uint8_t *keep;    /* (n_ctx) stage rows that take the output */
+    float *z;         /* (n_ctx, R) router logits */
+    float *aux_z;     /* (n_ctx) auxiliary router logits (sampling: aux_router) */
+    float *gate;      /* (n_ctx) gates: of the candidates, then of the stage rows */
+    float *router_hidden; /* (n_threads, 2D) MLP router scratch */
+    int32_t *row_pos; /* (n_batch) positions of a chunk's rows */
+    int *n_kv;        /* (n_batch) keys a chunk row attends to */
+    int *n_start;     /* (L) entries of each layer when the call started */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Creation                                                                 */
+
+void mor_recur_free(mor_context *c) {
+    if (!c) return;
+    struct mor_recur_state *st = c->mor;
+    if (st) {
+        mor_kv_free(&st->kv);
+        free(st->depth);
+        mor_free_big(st->route);
+        mor_free_big(st->h);
+        mor_free_big(st->h1);
+        free(st->cand);
+        free(st->sel);
+        free(st->rows);
+        free(st->keep);
+        mor_free_big(st->z);
+        mor_free_big(st->aux_z);
+        mor_free_big(st->gate);
+        mor_free_big(st->router_hidden);
+        free(st->row_pos);
+        free(st->n_kv);
+        free(st->n_start);
+        free(st);
+    }
+    mor_free_big(c->rope_cos);
+    mor_free_big(c->rope_sin);
+    mor_free_big(c->scratch);
+    mor_free_big(c->logits);
+    free(c);
+}
+
+static mor_status check_model(const mor_model *m, mor_error *err) {
+    const mor_config *cfg = &m->cfg;
+    if (cfg->head_dim < 2 || cfg->head_dim % 2 != 0)
+        return mor_fail(err, MOR_ECONFIG, "mor_context_new: head_dim %d is not a positive even number",
+                        cfg->head_dim);
+    if (cfg->n_kv_heads < 1 || cfg->n_heads % cfg->n_kv_heads != 0)
+        return mor_fail(err, MOR_ECONFIG,
+                        "mor_context_new: n_heads %d is not a multiple of n_kv_heads %d",
+                        cfg->n_heads, cfg->n_kv_heads);
+    if (!m->unrolled)
+        return mor_fail(err, MOR_EARG, "mor_context_new: the model's unrolled layers are not bound");
+    if (cfg->mor.enable && cfg->mor.rand_router)
+        return mor_fail(err, MOR_EUNSUPPORTED,
+                        "mor_context_new: mor.rand_router: a random router (training ablation) has "
+                        "no inference rule");
+    int R = cfg->num_recursion, base = mor_config_base_depth(cfg), off = mor_config_rec_offset(cfg);
+    if (R < 1 || base < 1 || off + R * base > cfg->n_layers)
+        return mor_fail(err, MOR_ECONFIG,
+                        "mor_context_new: %d layers do not hold %d recursions of %d layers", cfg->n_layers,
+                        R, base);
+    if (cfg->mor.enable) {
+        int n_routers = cfg->mor.type == MOR_ROUTING_TOKEN ? 1 : R;
+        int mlp = cfg->mor.router_type != MOR_ROUTER_LINEAR;
+        for (int r = 0; r < n_routers; r++)
+            if (mlp ? !m->routers[r].fc1 || !m->routers[r].fc2 : !m->routers[r].w)
+                return mor_fail(err, MOR_EARG, "mor_context_new: router %d has no weights", r);
+    }
+    return MOR_OK;
+}
+
+mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_context **out,
+                         mor_error *err) {
+    *out = NULL;
+    mor_context_params dp = mor_context_default_params();
+    if (!p) p = &dp;
+    if (p->n_ctx < 0 || p->n_threads < 0 || p->n_batch < 0)
+        return mor_fail(err, MOR_EARG,
+                        "mor_context_new: n_ctx %d, n_threads %d, n_batch %d: none may be negative",
+                        p->n_ctx, p->n_threads, p->n_batch);
+    if (p->routing != MOR_ROUTE_CAUSAL && p->routing != MOR_ROUTE_TOPK)
+        return mor_fail(err, MOR_EARG, "mor_context_new: routing %d is neither causal nor topk",
+                        (int)p->routing);
+    mor_status s = check_model(m, err);
+    if (s) return s;
+    const mor_config *cfg = &m->cfg;
+
+    mor_context *c = calloc(1, sizeof *c);
+    struct mor_recur_state *st = c ? calloc(1, sizeof *st) : NULL;
+    if (!st) {
+        free(c);
+        return mor_fail(err, MOR_ENOMEM, "mor_context_new: out of memory");
+    }
+    c->m = m;
+    c->mor = st;
+    c->routing = p->routing;
+    c->n_ctx = p->n_ctx > 0 ? p->n_ctx : cfg->max_seq_len;
+    c->n_threads = p->n_threads > 0 ? p->n_threads : mor_physical_cores();
+    c->n_batch = p->n_batch > 0 ? p->n_batch : 256;
+    if (c->n_ctx < 1) {
+        mor_recur_free(c);
+        return mor_fail(err, MOR_EARG, "mor_context_new: n_ctx is 0 and the model's max_seq_len is %d",
+                        cfg->max_seq_len);
+    }
+    if (c->n_batch > c->n_ctx) c->n_batch = c->n_ctx;
+    c->batch_rows = 1;
+    st->kind = !cfg->mor.enable ? RECUR_PLAIN
+             : cfg->mor.type == MOR_ROUTING_TOKEN ? RECUR_TOKEN : RECUR_EXPERT;
+    st->R = cfg->num_recursion;
+    st->base = mor_config_base_depth(cfg);
+    st->off = mor_config_rec_offset(cfg);
+
+    size_t D = (size_t)cfg->dim, QD = (size_t)cfg->n_heads * cfg->head_dim,
+           KVD = (size_t)cfg->n_kv_heads * cfg->head_dim, F = (size_t)cfg->hidden_dim,
+           V = (size_t)cfg->vocab_size, NB = (size_t)c->n_batch, NC = (size_t)c->n_ctx,
+           half = (size_t)cfg->head_dim / 2, R = (size_t)st->R, L = (size_t)cfg->n_layers;
+    c->rope_cos = mor_alloc_big(NC * half * sizeof(float));
+    c->rope_sin = mor_alloc_big(NC * half * sizeof(float));
+    c->scratch_floats = NB * (2 * D + 2 * QD + 2 * KVD + 2 * F + NC);
+    c->scratch = mor_alloc_big(c->scratch_floats * sizeof(float));
+    c->logits = mor_alloc_big(V * sizeof(float));
+    st->depth = calloc(NC, sizeof *st->depth);
+    st->route = mor_alloc_big(NC * R * sizeof(float));
+    st->h = mor_alloc_big(NC * D * sizeof(float));
+    if (st->kind == RECUR_TOKEN) st->h1 = mor_alloc_big(NC * D * sizeof(float));
+    st->cand = malloc(NC * sizeof(int32_t));
+    st->sel = malloc(NC * sizeof(int32_t));
+    st->rows = malloc(NC * sizeof(int32_t));
+    st->keep = malloc(NC);
+    st->z = mor_alloc_big(NC * R * sizeof(float));
+    st->aux_z = mor_alloc_big(NC * sizeof(float));
+    st->gate = mor_alloc_big(NC * sizeof(float));
+    st->router_hidden = mor_alloc_big((size_t)c->n_threads * 2 * D * sizeof(float));
+    st->row_pos = malloc(NB * sizeof(int32_t));
+    st->n_kv = malloc(NB * sizeof(int));
+    st->n_start = malloc(L * sizeof(int));
+    mor_status ks = mor_kv_init(&st->kv, cfg->n_layers, cfg->n_kv_heads, cfg->head_dim, c->n_ctx,
+                                MOR_KV_BLOCK);
+    if (ks || !c->rope_cos || !c->rope_sin || !c->scratch || !c->logits || !st->depth ||
+        !st->route || !st->h || (st->kind == RECUR_TOKEN && !st->h1) || !st->cand || !st->sel ||
+        !st->rows || !st->keep || !st->z || !st->aux_z || !st->gate || !st->router_hidden ||
+        !st->row_pos || !st->n_kv || !st->n_start) {
+        mor_recur_free(c);
+        return mor_fail(err, MOR_ENOMEM,
+                        "mor_context_new: out of memory (scratch for n_ctx %zu, n_batch %zu)", NC, NB);
+    }
+    float *sp = c->scratch;
+    c->x = sp, sp += NB * D;
+    c->xb = sp, sp += NB * D;
+    c->q = sp, sp += NB * QD;
+    c->k = sp, sp += NB * KVD;
+    c->v = sp, sp += NB * KVD;
+    c->att = sp, sp += NB * QD;
+    c->hb = sp, sp += NB * F;
+    c->hb2 = sp, sp += NB * F;
+    c->scores = sp;
+    mor_rope_table(c->rope_cos, c->rope_sin, c->n_ctx, cfg);
+    memset(c->logits, 0, V * sizeof(float));
+    *out = c;
+    return MOR_OK;
+}
+
+void mor_recur_reset(mor_context *c) {
+    c->pos = 0;
+    c->mor->n_last = 0;
+    mor_kv_clear(&c->mor->kv);
+}
+
+mor_status mor_recur_set_kv_block(mor_context *c, int positions, mor_error *err) {
+    if (!c->mor)
+        return mor_fail(err, MOR_EARG, "mor_recur_set_kv_block: not a recursive model's context");
+    if (c->pos != 0 || positions < 1)
+        return mor_fail(err, MOR_EARG,
+                        "mor_recur_set_kv_block: %d positions per block at position %d (needs >= 1, "
+                        "on an empty context)",
+                        positions, c->pos);
+    mor_kv *kv = &c->mor->kv;
+    mor_kv_free(kv);
+    if (mor_kv_init(kv, c->m->cfg.n_layers, c->m->cfg.n_kv_heads, c->m->cfg.head_dim, c->n_ctx,
+                    positions)) {
+        mor_kv_free(kv);
+        return mor_fail(err, MOR_ENOMEM, "mor_recur_set_kv_block: out of memory");
+    }
+    return MOR_OK;
+}
+
+int mor_recur_kv_entries(const mor_context *c, int l) {
+    if (!c->mor || l < 0 || l >= c->m->cfg.n_layers) return -1;
+    return c->mor->kv.layers[l].n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* One layer on a chunk of rows                                             */
+
+/* Recursion step of unrolled layer l (1..N_R), or 0 for a unique layer. */
+static int layer_step(const struct mor_recur_state *st, int l) {
+    if (l < st->off || l >= st->off + st->R * st->base) return 0;
+    return (l - st->off) / st->base + 1;
+}
+
+/* KV sharing's cache slot (spec 5.2): the recursion-1 position of the same
+ * block layer, off + (l - off) mod base, for Cycle and Middle-Cycle alike. */
+static kv_policy layer_policy(const mor_context *c, int l, int *slot) {
+    const struct mor_recur_state *st = c->mor;
+    *slot = l;
+    if (!c->m->cfg.kv.enable || layer_step(st, l) <= 1) return KV_OWN;
+    *slot = st->off + (l - st->off) % st->base;
+    return c->m->cfg.kv.update_cache ? KV_HYBRID : KV_SHARED;
+}
+
+/* c->x (T, D) through unrolled layer l; row t is at position st->row_pos[t]
+ * (ascending). Appends the rows' K/V to the layer's cache unless the layer
+ * shares the recursion-1 cache. Fails only when a cache block cannot be
+ * allocated. */
+static mor_status layer_rows(mor_context *c, int l, int T) {
+    struct mor_recur_state *st = c->mor;
+    const mor_model *m = c->m;
+    const mor_config *cfg = &m->cfg;
+    const mor_layer_weights *w = &m->unrolled[l];
+    mor_kv *kv = &st->kv;
+    int nt = c->n_threads, D = cfg->dim, F = cfg->hidden_dim, H = cfg->n_heads,
+        KVH = cfg->n_kv_heads, HD = cfg->head_dim, QD = H * HD, KVD = KVH * HD, half = HD / 2,
+        group = H / KVH;
+    float eps = cfg->norm_eps, scale = 1.0f / sqrtf((float)HD);
+    float *x = c->x, *xb = c->xb, *q = c->q, *k = c->k, *v = c->v, *hb = c->hb, *hb2 = c->hb2;
+    const int32_t *pos = st->row_pos;
+    int *n_kv = st->n_kv;
+    int par = T > 1; /* one row: only the products and attention are worth threads */
+    int slot;
+    kv_policy pol = layer_policy(c, l, &slot);
+
+    /* attention */
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+    for (int t = 0; t < T; t++)
+        mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->attn_norm, D, eps);
+    mor_matmul(q, xb, w->wq, T, QD, D, nt);
+    mor_kv_layer *ly = &kv->layers[l];
+    int n0 = ly->n;
+    if (pol != KV_SHARED) { /* a sharing layer's own K/V would be thrown away */
+        mor_matmul(k, xb, w->wk, T, KVD, D, nt);
+        mor_matmul(v, xb, w->wv, T, KVD, D, nt);
+        mor_status s = mor_kv_reserve(kv, l, T);
+        if (s) return s;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+    for (int t = 0; t < T; t++) {
+        const float *cp = c->rope_cos + (size_t)pos[t] * half, *sp = c->rope_sin + (size_t)pos[t] * half;
+        mor_rope(q + (size_t)t * QD, H, HD, cp, sp);
+        if (pol != KV_SHARED) {
+            mor_rope(k + (size_t)t * KVD, KVH, HD, cp, sp);
+            memcpy(mor_kv_key(kv, ly, n0 + t), k + (size_t)t * KVD, (size_t)KVD * sizeof *k);
+            memcpy(mor_kv_value(kv, ly, n0 + t), v + (size_t)t * KVD, (size_t)KVD * sizeof *v);
+            *mor_kv_pos(kv, ly, n0 + t) = pos[t];
+        }
+    }
+    if (pol != KV_SHARED) ly->n = n0 + T;
+    /* keys each row sees: the entries at positions <= its own */
+    for (int t = 0; t < T; t++)
+        n_kv[t] = pol == KV_OWN ? n0 + t + 1 : mor_kv_count_upto(kv, slot, pos[t]);
+    if (pol != KV_HYBRID && T >= GEMM_ATTENTION_MIN_ROWS) {
+        mor_kv_attend_gemm(c->att, q, T, n_kv, kv, slot, H, c->scores, nt);
+    } else {
+        int n = T * H;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1)
+        for (int i = 0; i < n; i++) {
+            int t = i / H, h = i % H;
+            size_t qo = (size_t)t * QD + (size_t)h * HD;
+            if (pol == KV_HYBRID)
+                mor_kv_attend_merged(c->att + qo, q + qo, kv, slot, n_kv[t], l, n0 + t + 1, h / group,
+                                     scale);
+            else
+                mor_kv_attend(c->att + qo, q + qo, kv, slot, h / group, n_kv[t], scale);
+        }
+    }
+    mor_matmul(xb, c->att, w->wo, T, D, QD, nt);
+    for (size_t i = 0; i < (size_t)T * D; i++) x[i] += xb[i];
+
+    /* SwiGLU MLP */
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+    for (int t = 0; t < T; t++)
+        mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->mlp_norm, D, eps);
+    mor_matmul(hb, xb, w->w_gate, T, F, D, nt);
+    mor_matmul(hb2, xb, w->w_up, T, F, D, nt);
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+    for (int t = 0; t < T; t++) mor_swiglu(hb + (size_t)t * F, hb2 + (size_t)t * F, F);
+    mor_matmul(xb, hb, w->w_down, T, D, F, nt);
+    for (size_t i = 0; i < (size_t)T * D; i++) x[i] += xb[i];
+    return MOR_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Stages                                                                   */
+
+/* Unrolled layers [l0, l1) on the m tokens rows[0..m) (call indices,
+ * ascending; position pos0 + index), in chunks of n_batch. The output Y of
+ * stage row j goes back into st->h as `mode` says: OUT_GATED adds
+ * gate[j]*Y (Y when gate is NULL) where keep is NULL or keep[j]; OUT_TOKEN
+ * uses the token's depth, the step and st->gate (by call index). */
+static mor_status run_stage(mor_context *c, int pos0, const int32_t *rows, int m, int l0, int l1,
+                            out_mode mode, const float *gate, const uint8_t *keep, int step) {
+    struct mor_recur_state *st = c->mor;
+    const mor_config *cfg = &c->m->cfg;
+    int D = cfg->dim, nt = c->n_threads;
+    int token_weighted = cfg->mor.token.gating == MOR_GATING_WEIGHTED;
+    for (int s0 = 0; s0 < m; s0 += c->n_batch) {
+        int T = m - s0 < c->n_batch ? m - s0 : c->n_batch;
+        const int32_t *r = rows + s0;
+        for (int t = 0; t < T; t++) {
+            memcpy(c->x + (size_t)t * D, st->h + (size_t)r[t] * D, (size_t)D * sizeof(float));
+            st->row_pos[t] = pos0 + r[t];
+        }
+        for (int l = l0; l < l1; l++) {
+            mor_status s = layer_rows(c, l, T);
+            if (s) return s;
+        }
+#pragma omp parallel for num_threads(nt) schedule(static) if (T > 1)
+        for (int t = 0; t < T; t++) {
+            float *h = st->h + (size_t)r[t] * D;
+            const float *y = c->x + (size_t)t * D;
+            if (mode == OUT_SET) {
+                memcpy(h, y, (size_t)D * sizeof *h);
+            } else if (mode == OUT_GATED) {
+                if (keep && !keep[s0 + t]) continue;
+                float g = gate ? gate[s0 + t] : 1.0f;
+                for (int i = 0; i < D; i++) h[i] += g * y[i];
+            } else if (st->depth[r[t]] == step) { /* token-choice exit: gate onto h^1 */
+                const float *h1 = st->h1 + (size_t)r[t] * D;
+                float g = token_weighted ? st->gate[r[t]] : 1.0f;
+                for (int i = 0; i < D; i++) h[i] = h1[i] + g * y[i];
+            } else {
+                memcpy(h, y, (size_t)D * sizeof *h);
+            }
+        }
+    }
+    return MOR_OK;
+}
+
+/* z (m, K) = router(h rows[0..m)) / temp, one row at a time, in parallel. */
+static void router_logits(mor_context *c, const mor_router_weights *rw, const int32_t *rows, int m,
+                          int K, float *z) {
+    const mor_config *cfg = &c->m->cfg;
+    struct mor_recur_state *st = c->mor;
+    int D = cfg->dim, mlp = cfg->mor.router_type != MOR_ROUTER_LINEAR;
+    float temp = cfg->mor.temp;
+#pragma omp parallel num_threads(c->n_threads) if (m > 1)
+    {
+        float *hidden = st->router_hidden + (size_t)omp_get_thread_num() * 2 * D;
+#pragma omp for schedule(static)
+        for (int j = 0; j < m; j++) {
+            const float *x = st->h + (size_t)rows[j] * D;
+            if (mlp)
+                mor_route_mlp_logits(z + (size_t)j * K, hidden, x, rw->fc1, rw->fc2, 1, D, K, temp);
+            else
+                mor_route_linear_logits(z + (size_t)j * K, x, rw->w, 1, D, K, temp);
+        }
+    }
+}
+
+/* Router activation recorded for mor_context_route: sigmoid(z), tanh(z) or z. */
+static float router_activation(mor_router_func f, float z) {
+    return f == MOR_FUNC_SIGMOID ? 1.0f / (1.0f + expf(-z)) : f == MOR_FUNC_TANH ? tanhf(z) : z;
+}
+
+/* Expert-choice recursion steps over the call's n tokens (spec 3.3, 3.7). */
+static mor_status expert_steps(mor_context *c, int pos0, int n) {
+    struct mor_recur_state *st = c->mor;
+    const mor_model *m = c->m;
+    const mor_config *cfg = &m->cfg;
+    int R = st->R, topk = c->routing == MOR_ROUTE_TOPK;
+    mor_router_func f = cfg->mor.expert.router_func;
+    float alpha = cfg->mor.expert.alpha;
+    int weighted = cfg->mor.expert.gating == MOR_GATING_WEIGHTED;
+    /* sampling: aux_router trains a second router to predict the top-k
+     * choice; the causal rule then asks it, and the gate stays the main one's */
+    int aux = !topk && cfg->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER;
+    int nc = n;
+    for (int t = 0; t < n; t++) st->cand[t] = t;
+    for (int r = 1; r <= R && nc > 0; r++) {
+        const mor_router_weights *rw = &m->routers[r - 1];
+        router_logits(c, rw, st->cand, nc, 1, st->z);
+        if (aux && (m->aux_routers[r - 1].w || m->aux_routers[r - 1].fc1))
+            router_logits(c, &m->aux_routers[r - 1], st->cand, nc, 1, st->aux_z);
+        else
+            memcpy(st->aux_z, st->z, (size_t)nc * sizeof(float));
+        for (int j = 0; j < nc; j++) {
+            st->gate[j] = mor_route_gate(f, alpha, st->z[j]);
+            st->route[(size_t)st->cand[j] * R + (r - 1)] = router_activation(f, st->z[j]);
+        }
+        int ns = topk ? mor_route_topk(st->sel, NULL, st->cand, st->gate, nc,
+                                       mor_route_k(cfg->mor.capacity[r - 1], n))
+                      : mor_route_causal(st->sel, NULL, st->cand, st->aux_z, nc, r);
+        int l0 = st->off + (r - 1) * st->base, l1 = l0 + st->base;
+        mor_status s;
+        if (cfg->kv.enable && r == 1 && ns < nc) {
+            /* KV sharing needs every token's recursion-1 K/V (spec 5.2: the
+             * reference runs the whole sequence through the block), so with
+             * c_1 < 1 the unselected tokens run step 1 too but keep their h */
+            memset(st->keep, 0, (size_t)nc);
+            for (int i = 0; i < ns; i++) st->keep[st->sel[i]] = 1;
+            for (int i = 0; i < ns; i++) st->depth[st->cand[st->sel[i]]] = r;
+            s = run_stage(c, pos0, st->cand, nc, l0, l1, OUT_GATED, weighted ? st->gate : NULL,
+                          st->keep, r);
+            for (int i = 0; i < ns; i++) st->rows[i] = st->cand[st->sel[i]];
+        } else {
+            /* the selected tokens and their gates, in position order */
+            for (int i = 0; i < ns; i++) {
+                st->rows[i] = st->cand[st->sel[i]];
+                st->gate[i] = st->gate[st->sel[i]]; /* sel is ascending: i <= sel[i] */
+                st->depth[st->rows[i]] = r;
+            }
+            s = run_stage(c, pos0, st->rows, ns, l0, l1, OUT_GATED, weighted ? st->gate : NULL, NULL,
+                          r);
+        }
+        if (s) return s;
+        memcpy(st->cand, st->rows, (size_t)ns * sizeof(int32_t));
+        nc = ns;
+    }
+    return MOR_OK;
+}
+
+/* Token-choice: one router on h^1 sets every depth (spec 4.1). */
+static mor_status token_steps(mor_context *c, int pos0, int n) {
+    struct mor_recur_state *st = c->mor;
+    const mor_model *m = c->m;
+    const mor_config *cfg = &m->cfg;
+    int R = st->R, D = cfg->dim;
+    for (int t = 0; t < n; t++) st->rows[t] = t;
+    router_logits(c, &m->routers[0], st->rows, n, R, st->z);
+    mor_route_token_assign(st->depth, st->gate, st->route, st->z, m->router_bias, n, R,
+                           cfg->mor.token.router_func, cfg->mor.token.alpha);
+    memcpy(st->h1, st->h, (size_t)n * D * sizeof(float));
+    for (int r = 1; r <= R; r++) {
+        int na = 0;
+        for (int t = 0; t < n; t++)
+            if (st->depth[t] >= r) st->rows[na++] = t;
+        if (!na) break;
+        int l0 = st->off + (r - 1) * st->base;
+        mor_status s = run_stage(c, pos0, st->rows, na, l0, l0 + st->base, OUT_TOKEN, NULL, NULL, r);
+        if (s) return s;
+    }
+    return MOR_OK;
+}
+
+/* out (T, V) = lm_head rmsnorm(h rows first..first+T-1), through c->xb. */
+static void logits_rows(mor_context *c, int first, int T, float *out) {
+    const mor_model *m = c->m;
+    int D = m->cfg.dim;
+    for (int t = 0; t < T; t++)
+        mor_rmsnorm(c->xb + (size_t)t * D, c->mor->h + (size_t)(first + t) * D, m->final_norm, D,
+                    m->cfg.norm_eps);
+    mor_matmul(out, c->xb, m->lm_head, T, m->cfg.vocab_size, D, c->n_threads);
+}
+
+/* The whole model on the call's n tokens; h rows hold the final states. */
+static mor_status forward_call(mor_context *c, const int32_t *tokens, int n) {
+    struct mor_recur_state *st = c->mor;
+    const mor_model *m = c->m;
+    int D = m->cfg.dim, L = m->cfg.n_layers, R = st->R, pos0 = c->pos;
+    int block_end = st->off + R * st->base;
+    for (int t = 0; t < n; t++) {
+        memcpy(st->h + (size_t)t * D, m->embed + (size_t)tokens[t] * D, (size_t)D * sizeof(float));
+        st->rows[t] = t;
+        st->depth[t] = st->kind == RECUR_PLAIN ? R : 0;
+    }
+    for (size_t i = 0; i < (size_t)n * R; i++) st->route[i] = NAN;
+    if (st->kind == RECUR_PLAIN) /* every token, every layer, in one stage */
+        return run_stage(c, pos0, st->rows, n, 0, L, OUT_SET, NULL, NULL, 0);
+    mor_status s = MOR_OK;
+    if (st->off > 0) s = run_stage(c, pos0, st->rows, n, 0, st->off, OUT_SET, NULL, NULL, 0);
+    if (!s) s = st->kind == RECUR_EXPERT ? expert_steps(c, pos0, n) : token_steps(c, pos0, n);
+    if (!s && block_end < L) {
+        for (int t = 0; t < n; t++) st->rows[t] = t;
+        s = run_stage(c, pos0, st->rows, n, block_end, L, OUT_SET, NULL, NULL, 0);
+    }
+    return s;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Entry points                                                             */
+
+mor_status mor_recur_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
+                          mor_error *err) {
+    struct mor_recur_state *st = c->mor;
+    const mor_model *m = c->m;
+    if (n < 0 || (n > 0 && !tokens))
+        return mor_fail(err, MOR_EARG, "mor_context_eval: %d tokens%s", n,
+                        n < 0 ? " (a negative count)" : " but no token array");
+    if (n > c->n_ctx - c->pos) {
+        if (c->pos == 0)
+            return mor_fail(err, MOR_EARG, "prompt of %d tokens exceeds the context size %d", n,
+                            c->n_ctx);
+        return mor_fail(err, MOR_EARG,
+                        "%d tokens at position %d exceed the context size %d (%d positions left)",
+                        n, c->pos, c->n_ctx, c->n_ctx - c->pos);
+    }
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
+            return mor_fail(err, MOR_EARG, "token %d at index %d is outside the vocabulary (0..%d)",
+                            (int)tokens[i], i, m->cfg.vocab_size - 1);
+    if (n == 0) return MOR_OK;
+
+    for (int l = 0; l < m->cfg.n_layers; l++) st->n_start[l] = st->kv.layers[l].n;
+    int saved = mor_threads_begin(c->n_threads);
+    mor_status s = forward_call(c, tokens, n);
+    if (s) {
+        /* forget this call's entries: the context stays as it was */
+        for (int l = 0; l < m->cfg.n_layers; l++) st->kv.layers[l].n = st->n_start[l];
+        st->n_last = 0;
+        mor_threads_end(saved);
+        return mor_fail(err, s, "mor_context_eval: %s allocating KV cache blocks at position %d",
+                        s == MOR_ENOMEM ? "out of memory" : "cache overflow", c->pos);
+    }
+    size_t V = (size_t)m->cfg.vocab_size;
+    if (logits) {
+        for (int s0 = 0; s0 < n; s0 += c->n_batch) {
+            int T = n - s0 < c->n_batch ? n - s0 : c->n_batch;
+            logits_rows(c, s0, T, logits + (size_t)s0 * V);
+        }
+        memcpy(c->logits, logits + (size_t)(n - 1) * V, V * sizeof *logits);
+    } else {
+        logits_rows(c, n - 1, 1, c->logits);
+    }
+    mor_threads_end(saved);
+    st->n_last = n;
+    c->pos += n;
+    return MOR_OK;
+}
+
+mor_status mor_recur_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err) {
+    if (n < 0 || (n > 0 && (!cs || !tokens)))
+        return mor_fail(err, MOR_EARG, "mor_context_eval_batch: %d contexts%s", n,
+                        n < 0 ? " (a negative count)" : " but no context or token array");
+    for (int i = 0; i < n; i++) {
+        if (!cs[i]) return mor_fail(err, MOR_EARG, "mor_context_eval_batch: context %d is NULL", i);
+        if (cs[i]->m != cs[0]->m)
+            return mor_fail(err, MOR_EARG,
+                            "mor_context_eval_batch: context %d belongs to another model than "
+                            "context 0",
+                            i);
+        if (cs[i]->pos >= cs[i]->n_ctx)
+            return mor_fail(err, MOR_EARG,
+                            "mor_context_eval_batch: context %d is full (%d positions, the "
+                            "context size)",
+                            i, cs[i]->n_ctx);
+        for (int j = 0; j < i; j++)
+            if (cs[j] == cs[i])
+                return mor_fail(err, MOR_EARG,
+                                "mor_context_eval_batch: contexts %d and %d are the same", j, i);
+    }
+    /* a MoR token's path depends on its own routing, so the contexts run
+     * one after the other (each call still reads its weights once) */
+    for (int i = 0; i < n; i++) {
+        mor_status s = mor_recur_eval(cs[i], tokens + i, 1, NULL, err);
+        if (s) return s;
+    }
+    return MOR_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Routes and memory (public; they also answer for vanilla contexts)        */
+
+mor_status mor_context_route(const mor_context *c, int i, int *depth, float *scores,
+                             mor_error *err) {
+    if (!c || !depth) return mor_fail(err, MOR_EARG, "mor_context_route: no context or depth pointer");
+    const struct mor_recur_state *st = c->mor;
+    int n = st ? st->n_last : c->pos;
+    if (i < 0 || i >= n)
+        return mor_fail(err, MOR_EARG,
+                        "mor_context_route: token %d is outside the last eval call (%d tokens)", i, n);
+    if (!st) { /* a vanilla model: one pass through its layers, no router */
+        *depth = 1;
+        return MOR_OK;
+    }
+    *depth = st->depth[i];
+    /* mor_model_num_recursion scores: N_R for a MoR model, none without routers */
+    int K = mor_model_num_recursion(c->m);
+    if (scores)
+        for (int r = 0; r < K; r++) scores[r] = st->route[(size_t)i * st->R + r];
+    return MOR_OK;
+}
+
+size_t mor_context_kv_bytes(const mor_context *c) {
+    if (!c) return 0;
+    if (c->mor) return mor_kv_bytes(&c->mor->kv);
+    const mor_config *cfg = &c->m->cfg;
+    return (size_t)c->pos * (size_t)cfg->n_layers * 2 * (size_t)cfg->n_kv_heads *
+           (size_t)cfg->head_dim * sizeof(float);
+}

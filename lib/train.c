@@ -1,0 +1,288 @@
+/* train.c - the training loop: optimizer steps over micro-batches (gradient
+ * accumulation, clipping, AdamW, the learning-rate schedule, the loss-free
+ * balancing update), validation, and checkpoints that resume bit for bit.
+ *
+ * A checkpoint of step N is two files written atomically:
+ *   step-N.state  safetensors: the AdamW moments adam.m, adam.v (flat, the
+ *                 parameter layout) and, in the metadata, the step, the
+ *                 warm-up clock, the data position (epoch, cursor) and seed;
+ *   step-N.mor    the model (F32, a normal .mor any tool loads), with the
+ *                 effective config (train.steps, learning_rate, seed) and
+ *                 the tokenizer.
+ * The state is written first, so a step-N.mor always has its state; resume
+ * takes the newest N that has both. Nothing else influences a step: the data
+ * order is a function of (seed, epoch), so with the same thread count a
+ * resumed run repeats the uninterrupted one exactly. */
+#include <dirent.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "router.h"
+#include "train.h"
+#include "util.h"
+
+#define STATE_FORMAT "mor-train-state"
+#define STATE_VERSION "1"
+
+mor_status mor_trainer_new(mor_trainer *t, const mor_config *cfg, long total_steps,
+                           const char *tok_json, const char *tok_cfg, mor_error *err) {
+    memset(t, 0, sizeof *t);
+    if (total_steps < 1) return mor_fail(err, MOR_EARG, "trainer: %ld steps: need at least 1", total_steps);
+    if (!tok_json) return mor_fail(err, MOR_EARG, "trainer: a tokenizer is required (checkpoints carry it)");
+    int n = cfg->train.max_length > 0 ? cfg->train.max_length : cfg->max_seq_len;
+    mor_status st = mor_train_model_new(&t->model, cfg, cfg->train.batch_size, n, err);
+    if (st) return st;
+    mor_config *c = &t->model.cfg;
+    c->train.steps = (int)total_steps;
+    c->train.max_length = n;
+    t->total_steps = total_steps;
+    t->warmup = c->train.warmup_steps >= 0 ? c->train.warmup_steps
+                                           : (long)ceil(0.05 * (double)total_steps);
+    if (t->warmup > total_steps) t->warmup = total_steps;
+    t->decay = (long)(c->train.decay_fraction * (double)total_steps);
+    t->seed = (uint64_t)c->train.seed;
+    size_t nf = t->model.n_floats;
+    t->adam_m = mor_alloc_big(nf * sizeof(float));
+    t->adam_v = mor_alloc_big(nf * sizeof(float));
+    t->batch = malloc((size_t)t->model.B * n * sizeof(int32_t));
+    t->tok_json = strdup(tok_json);
+    t->tok_cfg = tok_cfg ? strdup(tok_cfg) : NULL;
+    if (!t->adam_m || !t->adam_v || !t->batch || !t->tok_json || (tok_cfg && !t->tok_cfg)) {
+        mor_trainer_free(t);
+        return mor_fail(err, MOR_ENOMEM, "trainer: out of memory");
+    }
+    memset(t->adam_m, 0, nf * sizeof(float));
+    memset(t->adam_v, 0, nf * sizeof(float));
+    return MOR_OK;
+}
+
+void mor_trainer_free(mor_trainer *t) {
+    mor_train_model_free(&t->model);
+    mor_free_big(t->adam_m);
+    mor_free_big(t->adam_v);
+    free(t->batch);
+    free(t->tok_json);
+    free(t->tok_cfg);
+    memset(t, 0, sizeof *t);
+}
+
+double mor_trainer_lr(const mor_trainer *t, long step) {
+    const mor_config *c = &t->model.cfg;
+    double peak = c->train.learning_rate;
+    if (c->train.lr_scheduler == MOR_LR_COSINE)
+        return mor_lr_cosine(step, t->warmup, t->total_steps, peak, c->train.min_lr_ratio);
+    return mor_lr_wsd(step, t->warmup, t->decay, t->total_steps, peak);
+}
+
+void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *st) {
+    mor_train_model *m = &t->model;
+    const mor_config *c = &m->cfg;
+    const int G = c->train.grad_accum, B = m->B, n = m->n, R = c->num_recursion;
+    memset(st, 0, sizeof *st);
+    memset(m->grads, 0, m->n_floats * sizeof(float));
+    mor_train_pass p = {.backward = 1, .warmup = 1, .ce_norm = (double)G * B * (n - 1),
+                        .aux_scale = G};
+    double acc_hits = 0, acc_count = 0;
+    for (int g = 0; g < G; g++) {
+        mor_train_losses ls;
+        mor_train_data_next(d, t->batch, B);
+        p.forward_call = t->forward_calls++;
+        mor_train_forward_backward(m, t->batch, B, &p, &ls);
+        st->loss += ls.total;
+        st->ce += ls.ce;
+        st->bce += ls.bce;
+        st->zloss += ls.zloss;
+        st->bal += ls.bal;
+        for (int r = 0; r < R; r++) st->rs.depth[r] += ls.rs.depth[r];
+        acc_hits += ls.rs.acc_hits;
+        acc_count += ls.rs.acc_count;
+        st->rs.dead += ls.rs.dead / G;
+        st->rs.maxvio += ls.rs.maxvio / G;
+        st->rs.entropy += ls.rs.entropy / G;
+    }
+    st->rs.acc_hits = acc_hits;
+    st->rs.acc_count = acc_count;
+    st->grad_norm = mor_clip_grad_norm(m->grads, m->n_floats, c->train.max_grad_norm);
+    st->lr = mor_trainer_lr(t, t->step);
+    mor_adamw_params hp = {.lr = st->lr, .beta1 = c->train.adam_beta1, .beta2 = c->train.adam_beta2,
+                           .eps = c->train.adam_eps, .weight_decay = c->train.weight_decay};
+    mor_adamw_step(m->params, m->grads, t->adam_m, t->adam_v, m->spans, m->n_spans, t->step + 1, &hp);
+    if (m->bal_bias != SIZE_MAX) { /* loss-free balancing, after the optimizer step */
+        double ratio[MOR_MAX_RECURSION];
+        for (int r = 0; r < R; r++) ratio[r] = st->rs.depth[r] / ((double)G * B * n);
+        mor_route_bias_update(m->params + m->bal_bias, ratio, R, c->mor.token.u);
+    }
+    t->step++;
+}
+
+double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows) {
+    mor_train_model *m = &t->model;
+    size_t rows = d->n_val_rows;
+    if (max_rows && max_rows < rows) rows = max_rows;
+    if (!rows) return NAN;
+    mor_train_pass p = {.backward = 0, .warmup = 0, .ce_norm = 1, .aux_scale = 1};
+    double sum = 0;
+    long count = 0;
+    for (size_t r0 = 0; r0 < rows; r0 += (size_t)m->B) {
+        int B = rows - r0 < (size_t)m->B ? (int)(rows - r0) : m->B;
+        mor_train_losses ls;
+        mor_train_forward_backward(m, d->val + r0 * (size_t)d->n, B, &p, &ls);
+        sum += ls.ce_sum;
+        count += ls.ce_count;
+    }
+    return count ? sum / (double)count : NAN;
+}
+
+/* ======================================================================== */
+/* Checkpoints                                                              */
+
+static char *path_join(const char *dir, long step, const char *ext) {
+    size_t k = strlen(dir) + 48;
+    char *p = malloc(k);
+    if (p) snprintf(p, k, "%s/step-%ld.%s", dir, step, ext);
+    return p;
+}
+
+static mor_status write_state(const mor_trainer *t, const mor_train_data *d, const char *path,
+                              mor_error *err) {
+    const mor_train_model *m = &t->model;
+    mor_st_writer *w = mor_st_writer_new();
+    if (!w) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
+    char v[7][32];
+    snprintf(v[0], 32, "%ld", t->step);
+    snprintf(v[1], 32, "%ld", t->total_steps);
+    snprintf(v[2], 32, "%ld", t->forward_calls);
+    snprintf(v[3], 32, "%" PRIu64, d->epoch);
+    snprintf(v[4], 32, "%" PRIu64, d->cursor);
+    snprintf(v[5], 32, "%" PRIu64, d->seed);
+    snprintf(v[6], 32, "%zu", d->n_train_rows);
+    const char *keys[7] = {"step", "total_steps", "forward_calls", "epoch", "cursor", "seed",
+                           "train_rows"};
+    mor_status st = mor_st_writer_meta(w, "format", STATE_FORMAT, err);
+    if (!st) st = mor_st_writer_meta(w, "version", STATE_VERSION, err);
+    for (int i = 0; i < 7 && !st; i++) st = mor_st_writer_meta(w, keys[i], v[i], err);
+    int64_t shape[1] = {(int64_t)m->n_floats};
+    if (!st) st = mor_st_writer_declare(w, "adam.m", MOR_ST_F32, 1, shape, err);
+    if (!st) st = mor_st_writer_declare(w, "adam.v", MOR_ST_F32, 1, shape, err);
+    if (st) {
+        mor_st_writer_free(w);
+        return st;
+    }
+    mor_atomic_file af;
+    if ((st = mor_atomic_open(&af, path, err))) {
+        mor_st_writer_free(w);
+        return st;
+    }
+    mor_sink sink;
+    size_t bytes = m->n_floats * sizeof(float);
+    st = mor_sink_open(&sink, af.f, path, 0, err);
+    if (!st) st = mor_st_writer_header(w, &sink, err);
+    if (!st) st = mor_st_writer_data(w, &sink, t->adam_m, bytes, err);
+    if (!st) st = mor_st_writer_data(w, &sink, t->adam_v, bytes, err);
+    if (!st) st = mor_sink_finish(&sink, err);
+    mor_sink_free(&sink);
+    mor_st_writer_free(w);
+    if (st) {
+        mor_atomic_abort(&af);
+        return st;
+    }
+    return mor_atomic_commit(&af, err);
+}
+
+mor_status mor_trainer_save(mor_trainer *t, const mor_train_data *d, const char *dir,
+                            mor_error *err) {
+    char *sp = path_join(dir, t->step, "state"), *mp = path_join(dir, t->step, "mor");
+    mor_status st = (!sp || !mp) ? mor_fail(err, MOR_ENOMEM, "%s: out of memory", dir) : MOR_OK;
+    if (!st) st = write_state(t, d, sp, err);
+    if (!st) st = mor_train_model_save(&t->model, mp, t->tok_json, t->tok_cfg, err);
+    free(sp);
+    free(mp);
+    return st;
+}
+
+static int file_exists(const char *p) {
+    FILE *f = fopen(p, "rb");
+    if (f) fclose(f);
+    return f != NULL;
+}
+
+/* Newest step N of dir with both step-N.mor and step-N.state, or -1. */
+static long newest_step(const char *dir) {
+    DIR *dp = opendir(dir);
+    if (!dp) return -1;
+    long best = -1;
+    struct dirent *e;
+    while ((e = readdir(dp))) {
+        long s;
+        char tail[8];
+        if (sscanf(e->d_name, "step-%ld.%7s", &s, tail) != 2 || strcmp(tail, "mor") || s <= best)
+            continue;
+        char *sp = path_join(dir, s, "state");
+        if (sp && file_exists(sp)) best = s;
+        free(sp);
+    }
+    closedir(dp);
+    return best;
+}
+
+static mor_status meta_u64(const mor_st_file *f, const char *key, uint64_t *out, mor_error *err) {
+    const char *v = mor_st_meta_get(f, key);
+    char *end;
+    if (!v || !*v) return mor_fail(err, MOR_EFORMAT, "%s: metadata has no '%s'", f->path, key);
+    *out = strtoull(v, &end, 10);
+    if (*end) return mor_fail(err, MOR_EFORMAT, "%s: metadata '%s' is '%s', expected an integer",
+                              f->path, key, v);
+    return MOR_OK;
+}
+
+mor_status mor_trainer_resume(mor_trainer *t, mor_train_data *d, const char *dir, long *step_out,
+                              mor_error *err) {
+    long s = newest_step(dir);
+    if (s < 0)
+        return mor_fail(err, MOR_EIO, "%s: no checkpoint to resume (step-N.mor with step-N.state)",
+                        dir);
+    char *sp = path_join(dir, s, "state"), *mp = path_join(dir, s, "mor");
+    mor_st_file *f = NULL;
+    mor_status st = (!sp || !mp) ? mor_fail(err, MOR_ENOMEM, "out of memory") : MOR_OK;
+    if (!st) st = mor_train_model_load(&t->model, mp, err);
+    if (!st) st = mor_st_open(sp, &f, err);
+    uint64_t v[7] = {0};
+    const char *keys[7] = {"step", "total_steps", "forward_calls", "epoch", "cursor", "seed",
+                           "train_rows"};
+    if (!st) {
+        const char *fmt = mor_st_meta_get(f, "format");
+        if (!fmt || strcmp(fmt, STATE_FORMAT))
+            st = mor_fail(err, MOR_EFORMAT, "%s: not a training state (format '%s', expected '%s')",
+                          sp, fmt ? fmt : "", STATE_FORMAT);
+    }
+    for (int i = 0; i < 7 && !st; i++) st = meta_u64(f, keys[i], &v[i], err);
+    if (!st && v[6] != d->n_train_rows)
+        st = mor_fail(err, MOR_EARG,
+                      "%s: the run had %" PRIu64 " training rows, the data given now has %zu: "
+                      "resume needs the same data and train.max_length", sp, v[6], d->n_train_rows);
+    const char *names[2] = {"adam.m", "adam.v"};
+    float *dst[2] = {t->adam_m, t->adam_v};
+    for (int i = 0; i < 2 && !st; i++) {
+        const mor_st_tensor *x = mor_st_find(f, names[i]);
+        if (!x || x->dtype != MOR_ST_F32 || x->ndim != 1 || (size_t)x->shape[0] != t->model.n_floats)
+            st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' missing or not F32 [%zu]", sp, names[i],
+                          t->model.n_floats);
+        else
+            memcpy(dst[i], x->data, t->model.n_floats * sizeof(float));
+    }
+    if (!st) {
+        t->step = (long)v[0];
+        t->forward_calls = (long)v[2];
+        d->seed = v[5];
+        mor_train_data_seek(d, v[3], v[4]);
+        if (step_out) *step_out = s;
+    }
+    mor_st_close(f);
+    free(sp);
+    free(mp);
+    return st;
+}

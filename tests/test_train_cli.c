@@ -1,0 +1,220 @@
+/* test_train_cli.c - bin/mor-train end to end on a tiny MoR expert-choice
+ * model: checkpoints resume bit for bit after SIGKILL and after SIGINT (which
+ * writes a checkpoint and exits 128 + 2), metrics.jsonl carries the loss,
+ * aux loss, grad norm, lr, speed and router statistics, a resumed run does
+ * not duplicate metric lines, and bad input gives the documented exit codes.
+ * All runs use one thread, so the bits do not depend on the machine's load. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "mor.h"
+#include "safetensors.h"
+
+#define TEXT "tests/fixtures/ref_train/kjv-genesis.txt"
+#define STEPS 40
+
+static char args[2048];
+
+static const char *common_args(void) {
+    snprintf(args, sizeof args,
+             "-c configs/tiny-mor-expert-r3.yaml --tokenizer tests/data/stories260K-hf/tokenizer.json "
+             "--data " TEXT " --steps %d --batch 4 --max-length 64 --save-every 10 --eval-every 20 "
+             "--eval-rows 8 -t 1 -q",
+             STEPS);
+    return args;
+}
+
+static pid_t spawn(const char *cmd) {
+    pid_t p = fork();
+    if (p == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return p;
+}
+
+static int wait_rc(pid_t p) {
+    int st;
+    if (waitpid(p, &st, 0) < 0) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int exists(const char *path) { return access(path, F_OK) == 0; }
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Waits (up to 60 s) for a file to appear. */
+static void wait_for(const char *path) {
+    for (int i = 0; i < 30000 && !exists(path); i++) sleep_ms(2);
+    if (!exists(path)) fail_msg("%s never appeared", path);
+}
+
+/* The uninterrupted reference run, made once. */
+static const char *run_a(void) {
+    static char dir[512];
+    if (dir[0]) return dir;
+    snprintf(dir, sizeof dir, "%s/A", tmp_dir());
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "exec %s %s -o %s", tool("mor-train"), common_args(), dir);
+    char *err = NULL;
+    int rc = run_cmd(cmd, NULL, &err);
+    if (rc) fail_msg("mor-train failed (%d): %s", rc, err);
+    free(err);
+    return dir;
+}
+
+/* Every tensor of two checkpoints has the same bytes. */
+static void expect_same_weights(const char *a, const char *b) {
+    mor_st_file *fa, *fb;
+    mor_error err = {0};
+    if (mor_st_open(a, &fa, &err) || mor_st_open(b, &fb, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(fa->n_tensors, fb->n_tensors);
+    for (int i = 0; i < fa->n_tensors; i++) {
+        const mor_st_tensor *ta = &fa->tensors[i], *tb = mor_st_find(fb, ta->name);
+        if (!tb) fail_msg("%s: no tensor %s", b, ta->name);
+        assert_int_equal(ta->end - ta->begin, tb->end - tb->begin);
+        if (memcmp(ta->data, tb->data, ta->end - ta->begin))
+            fail_msg("%s differs between %s and %s", ta->name, a, b);
+    }
+    mor_st_close(fa);
+    mor_st_close(fb);
+}
+
+static void resume_and_compare(const char *dir) {
+    char cmd[4096], a[600], b[600];
+    snprintf(cmd, sizeof cmd, "exec %s --resume %s --data " TEXT " -t 1 -q", tool("mor-train"), dir);
+    char *err = NULL;
+    int rc = run_cmd(cmd, NULL, &err);
+    if (rc) fail_msg("resume failed (%d): %s", rc, err);
+    free(err);
+    snprintf(a, sizeof a, "%s/step-%d.mor", run_a(), STEPS);
+    snprintf(b, sizeof b, "%s/step-%d.mor", dir, STEPS);
+    expect_same_weights(a, b);
+    /* the optimizer state too */
+    snprintf(a, sizeof a, "%s/step-%d.state", run_a(), STEPS);
+    snprintf(b, sizeof b, "%s/step-%d.state", dir, STEPS);
+    expect_same_weights(a, b);
+}
+
+static void test_resume_after_sigkill(void **s) {
+    (void)s;
+    run_a();
+    char dir[512], ck[600], last[600], cmd[4096];
+    snprintf(dir, sizeof dir, "%s/B", tmp_dir());
+    snprintf(ck, sizeof ck, "%s/step-10.mor", dir);
+    snprintf(last, sizeof last, "%s/step-%d.mor", dir, STEPS);
+    snprintf(cmd, sizeof cmd, "exec %s %s -o %s", tool("mor-train"), common_args(), dir);
+    pid_t p = spawn(cmd);
+    wait_for(ck);
+    kill(p, SIGKILL);
+    assert_int_equal(wait_rc(p), 128 + SIGKILL);
+    if (exists(last)) fail_msg("the run finished before it could be killed: the test needs a slower run");
+    resume_and_compare(dir);
+}
+
+static void test_sigint_writes_checkpoint(void **s) {
+    (void)s;
+    run_a();
+    char dir[512], ck[600], cmd[4096];
+    snprintf(dir, sizeof dir, "%s/C", tmp_dir());
+    snprintf(ck, sizeof ck, "%s/step-10.mor", dir);
+    snprintf(cmd, sizeof cmd, "exec %s %s -o %s", tool("mor-train"), common_args(), dir);
+    pid_t p = spawn(cmd);
+    wait_for(ck);
+    kill(p, SIGINT);
+    assert_int_equal(wait_rc(p), 128 + SIGINT);
+    /* a checkpoint of the step it stopped at (after 10, before the end) */
+    int found = 0;
+    for (int k = 11; k < STEPS; k++) {
+        snprintf(ck, sizeof ck, "%s/step-%d.state", dir, k);
+        found |= exists(ck);
+    }
+    if (!found) fail_msg("no checkpoint written on SIGINT in %s", dir);
+    resume_and_compare(dir);
+    /* metrics: one line per step after the resume, no duplicates */
+    char path[600];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    char *text = read_all(path, NULL);
+    int count[STEPS + 1] = {0};
+    for (char *l = text; l && *l;) {
+        int step, k = 0;
+        if (sscanf(l, "{\"step\":%d,%n", &step, &k) == 1 && k && !strncmp(l + k, "\"loss\"", 6) &&
+            step >= 1 && step <= STEPS)
+            count[step]++;
+        char *nl = strchr(l, '\n');
+        l = nl ? nl + 1 : NULL;
+    }
+    for (int k = 1; k <= STEPS; k++)
+        if (count[k] != 1) fail_msg("metrics.jsonl has %d lines for step %d", count[k], k);
+    free(text);
+}
+
+static void test_metrics(void **s) {
+    (void)s;
+    char path[600];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_a());
+    char *text = read_all(path, NULL);
+    const char *keys[] = {"\"loss\":", "\"ce\":", "\"aux_bce\":", "\"grad_norm\":", "\"lr\":",
+                          "\"tokens_per_s\":", "\"tokens_per_depth\":[", "\"dead_token_ratio\":",
+                          "\"sampling_acc\":", "\"val_loss\":"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        if (!strstr(text, keys[i])) fail_msg("metrics.jsonl lacks %s", keys[i]);
+    /* the step-1 line: lr 0 (warm-up), depth counts add up to the tokens */
+    double lr = -1, d1 = 0, d2 = 0, d3 = 0;
+    const char *l1 = strstr(text, "{\"step\":1,");
+    assert_non_null(l1);
+    assert_int_equal(sscanf(strstr(l1, "\"lr\":"), "\"lr\":%lf", &lr), 1);
+    assert_true(lr == 0);
+    assert_int_equal(sscanf(strstr(l1, "[") , "[%lf,%lf,%lf]", &d1, &d2, &d3), 3);
+    /* 4 rows x 64: k = 64, 42, 21 per row -> depths 1, 2, 3 = 22, 21, 21 per row */
+    assert_true(d1 == 4 * 22 && d2 == 4 * 21 && d3 == 4 * 21);
+    free(text);
+}
+
+static void test_errors(void **s) {
+    (void)s;
+    char cmd[4096];
+    /* no data: usage */
+    snprintf(cmd, sizeof cmd, "%s -c configs/tiny-vanilla.yaml -o %s/E", tool("mor-train"), tmp_dir());
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 1);
+    /* a missing data file: input error naming it */
+    char *err = NULL;
+    snprintf(cmd, sizeof cmd,
+             "%s -c configs/tiny-vanilla.yaml --tokenizer tests/data/stories260K-hf/tokenizer.json "
+             "--data /nonexistent.txt -o %s/E -q", tool("mor-train"), tmp_dir());
+    assert_int_equal(run_cmd(cmd, NULL, &err), 2);
+    assert_non_null(strstr(err, "/nonexistent.txt"));
+    free(err);
+    /* nothing to resume */
+    snprintf(cmd, sizeof cmd, "%s --resume %s --data " TEXT " -q", tool("mor-train"), tmp_dir());
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 2);
+    /* too little text for one row */
+    char small[600];
+    snprintf(small, sizeof small, "%s/small.txt", tmp_dir());
+    FILE *f = fopen(small, "w");
+    fputs("In the beginning.", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "%s -c configs/tiny-vanilla.yaml --tokenizer tests/data/stories260K-hf/tokenizer.json "
+             "--data %s -o %s/E -q", tool("mor-train"), small, tmp_dir());
+    assert_int_not_equal(run_cmd(cmd, NULL, NULL), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_resume_after_sigkill),
+        cmocka_unit_test(test_sigint_writes_checkpoint),
+        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
