@@ -143,13 +143,18 @@ const float *mor_context_logits(const mor_context *c); /* (vocab) of the last to
 /* Recursion steps N_R of a MoR model; 0 for a model without routers. */
 int mor_model_num_recursion(const mor_model *m);
 /* Routing of token i (0-based) of the last mor_context_eval call: the depth
- * it reached (1..N_R) and, when scores is non-NULL, N_R router scores: for
- * expert-choice the router activation at each step that was evaluated
- * (sigmoid or tanh of the logit; NAN where the token had already exited),
- * for token-choice the N_R routing probabilities. */
+ * it reached (1..N_R; 0 in topk mode when c_1 < 1 left it unselected; 1 for a
+ * vanilla model) and, when scores is non-NULL, mor_model_num_recursion(m)
+ * router scores (none for a model without routers): for expert-choice the
+ * router activation at each step that was evaluated (sigmoid or tanh of the
+ * logit; NAN where the token had already exited), for token-choice the N_R
+ * routing probabilities. */
 mor_status mor_context_route(const mor_context *c, int i, int *depth, float *scores, mor_error *err);
-/* KV cache memory in use: bytes of K and V stored for the positions so far
- * (a MoR model stores a token only at the depths it reached). */
+/* KV cache memory in use: for a recursive/MoR model the bytes of the K/V
+ * blocks allocated so far (each unrolled layer grows in blocks of 64
+ * positions and holds only the tokens that reached its depth); for a vanilla
+ * model pos * layers * 2 * kv_dim * 4, although its cache is allocated for
+ * n_ctx up front. */
 size_t mor_context_kv_bytes(const mor_context *c);
 
 /* Decodes one token for each of n contexts of the same model in one pass, so

@@ -25,7 +25,12 @@
  *     leaves at r = d with out = h^1 + g*B^d(h^1), no gate in between.
  *   no router (the Recursive baseline): every token runs every layer.
  * In causal mode every decision is the token's own, so feeding the tokens
- * one at a time or in any chunking gives the same logits as one call.
+ * one at a time or in any chunking gives the same logits as one call. In
+ * topk mode each eval call is one sequence for the selection (the eval tools
+ * feed whole sequences); its tokens still attend to the cached tokens of
+ * earlier calls that reached the same depth. With mor.sampling aux_router
+ * the causal rule asks the auxiliary router (spec 3.5), the gate stays the
+ * main router's. A top-k capacity c_1 < 1 leaves some tokens at depth 0.
  *
  * KV caches (lib/mor_kv.c): each unrolled layer stores the K/V of the
  * tokens that ran it, at their original positions, and a token attends to

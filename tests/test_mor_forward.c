@@ -9,7 +9,9 @@
  * within TOL. Causal cases must give the same when fed one token at a time
  * and in uneven chunks; every case when the prompt is cut into small
  * n_batch chunks and at 2 threads. The KV caches must hold exactly the
- * tokens that reached each layer, rounded up to blocks. */
+ * tokens that reached each layer, rounded up to blocks. The Recursive
+ * baseline must equal the vanilla engine run on its unrolled weights, and a
+ * bf16 checkpoint from `mor-convert init` must load and generate. */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
