@@ -34,7 +34,7 @@ LIBSO    = $(OUT)/lib/libmor.so
 
 all: $(LIBA) $(LIBSO) $(BINS)
 
-$(OUT)/obj/%.o: %.c $(wildcard lib/*.h cmd/*.h tests/*.h)
+$(OUT)/obj/%.o: %.c $(wildcard lib/*.h cmd/*.h tests/*.h bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Icmd -c $< -o $@
 

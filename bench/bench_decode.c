@@ -27,29 +27,9 @@
 #include "model.h"
 #include "util.h"
 
+#include "bench_util.h"
+
 #define BW_BYTES ((size_t)1 << 30) /* well beyond the last-level cache */
-
-/* One thread is timed by its own CPU clock, so time the scheduler gives to
- * other jobs on a shared machine is not counted (with one thread every
- * parallel region and sgemm runs on the caller). Two threads meet at
- * barriers, so only the wall clock means anything there. */
-static double now(int nt) {
-    if (nt > 1) return mor_now();
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void fill(float *w, size_t n, float scale, uint64_t seed) {
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        uint64_t x = (i + 1) * 0x9e3779b97f4a7c15ull ^ seed;
-        x ^= x >> 29;
-        x *= 0xbf58476d1ce4e5b9ull;
-        x ^= x >> 32;
-        w[i] = scale * ((float)(x >> 40) * (1.0f / (1 << 23)) - 1.0f);
-    }
-}
 
 /* Sum of n floats read as four interleaved streams with eight accumulators:
  * the most a core pulls from memory without writing. */
@@ -74,19 +54,19 @@ static float read_pass(const float *a, size_t n) {
 static void bandwidth(int nt, int reps, double *copy_gbs, double *read_gbs) {
     size_t n = BW_BYTES / sizeof(float);
     float *a = mor_alloc_big(BW_BYTES), *b = mor_alloc_big(BW_BYTES);
-    fill(a, n, 1.0f, 1);
-    fill(b, n, 1.0f, 2);
+    bench_fill(a, n, 1.0f, 1);
+    bench_fill(b, n, 1.0f, 2);
     double best_c = 1e30, best_r = 1e30;
     volatile float sink = 0;
     for (int r = 0; r < reps; r++) {
-        double t0 = now(nt);
+        double t0 = bench_now(nt);
 #pragma omp parallel num_threads(nt)
         {
             int id = omp_get_thread_num(), k = omp_get_num_threads();
             size_t lo = n * id / k, hi = n * (id + 1) / k;
             memcpy(b + lo, a + lo, (hi - lo) * sizeof(float));
         }
-        double t1 = now(nt);
+        double t1 = bench_now(nt);
         float s = 0;
 #pragma omp parallel num_threads(nt) reduction(+ : s)
         {
@@ -94,7 +74,7 @@ static void bandwidth(int nt, int reps, double *copy_gbs, double *read_gbs) {
             size_t lo = n * id / k, hi = n * (id + 1) / k;
             s += read_pass(a + lo, hi - lo);
         }
-        double t2 = now(nt);
+        double t2 = bench_now(nt);
         sink += s;
         if (t1 - t0 < best_c) best_c = t1 - t0;
         if (t2 - t1 < best_r) best_r = t2 - t1;
@@ -110,18 +90,18 @@ static void bandwidth(int nt, int reps, double *copy_gbs, double *read_gbs) {
 static double gemm_gflops(int nt, int M, int N, int K, int reps, int own) {
     float *A = mor_alloc_big((size_t)M * K * 4), *B = mor_alloc_big((size_t)N * K * 4),
           *C = mor_alloc_big((size_t)M * N * 4);
-    fill(A, (size_t)M * K, 1.0f, 3);
-    fill(B, (size_t)N * K, 1.0f, 4);
+    bench_fill(A, (size_t)M * K, 1.0f, 3);
+    bench_fill(B, (size_t)N * K, 1.0f, 4);
     int saved = mor_threads_begin(nt);
     double best = 1e30;
     for (int r = 0; r < reps + 1; r++) { /* the first warms OpenBLAS up */
-        double t0 = now(nt);
+        double t0 = bench_now(nt);
         if (own)
             mor_matvec_multi(C, B, A, M, N, K, nt);
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C,
                         N);
-        double t = now(nt) - t0;
+        double t = bench_now(nt) - t0;
         if (r > 0 && t < best) best = t;
     }
     mor_threads_end(saved);
@@ -153,7 +133,7 @@ static void build(bench_model *b) {
         exit(1);
     }
     float *p = b->w;
-#define TAKE(n, scale) (fill(p, (n), (scale), (uint64_t)(p - b->w)), p += (n), p - (n))
+#define TAKE(n, scale) (bench_fill(p, (n), (scale), (uint64_t)(p - b->w)), p += (n), p - (n))
     b->m.embed = TAKE(V * D, 1.0f);
     for (int l = 0; l < 30; l++) {
         mor_layer_weights *w = &b->layers[l];
@@ -212,17 +192,17 @@ int main(int argc, char **argv) {
         for (int r = 0; r < reps; r++) {
             /* decode from an empty cache: the weight-streaming cost alone */
             mor_context_reset(c);
-            double t0 = now(nt);
+            double t0 = bench_now(nt);
             for (int i = 0; i < n_decode; i++) mor_context_eval(c, tokens + i, 1, NULL, &err);
-            double t_tg0 = now(nt) - t0;
+            double t_tg0 = bench_now(nt) - t0;
             /* prompt, then decode after it */
             mor_context_reset(c);
-            t0 = now(nt);
+            t0 = bench_now(nt);
             mor_context_eval(c, tokens, n_prompt, NULL, &err);
-            double t1 = now(nt);
+            double t1 = bench_now(nt);
             for (int i = 0; i < n_decode; i++)
                 mor_context_eval(c, tokens + n_prompt + i, 1, NULL, &err);
-            double t2 = now(nt);
+            double t2 = bench_now(nt);
             if (t1 - t0 < best_pp) best_pp = t1 - t0;
             if (t2 - t1 < best_tg) best_tg = t2 - t1;
             if (t_tg0 < best_tg0) best_tg0 = t_tg0;
@@ -254,9 +234,9 @@ int main(int argc, char **argv) {
             int steps = 8;
             for (int r = 0; r < reps; r++) {
                 for (int j = 0; j < n; j++) mor_context_reset(cs[j]);
-                double t0 = now(nt);
+                double t0 = bench_now(nt);
                 for (int s = 0; s < steps; s++) mor_context_eval_batch(cs, tokens + s, n, &err);
-                double t = now(nt) - t0;
+                double t = bench_now(nt) - t0;
                 if (t < best) best = t;
             }
             printf(" | %d ctx %.1f tok/s", n, n * steps / best);

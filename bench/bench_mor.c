@@ -40,25 +40,13 @@
 #include "mor_forward.h"
 #include "util.h"
 
+#include "bench_util.h"
+
 #define BIAS_FEATURE 0.5f /* embedding feature 0 of every token */
 
-static double now(int nt) {
-    if (nt > 1) return mor_now();
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* w[i] uniform in [-scale, scale), from a hash of (seed, i). */
+/* w[i] uniform in [-scale, scale); seeds are spread over 64 bits first. */
 static void fill(float *w, size_t n, float scale, uint64_t seed) {
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        uint64_t x = (i + 1) * 0x9e3779b97f4a7c15ull ^ (seed * 0xd1b54a32d192ed03ull);
-        x ^= x >> 29;
-        x *= 0xbf58476d1ce4e5b9ull;
-        x ^= x >> 32;
-        w[i] = scale * ((float)(x >> 40) * (1.0f / (1 << 23)) - 1.0f);
-    }
+    bench_fill(w, n, scale, seed * 0xd1b54a32d192ed03ull);
 }
 
 typedef struct {
@@ -210,15 +198,15 @@ int main(int argc, char **argv) {
     if (mor_context_eval(c, tok, 8, NULL, &e)) die("eval", &e);
     mor_context_reset(c);
 
-    double t0 = now(nt);
+    double t0 = bench_now(nt);
     if (mor_context_eval(c, tok, n_prompt, NULL, &e)) die("eval", &e);
-    double t1 = now(nt);
+    double t1 = bench_now(nt);
     long depth_sum = 0, hist[MOR_MAX_RECURSION + 1] = {0};
     double t_dec = 0;
     for (int i = n_prompt; i < n; i++) {
-        double ta = now(nt);
+        double ta = bench_now(nt);
         if (mor_context_eval(c, tok + i, 1, NULL, &e)) die("eval", &e);
-        t_dec += now(nt) - ta;
+        t_dec += bench_now(nt) - ta;
         int d;
         mor_context_route(c, 0, &d, NULL, NULL);
         if (R == 0) d = b.m.cfg.recursive ? b.m.cfg.num_recursion : 1;

@@ -217,6 +217,35 @@ int eval_parse_ids(const char *name, size_t first_line, const char *s, size_t le
     return 0;
 }
 
+int eval_text_tokens(const eval_opts *o, const eval_runner *r, const char *name, size_t line,
+                     const char *s, size_t len, int32_t **ids, size_t *n) {
+    int32_t *t = NULL;
+    size_t nt = 0;
+    int rc = 0;
+    mor_error err = {0};
+    if (o->ids) {
+        rc = eval_parse_ids(name, line ? line : 1, s, len, r->V, &t, &nt);
+    } else if (mor_tokenize(r->tok, s, len, 0, &t, &nt, &err)) {
+        rc = line ? eval_input_error("%s: line %zu: %s", name, line, err.msg)
+                  : eval_input_error("%s: %s", name, err.msg);
+    }
+    if (rc) return rc;
+    if (o->bos) {
+        int32_t *b = realloc(t, sizeof *t * (nt + 1));
+        if (!b) {
+            free(t);
+            return cli_usage_error("out of memory");
+        }
+        memmove(b + 1, b, sizeof *b * nt);
+        b[0] = mor_tokenizer_bos(r->tok);
+        t = b;
+        nt++;
+    }
+    *ids = t;
+    *n = nt;
+    return 0;
+}
+
 int eval_split_lines(char *buf, size_t len, char ***lines, size_t *n) {
     size_t cap = 64, k = 0;
     char **l = malloc(sizeof *l * cap);

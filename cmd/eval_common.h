@@ -92,6 +92,12 @@ mor_status eval_encode_pair(const eval_runner *r, int bos, const char *ctx, size
 int eval_parse_ids(const char *name, size_t first_line, const char *s, size_t len, int V, int32_t **ids,
                    size_t *n);
 
+/* The token ids of the text s[0..len): ids as written (--ids) or the text
+ * tokenized without special tokens; BOS first with --bos. Errors name
+ * NAME and, when line > 0, the line. Returns 0 or an exit code (printed). */
+int eval_text_tokens(const eval_opts *o, const eval_runner *r, const char *name, size_t line,
+                     const char *s, size_t len, int32_t **ids, size_t *n);
+
 /* Splits buf into lines in place ('\n' -> 0, a '\r' before it dropped).
  * *lines (malloc'ed) points into buf. The final line is kept only when not
  * empty. Returns 0 or -1 when out of memory. */

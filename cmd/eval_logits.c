@@ -28,36 +28,6 @@ static void copy_row(void *user, int pos, const float *logits) {
     memcpy(s->out + (size_t)pos * (size_t)s->V, logits, sizeof(float) * (size_t)s->V);
 }
 
-/* The token ids of one input line: ids as written (--ids) or the text
- * tokenized without special tokens; BOS first with --bos. */
-static int line_tokens(const eval_opts *o, const eval_runner *r, const char *name, size_t line,
-                       const char *s, int32_t **ids, size_t *n) {
-    int32_t *t = NULL;
-    size_t nt = 0;
-    int rc = 0;
-    mor_error err = {0};
-    if (o->ids) {
-        rc = eval_parse_ids(name, line, s, strlen(s), r->V, &t, &nt);
-    } else if (mor_tokenize(r->tok, s, strlen(s), 0, &t, &nt, &err)) {
-        rc = eval_input_error("%s: line %zu: %s", name, line, err.msg);
-    }
-    if (rc) return rc;
-    if (o->bos) {
-        int32_t *b = realloc(t, sizeof *t * (nt + 1));
-        if (!b) {
-            free(t);
-            return cli_usage_error("out of memory");
-        }
-        memmove(b + 1, b, sizeof *b * nt);
-        b[0] = mor_tokenizer_bos(r->tok);
-        t = b;
-        nt++;
-    }
-    *ids = t;
-    *n = nt;
-    return 0;
-}
-
 int eval_cmd_logits(const eval_opts *o) {
     if (isatty(1))
         return cli_usage_error("logits writes a binary stream; redirect standard output to a file");
@@ -93,7 +63,7 @@ int eval_cmd_logits(const eval_opts *o) {
     for (size_t i = 0; i < nl && !rc && (!o->limit || (long)frames < o->limit); i++) {
         int32_t *ids = NULL;
         size_t n = 0;
-        if ((rc = line_tokens(o, &r, name, i + 1, lines[i], &ids, &n))) break;
+        if ((rc = eval_text_tokens(o, &r, name, i + 1, lines[i], strlen(lines[i]), &ids, &n))) break;
         if (n == 0) { /* an empty line has no position to score */
             free(ids);
             continue;

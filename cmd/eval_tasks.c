@@ -387,13 +387,29 @@ static void set_prompt(json_t *s, const char *prefix, const char *ctx) {
     free(prompt);
 }
 
-static void summary_common(json_t *j, const eval_opts *o, const task_run *t, int truncated) {
+/* The summary's first fields: the task, its items and the accuracy. */
+static json_t *summary_begin(const task_run *t, double acc) {
+    json_t *j = json_object();
+    json_object_set_new(j, "task", json_string(t->task.path));
+    json_object_set_new(j, "items", json_integer((json_int_t)t->n));
+    json_object_set_new(j, "acc", json_real(acc));
+    json_object_set_new(j, "acc_stderr", eval_json_num(mor_eval_binom_stderr(acc, (int64_t)t->n)));
+    return j;
+}
+
+/* The summary's last fields (the run's settings), printed to stdout (j is
+ * consumed), and the truncation and throughput notes on stderr. */
+static void summary_print(json_t *j, const eval_opts *o, const task_run *t, int truncated) {
     json_object_set_new(j, "shots", json_integer(o->shots));
     json_object_set_new(j, "seed", json_integer((json_int_t)o->seed));
     json_object_set_new(j, "truncated", json_integer(truncated));
     json_object_set_new(j, "bos", json_boolean(o->bos));
     json_object_set_new(j, "ctx", json_integer(t->r.n_ctx));
     json_object_set_new(j, "routing", json_string(eval_routing_name(o->routing)));
+    eval_json_print(stdout, j);
+    if (truncated) cli_log("%d items were cut from the left to fit %d tokens", truncated, t->r.n_ctx);
+    cli_log("evaluated %lld tokens in %.3f s, %.1f tokens/s", (long long)t->r.fed, t->r.busy_s,
+            t->r.busy_s > 0 ? (double)t->r.fed / t->r.busy_s : 0);
 }
 
 int eval_cmd_mc(const eval_opts *o) {
@@ -460,19 +476,11 @@ int eval_cmd_mc(const eval_opts *o) {
     cli_progress_end(&bar);
     if (!rc) {
         double acc = (double)hits / (double)t.n, accn = (double)hits_norm / (double)t.n;
-        json_t *j = json_object();
-        json_object_set_new(j, "task", json_string(t.task.path));
-        json_object_set_new(j, "items", json_integer((json_int_t)t.n));
-        json_object_set_new(j, "acc", json_real(acc));
-        json_object_set_new(j, "acc_stderr", eval_json_num(mor_eval_binom_stderr(acc, (int64_t)t.n)));
+        json_t *j = summary_begin(&t, acc);
         json_object_set_new(j, "acc_norm", json_real(accn));
         json_object_set_new(j, "acc_norm_stderr",
                             eval_json_num(mor_eval_binom_stderr(accn, (int64_t)t.n)));
-        summary_common(j, o, &t, truncated);
-        eval_json_print(stdout, j);
-        if (truncated) cli_log("%d items were cut from the left to fit %d tokens", truncated, t.r.n_ctx);
-        cli_log("evaluated %lld tokens in %.3f s, %.1f tokens/s", (long long)t.r.fed, t.r.busy_s,
-                t.r.busy_s > 0 ? (double)t.r.fed / t.r.busy_s : 0);
+        summary_print(j, o, &t, truncated);
     }
     free(shots);
     task_run_close(&t);
@@ -524,21 +532,13 @@ int eval_cmd_cloze(const eval_opts *o) {
     cli_progress_end(&bar);
     if (!rc) {
         double acc = (double)hits / (double)t.n;
-        json_t *j = json_object();
-        json_object_set_new(j, "task", json_string(t.task.path));
-        json_object_set_new(j, "items", json_integer((json_int_t)t.n));
-        json_object_set_new(j, "acc", json_real(acc));
-        json_object_set_new(j, "acc_stderr", eval_json_num(mor_eval_binom_stderr(acc, (int64_t)t.n)));
+        json_t *j = summary_begin(&t, acc);
         json_object_set_new(j, "nll", eval_json_num(nll.mean));
         json_object_set_new(j, "nll_stderr", eval_json_num(mor_eval_acc_stderr(&nll)));
         json_object_set_new(j, "ppl", eval_json_num(exp(nll.mean)));
         json_object_set_new(j, "target_tokens", json_integer(target_tokens));
         json_object_set_new(j, "nll_token", eval_json_num(nll_sum / (double)target_tokens));
-        summary_common(j, o, &t, truncated);
-        eval_json_print(stdout, j);
-        if (truncated) cli_log("%d items were cut from the left to fit %d tokens", truncated, t.r.n_ctx);
-        cli_log("evaluated %lld tokens in %.3f s, %.1f tokens/s", (long long)t.r.fed, t.r.busy_s,
-                t.r.busy_s > 0 ? (double)t.r.fed / t.r.busy_s : 0);
+        summary_print(j, o, &t, truncated);
     }
     free(shots);
     task_run_close(&t);

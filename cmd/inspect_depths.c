@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "inspect.h"
+#include "util.h"
 
 /* ======================================================================== */
 /* statistics                                                               */
@@ -136,27 +137,6 @@ static void depth_escape(char *buf, size_t n, int d, int n_r) {
     snprintf(buf, n, "\033[48;5;%dm\033[38;5;%dm", ansi256(rgb), inspect_dark_text(rgb) ? 16 : 231);
 }
 
-/* Length of the valid UTF-8 character at s (1..4), or 0. */
-static size_t utf8_char(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    size_t len;
-    unsigned cp;
-    if (c < 0x80) return 1;
-    if ((c & 0xe0) == 0xc0) len = 2, cp = c & 0x1f;
-    else if ((c & 0xf0) == 0xe0) len = 3, cp = c & 0x0f;
-    else if ((c & 0xf8) == 0xf0) len = 4, cp = c & 0x07;
-    else return 0;
-    if (len > n) return 0;
-    for (size_t k = 1; k < len; k++) {
-        if ((s[k] & 0xc0) != 0x80) return 0;
-        cp = (cp << 6) | (s[k] & 0x3f);
-    }
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-        (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
-        return 0;
-    return len;
-}
-
 /* Token text for a terminal: a control character or invalid UTF-8 (a trace
  * may hold any bytes) becomes U+FFFD, so a trace cannot drive the terminal.
  * With colour (`on`, the token's escape), a newline shows as U+21B5 and the
@@ -165,7 +145,7 @@ static size_t utf8_char(const unsigned char *s, size_t n) {
 static void put_term_text(FILE *f, const char *s, size_t n, const char *on) {
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_char(u + i, n - i);
+        size_t k = mor_utf8_char_len(u + i, n - i);
         if (u[i] == '\n') {
             fputs(on ? "\xe2\x86\xb5\033[0m\n" : "\n", f); /* U+21B5 marks a coloured newline */
             if (on) fputs(on, f);
@@ -181,7 +161,7 @@ static void put_term_text(FILE *f, const char *s, size_t n, const char *on) {
 void inspect_html_escape(FILE *f, const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_char(u + i, n - i);
+        size_t k = mor_utf8_char_len(u + i, n - i);
         unsigned c = u[i];
         if (k == 0 || (c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) fputs("\xef\xbf\xbd", f);
         else if (c == '&') fputs("&amp;", f);

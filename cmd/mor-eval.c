@@ -236,29 +236,9 @@ static int ppl_tokens(const eval_opts *o, const eval_runner *r, const char *path
     size_t len;
     int rc = cli_read_input(path, &text, &len);
     if (rc) return rc;
-    int32_t *t = NULL;
-    size_t nt = 0;
-    if (o->ids) {
-        rc = eval_parse_ids(name, 1, text, len, r->V, &t, &nt);
-    } else if (mor_tokenize(r->tok, text, len, 0, &t, &nt, &err)) {
-        rc = eval_input_error("%s: %s", name, err.msg);
-    }
+    rc = eval_text_tokens(o, r, name, 0, text, len, ids, n);
     free(text);
-    if (rc) return rc;
-    if (o->bos) {
-        int32_t *b = realloc(t, sizeof *t * (nt + 1));
-        if (!b) {
-            free(t);
-            return cli_usage_error("out of memory");
-        }
-        memmove(b + 1, b, sizeof *b * nt);
-        b[0] = mor_tokenizer_bos(r->tok);
-        t = b;
-        nt++;
-    }
-    *ids = t;
-    *n = nt;
-    return 0;
+    return rc;
 }
 
 /* Scores targets ids[t0..e) from the window ids[b..e). */

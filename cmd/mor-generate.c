@@ -351,6 +351,18 @@ static int tokenize_prompt(const mor_tokenizer *tok, const options *o, const cha
     return 0;
 }
 
+/* The sampler settings of the options (the seed is set per prompt). */
+static mor_sampler_params sampler_params(const options *o) {
+    mor_sampler_params sp = mor_sampler_default_params();
+    sp.temp = (float)o->temp;
+    sp.top_k = (int)o->top_k;
+    sp.top_p = (float)o->top_p;
+    sp.min_p = (float)o->min_p;
+    sp.repeat_penalty = (float)o->repeat_penalty;
+    sp.repeat_last_n = (int)o->repeat_last_n;
+    return sp;
+}
+
 typedef struct {
     double prompt_s, gen_s;
     long prompt_tokens, gen_tokens;
@@ -370,13 +382,7 @@ static int generate_one(const mor_model *m, mor_context *ctx, const options *o, 
         free(ids);
         return cli_usage_error("out of memory");
     }
-    mor_sampler_params sp = mor_sampler_default_params();
-    sp.temp = (float)o->temp;
-    sp.top_k = (int)o->top_k;
-    sp.top_p = (float)o->top_p;
-    sp.min_p = (float)o->min_p;
-    sp.repeat_penalty = (float)o->repeat_penalty;
-    sp.repeat_last_n = (int)o->repeat_last_n;
+    mor_sampler_params sp = sampler_params(o);
     sp.seed = o->seed;
     mor_sampler *smp = mor_sampler_new(&sp, mor_model_vocab_size(m));
     float *logits = malloc(sizeof(float) * (size_t)mor_model_vocab_size(m));
@@ -529,13 +535,7 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
     int rc = 0;
     for (long b = 0; b < B && !rc; b++)
         if (mor_context_new(m, cp, &slots[b].ctx, &err)) rc = cli_fail(&err);
-    mor_sampler_params sp = mor_sampler_default_params();
-    sp.temp = (float)o->temp;
-    sp.top_k = (int)o->top_k;
-    sp.top_p = (float)o->top_p;
-    sp.min_p = (float)o->min_p;
-    sp.repeat_penalty = (float)o->repeat_penalty;
-    sp.repeat_last_n = (int)o->repeat_last_n;
+    mor_sampler_params sp = sampler_params(o);
     for (size_t first = 0; first < n_lines && !rc; first += (size_t)B) {
         long nb = (long)(n_lines - first) < B ? (long)(n_lines - first) : B;
         double t0 = cli_now();

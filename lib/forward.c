@@ -27,10 +27,6 @@
 #include "mor_forward.h"
 #include "util.h"
 
-/* Prompt chunks at least this long compute attention with sgemm; shorter
- * ones (and eval_batch groups) one query at a time. */
-#define GEMM_ATTENTION_MIN_ROWS 8
-
 mor_context_params mor_context_default_params(void) {
     mor_context_params p = {.n_ctx = 0, .n_threads = 0, .n_batch = 256};
     return p;
@@ -65,41 +61,26 @@ mor_status mor_context_new(const mor_model *m, const mor_context_params *p, mor_
     mor_context_params dp = mor_context_default_params();
     if (!p) p = &dp;
     const mor_config *cfg = &m->cfg;
-    if (p->n_ctx < 0 || p->n_threads < 0 || p->n_batch < 0)
-        return mor_fail(err, MOR_EARG,
-                        "mor_context_new: n_ctx %d, n_threads %d, n_batch %d: none may be negative",
-                        p->n_ctx, p->n_threads, p->n_batch);
-    if (cfg->head_dim < 2 || cfg->head_dim % 2 != 0)
-        return mor_fail(err, MOR_ECONFIG, "mor_context_new: head_dim %d is not a positive even number",
-                        cfg->head_dim);
-    if (cfg->n_kv_heads < 1 || cfg->n_heads % cfg->n_kv_heads != 0)
-        return mor_fail(err, MOR_ECONFIG,
-                        "mor_context_new: n_heads %d is not a multiple of n_kv_heads %d",
-                        cfg->n_heads, cfg->n_kv_heads);
+    mor_status st = mor_context_check_params(p, err);
+    if (!st) st = mor_context_check_heads(cfg, err);
+    if (st) return st;
 
     mor_context *c = calloc(1, sizeof *c);
     if (!c) return mor_fail(err, MOR_ENOMEM, "mor_context_new: out of memory");
     c->m = m;
-    c->n_ctx = p->n_ctx > 0 ? p->n_ctx : cfg->max_seq_len;
-    c->n_threads = p->n_threads > 0 ? p->n_threads : mor_physical_cores();
-    c->n_batch = p->n_batch > 0 ? p->n_batch : 256;
-    if (c->n_ctx < 1) {
+    st = mor_context_size(c, p, err);
+    if (st) {
         mor_context_free(c);
-        return mor_fail(err, MOR_EARG, "mor_context_new: n_ctx is 0 and the model's max_seq_len is %d",
-                        cfg->max_seq_len);
+        return st;
     }
-    if (c->n_batch > c->n_ctx) c->n_batch = c->n_ctx;
     c->batch_rows = c->n_batch < MOR_BATCH_LOGITS_ROWS ? c->n_batch : MOR_BATCH_LOGITS_ROWS;
 
-    size_t D = (size_t)cfg->dim, QD = (size_t)cfg->n_heads * cfg->head_dim,
-           KVD = (size_t)cfg->n_kv_heads * cfg->head_dim, F = (size_t)cfg->hidden_dim,
-           V = (size_t)cfg->vocab_size, NB = (size_t)c->n_batch, NC = (size_t)c->n_ctx,
-           half = (size_t)cfg->head_dim / 2, total = 0;
+    size_t KVD = (size_t)cfg->n_kv_heads * cfg->head_dim, V = (size_t)cfg->vocab_size,
+           NB = (size_t)c->n_batch, NC = (size_t)c->n_ctx, half = (size_t)cfg->head_dim / 2, total = 0;
     c->key_cache = alloc_floats((size_t)cfg->n_layers * NC * KVD, &total);
     c->value_cache = alloc_floats((size_t)cfg->n_layers * NC * KVD, &total);
     c->rope_cos = alloc_floats(NC * half, &total);
     c->rope_sin = alloc_floats(NC * half, &total);
-    c->scratch_floats = NB * (2 * D + 2 * QD + 2 * KVD + 2 * F + NC);
     c->scratch = alloc_floats(c->scratch_floats, &total);
     c->logits = alloc_floats(V, &total);
     c->batch_logits = alloc_floats((size_t)c->batch_rows * V, &total);
@@ -111,6 +92,51 @@ mor_status mor_context_new(const mor_model *m, const mor_context_params *p, mor_
                         "for n_batch %zu)",
                         total >> 20, NC, NB);
     }
+    mor_context_carve(c);
+    *out = c;
+    return MOR_OK;
+}
+
+mor_status mor_context_check_params(const mor_context_params *p, mor_error *err) {
+    if (p->n_ctx < 0 || p->n_threads < 0 || p->n_batch < 0)
+        return mor_fail(err, MOR_EARG,
+                        "mor_context_new: n_ctx %d, n_threads %d, n_batch %d: none may be negative",
+                        p->n_ctx, p->n_threads, p->n_batch);
+    return MOR_OK;
+}
+
+mor_status mor_context_check_heads(const mor_config *cfg, mor_error *err) {
+    if (cfg->head_dim < 2 || cfg->head_dim % 2 != 0)
+        return mor_fail(err, MOR_ECONFIG, "mor_context_new: head_dim %d is not a positive even number",
+                        cfg->head_dim);
+    if (cfg->n_kv_heads < 1 || cfg->n_heads % cfg->n_kv_heads != 0)
+        return mor_fail(err, MOR_ECONFIG,
+                        "mor_context_new: n_heads %d is not a multiple of n_kv_heads %d",
+                        cfg->n_heads, cfg->n_kv_heads);
+    return MOR_OK;
+}
+
+mor_status mor_context_size(mor_context *c, const mor_context_params *p, mor_error *err) {
+    const mor_config *cfg = &c->m->cfg;
+    c->n_ctx = p->n_ctx > 0 ? p->n_ctx : cfg->max_seq_len;
+    c->n_threads = p->n_threads > 0 ? p->n_threads : mor_physical_cores();
+    c->n_batch = p->n_batch > 0 ? p->n_batch : 256;
+    if (c->n_ctx < 1)
+        return mor_fail(err, MOR_EARG, "mor_context_new: n_ctx is 0 and the model's max_seq_len is %d",
+                        cfg->max_seq_len);
+    if (c->n_batch > c->n_ctx) c->n_batch = c->n_ctx;
+    size_t D = (size_t)cfg->dim, QD = (size_t)cfg->n_heads * cfg->head_dim,
+           KVD = (size_t)cfg->n_kv_heads * cfg->head_dim, F = (size_t)cfg->hidden_dim,
+           NB = (size_t)c->n_batch, NC = (size_t)c->n_ctx;
+    c->scratch_floats = NB * (2 * D + 2 * QD + 2 * KVD + 2 * F + NC);
+    return MOR_OK;
+}
+
+void mor_context_carve(mor_context *c) {
+    const mor_config *cfg = &c->m->cfg;
+    size_t D = (size_t)cfg->dim, QD = (size_t)cfg->n_heads * cfg->head_dim,
+           KVD = (size_t)cfg->n_kv_heads * cfg->head_dim, F = (size_t)cfg->hidden_dim,
+           NB = (size_t)c->n_batch;
     float *s = c->scratch;
     c->x = s, s += NB * D;
     c->xb = s, s += NB * D;
@@ -120,11 +146,9 @@ mor_status mor_context_new(const mor_model *m, const mor_context_params *p, mor_
     c->att = s, s += NB * QD;
     c->hb = s, s += NB * F;
     c->hb2 = s, s += NB * F;
-    c->scores = s;
+    c->scores = s; /* (n_batch, n_ctx) */
     mor_rope_table(c->rope_cos, c->rope_sin, c->n_ctx, cfg);
-    memset(c->logits, 0, V * sizeof(float));
-    *out = c;
-    return MOR_OK;
+    memset(c->logits, 0, (size_t)cfg->vocab_size * sizeof(float));
 }
 
 void mor_context_reset(mor_context *c) {
@@ -207,11 +231,10 @@ static void forward_layers(const rows *r, const int32_t *tokens) {
     mor_context *sc = r->sc;
     const mor_model *m = sc->m;
     const mor_config *cfg = &m->cfg;
-    int T = r->T, nt = sc->n_threads, D = cfg->dim, F = cfg->hidden_dim, H = cfg->n_heads,
-        KVH = cfg->n_kv_heads, HD = cfg->head_dim, QD = H * HD, KVD = KVH * HD, half = HD / 2;
+    int T = r->T, nt = sc->n_threads, D = cfg->dim, H = cfg->n_heads, KVH = cfg->n_kv_heads,
+        HD = cfg->head_dim, QD = H * HD, KVD = KVH * HD, half = HD / 2;
     float eps = cfg->norm_eps;
-    float *x = sc->x, *xb = sc->xb, *q = sc->q, *k = sc->k, *v = sc->v, *hb = sc->hb,
-          *hb2 = sc->hb2;
+    float *x = sc->x, *xb = sc->xb, *q = sc->q, *k = sc->k, *v = sc->v;
     int par = T > 1; /* one row: only the products and attention are worth threads */
 
     for (int t = 0; t < T; t++)
@@ -238,34 +261,39 @@ static void forward_layers(const rows *r, const int32_t *tokens) {
             memcpy(c->key_cache + at, k + (size_t)t * KVD, (size_t)KVD * sizeof *k);
             memcpy(c->value_cache + at, v + (size_t)t * KVD, (size_t)KVD * sizeof *v);
         }
-        if (!r->cs && T >= GEMM_ATTENTION_MIN_ROWS)
+        if (!r->cs && T >= MOR_GEMM_ATTENTION_MIN_ROWS)
             attention_gemm(r, l);
         else
             attention_rows(r, l);
         mor_matmul(xb, sc->att, w->wo, T, D, QD, nt);
         add_rows(x, xb, (size_t)T * D);
-
-        /* SwiGLU MLP */
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-        for (int t = 0; t < T; t++)
-            mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->mlp_norm, D, eps);
-        mor_matmul(hb, xb, w->w_gate, T, F, D, nt);
-        mor_matmul(hb2, xb, w->w_up, T, F, D, nt);
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-        for (int t = 0; t < T; t++) mor_swiglu(hb + (size_t)t * F, hb2 + (size_t)t * F, F);
-        mor_matmul(xb, hb, w->w_down, T, D, F, nt);
-        add_rows(x, xb, (size_t)T * D);
+        mor_context_mlp(sc, w, T);
     }
 }
 
-/* out (n, V) = lm_head rmsnorm(x rows 0..n-1); uses sc->xb. */
-static void logits_rows(mor_context *sc, int first, int n, float *out) {
-    const mor_model *m = sc->m;
+void mor_context_mlp(mor_context *c, const mor_layer_weights *w, int T) {
+    const mor_config *cfg = &c->m->cfg;
+    int nt = c->n_threads, D = cfg->dim, F = cfg->hidden_dim;
+    float eps = cfg->norm_eps;
+    float *x = c->x, *xb = c->xb, *hb = c->hb, *hb2 = c->hb2;
+    int par = T > 1; /* one row: only the products are worth threads */
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+    for (int t = 0; t < T; t++)
+        mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->mlp_norm, D, eps);
+    mor_matmul(hb, xb, w->w_gate, T, F, D, nt);
+    mor_matmul(hb2, xb, w->w_up, T, F, D, nt);
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+    for (int t = 0; t < T; t++) mor_swiglu(hb + (size_t)t * F, hb2 + (size_t)t * F, F);
+    mor_matmul(xb, hb, w->w_down, T, D, F, nt);
+    add_rows(x, xb, (size_t)T * D);
+}
+
+void mor_context_logits_rows(mor_context *c, const float *h, int n, float *out) {
+    const mor_model *m = c->m;
     int D = m->cfg.dim;
     for (int t = 0; t < n; t++)
-        mor_rmsnorm(sc->xb + (size_t)t * D, sc->x + (size_t)(first + t) * D, m->final_norm, D,
-                    m->cfg.norm_eps);
-    mor_matmul(out, sc->xb, m->lm_head, n, m->cfg.vocab_size, D, sc->n_threads);
+        mor_rmsnorm(c->xb + (size_t)t * D, h + (size_t)t * D, m->final_norm, D, m->cfg.norm_eps);
+    mor_matmul(out, c->xb, m->lm_head, n, m->cfg.vocab_size, D, c->n_threads);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -279,9 +307,8 @@ static mor_status check_tokens(const mor_model *m, const int32_t *tokens, int n,
     return MOR_OK;
 }
 
-mor_status mor_context_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
-                            mor_error *err) {
-    if (c->m->cfg.recursive) return mor_recur_eval(c, tokens, n, logits, err); /* lib/mor_forward.c */
+mor_status mor_context_check_eval(const mor_context *c, const int32_t *tokens, int n,
+                                  mor_error *err) {
     if (n < 0 || (n > 0 && !tokens))
         return mor_fail(err, MOR_EARG, "mor_context_eval: %d tokens%s", n,
                         n < 0 ? " (a negative count)" : " but no token array");
@@ -293,36 +320,14 @@ mor_status mor_context_eval(mor_context *c, const int32_t *tokens, int n, float 
                         "%d tokens at position %d exceed the context size %d (%d positions left)",
                         n, c->pos, c->n_ctx, c->n_ctx - c->pos);
     }
-    mor_status st = check_tokens(c->m, tokens, n, err);
-    if (st != MOR_OK || n == 0) return st;
-
-    size_t V = (size_t)c->m->cfg.vocab_size;
-    int saved = mor_threads_begin(c->n_threads);
-    int T = 0;
-    for (int s = 0; s < n; s += T) {
-        T = n - s < c->n_batch ? n - s : c->n_batch;
-        rows r = {c, NULL, T};
-        forward_layers(&r, tokens + s);
-        if (logits) logits_rows(c, 0, T, logits + (size_t)s * V);
-        c->pos += T;
-    }
-    if (logits)
-        memcpy(c->logits, logits + (size_t)(n - 1) * V, V * sizeof *logits);
-    else
-        logits_rows(c, T - 1, 1, c->logits); /* the last chunk's last row */
-    mor_threads_end(saved);
-    return MOR_OK;
+    return check_tokens(c->m, tokens, n, err);
 }
 
-/* Scratch, thread count and the group logits buffer come from cs[0]; groups
- * of up to cs[0]->batch_rows contexts share one pass over the weights. */
-mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err) {
-    if (n > 0 && cs && cs[0] && cs[0]->m->cfg.recursive) /* lib/mor_forward.c */
-        return mor_recur_eval_batch(cs, tokens, n, err);
+mor_status mor_context_check_batch(mor_context *const *cs, const int32_t *tokens, int n,
+                                   mor_error *err) {
     if (n < 0 || (n > 0 && (!cs || !tokens)))
         return mor_fail(err, MOR_EARG, "mor_context_eval_batch: %d contexts%s", n,
                         n < 0 ? " (a negative count)" : " but no context or token array");
-    if (n == 0) return MOR_OK;
     for (int i = 0; i < n; i++) {
         if (!cs[i]) return mor_fail(err, MOR_EARG, "mor_context_eval_batch: context %d is NULL", i);
         if (cs[i]->m != cs[0]->m)
@@ -340,7 +345,42 @@ mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n
                 return mor_fail(err, MOR_EARG,
                                 "mor_context_eval_batch: contexts %d and %d are the same", j, i);
     }
-    mor_status st = check_tokens(cs[0]->m, tokens, n, err);
+    return MOR_OK;
+}
+
+mor_status mor_context_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
+                            mor_error *err) {
+    if (c->m->cfg.recursive) return mor_recur_eval(c, tokens, n, logits, err); /* lib/mor_forward.c */
+    mor_status st = mor_context_check_eval(c, tokens, n, err);
+    if (st != MOR_OK || n == 0) return st;
+
+    size_t V = (size_t)c->m->cfg.vocab_size;
+    int saved = mor_threads_begin(c->n_threads);
+    int T = 0;
+    for (int s = 0; s < n; s += T) {
+        T = n - s < c->n_batch ? n - s : c->n_batch;
+        rows r = {c, NULL, T};
+        forward_layers(&r, tokens + s);
+        if (logits) mor_context_logits_rows(c, c->x, T, logits + (size_t)s * V);
+        c->pos += T;
+    }
+    if (logits)
+        memcpy(c->logits, logits + (size_t)(n - 1) * V, V * sizeof *logits);
+    else
+        mor_context_logits_rows(c, c->x + (size_t)(T - 1) * c->m->cfg.dim, 1,
+                                c->logits); /* the last chunk's last row */
+    mor_threads_end(saved);
+    return MOR_OK;
+}
+
+/* Scratch, thread count and the group logits buffer come from cs[0]; groups
+ * of up to cs[0]->batch_rows contexts share one pass over the weights. */
+mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err) {
+    if (n > 0 && cs && cs[0] && cs[0]->m->cfg.recursive) /* lib/mor_forward.c */
+        return mor_recur_eval_batch(cs, tokens, n, err);
+    mor_status st = mor_context_check_batch(cs, tokens, n, err);
+    if (st != MOR_OK || n == 0) return st;
+    st = check_tokens(cs[0]->m, tokens, n, err);
     if (st != MOR_OK) return st;
 
     mor_context *sc = cs[0];
@@ -350,7 +390,7 @@ mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n
         int T = n - g < sc->batch_rows ? n - g : sc->batch_rows;
         rows r = {sc, cs + g, T};
         forward_layers(&r, tokens + g);
-        logits_rows(sc, 0, T, sc->batch_logits);
+        mor_context_logits_rows(sc, sc->x, T, sc->batch_logits);
         for (int i = 0; i < T; i++) {
             memcpy(cs[g + i]->logits, sc->batch_logits + (size_t)i * V, V * sizeof(float));
             cs[g + i]->pos++;

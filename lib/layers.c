@@ -15,20 +15,15 @@
 /* ======================================================================== */
 /* Embedding                                                                */
 
+/* An embedding lookup is a gather of rows by token id, and its backward the
+ * gather's (sequential: repeated tokens add into the same row in a fixed,
+ * reproducible order). */
 void mor_embedding_forward(float *out, const int32_t *tokens, const float *E, int T, int C) {
-#pragma omp parallel for if ((long)T * C >= PAR_MIN)
-    for (int t = 0; t < T; t++)
-        memcpy(out + (size_t)t * C, E + (size_t)tokens[t] * C, (size_t)C * sizeof(float));
+    mor_gather_rows(out, E, tokens, T, C);
 }
 
 void mor_embedding_backward(float *dE, const float *dout, const int32_t *tokens, int T, int C) {
-    /* Sequential: repeated tokens add into the same row, and a fixed order
-     * keeps the sum reproducible. */
-    for (int t = 0; t < T; t++) {
-        float *row = dE + (size_t)tokens[t] * C;
-        const float *d = dout + (size_t)t * C;
-        for (int i = 0; i < C; i++) row[i] += d[i];
-    }
+    mor_gather_rows_backward(dE, dout, tokens, T, C);
 }
 
 /* ======================================================================== */

@@ -82,6 +82,36 @@ struct mor_context {
     struct mor_recur_state *mor;
 };
 
+/* ------------------------------------------------------------------------ */
+/* Context pieces shared by lib/forward.c (which defines them) and          */
+/* lib/mor_forward.c: both context kinds have the same sizes, scratch       */
+/* layout, argument checks, MLP sublayer and logits head.                   */
+
+/* Prompt chunks at least this long compute attention with sgemm; shorter
+ * ones (and eval_batch groups) one query at a time. */
+#define MOR_GEMM_ATTENTION_MIN_ROWS 8
+
+/* Fails when a count of p is negative. */
+mor_status mor_context_check_params(const mor_context_params *p, mor_error *err);
+/* Fails unless head_dim is even and n_heads a multiple of n_kv_heads. */
+mor_status mor_context_check_heads(const mor_config *cfg, mor_error *err);
+/* Sets c->n_ctx, n_threads, n_batch (p's or the defaults, n_batch capped at
+ * n_ctx) and scratch_floats; c->m must be set. Fails when n_ctx is 0. */
+mor_status mor_context_size(mor_context *c, const mor_context_params *p, mor_error *err);
+/* Points the views x..scores into c->scratch, fills the RoPE tables and
+ * zeroes c->logits (all allocated for c's sizes). */
+void mor_context_carve(mor_context *c);
+/* mor_context_eval's checks: the count, the room left and the token ids. */
+mor_status mor_context_check_eval(const mor_context *c, const int32_t *tokens, int n,
+                                  mor_error *err);
+/* mor_context_eval_batch's checks of the contexts (not of the tokens). */
+mor_status mor_context_check_batch(mor_context *const *cs, const int32_t *tokens, int n,
+                                   mor_error *err);
+/* c->x (T, D) += Wdown (silu(Wgate n2(x)) * Wup n2(x)), through c->xb, hb, hb2. */
+void mor_context_mlp(mor_context *c, const mor_layer_weights *w, int T);
+/* out (n, V) = lm_head rmsnorm(h (n, D)), through c->xb. */
+void mor_context_logits_rows(mor_context *c, const float *h, int n, float *out);
+
 /* The tensors a config implies, in checkpoint order, with where each binds.
  * Names and shapes come from mor_param_specs (lib/mor_cost.h, the layout of
  * man/mor-checkpoint.5); `norm` marks tensors always stored as F32 (norms,

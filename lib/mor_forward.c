@@ -50,9 +50,6 @@
 #include "router.h"
 #include "util.h"
 
-/* Chunks of at least this many rows attend with sgemm (lib/mor_kv.c). */
-#define GEMM_ATTENTION_MIN_ROWS 8
-
 typedef enum { RECUR_PLAIN = 0, RECUR_EXPERT, RECUR_TOKEN } recur_kind;
 
 /* How unrolled layer l treats the KV cache. */
@@ -125,13 +122,8 @@ void mor_recur_free(mor_context *c) {
 
 static mor_status check_model(const mor_model *m, mor_error *err) {
     const mor_config *cfg = &m->cfg;
-    if (cfg->head_dim < 2 || cfg->head_dim % 2 != 0)
-        return mor_fail(err, MOR_ECONFIG, "mor_context_new: head_dim %d is not a positive even number",
-                        cfg->head_dim);
-    if (cfg->n_kv_heads < 1 || cfg->n_heads % cfg->n_kv_heads != 0)
-        return mor_fail(err, MOR_ECONFIG,
-                        "mor_context_new: n_heads %d is not a multiple of n_kv_heads %d",
-                        cfg->n_heads, cfg->n_kv_heads);
+    mor_status s = mor_context_check_heads(cfg, err);
+    if (s) return s;
     if (!m->unrolled)
         return mor_fail(err, MOR_EARG, "mor_context_new: the model's unrolled layers are not bound");
     if (cfg->mor.enable && cfg->mor.rand_router)
@@ -158,14 +150,12 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
     *out = NULL;
     mor_context_params dp = mor_context_default_params();
     if (!p) p = &dp;
-    if (p->n_ctx < 0 || p->n_threads < 0 || p->n_batch < 0)
-        return mor_fail(err, MOR_EARG,
-                        "mor_context_new: n_ctx %d, n_threads %d, n_batch %d: none may be negative",
-                        p->n_ctx, p->n_threads, p->n_batch);
+    mor_status s = mor_context_check_params(p, err);
+    if (s) return s;
     if (p->routing != MOR_ROUTE_CAUSAL && p->routing != MOR_ROUTE_TOPK)
         return mor_fail(err, MOR_EARG, "mor_context_new: routing %d is neither causal nor topk",
                         (int)p->routing);
-    mor_status s = check_model(m, err);
+    s = check_model(m, err);
     if (s) return s;
     const mor_config *cfg = &m->cfg;
 
@@ -178,15 +168,11 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
     c->m = m;
     c->mor = st;
     c->routing = p->routing;
-    c->n_ctx = p->n_ctx > 0 ? p->n_ctx : cfg->max_seq_len;
-    c->n_threads = p->n_threads > 0 ? p->n_threads : mor_physical_cores();
-    c->n_batch = p->n_batch > 0 ? p->n_batch : 256;
-    if (c->n_ctx < 1) {
+    s = mor_context_size(c, p, err);
+    if (s) {
         mor_recur_free(c);
-        return mor_fail(err, MOR_EARG, "mor_context_new: n_ctx is 0 and the model's max_seq_len is %d",
-                        cfg->max_seq_len);
+        return s;
     }
-    if (c->n_batch > c->n_ctx) c->n_batch = c->n_ctx;
     c->batch_rows = 1;
     st->kind = !cfg->mor.enable ? RECUR_PLAIN
              : cfg->mor.type == MOR_ROUTING_TOKEN ? RECUR_TOKEN : RECUR_EXPERT;
@@ -194,13 +180,11 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
     st->base = mor_config_base_depth(cfg);
     st->off = mor_config_rec_offset(cfg);
 
-    size_t D = (size_t)cfg->dim, QD = (size_t)cfg->n_heads * cfg->head_dim,
-           KVD = (size_t)cfg->n_kv_heads * cfg->head_dim, F = (size_t)cfg->hidden_dim,
-           V = (size_t)cfg->vocab_size, NB = (size_t)c->n_batch, NC = (size_t)c->n_ctx,
-           half = (size_t)cfg->head_dim / 2, R = (size_t)st->R, L = (size_t)cfg->n_layers;
+    size_t D = (size_t)cfg->dim, V = (size_t)cfg->vocab_size, NB = (size_t)c->n_batch,
+           NC = (size_t)c->n_ctx, half = (size_t)cfg->head_dim / 2, R = (size_t)st->R,
+           L = (size_t)cfg->n_layers;
     c->rope_cos = mor_alloc_big(NC * half * sizeof(float));
     c->rope_sin = mor_alloc_big(NC * half * sizeof(float));
-    c->scratch_floats = NB * (2 * D + 2 * QD + 2 * KVD + 2 * F + NC);
     c->scratch = mor_alloc_big(c->scratch_floats * sizeof(float));
     c->logits = mor_alloc_big(V * sizeof(float));
     st->depth = calloc(NC, sizeof *st->depth);
@@ -228,18 +212,7 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
         return mor_fail(err, MOR_ENOMEM,
                         "mor_context_new: out of memory (scratch for n_ctx %zu, n_batch %zu)", NC, NB);
     }
-    float *sp = c->scratch;
-    c->x = sp, sp += NB * D;
-    c->xb = sp, sp += NB * D;
-    c->q = sp, sp += NB * QD;
-    c->k = sp, sp += NB * KVD;
-    c->v = sp, sp += NB * KVD;
-    c->att = sp, sp += NB * QD;
-    c->hb = sp, sp += NB * F;
-    c->hb2 = sp, sp += NB * F;
-    c->scores = sp;
-    mor_rope_table(c->rope_cos, c->rope_sin, c->n_ctx, cfg);
-    memset(c->logits, 0, V * sizeof(float));
+    mor_context_carve(c);
     *out = c;
     return MOR_OK;
 }
@@ -302,11 +275,10 @@ static mor_status layer_rows(mor_context *c, int l, int T) {
     const mor_config *cfg = &m->cfg;
     const mor_layer_weights *w = &m->unrolled[l];
     mor_kv *kv = &st->kv;
-    int nt = c->n_threads, D = cfg->dim, F = cfg->hidden_dim, H = cfg->n_heads,
-        KVH = cfg->n_kv_heads, HD = cfg->head_dim, QD = H * HD, KVD = KVH * HD, half = HD / 2,
-        group = H / KVH;
+    int nt = c->n_threads, D = cfg->dim, H = cfg->n_heads, KVH = cfg->n_kv_heads,
+        HD = cfg->head_dim, QD = H * HD, KVD = KVH * HD, half = HD / 2, group = H / KVH;
     float eps = cfg->norm_eps, scale = 1.0f / sqrtf((float)HD);
-    float *x = c->x, *xb = c->xb, *q = c->q, *k = c->k, *v = c->v, *hb = c->hb, *hb2 = c->hb2;
+    float *x = c->x, *xb = c->xb, *q = c->q, *k = c->k, *v = c->v;
     const int32_t *pos = st->row_pos;
     int *n_kv = st->n_kv;
     int par = T > 1; /* one row: only the products and attention are worth threads */
@@ -341,7 +313,7 @@ static mor_status layer_rows(mor_context *c, int l, int T) {
     /* keys each row sees: the entries at positions <= its own */
     for (int t = 0; t < T; t++)
         n_kv[t] = pol == KV_OWN ? n0 + t + 1 : mor_kv_count_upto(kv, slot, pos[t]);
-    if (pol != KV_HYBRID && T >= GEMM_ATTENTION_MIN_ROWS) {
+    if (pol != KV_HYBRID && T >= MOR_GEMM_ATTENTION_MIN_ROWS) {
         mor_kv_attend_gemm(c->att, q, T, n_kv, kv, slot, H, c->scores, nt);
     } else {
         int n = T * H;
@@ -358,17 +330,7 @@ static mor_status layer_rows(mor_context *c, int l, int T) {
     }
     mor_matmul(xb, c->att, w->wo, T, D, QD, nt);
     for (size_t i = 0; i < (size_t)T * D; i++) x[i] += xb[i];
-
-    /* SwiGLU MLP */
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-    for (int t = 0; t < T; t++)
-        mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->mlp_norm, D, eps);
-    mor_matmul(hb, xb, w->w_gate, T, F, D, nt);
-    mor_matmul(hb2, xb, w->w_up, T, F, D, nt);
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-    for (int t = 0; t < T; t++) mor_swiglu(hb + (size_t)t * F, hb2 + (size_t)t * F, F);
-    mor_matmul(xb, hb, w->w_down, T, D, F, nt);
-    for (size_t i = 0; i < (size_t)T * D; i++) x[i] += xb[i];
+    mor_context_mlp(c, w, T);
     return MOR_OK;
 }
 
@@ -525,16 +487,6 @@ static mor_status token_steps(mor_context *c, int pos0, int n) {
     return MOR_OK;
 }
 
-/* out (T, V) = lm_head rmsnorm(h rows first..first+T-1), through c->xb. */
-static void logits_rows(mor_context *c, int first, int T, float *out) {
-    const mor_model *m = c->m;
-    int D = m->cfg.dim;
-    for (int t = 0; t < T; t++)
-        mor_rmsnorm(c->xb + (size_t)t * D, c->mor->h + (size_t)(first + t) * D, m->final_norm, D,
-                    m->cfg.norm_eps);
-    mor_matmul(out, c->xb, m->lm_head, T, m->cfg.vocab_size, D, c->n_threads);
-}
-
 /* The whole model on the call's n tokens; h rows hold the final states. */
 static mor_status forward_call(mor_context *c, const int32_t *tokens, int n) {
     struct mor_recur_state *st = c->mor;
@@ -566,22 +518,8 @@ mor_status mor_recur_eval(mor_context *c, const int32_t *tokens, int n, float *l
                           mor_error *err) {
     struct mor_recur_state *st = c->mor;
     const mor_model *m = c->m;
-    if (n < 0 || (n > 0 && !tokens))
-        return mor_fail(err, MOR_EARG, "mor_context_eval: %d tokens%s", n,
-                        n < 0 ? " (a negative count)" : " but no token array");
-    if (n > c->n_ctx - c->pos) {
-        if (c->pos == 0)
-            return mor_fail(err, MOR_EARG, "prompt of %d tokens exceeds the context size %d", n,
-                            c->n_ctx);
-        return mor_fail(err, MOR_EARG,
-                        "%d tokens at position %d exceed the context size %d (%d positions left)",
-                        n, c->pos, c->n_ctx, c->n_ctx - c->pos);
-    }
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
-            return mor_fail(err, MOR_EARG, "token %d at index %d is outside the vocabulary (0..%d)",
-                            (int)tokens[i], i, m->cfg.vocab_size - 1);
-    if (n == 0) return MOR_OK;
+    mor_status cs = mor_context_check_eval(c, tokens, n, err);
+    if (cs != MOR_OK || n == 0) return cs;
 
     for (int l = 0; l < m->cfg.n_layers; l++) st->n_start[l] = st->kv.layers[l].n;
     int saved = mor_threads_begin(c->n_threads);
@@ -598,11 +536,12 @@ mor_status mor_recur_eval(mor_context *c, const int32_t *tokens, int n, float *l
     if (logits) {
         for (int s0 = 0; s0 < n; s0 += c->n_batch) {
             int T = n - s0 < c->n_batch ? n - s0 : c->n_batch;
-            logits_rows(c, s0, T, logits + (size_t)s0 * V);
+            mor_context_logits_rows(c, st->h + (size_t)s0 * m->cfg.dim, T,
+                                    logits + (size_t)s0 * V);
         }
         memcpy(c->logits, logits + (size_t)(n - 1) * V, V * sizeof *logits);
     } else {
-        logits_rows(c, n - 1, 1, c->logits);
+        mor_context_logits_rows(c, st->h + (size_t)(n - 1) * m->cfg.dim, 1, c->logits);
     }
     mor_threads_end(saved);
     st->n_last = n;
@@ -611,26 +550,8 @@ mor_status mor_recur_eval(mor_context *c, const int32_t *tokens, int n, float *l
 }
 
 mor_status mor_recur_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err) {
-    if (n < 0 || (n > 0 && (!cs || !tokens)))
-        return mor_fail(err, MOR_EARG, "mor_context_eval_batch: %d contexts%s", n,
-                        n < 0 ? " (a negative count)" : " but no context or token array");
-    for (int i = 0; i < n; i++) {
-        if (!cs[i]) return mor_fail(err, MOR_EARG, "mor_context_eval_batch: context %d is NULL", i);
-        if (cs[i]->m != cs[0]->m)
-            return mor_fail(err, MOR_EARG,
-                            "mor_context_eval_batch: context %d belongs to another model than "
-                            "context 0",
-                            i);
-        if (cs[i]->pos >= cs[i]->n_ctx)
-            return mor_fail(err, MOR_EARG,
-                            "mor_context_eval_batch: context %d is full (%d positions, the "
-                            "context size)",
-                            i, cs[i]->n_ctx);
-        for (int j = 0; j < i; j++)
-            if (cs[j] == cs[i])
-                return mor_fail(err, MOR_EARG,
-                                "mor_context_eval_batch: contexts %d and %d are the same", j, i);
-    }
+    mor_status bs = mor_context_check_batch(cs, tokens, n, err);
+    if (bs) return bs;
     /* a MoR token's path depends on its own routing, so the contexts run
      * one after the other (each call still reads its weights once) */
     for (int i = 0; i < n; i++) {

@@ -605,89 +605,64 @@ mor_status mor_st_writer_declare(mor_st_writer *w, const char *name, mor_st_dtyp
     return MOR_OK;
 }
 
-/* A growable string for the header JSON. */
-typedef struct {
-    char *s;
-    size_t len, cap;
-    int oom;
-} strbuf;
-
-static void sb_add(strbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = 0;
-}
-
-static void sb_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(strbuf *b, const char *fmt, ...) {
+static void sb_printf(mor_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(mor_strbuf *b, const char *fmt, ...) {
     char tmp[128];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    sb_add(b, tmp, (size_t)n); /* callers print numbers only: always fits */
+    mor_sb_add(b, tmp, (size_t)n); /* callers print numbers only: always fits */
 }
 
 /* A JSON string literal; s is valid UTF-8 (checked when declared). */
-static void sb_json_string(strbuf *b, const char *s) {
-    sb_add(b, "\"", 1);
+static void sb_json_string(mor_strbuf *b, const char *s) {
+    mor_sb_add(b, "\"", 1);
     const char *run = s;
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         if (c >= 0x20 && c != '"' && c != '\\') continue;
-        sb_add(b, run, (size_t)(s - run));
+        mor_sb_add(b, run, (size_t)(s - run));
         run = s + 1;
         switch (c) {
-        case '"': sb_add(b, "\\\"", 2); break;
-        case '\\': sb_add(b, "\\\\", 2); break;
-        case '\n': sb_add(b, "\\n", 2); break;
-        case '\t': sb_add(b, "\\t", 2); break;
-        case '\r': sb_add(b, "\\r", 2); break;
+        case '"': mor_sb_add(b, "\\\"", 2); break;
+        case '\\': mor_sb_add(b, "\\\\", 2); break;
+        case '\n': mor_sb_add(b, "\\n", 2); break;
+        case '\t': mor_sb_add(b, "\\t", 2); break;
+        case '\r': mor_sb_add(b, "\\r", 2); break;
         default: sb_printf(b, "\\u%04x", c);
         }
     }
-    sb_add(b, run, (size_t)(s - run));
-    sb_add(b, "\"", 1);
+    mor_sb_add(b, run, (size_t)(s - run));
+    mor_sb_add(b, "\"", 1);
 }
 
 /* The header JSON: __metadata__ first, then the tensors in declared order,
  * padded with spaces so the data section starts at a multiple of 64. */
 static char *build_header(const mor_st_writer *w, size_t *len) {
-    strbuf b = {0};
-    sb_add(&b, "{", 1);
+    mor_strbuf b = {0};
+    mor_sb_add(&b, "{", 1);
     if (w->n_meta) {
-        sb_add(&b, "\"__metadata__\":{", 16);
+        mor_sb_add(&b, "\"__metadata__\":{", 16);
         for (int i = 0; i < w->n_meta; i++) {
-            if (i) sb_add(&b, ",", 1);
+            if (i) mor_sb_add(&b, ",", 1);
             sb_json_string(&b, w->meta[i].key);
-            sb_add(&b, ":", 1);
+            mor_sb_add(&b, ":", 1);
             sb_json_string(&b, w->meta[i].value);
         }
-        sb_add(&b, "}", 1);
+        mor_sb_add(&b, "}", 1);
     }
     for (int i = 0; i < w->n; i++) {
         const mor_st_tensor *t = &w->t[i];
-        if (i || w->n_meta) sb_add(&b, ",", 1);
+        if (i || w->n_meta) mor_sb_add(&b, ",", 1);
         sb_json_string(&b, t->name);
         sb_printf(&b, ":{\"dtype\":\"%s\",\"shape\":[", mor_st_dtype_name(t->dtype));
         for (int d = 0; d < t->ndim; d++) sb_printf(&b, "%s%lld", d ? "," : "", (long long)t->shape[d]);
         sb_printf(&b, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)t->begin,
                   (unsigned long long)t->end);
     }
-    sb_add(&b, "}", 1);
-    while (!b.oom && (8 + b.len) % 64 != 0) sb_add(&b, " ", 1);
+    mor_sb_add(&b, "}", 1);
+    while (!b.oom && (8 + b.len) % 64 != 0) mor_sb_add(&b, " ", 1);
     if (b.oom) {
         free(b.s);
         return NULL;

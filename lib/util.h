@@ -52,9 +52,23 @@ int mor_physical_cores(void);
 /* 1 if s[0..n) is valid UTF-8; else 0 and *bad_offset = offset of the first
  * invalid byte. */
 int mor_utf8_valid(const char *s, size_t n, size_t *bad_offset);
+/* Length of the valid UTF-8 character at s[0..n) (1..4), or 0 if it is
+ * invalid, overlong, a surrogate, beyond U+10FFFF or cut off by n (n >= 1). */
+size_t mor_utf8_char_len(const unsigned char *s, size_t n);
 
 /* Allocation of large float buffers: 64-byte aligned, huge-page advised. */
 void *mor_alloc_big(size_t bytes);
 void mor_free_big(void *p);
+
+/* A growable NUL-terminated string: start from {0}, append, free(s). An
+ * allocation failure sets oom and makes later appends no-ops. */
+typedef struct mor_strbuf {
+    char *s;
+    size_t len, cap;
+    int oom;
+} mor_strbuf;
+
+void mor_sb_add(mor_strbuf *b, const char *s, size_t n);
+static inline void mor_sb_cat(mor_strbuf *b, const char *s) { mor_sb_add(b, s, strlen(s)); }
 
 #endif

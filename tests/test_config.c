@@ -416,12 +416,8 @@ static void test_configs_dir(void **state) {
         if (len < 6 || strcmp(ent->d_name + len - 5, ".yaml")) continue;
         char path[512];
         snprintf(path, sizeof path, "configs/%s", ent->d_name);
-        size_t tl;
-        char *text = read_all(path, &tl);
         mor_config c;
-        mor_error e = {0};
-        if (mor_config_parse_yaml(text, tl, path, &c, &e)) fail_msg("%s", e.msg);
-        free(text);
+        read_config(path, &c);
         round_trip(&c);
         const char *name = ent->d_name;
         int R = 0;

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "mor.h"
@@ -16,19 +15,6 @@
 #define L2C_BIN "tests/data/stories260K/stories260K.bin"
 #define L2C_TOK "tests/data/stories260K/tok512.bin"
 #define EXPECTED_IDS "tests/data/stories260K/expected_greedy_256_ids.txt"
-
-static char *tmp_path(const char *name) {
-    static char buf[8][512];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 512, "%s/%s", tmp_dir(), name);
-    return p;
-}
-
-static int exists(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0;
-}
 
 /* No stray temporary files beside an output that failed. */
 static void assert_no_leftovers(const char *dir) {
@@ -194,7 +180,7 @@ static void expect_hf_failure(const char *dir, const char *needle) {
     mor_status st = mor_convert_hf(dir, out, &p, &e);
     assert_int_not_equal(st, MOR_OK);
     if (!strstr(e.msg, needle)) fail_msg("message '%s' lacks '%s'", e.msg, needle);
-    assert_false(exists(out));
+    assert_false(file_exists(out));
     assert_no_leftovers(tmp_dir());
 }
 
@@ -245,7 +231,7 @@ static void test_bad_llama2c(void **state) {
     mor_convert_params cp = {.dtype = MOR_DTYPE_F32};
     assert_int_equal(mor_convert_llama2c(p, L2C_TOK, out, &cp, &e), MOR_EFORMAT);
     assert_non_null(strstr(e.msg, "implies"));
-    assert_false(exists(out));
+    assert_false(file_exists(out));
     free(bin);
 }
 
@@ -322,7 +308,7 @@ static void test_uptrain_init_methods(void **state) {
     assert_int_equal(mor_convert_hf_config(HF_DIR, "configs/135m-mor-expert-r3.yaml", tmp_path("bad.mor"), &p, &e),
                      MOR_ECONFIG);
     assert_non_null(strstr(e.msg, "differs from"));
-    assert_false(exists(tmp_path("bad.mor")));
+    assert_false(file_exists(tmp_path("bad.mor")));
 }
 
 static void test_init_fresh(void **state) {

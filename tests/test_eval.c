@@ -24,14 +24,6 @@
 static char model[600], model_bf16[600], model_bad[600];
 static json_t *ref; /* tests/fixtures/eval/ref_ppl.json */
 
-static const char *tmp_path(const char *name) {
-    static char buf[8][600];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 600, "%s/%s", tmp_dir(), name);
-    return p;
-}
-
 /* A copy of the HF directory whose down_proj of layer 2 is scaled by
  * `scale`: the safetensors header is parsed with jansson, the floats scaled
  * in place. */

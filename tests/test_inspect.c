@@ -60,14 +60,6 @@ static void write_file(const char *path, const char *s) {
     fclose(f);
 }
 
-static const char *tmp_path(const char *name) {
-    static char buf[4][700];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmp_dir(), name);
-    return buf[k];
-}
-
 /* The JSON-lines trace; `bad` replaces line bad_line (1-based) when set. */
 static const char *make_jsonl(const char *name, int bad_line, const char *bad) {
     const char *path = tmp_path(name);
@@ -546,13 +538,10 @@ static void test_generate_routing_flags(void **state) {
 
 static void test_inspect_mor(void **state) {
     (void)state;
-    size_t len;
-    char *yaml = read_all(CONFIG, &len);
     mor_config c;
     mor_error e = {0};
-    assert_int_equal(mor_config_parse_yaml(yaml, len, CONFIG, &c, &e), MOR_OK);
+    read_config(CONFIG, &c);
     assert_int_equal(mor_config_validate(&c, CONFIG, &e), MOR_OK);
-    free(yaml);
     mor_param_count pc;
     mor_cost_params(&c, &pc);
     mor_kv_cost kv;

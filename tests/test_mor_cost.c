@@ -12,12 +12,8 @@
 static mor_config load(const char *name) {
     char path[256];
     snprintf(path, sizeof path, "configs/%s.yaml", name);
-    size_t n;
-    char *text = read_all(path, &n);
     mor_config c;
-    mor_error e = {0};
-    if (mor_config_parse_yaml(text, n, path, &c, &e)) fail_msg("%s", e.msg);
-    free(text);
+    read_config(path, &c);
     return c;
 }
 

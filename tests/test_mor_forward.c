@@ -41,13 +41,10 @@ typedef struct {
 } mcase;
 
 static mor_model *open_model(const char *config_path, const char *model_path) {
-    size_t len;
-    char *y = read_all(config_path, &len);
     mor_model *m = calloc(1, sizeof *m);
     mor_error e = {0};
-    if (mor_config_parse_yaml(y, len, config_path, &m->cfg, &e)) fail_msg("%s", e.msg);
+    read_config(config_path, &m->cfg);
     if (mor_config_validate(&m->cfg, config_path, &e)) fail_msg("%s", e.msg);
-    free(y);
     if (mor_st_open(model_path, &m->file, &e)) fail_msg("%s", e.msg);
     if (mor_model_bind(m, &e)) fail_msg("%s", e.msg);
     return m;
@@ -57,13 +54,8 @@ static void load_case(mcase *k, const char *name) {
     memset(k, 0, sizeof *k);
     snprintf(k->name, sizeof k->name, "%s", name);
     char path[512], cfg_path[512];
-    size_t len;
     snprintf(path, sizeof path, FIX "cases/%s/case.json", name);
-    char *text = read_all(path, &len);
-    json_error_t je;
-    k->cs = json_loadb(text, len, 0, &je);
-    free(text);
-    if (!k->cs) fail_msg("%s: %s", path, je.text);
+    k->cs = read_json(path);
     snprintf(k->routing, sizeof k->routing, "%s",
              json_string_value(json_object_get(k->cs, "routing")));
     snprintf(cfg_path, sizeof cfg_path, FIX "cases/%s/config.yaml", name);
@@ -225,12 +217,7 @@ static void run_pieces(const mcase *k, const int *sizes, int n_batch, int thread
 }
 
 static void for_each_case(void (*fn)(mcase *)) {
-    size_t len;
-    char *text = read_all(FIX "index.json", &len);
-    json_error_t je;
-    json_t *index = json_loadb(text, len, 0, &je);
-    free(text);
-    assert_non_null(index);
+    json_t *index = read_json(FIX "index.json");
     json_t *cases = json_object_get(index, "cases");
     assert_true(json_array_size(cases) >= 40);
     for (size_t i = 0; i < json_array_size(cases); i++) {

@@ -397,12 +397,7 @@ static void check_token_case(const mor_config *c, json_t *tok, const mor_st_file
  * from the reference's router logits (whose first step it recomputes). */
 static void test_reference_fixtures(void **state) {
     (void)state;
-    size_t len;
-    char *text = read_all(FIX "index.json", &len);
-    json_error_t je;
-    json_t *index = json_loadb(text, len, 0, &je);
-    free(text);
-    assert_non_null(index);
+    json_t *index = read_json(FIX "index.json");
     json_t *cases = json_object_get(index, "cases");
     assert_true(json_array_size(cases) >= 40);
     int seen_causal = 0, seen_topk = 0, seen_token = 0;
@@ -410,16 +405,11 @@ static void test_reference_fixtures(void **state) {
         const char *name = json_string_value(json_object_get(json_array_get(cases, i), "name"));
         char path[512];
         snprintf(path, sizeof path, FIX "cases/%s/config.yaml", name);
-        char *y = read_all(path, &len);
         mor_config c;
+        read_config(path, &c);
         mor_error e = {0};
-        if (mor_config_parse_yaml(y, len, path, &c, &e)) fail_msg("%s", e.msg);
-        free(y);
         snprintf(path, sizeof path, FIX "cases/%s/case.json", name);
-        char *cj = read_all(path, &len);
-        json_t *cs = json_loadb(cj, len, 0, &je);
-        free(cj);
-        if (!cs) fail_msg("%s: %s", path, je.text);
+        json_t *cs = read_json(path);
         snprintf(path, sizeof path, FIX "%s", json_string_value(json_object_get(cs, "model")));
         mor_st_file *f;
         if (mor_st_open(path, &f, &e)) fail_msg("%s", e.msg);

@@ -2,7 +2,6 @@
  * round trips (plain and zstd), reference files written by an independent
  * implementation (tests/gen/gen_formats.py, the zstd CLI, the Hugging Face
  * library), and one test per kind of malformed input. */
-#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -13,30 +12,6 @@
 #include "testutil.h"
 
 #define FIX "tests/fixtures/formats/"
-
-static const char *tpath(const char *name) {
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmp_dir(), name);
-    return buf[k];
-}
-
-static int exists(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0;
-}
-
-/* Files in the temporary directory whose name contains ".tmp." */
-static int leftover_temps(void) {
-    DIR *d = opendir(tmp_dir());
-    assert_non_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) n += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return n;
-}
 
 static void write_bytes(const char *path, const void *buf, size_t n) {
     FILE *f = fopen(path, "wb");
@@ -57,10 +32,6 @@ static void write_raw(const char *path, const char *json, uint64_t hlen, size_t 
     free(b);
 }
 
-static void check_msg(const mor_error *e, const char *needle) {
-    if (!strstr(e->msg, needle)) fail_msg("message '%s' lacks '%s'", e->msg, needle);
-}
-
 static void expect_open_error(const char *path, mor_status code, const char *needle) {
     mor_st_file *f = (mor_st_file *)1;
     mor_error e = {0};
@@ -73,7 +44,7 @@ static void expect_open_error(const char *path, mor_status code, const char *nee
 
 /* The same malformed header through the mmap path and the in-memory path. */
 static void expect_header_error(const char *json, size_t data_len, mor_status code, const char *needle) {
-    const char *p = tpath("bad.safetensors");
+    const char *p = tmp_path("bad.safetensors");
     write_raw(p, json, ~(uint64_t)0, data_len);
     expect_open_error(p, code, needle);
     size_t n;
@@ -168,7 +139,7 @@ static void check_sample(const mor_st_file *f) {
 
 static void test_round_trip_plain(void **state) {
     (void)state;
-    const char *p = tpath("sample.safetensors");
+    const char *p = tmp_path("sample.safetensors");
     write_sample(p, 0);
     size_t n;
     uint8_t *raw = (uint8_t *)read_all(p, &n);
@@ -206,7 +177,7 @@ static void test_round_trip_plain(void **state) {
 
 static void test_round_trip_zstd(void **state) {
     (void)state;
-    const char *p = tpath("sample.safetensors.zst");
+    const char *p = tmp_path("sample.safetensors.zst");
     write_sample(p, 3);
     size_t n;
     uint8_t *raw = (uint8_t *)read_all(p, &n);
@@ -219,7 +190,7 @@ static void test_round_trip_zstd(void **state) {
     check_sample(f);
     mor_st_close(f);
     /* no .zst suffix: detected by the magic number alone */
-    const char *q = tpath("sample_zstd_nosuffix.st");
+    const char *q = tmp_path("sample_zstd_nosuffix.st");
     assert_int_equal(rename(p, q), 0);
     assert_int_equal(mor_st_open(q, &f, &e), MOR_OK);
     check_sample(f);
@@ -229,7 +200,7 @@ static void test_round_trip_zstd(void **state) {
 /* A file read through a pipe (not mmappable) gives the same tensors. */
 static void test_read_from_fifo(void **state) {
     (void)state;
-    const char *p = tpath("fifo_src.safetensors"), *fifo = tpath("fifo");
+    const char *p = tmp_path("fifo_src.safetensors"), *fifo = tmp_path("fifo");
     write_sample(p, 0);
     assert_int_equal(mkfifo(fifo, 0600), 0);
     char cmd[1200];
@@ -307,7 +278,7 @@ static void test_hf_model(void **state) {
 
 static void test_bad_short_file(void **state) {
     (void)state;
-    const char *p = tpath("short.safetensors");
+    const char *p = tmp_path("short.safetensors");
     write_bytes(p, "\x10\x00\x00", 3);
     expect_open_error(p, MOR_EFORMAT, "shorter than the 8-byte header length");
     write_bytes(p, "", 0);
@@ -316,7 +287,7 @@ static void test_bad_short_file(void **state) {
 
 static void test_bad_header_length(void **state) {
     (void)state;
-    const char *p = tpath("hlen.safetensors");
+    const char *p = tmp_path("hlen.safetensors");
     write_raw(p, "{}", 500, 0);
     expect_open_error(p, MOR_EFORMAT, "header length 500 goes beyond the end of the file (10 bytes)");
     write_raw(p, "{}", 200000000, 0);
@@ -426,14 +397,14 @@ static void test_bad_metadata(void **state) {
 
 static void test_bad_zstd_input(void **state) {
     (void)state;
-    const char *p = tpath("trunc.safetensors.zst");
+    const char *p = tmp_path("trunc.safetensors.zst");
     write_sample(p, 3);
     size_t n;
     char *raw = read_all(p, &n);
     write_bytes(p, raw, n - 5);
     expect_open_error(p, MOR_EFORMAT, "truncated");
     /* a complete blob followed by more bytes */
-    const char *q = tpath("extra.safetensors");
+    const char *q = tmp_path("extra.safetensors");
     write_sample(q, 0);
     char *plain = read_all(q, &n);
     char *two = malloc(n + 3);
@@ -460,7 +431,7 @@ static void test_bad_zstd_input(void **state) {
 
 static void test_missing_file(void **state) {
     (void)state;
-    expect_open_error(tpath("does-not-exist.safetensors"), MOR_EIO, "cannot open");
+    expect_open_error(tmp_path("does-not-exist.safetensors"), MOR_EIO, "cannot open");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -481,7 +452,7 @@ static void test_writer_errors(void **state) {
     assert_int_equal(mor_st_writer_meta(w, "bad", "\xc3(", &e), MOR_EARG);
     check_msg(&e, "not valid UTF-8");
     assert_int_equal(mor_st_writer_declare(w, "y", MOR_ST_BF16, 1, s2, &e), MOR_OK);
-    const char *p = tpath("writer_errors.safetensors");
+    const char *p = tmp_path("writer_errors.safetensors");
     FILE *fp = fopen(p, "wb");
     mor_sink sink;
     assert_int_equal(mor_sink_open(&sink, fp, p, 0, &e), MOR_OK);
@@ -547,7 +518,7 @@ static void check_ckpt(const char *path) {
 static void test_ckpt_round_trip(void **state) {
     (void)state;
     mor_error e = {0};
-    const char *p = tpath("model.mor"), *z = tpath("model.mor.zst");
+    const char *p = tmp_path("model.mor"), *z = tmp_path("model.mor.zst");
     assert_int_equal(write_ckpt(p, 2, &e), MOR_OK);
     assert_int_equal(write_ckpt(z, 2, &e), MOR_OK);
     check_ckpt(p);
@@ -559,7 +530,7 @@ static void test_ckpt_round_trip(void **state) {
     raw = read_all(p, &n);
     assert_memory_not_equal(raw, "\x28\xb5\x2f\xfd", 4);
     free(raw);
-    assert_int_equal(leftover_temps(), 0);
+    assert_int_equal(tmp_leftovers(), 0);
     /* overwriting an existing checkpoint replaces it */
     assert_int_equal(write_ckpt(p, 2, &e), MOR_OK);
     check_ckpt(p);
@@ -573,17 +544,17 @@ static void test_ckpt_round_trip(void **state) {
 static void test_ckpt_abort_leaves_nothing(void **state) {
     (void)state;
     mor_error e = {0};
-    const char *p = tpath("aborted.mor");
+    const char *p = tmp_path("aborted.mor");
     assert_int_equal(write_ckpt(p, -1, &e), MOR_OK);
-    assert_false(exists(p));
-    assert_int_equal(leftover_temps(), 0);
+    assert_false(file_exists(p));
+    assert_int_equal(tmp_leftovers(), 0);
     /* commit with a tensor missing fails, leaves nothing */
     assert_int_equal(write_ckpt(p, 1, &e), MOR_EARG);
     check_msg(&e, "1 declared tensors were not written");
-    assert_false(exists(p));
-    assert_int_equal(leftover_temps(), 0);
+    assert_false(file_exists(p));
+    assert_int_equal(tmp_leftovers(), 0);
     /* a directory that does not exist */
-    assert_int_equal(write_ckpt(tpath("no/such/dir/x.mor"), 2, &e), MOR_EIO);
+    assert_int_equal(write_ckpt(tmp_path("no/such/dir/x.mor"), 2, &e), MOR_EIO);
     check_msg(&e, "no/such/dir/x.mor");
     mor_ckpt_writer w;
     assert_int_equal(mor_ckpt_writer_init(&w, NULL, TOK, NULL, &e), MOR_EARG);
@@ -606,7 +577,7 @@ static void write_with_meta(const char *path, const char **kv) {
 }
 
 static void expect_ckpt_error(const char **kv, mor_status code, const char *needle) {
-    const char *p = tpath("meta.mor");
+    const char *p = tmp_path("meta.mor");
     write_with_meta(p, kv);
     mor_st_file *f = NULL;
     mor_error e = {0};

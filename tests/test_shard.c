@@ -1,6 +1,5 @@
 /* test_shard.c - token shards: round trips (u16 and u32 ids, plain and
  * zstd), the byte layout man/mor-shard.5 documents, and corrupted files. */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,28 +7,6 @@
 
 #include "shard.h"
 #include "testutil.h"
-
-static const char *tpath(const char *name) {
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmp_dir(), name);
-    return buf[k];
-}
-
-static void check_msg(const mor_error *e, const char *needle) {
-    if (!strstr(e->msg, needle)) fail_msg("message '%s' lacks '%s'", e->msg, needle);
-}
-
-static int leftover_temps(void) {
-    DIR *d = opendir(tmp_dir());
-    assert_non_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) n += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return n;
-}
 
 /* Deterministic ids in [0, vocab). */
 static int32_t *make_ids(size_t n, uint32_t vocab) {
@@ -73,7 +50,7 @@ static void write_shard(const char *path, uint32_t vocab, int32_t eos, int level
 
 static void round_trip(const char *name, uint32_t vocab, int32_t eos, int level, int n_docs,
                        size_t per_doc, uint32_t id_bytes, int compressed) {
-    const char *p = tpath(name);
+    const char *p = tmp_path(name);
     int32_t *want, *got;
     size_t n_want, n;
     write_shard(p, vocab, eos, level, n_docs, per_doc, &want, &n_want);
@@ -94,7 +71,7 @@ static void round_trip(const char *name, uint32_t vocab, int32_t eos, int level,
     assert_int_equal(head.n_tokens, n_want);
     assert_int_equal(head.checksum, info.checksum);
     assert_int_equal(head.compressed, compressed);
-    assert_int_equal(leftover_temps(), 0);
+    assert_int_equal(tmp_leftovers(), 0);
     free(want);
     free(got);
 }
@@ -132,7 +109,7 @@ static uint32_t rd32(const uint8_t *p) { return (uint32_t)rd64((const uint8_t[8]
 /* The bytes are exactly those man/mor-shard.5 describes. */
 static void test_layout(void **state) {
     (void)state;
-    const char *p = tpath("layout.shard");
+    const char *p = tmp_path("layout.shard");
     mor_error e = {0};
     mor_shard_writer *w;
     assert_int_equal(mor_shard_writer_open(p, 300, 2, 0, &w, &e), MOR_OK);
@@ -173,14 +150,14 @@ static void test_layout(void **state) {
 
 static void test_writer_errors(void **state) {
     (void)state;
-    const char *p = tpath("werr.shard");
+    const char *p = tmp_path("werr.shard");
     mor_error e = {0};
     mor_shard_writer *w;
     assert_int_equal(mor_shard_writer_open(p, 0, -1, 0, &w, &e), MOR_EARG);
     check_msg(&e, "vocab_size 0");
     assert_int_equal(mor_shard_writer_open(p, 10, 10, 0, &w, &e), MOR_EARG);
     check_msg(&e, "eos_id 10");
-    assert_int_equal(mor_shard_writer_open(tpath("no/dir/x.shard"), 10, -1, 0, &w, &e), MOR_EIO);
+    assert_int_equal(mor_shard_writer_open(tmp_path("no/dir/x.shard"), 10, -1, 0, &w, &e), MOR_EIO);
     assert_int_equal(mor_shard_writer_open(p, 10, -1, 0, &w, &e), MOR_OK);
     int32_t good[2] = {1, 2}, bad[3] = {3, 10, 4};
     assert_int_equal(mor_shard_writer_append(w, good, 2, &e), MOR_OK);
@@ -190,13 +167,13 @@ static void test_writer_errors(void **state) {
     mor_shard_writer_abort(w);
     struct stat sb;
     assert_int_not_equal(stat(p, &sb), 0);
-    assert_int_equal(leftover_temps(), 0);
+    assert_int_equal(tmp_leftovers(), 0);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Corruption                                                               */
 
-static const char *corrupt_path(void) { return tpath("corrupt.shard"); }
+static const char *corrupt_path(void) { return tmp_path("corrupt.shard"); }
 
 /* A fresh 100-token shard (vocab 512, u16); returns its bytes. */
 static uint8_t *fresh_shard(size_t *n) {
@@ -311,7 +288,7 @@ static void test_truncated_zstd(void **state) {
     (void)state;
     int32_t *want;
     size_t nw, n;
-    const char *p = tpath("tz.shard.zst");
+    const char *p = tmp_path("tz.shard.zst");
     write_shard(p, 50000, -1, MOR_SHARD_ZSTD_AUTO, 1, 50000, &want, &nw);
     free(want);
     uint8_t *b = (uint8_t *)read_all(p, &n);

@@ -10,18 +10,6 @@
 #include "testutil.h"
 #include "util.h"
 
-static const char *tpath(const char *name) {
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmp_dir(), name);
-    return buf[k];
-}
-
-static void check_msg(const mor_error *e, const char *needle) {
-    if (!strstr(e->msg, needle)) fail_msg("message '%s' lacks '%s'", e->msg, needle);
-}
-
 #define T 3
 #define V 5
 
@@ -139,14 +127,14 @@ static int read_stream_cmd(const char *cmd, int first) {
 
 static void test_round_trip_plain(void **state) {
     (void)state;
-    const char *p = tpath("a.stream");
+    const char *p = tmp_path("a.stream");
     write_stream(p, 0, 5, 0);
     assert_int_equal(read_stream_file(p, 0), 5);
 }
 
 static void test_round_trip_zstd(void **state) {
     (void)state;
-    const char *p = tpath("a.stream.zst");
+    const char *p = tmp_path("a.stream.zst");
     write_stream(p, 0, 5, 3);
     size_t n;
     char *raw = read_all(p, &n);
@@ -157,7 +145,7 @@ static void test_round_trip_zstd(void **state) {
 
 static void test_empty_stream(void **state) {
     (void)state;
-    const char *p = tpath("empty.stream"), *z = tpath("empty.stream.zst");
+    const char *p = tmp_path("empty.stream"), *z = tmp_path("empty.stream.zst");
     write_stream(p, 0, 0, 0);
     write_stream(z, 0, 0, 3);
     assert_int_equal(read_stream_file(p, 0), 0);
@@ -166,8 +154,8 @@ static void test_empty_stream(void **state) {
 
 static void test_concatenation(void **state) {
     (void)state;
-    const char *a = tpath("cat_a.stream"), *b = tpath("cat_b.stream");
-    const char *az = tpath("cat_a.stream.zst"), *bz = tpath("cat_b.stream.zst");
+    const char *a = tmp_path("cat_a.stream"), *b = tmp_path("cat_b.stream");
+    const char *az = tmp_path("cat_a.stream.zst"), *bz = tmp_path("cat_b.stream.zst");
     write_stream(a, 0, 2, 0);
     write_stream(b, 2, 3, 0);
     write_stream(az, 0, 4, 1);
@@ -177,9 +165,9 @@ static void test_concatenation(void **state) {
     assert_int_equal(read_stream_cmd(cmd, 0), 5);
     snprintf(cmd, sizeof cmd, "cat '%s' '%s'", az, bz); /* two zstd frames */
     assert_int_equal(read_stream_cmd(cmd, 0), 6);
-    snprintf(cmd, sizeof cmd, "cat '%s' '%s' > '%s'", az, bz, tpath("cat_ab.zst"));
+    snprintf(cmd, sizeof cmd, "cat '%s' '%s' > '%s'", az, bz, tmp_path("cat_ab.zst"));
     assert_int_equal(system(cmd), 0);
-    assert_int_equal(read_stream_file(tpath("cat_ab.zst"), 0), 6);
+    assert_int_equal(read_stream_file(tmp_path("cat_ab.zst"), 0), 6);
     /* the zstd CLI reads our streams, and we read its output */
     snprintf(cmd, sizeof cmd, "zstd -dc '%s' | zstd -q -c -5", az);
     assert_int_equal(read_stream_cmd(cmd, 0), 4);
@@ -191,7 +179,7 @@ static void test_concatenation(void **state) {
  * of frame cut_into_frame and expects frames before the cut to
  * read, then a truncation error naming the frame and its offset. */
 static void expect_truncated(int cut_into_frame, long cut_delta, int from_end, const char *needle) {
-    const char *p = tpath("trunc.stream");
+    const char *p = tmp_path("trunc.stream");
     write_stream(p, 0, 3, 0);
     size_t n;
     char *raw = read_all(p, &n);
@@ -255,7 +243,7 @@ static void test_truncated_in_data(void **state) {
 
 static void test_truncated_zstd(void **state) {
     (void)state;
-    const char *p = tpath("trunc.stream.zst");
+    const char *p = tmp_path("trunc.stream.zst");
     write_stream(p, 0, 40, 3);
     size_t n;
     char *raw = read_all(p, &n);
@@ -283,7 +271,7 @@ static void test_truncated_zstd(void **state) {
 
 static void test_frame_without_kind(void **state) {
     (void)state;
-    const char *p = tpath("nokind.stream");
+    const char *p = tmp_path("nokind.stream");
     mor_error e = {0};
     FILE *fp = fopen(p, "wb");
     mor_sink s;
@@ -328,7 +316,7 @@ static void test_frame_builder_errors(void **state) {
     mor_frame_free(f);
 
     /* mor_frame_get explains what is wrong */
-    const char *p = tpath("get.stream");
+    const char *p = tmp_path("get.stream");
     write_stream(p, 0, 1, 0);
     FILE *fp = fopen(p, "rb");
     mor_source src;
@@ -352,7 +340,7 @@ static void test_frame_builder_errors(void **state) {
  * consumer would; the unfinished zstd frame then reads as truncated. */
 static void test_flush(void **state) {
     (void)state;
-    const char *p = tpath("live.stream.zst");
+    const char *p = tmp_path("live.stream.zst");
     mor_error e = {0};
     FILE *fp = fopen(p, "wb");
     mor_sink s;
@@ -428,7 +416,7 @@ static void test_live_pipe(void **state) {
 
 static void test_zstd_large_odd_reads(void **state) {
     (void)state;
-    const char *p = tpath("big.zst");
+    const char *p = tmp_path("big.zst");
     size_t n = (size_t)5 << 20;
     uint8_t *data = malloc(n);
     uint32_t x = 12345;
@@ -475,7 +463,7 @@ static void test_zstd_large_odd_reads(void **state) {
 static void test_source_plain_and_tiny(void **state) {
     (void)state;
     mor_error e = {0};
-    const char *p = tpath("tiny.bin");
+    const char *p = tmp_path("tiny.bin");
     FILE *fp = fopen(p, "wb");
     fwrite("ab", 1, 2, fp);
     fclose(fp);

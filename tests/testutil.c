@@ -1,10 +1,12 @@
 /* testutil.c - helpers shared by the cmocka suites. */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -104,4 +106,49 @@ const char *tmp_dir(void) {
         atexit(rm_tmp);
     }
     return tmpdir_path;
+}
+
+const char *tmp_path(const char *name) {
+    static char buf[8][700];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", tmp_dir(), name);
+    return buf[k];
+}
+
+int file_exists(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+int tmp_leftovers(void) {
+    DIR *d = opendir(tmp_dir());
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) n += strstr(e->d_name, ".tmp.") != NULL;
+    closedir(d);
+    return n;
+}
+
+void check_msg(const mor_error *e, const char *needle) {
+    if (!strstr(e->msg, needle)) fail_msg("message '%s' lacks '%s'", e->msg, needle);
+}
+
+void read_config(const char *path, mor_config *c) {
+    size_t len;
+    char *text = read_all(path, &len);
+    mor_error e = {0};
+    if (mor_config_parse_yaml(text, len, path, c, &e)) fail_msg("%s", e.msg);
+    free(text);
+}
+
+json_t *read_json(const char *path) {
+    size_t len;
+    char *text = read_all(path, &len);
+    json_error_t je;
+    json_t *j = json_loadb(text, len, 0, &je);
+    free(text);
+    if (!j) fail_msg("%s: %s", path, je.text);
+    return j;
 }

@@ -8,6 +8,10 @@
 #include <stdint.h>
 /* cmocka.h needs the three headers above first */
 #include <cmocka.h>
+#include <jansson.h>
+
+#include "config.h"
+#include "mor.h"
 
 /* ||a-b|| / ||b|| (0 when both are zero). */
 double rel_err(const float *a, const float *b, size_t n);
@@ -23,5 +27,17 @@ int run_cmd(const char *cmd, char **out, char **errout);
 const char *tool(const char *name);
 /* A fresh empty temporary directory (static buffer, removed at exit). */
 const char *tmp_dir(void);
+/* tmp_dir()/name; the last eight results stay valid (static buffers). */
+const char *tmp_path(const char *name);
+/* 1 if path exists (stat succeeds). */
+int file_exists(const char *path);
+/* Files in tmp_dir() whose name contains ".tmp." (left by a failed write). */
+int tmp_leftovers(void);
+/* Fails the test unless e->msg contains needle. */
+void check_msg(const mor_error *e, const char *needle);
+/* Parses the YAML config file at path into *c; fails the test on an error. */
+void read_config(const char *path, mor_config *c);
+/* Parses the JSON file at path; fails the test on an error. */
+json_t *read_json(const char *path);
 
 #endif
