@@ -19,12 +19,19 @@ For the "tuned" rows run it as
   OMP_WAIT_POLICY=PASSIVE LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 bench_train.py
 """
 import math
+import os
 import sys
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as Fn
+# torch (Debian's build) calls OpenBLAS's pthread variant, whose own pool
+# defaults to every core whatever torch.set_num_threads says; for a
+# one-thread run it must be told before it loads.
+if len(sys.argv) > 2 and sys.argv[2] == "1":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as Fn  # noqa: E402
 
 SHAPES = {"small": dict(V=8192, C=256, F=704, H=4, KVH=2, L=4),
           "large": dict(V=49152, C=576, F=1536, H=9, KVH=3, L=6)}

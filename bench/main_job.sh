@@ -4,7 +4,7 @@
 # (data/kjv.txt, public domain) with the 512-token stories260K tokenizer,
 # then a sample from the trained model and the recursion depth the router
 # gave each generated token. Run from the repository root after `make`.
-#   STEPS=N      optimizer steps (default: the config's 400, a few minutes on 2 cores)
+#   STEPS=N      optimizer steps (default: the config's 300, a few minutes on 2 cores)
 #   THREADS=N    threads (default: physical cores)
 #   OUT=DIR      output directory (default bench/out/main_job)
 set -euo pipefail
