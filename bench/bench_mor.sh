@@ -4,18 +4,14 @@
 # layers, causal routing, recursion-wise KV cache) vs the Recursive baseline
 # (same 32 layers, no router), at 1 and 2 threads, for a short prompt with a
 # long generation and a long prompt with a short one. Prints a markdown table.
-# Run from the repository root after `make`:
+# Run from the repository root (it runs `make bench`):
 #   [THREADS="1 2"] bench/bench_mor.sh [REPS]   (REPS: runs per cell, the fastest kept; default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=${1:-1}
 threads=${THREADS:-1 2}
-bin=bin/bench_mor
-blas=/usr/lib/x86_64-linux-gnu/openblas-openmp
-if [ ! -x "$bin" ] || [ bench/bench_mor.c -nt "$bin" ] || [ lib/libmor.a -nt "$bin" ]; then
-    cc -O2 -march=x86-64-v3 -fopenmp -Ilib bench/bench_mor.c lib/libmor.a -L$blas \
-        -Wl,-rpath,$blas -lopenblas -lyaml -lzstd -ljansson -lpcre2-8 -lm -o "$bin"
-fi
+bin=bin/bench/bench_mor
+make -s bench >/dev/null
 get() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores" >&2
 echo "| workload | model | threads | prompt tok/s | decode tok/s | mean depth (decoded) | depths 1/2/3 | KV bytes/token | peak RSS MiB |"
