@@ -305,42 +305,24 @@ static void test_fixture_metaspace_style(void **state) {
 /* ------------------------------------------------------------------------ */
 /* llama2.c tokenizer.bin                                                   */
 
-/* Up to max lines of the corpora (first lines of each), or the fixture
- * texts when the corpora are not there. */
+/* Up to max lines of the corpora excerpts (the first 2,000 lines of each of
+ * the King James Bible and the Jargon File, public domain, committed under
+ * tests/data/corpora). */
 static char *corpus_text(int max_lines, size_t *len) {
-    static const char *dirs[] = {"tests/data/corpora", "/work/shared/data/corpora"};
-    static const char *files[] = {"kjv_bible.txt", "jargon.txt"};
+    static const char *files[] = {"tests/data/corpora/kjv_bible.txt", "tests/data/corpora/jargon.txt"};
     size_t cap = 1 << 20, n = 0;
     char *out = malloc(cap);
-    for (int d = 0; d < 2 && n == 0; d++)
-        for (int f = 0; f < 2; f++) {
-            char p[256];
-            snprintf(p, sizeof p, "%s/%s", dirs[d], files[f]);
-            FILE *fp = fopen(p, "rb");
-            if (!fp) continue;
-            char line[4096];
-            for (int i = 0; i < max_lines / 2 && fgets(line, sizeof line, fp); i++) {
-                size_t l = strlen(line);
-                while (n + l + 1 > cap) out = realloc(out, cap *= 2);
-                memcpy(out + n, line, l);
-                n += l;
-            }
-            fclose(fp);
-        }
-    if (n == 0) { /* fixture texts, one per line */
-        fprintf(stderr, "[ note ] corpora not found; using the fixture texts\n");
-        char *all = read_all(FIX "/gpt2.jsonl", NULL);
-        for (char *line = strtok(all, "\n"); line; line = strtok(NULL, "\n")) {
-            json_t *rec = json_loads(line, JSON_ALLOW_NUL, NULL);
-            json_t *jt = json_object_get(rec, "text");
-            size_t l = json_string_length(jt);
-            while (n + l + 2 > cap) out = realloc(out, cap *= 2);
-            memcpy(out + n, json_string_value(jt), l);
+    for (int f = 0; f < 2; f++) {
+        FILE *fp = fopen(files[f], "rb");
+        if (!fp) fail_msg("cannot open %s", files[f]);
+        char line[4096];
+        for (int i = 0; i < max_lines / 2 && fgets(line, sizeof line, fp); i++) {
+            size_t l = strlen(line);
+            while (n + l + 1 > cap) out = realloc(out, cap *= 2);
+            memcpy(out + n, line, l);
             n += l;
-            out[n++] = '\n';
-            json_decref(rec);
         }
-        free(all);
+        fclose(fp);
     }
     out[n] = 0;
     *len = n;
