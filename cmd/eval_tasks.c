@@ -271,44 +271,160 @@ typedef struct {
     int cut;    /* tokens dropped from the left to fit the context */
 } pair_score;
 
+/* One choice's request: context tokens then continuation tokens. */
+typedef struct {
+    int32_t *seq; /* (n) */
+    int n;        /* tokens in seq */
+    int nk;       /* continuation tokens (the last nk of seq) */
+    int cut;      /* tokens dropped from the left to fit the context */
+} pair_req;
+
+/* Encodes choice i of it after the few-shot prefix, as lm-eval does. */
+static mor_status encode_choice(const eval_runner *r, const eval_opts *o, const eval_item *it, int i,
+                                const char *prefix, pair_req *q, mor_error *err) {
+    size_t pl = strlen(prefix), cl = strlen(it->ctx[i]);
+    char *ctx = malloc(pl + cl + 1);
+    if (!ctx) return mor_fail(err, MOR_ENOMEM, "out of memory");
+    memcpy(ctx, prefix, pl);
+    memcpy(ctx + pl, it->ctx[i], cl + 1);
+    mor_status st = eval_encode_pair(r, o->bos, ctx, pl + cl, it->cont[i], strlen(it->cont[i]), &q->seq,
+                                     &q->n, &q->nk, &q->cut, err);
+    free(ctx);
+    return st;
+}
+
+/* An out-of-memory error as such, anything else as the choice's input error. */
+static int choice_error(const mor_error *err, const char *path, const eval_item *it, int i) {
+    return err->code == MOR_ENOMEM ? cli_fail(err)
+                                   : eval_input_error("%s:%d: choice %d: %s", path, it->line, i, err->msg);
+}
+
+/* ps's sums over the continuation's log-probabilities lp (nk) and argmax flags g (nk). */
+static void pair_sum(pair_score *ps, const pair_req *q, const double *lp, const uint8_t *g) {
+    ps->ll = 0;
+    ps->greedy = 1;
+    for (int k = 0; k < q->nk; k++) {
+        ps->ll += lp[k];
+        ps->greedy &= g[k];
+    }
+    ps->tokens = q->nk;
+    ps->cut = q->cut;
+}
+
+/* Scores an encoded request on its own: a fresh context per sequence. */
+static mor_status score_req(eval_runner *r, const pair_req *q, pair_score *ps, mor_error *err) {
+    double *lp = malloc(sizeof *lp * (size_t)q->nk);
+    uint8_t *g = malloc((size_t)q->nk);
+    mor_status st = lp && g ? eval_score(r, q->seq, q->n, q->n - 1 - q->nk, lp, g, err)
+                            : mor_fail(err, MOR_ENOMEM, "out of memory");
+    if (!st) pair_sum(ps, q, lp, g);
+    free(lp);
+    free(g);
+    return st;
+}
+
 static int score_pair(eval_runner *r, const eval_opts *o, const char *path, const eval_item *it, int i,
                       const char *prefix, pair_score *ps) {
     mor_error err = {0};
-    size_t pl = strlen(prefix), cl = strlen(it->ctx[i]);
-    char *ctx = malloc(pl + cl + 1);
-    if (!ctx) return cli_usage_error("out of memory");
-    memcpy(ctx, prefix, pl);
-    memcpy(ctx + pl, it->ctx[i], cl + 1);
-    int32_t *seq = NULL;
-    int n = 0, nk = 0;
-    double *lp = NULL;
-    uint8_t *g = NULL;
-    mor_status st = eval_encode_pair(r, o->bos, ctx, pl + cl, it->cont[i], strlen(it->cont[i]), &seq, &n,
-                                     &nk, &ps->cut, &err);
-    free(ctx);
+    pair_req q = {0};
+    mor_status st = encode_choice(r, o, it, i, prefix, &q, &err);
+    if (!st) st = score_req(r, &q, ps, &err);
+    free(q.seq);
+    return st ? choice_error(&err, path, it, i) : 0;
+}
+
+/* Scores choices whose requests all start with the same nc context tokens:
+ * the context is evaluated once, and for each choice the context is
+ * truncated back to nc positions and the continuation evaluated after it.
+ * The context's last logits (kept in ctx_logits) score each continuation's
+ * first token. Causal routing only: a truncated context then continues as if
+ * the other continuations had never been evaluated. On failure *bad is the
+ * failing choice. */
+static mor_status score_shared(eval_runner *r, const pair_req *q, int n_choices, int nc, pair_score *ps,
+                               int *bad, mor_error *err) {
+    size_t V = (size_t)r->V;
+    int max_nk = 0;
+    for (int c = 0; c < n_choices; c++) max_nk = q[c].nk > max_nk ? q[c].nk : max_nk;
+    float *ctx_logits = malloc(sizeof *ctx_logits * V); /* (V) of the context's last token */
+    double *lp = malloc(sizeof *lp * (size_t)max_nk);   /* (nk) */
+    uint8_t *g = malloc((size_t)max_nk);                /* (nk) */
+    double t0 = cli_now();
+    *bad = 0;
+    mor_status st = ctx_logits && lp && g ? MOR_OK : mor_fail(err, MOR_ENOMEM, "out of memory");
     if (!st) {
-        lp = malloc(sizeof *lp * (size_t)nk);
-        g = malloc((size_t)nk);
-        if (!lp || !g) st = mor_fail(&err, MOR_ENOMEM, "out of memory");
+        mor_context_reset(r->ctx);
+        st = mor_context_eval(r->ctx, q[0].seq, nc, NULL, err);
     }
-    if (!st) st = eval_score(r, seq, n, n - 1 - nk, lp, g, &err);
-    int rc = 0;
-    if (st) {
-        rc = err.code == MOR_ENOMEM
-                 ? cli_fail(&err)
-                 : eval_input_error("%s:%d: choice %d: %s", path, it->line, i, err.msg);
-    } else {
-        ps->ll = 0;
-        ps->greedy = 1;
-        for (int k = 0; k < nk; k++) {
-            ps->ll += lp[k];
-            ps->greedy &= g[k];
+    if (!st) {
+        memcpy(ctx_logits, mor_context_logits(r->ctx), V * sizeof *ctx_logits);
+        r->fed += nc;
+    }
+    for (int c = 0; c < n_choices && !st; c++) {
+        const int32_t *seq = q[c].seq;
+        int hit, to = q[c].n - 1; /* the last token is only a target */
+        *bad = c;
+        lp[0] = mor_eval_logprob(ctx_logits, r->V, seq[nc], &hit);
+        g[0] = (uint8_t)hit;
+        st = mor_context_truncate(r->ctx, nc, err);
+        /* position p's logits score seq[p + 1], continuation token p + 1 - nc */
+        for (int s = nc; s < to && !st; s += r->chunk) {
+            int k = to - s < r->chunk ? to - s : r->chunk;
+            st = mor_context_eval(r->ctx, seq + s, k, r->logits, err);
+            for (int i = 0; i < k && !st; i++) {
+                lp[s + i + 1 - nc] = mor_eval_logprob(r->logits + (size_t)i * V, r->V, seq[s + i + 1], &hit);
+                g[s + i + 1 - nc] = (uint8_t)hit;
+            }
         }
-        ps->tokens = nk;
+        if (!st) {
+            pair_sum(&ps[c], &q[c], lp, g);
+            r->fed += to - nc;
+        }
     }
-    free(seq);
+    r->busy_s += cli_now() - t0;
+    free(ctx_logits);
     free(lp);
     free(g);
+    return st;
+}
+
+/* Scores every choice of an item into ps (it->n). Choices with the same
+ * context tokens share one evaluation of the context, except with topk
+ * routing, where the selection depends on the call: there each whole
+ * sequence goes in one call, as eval_run does. */
+static int score_item(eval_runner *r, const eval_opts *o, const char *path, const eval_item *it,
+                      const char *prefix, pair_score *ps) {
+    if (r->whole || it->n < 2) {
+        for (int c = 0; c < it->n; c++) {
+            int rc = score_pair(r, o, path, it, c, prefix, &ps[c]);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    mor_error err = {0};
+    mor_status st = MOR_OK;
+    int rc = 0, c = 0;
+    pair_req *q = calloc((size_t)it->n, sizeof *q);
+    if (!q) return cli_usage_error("out of memory");
+    for (; c < it->n && !st; c++) st = encode_choice(r, o, it, c, prefix, &q[c], &err);
+    if (st) {
+        rc = choice_error(&err, path, it, c - 1);
+        goto out;
+    }
+    /* the context tokens: the same count and ids in every request? */
+    int nc = q[0].n - q[0].nk, shared = 1;
+    for (c = 1; c < it->n && shared; c++)
+        shared = q[c].n - q[c].nk == nc && !memcmp(q[c].seq, q[0].seq, sizeof *q[0].seq * (size_t)nc);
+    if (shared) {
+        int bad;
+        st = score_shared(r, q, it->n, nc, ps, &bad, &err);
+        if (st) rc = choice_error(&err, path, it, bad);
+    } else {
+        for (c = 0; c < it->n && !st; c++) st = score_req(r, &q[c], &ps[c], &err);
+        if (st) rc = choice_error(&err, path, it, c - 1);
+    }
+out:
+    for (c = 0; c < it->n; c++) free(q[c].seq);
+    free(q);
     return rc;
 }
 
@@ -429,10 +545,8 @@ int eval_cmd_mc(const eval_opts *o) {
         pair_score *ps = calloc((size_t)it->n, sizeof *ps);
         if (!prefix || !ps) rc = cli_usage_error("out of memory");
         int cut = 0;
-        for (int c = 0; c < it->n && !rc; c++) {
-            rc = score_pair(&t.r, o, t.task.path, it, c, prefix, &ps[c]);
-            cut |= ps[c].cut > 0;
-        }
+        if (!rc) rc = score_item(&t.r, o, t.task.path, it, prefix, ps);
+        for (int c = 0; c < it->n && !rc; c++) cut |= ps[c].cut > 0;
         if (!rc) {
             /* first maximum wins, as numpy.argmax */
             int pred = 0, pred_norm = 0;

@@ -155,6 +155,16 @@ void mor_context_reset(mor_context *c) {
     if (c->m->cfg.recursive) { mor_recur_reset(c); return; } /* lib/mor_forward.c */
     c->pos = 0;
 }
+mor_status mor_context_truncate(mor_context *c, int pos, mor_error *err) {
+    if (!c) return mor_fail(err, MOR_EARG, "mor_context_truncate: no context");
+    if (pos < 0 || pos > c->pos)
+        return mor_fail(err, MOR_EARG,
+                        "mor_context_truncate: position %d is outside 0..%d (the context's position)",
+                        pos, c->pos);
+    if (c->m->cfg.recursive) { mor_recur_truncate(c, pos); return MOR_OK; } /* lib/mor_forward.c */
+    c->pos = pos; /* the K/V rows beyond pos are overwritten by the next eval */
+    return MOR_OK;
+}
 int mor_context_pos(const mor_context *c) { return c->pos; }
 int mor_context_n_ctx(const mor_context *c) { return c->n_ctx; }
 const float *mor_context_logits(const mor_context *c) { return c->logits; }

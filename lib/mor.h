@@ -129,6 +129,16 @@ mor_status mor_context_new(const mor_model *m, const mor_context_params *p, mor_
                            mor_error *err);
 void mor_context_free(mor_context *c);
 void mor_context_reset(mor_context *c); /* forget all positions */
+/* Forgets every position >= pos (0 <= pos <= mor_context_pos(c), else
+ * MOR_EARG), so a shared prefix is evaluated once and several continuations
+ * are scored after it. A recursive/MoR context drops the K/V entries at
+ * those positions from every layer's cache and frees the blocks no longer
+ * needed; the routes of the last eval call are forgotten
+ * (mor_context_route fails until the next eval) and mor_context_logits is
+ * left as it was. In causal routing mode a truncated context continues
+ * exactly as if the dropped tokens had never been evaluated; in topk mode
+ * the selection is made per eval call anyway. */
+mor_status mor_context_truncate(mor_context *c, int pos, mor_error *err);
 int mor_context_pos(const mor_context *c);
 int mor_context_n_ctx(const mor_context *c);
 

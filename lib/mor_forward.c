@@ -223,6 +223,12 @@ void mor_recur_reset(mor_context *c) {
     mor_kv_clear(&c->mor->kv);
 }
 
+void mor_recur_truncate(mor_context *c, int pos) {
+    mor_kv_truncate(&c->mor->kv, pos);
+    c->mor->n_last = 0; /* the last call's routes may name dropped tokens */
+    c->pos = pos;
+}
+
 mor_status mor_recur_set_kv_block(mor_context *c, int positions, mor_error *err) {
     if (!c->mor)
         return mor_fail(err, MOR_EARG, "mor_recur_set_kv_block: not a recursive model's context");

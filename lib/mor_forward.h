@@ -51,6 +51,9 @@ mor_status mor_kv_init(mor_kv *kv, int n_layers, int n_kv_heads, int head_dim, i
 void mor_kv_free(mor_kv *kv);
 /* Forgets every entry and frees every block. */
 void mor_kv_clear(mor_kv *kv);
+/* Drops the entries at positions >= pos from every layer and frees the
+ * blocks that then hold none. */
+void mor_kv_truncate(mor_kv *kv, int32_t pos);
 /* Makes room for n_more entries after the layer's last one. */
 mor_status mor_kv_reserve(mor_kv *kv, int l, int n_more);
 /* Bytes of K and V in allocated blocks (positions excluded). */
@@ -90,6 +93,8 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
                          mor_error *err);
 void mor_recur_free(mor_context *c);
 void mor_recur_reset(mor_context *c);
+/* Drops every position >= pos (0 <= pos <= c->pos, checked by the caller). */
+void mor_recur_truncate(mor_context *c, int pos);
 mor_status mor_recur_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
                           mor_error *err);
 /* One token for each context, one context after the other. */

@@ -57,6 +57,20 @@ void mor_kv_clear(mor_kv *kv) {
     }
 }
 
+void mor_kv_truncate(mor_kv *kv, int32_t pos) {
+    if (!kv->layers) return;
+    for (int l = 0; l < kv->n_layers; l++) {
+        mor_kv_layer *ly = &kv->layers[l];
+        /* entries are in ascending position order: keep those at < pos */
+        ly->n = pos > 0 ? mor_kv_count_upto(kv, l, pos - 1) : 0;
+        int need = (ly->n + kv->block - 1) / kv->block;
+        while (ly->n_blocks > need) {
+            mor_free_big(ly->blocks[--ly->n_blocks]);
+            ly->blocks[ly->n_blocks] = NULL;
+        }
+    }
+}
+
 void mor_kv_free(mor_kv *kv) {
     mor_kv_clear(kv);
     if (kv->layers)

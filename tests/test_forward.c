@@ -317,6 +317,46 @@ static void test_errors(void **state) {
     mor_context_free(d);
 }
 
+/* Truncation forgets positions: A + B, truncated to |A|, then C gives the
+ * logits of A + C (the reference sequence, and a fresh context fed A then
+ * C); KV bytes match the fresh context's; positions out of range fail. */
+static void test_truncate(void **state) {
+    (void)state;
+    for (int i = 0; i < 2; i++) {
+        fixture *f = &fx[i];
+        int a = 5, nb = 6, nc = f->T - a; /* A = tokens[0..a), C = tokens[a..T) */
+        assert_true(nc > 1 && a + nb <= f->T);
+        int32_t ab[64];
+        memcpy(ab, f->tokens, (size_t)a * sizeof *ab);
+        for (int t = 0; t < nb; t++) ab[a + t] = f->tokens[f->T - 1 - t]; /* B differs from C */
+        float *lg = malloc((size_t)f->T * f->V * sizeof *lg);    /* (nc, V) */
+        float *fresh = malloc((size_t)f->T * f->V * sizeof *fresh); /* (nc, V) */
+        mor_context *c = new_ctx(f, 0, 1, 0), *c2 = new_ctx(f, 0, 1, 0);
+        mor_error err = {0};
+        eval_ok(c, ab, a + nb, NULL);
+        assert_int_equal(mor_context_truncate(c, a, &err), MOR_OK);
+        assert_int_equal(mor_context_pos(c), a);
+        eval_ok(c, f->tokens + a, nc, lg);
+        eval_ok(c2, f->tokens, a, NULL);
+        eval_ok(c2, f->tokens + a, nc, fresh);
+        assert_true(rel_err(lg, fresh, (size_t)nc * f->V) < 1e-6);
+        for (int t = 0; t < nc; t++) check_row(f, lg + (size_t)t * f->V, a + t, "truncated", 1);
+        assert_int_equal(mor_context_truncate(c, a, &err), MOR_OK);
+        assert_int_equal(mor_context_truncate(c2, a, &err), MOR_OK);
+        assert_int_equal(mor_context_kv_bytes(c), mor_context_kv_bytes(c2));
+        assert_true(mor_context_kv_bytes(c) > 0);
+        assert_int_equal(mor_context_truncate(c, a + 1, &err), MOR_EARG);
+        assert_int_equal(mor_context_truncate(c, -1, &err), MOR_EARG);
+        assert_int_equal(mor_context_pos(c), a);
+        assert_int_equal(mor_context_truncate(c, 0, &err), MOR_OK);
+        assert_int_equal(mor_context_kv_bytes(c), 0);
+        free(lg);
+        free(fresh);
+        mor_context_free(c);
+        mor_context_free(c2);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_prompt),
@@ -325,6 +365,7 @@ int main(void) {
         cmocka_unit_test(test_continued_prompt),
         cmocka_unit_test(test_eval_batch),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_truncate),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

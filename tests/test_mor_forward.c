@@ -555,6 +555,54 @@ static void test_init_checkpoint_generates(void **state) {
     free(out), free(err);
 }
 
+/* ---- truncation --------------------------------------------------------------- */
+
+/* A + B, truncated to |A|, then C: the logits equal a fresh context's fed A
+ * then C, and every layer's entries and the KV bytes (16-position blocks, so
+ * blocks are freed) equal the fresh context's after A. Causal cases only:
+ * top-k selection depends on the call. */
+static void case_truncate(mcase *k) {
+    if (!is_causal(k)) return;
+    enum { A = 24, B = 17, C = 20 };
+    int32_t ab[A + B], ac[A + C];
+    for (int i = 0; i < A + B; i++) ab[i] = (i * 37 + 11) % k->V;
+    memcpy(ac, ab, A * sizeof *ac);
+    for (int i = 0; i < C; i++) ac[A + i] = (i * 53 + 5) % k->V;
+    mor_context *c = new_ctx(k->m, 256, 1, MOR_ROUTE_CAUSAL), *f = new_ctx(k->m, 256, 1, MOR_ROUTE_CAUSAL);
+    mor_error e = {0};
+    if (mor_recur_set_kv_block(c, 16, &e) || mor_recur_set_kv_block(f, 16, &e)) fail_msg("%s", e.msg);
+    float *got = malloc((size_t)C * k->V * sizeof *got), *want = malloc((size_t)C * k->V * sizeof *want);
+    if (mor_context_eval(c, ab, A + B, NULL, &e)) fail_msg("%s", e.msg);
+    if (mor_context_eval(f, ac, A, NULL, &e)) fail_msg("%s", e.msg);
+    size_t before = mor_context_kv_bytes(c);
+    assert_int_equal(mor_context_truncate(c, A, &e), MOR_OK);
+    assert_int_equal(mor_context_pos(c), A);
+    assert_int_equal(mor_context_kv_bytes(c), mor_context_kv_bytes(f));
+    assert_true(mor_context_kv_bytes(c) < before); /* blocks were freed */
+    for (int l = 0; l < k->m->cfg.n_layers; l++)
+        assert_int_equal(mor_recur_kv_entries(c, l), mor_recur_kv_entries(f, l));
+    int d;
+    assert_int_equal(mor_context_route(c, 0, &d, NULL, &e), MOR_EARG); /* routes forgotten */
+    if (mor_context_eval(c, ac + A, C, got, &e)) fail_msg("%s", e.msg);
+    if (mor_context_eval(f, ac + A, C, want, &e)) fail_msg("%s", e.msg);
+    double err = rel_err(got, want, (size_t)C * k->V);
+    if (err >= 1e-6) fail_msg("%s: truncated vs fresh logits rel err %.3g", k->name, err);
+    assert_int_equal(mor_context_kv_bytes(c), mor_context_kv_bytes(f));
+    assert_int_equal(mor_context_truncate(c, A + C + 1, &e), MOR_EARG);
+    assert_int_equal(mor_context_truncate(c, -1, &e), MOR_EARG);
+    assert_int_equal(mor_context_truncate(c, 0, &e), MOR_OK);
+    assert_int_equal(mor_context_kv_bytes(c), 0);
+    free(got);
+    free(want);
+    mor_context_free(c);
+    mor_context_free(f);
+}
+
+static void test_truncate(void **state) {
+    (void)state;
+    for_each_case(case_truncate);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reference_logits),
@@ -566,6 +614,7 @@ int main(void) {
         cmocka_unit_test(test_eval_batch),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_init_checkpoint_generates),
+        cmocka_unit_test(test_truncate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
