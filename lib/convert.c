@@ -183,7 +183,9 @@ static mor_status hf_open_weights(hf_source *h, mor_error *err) {
         json_t *val;
         const char **names = calloc(json_object_size(map) + 1, sizeof *names);
         int nn = 0;
+        if (!names) st = mor_fail(err, MOR_ENOMEM, "out of memory");
         json_object_foreach(map, key, val) {
+            if (st) break;
             const char *s = json_string_value(val);
             if (!s || strchr(s, '/')) {
                 st = mor_fail(err, MOR_EFORMAT, "%s: weight_map['%s'] must be a file name", index, key);
@@ -193,7 +195,8 @@ static mor_status hf_open_weights(hf_source *h, mor_error *err) {
             for (int i = 0; i < nn && !seen; i++) seen = !strcmp(names[i], s);
             if (!seen) names[nn++] = s;
         }
-        h->files = calloc((size_t)nn + 1, sizeof *h->files);
+        h->files = st ? NULL : calloc((size_t)nn + 1, sizeof *h->files);
+        if (!st && !h->files) st = mor_fail(err, MOR_ENOMEM, "out of memory");
         for (int i = 0; i < nn && !st; i++) {
             char *sp = path_join(h->dir, names[i]);
             st = mor_st_open(sp, &h->files[i], err);

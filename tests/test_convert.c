@@ -7,6 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
+#include "io.h"
 #include "mor.h"
 #include "safetensors.h"
 #include "testutil.h"
@@ -246,6 +249,61 @@ static void test_bad_checkpoint(void **state) {
     assert_non_null(strstr(e.msg, "missing.mor"));
 }
 
+/* A sharded checkpoint: stories260K's tensors split over two files and an
+ * index, as Hugging Face writes large models. */
+static const char *make_sharded(const char *name, int drop_from_shard) {
+    const char *dir = scratch_hf(name, NULL, NULL, 0);
+    char path[800];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    mor_error e = {0};
+    mor_st_file *src;
+    assert_int_equal(mor_st_open(HF_DIR "/model.safetensors", &src, &e), MOR_OK);
+    json_t *map = json_object();
+    for (int part = 0; part < 2; part++) {
+        char shard[64], sp[900];
+        snprintf(shard, sizeof shard, "model-%05d-of-00002.safetensors", part + 1);
+        snprintf(sp, sizeof sp, "%s/%s", dir, shard);
+        mor_st_writer *w = mor_st_writer_new();
+        for (int i = part; i < src->n_tensors; i += 2) {
+            const mor_st_tensor *t = &src->tensors[i];
+            json_object_set_new(map, t->name, json_string(shard));
+            if (drop_from_shard && i == 3) continue; /* listed in the index, absent from the shard */
+            assert_int_equal(mor_st_writer_declare(w, t->name, t->dtype, t->ndim, t->shape, &e), MOR_OK);
+        }
+        FILE *f = fopen(sp, "wb");
+        mor_sink sink;
+        assert_int_equal(mor_sink_open(&sink, f, sp, 0, &e), MOR_OK);
+        assert_int_equal(mor_st_writer_header(w, &sink, &e), MOR_OK);
+        for (int i = part; i < src->n_tensors; i += 2) {
+            const mor_st_tensor *t = &src->tensors[i];
+            if (drop_from_shard && i == 3) continue;
+            assert_int_equal(mor_st_writer_data(w, &sink, t->data, t->end - t->begin, &e), MOR_OK);
+        }
+        assert_int_equal(mor_sink_finish(&sink, &e), MOR_OK);
+        mor_sink_free(&sink);
+        fclose(f);
+        mor_st_writer_free(w);
+    }
+    unlink(path); /* only the index remains */
+    json_t *index = json_pack("{s:{},s:o}", "metadata", "weight_map", map);
+    char ip[900];
+    snprintf(ip, sizeof ip, "%s/model.safetensors.index.json", dir);
+    assert_int_equal(json_dump_file(index, ip, JSON_INDENT(1)), 0);
+    json_decref(index);
+    mor_st_close(src);
+    return dir;
+}
+
+static void test_sharded_index(void **state) {
+    (void)state;
+    mor_error e = {0};
+    mor_convert_params p = {.dtype = MOR_DTYPE_F32};
+    const char *out = tmp_path("sharded.mor");
+    if (mor_convert_hf(make_sharded("sharded", 0), out, &p, &e)) fail_msg("%s", e.msg);
+    check_greedy(out, 1);
+    expect_hf_failure(make_sharded("sharded_bad", 1), "is not in shard model-00002-of-00002.safetensors");
+}
+
 /* ---- recursive models from a pretrained one, and fresh ones --------------- */
 
 static const float *tensor(const mor_st_file *f, const char *name) {
@@ -349,6 +407,7 @@ int main(void) {
         cmocka_unit_test(test_hf_greedy),        cmocka_unit_test(test_llama2c_greedy),
         cmocka_unit_test(test_routes_agree),     cmocka_unit_test(test_export_round_trip),
         cmocka_unit_test(test_bf16),             cmocka_unit_test(test_bad_hf_inputs),
+        cmocka_unit_test(test_sharded_index),
         cmocka_unit_test(test_bad_llama2c),      cmocka_unit_test(test_bad_checkpoint),
         cmocka_unit_test(test_uptrain_init_methods), cmocka_unit_test(test_init_fresh),
     };
