@@ -223,10 +223,16 @@ static void metrics_step(FILE *f, long step, const mor_config *c, const mor_trai
         fprintf(f, ",\"tokens_per_depth\":[");
         for (int r = 0; r < c->num_recursion; r++) fprintf(f, "%s%.0f", r ? "," : "", st->rs.depth[r]);
         fprintf(f, "]");
-        if (c->mor.type == MOR_ROUTING_EXPERT)
-            fprintf(f, ",\"dead_token_ratio\":%.4f,\"sampling_acc\":%.4f", st->rs.dead,
-                    st->rs.acc_count ? st->rs.acc_hits / st->rs.acc_count : 1.0);
-        else
+        if (c->mor.type == MOR_ROUTING_EXPERT) {
+            fprintf(f, ",\"dead_token_ratio\":%.4f", st->rs.dead);
+            if (!c->mor.rand_router)
+                fprintf(f, ",\"sampling_acc\":%.4f",
+                        st->rs.acc_count ? st->rs.acc_hits / st->rs.acc_count : 1.0);
+            if (c->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER && !c->mor.rand_router)
+                fprintf(f, ",\"aux_topk_acc\":%.4f,\"aux_grad_norm\":%.6f",
+                        st->rs.topk_count ? st->rs.topk_hits / st->rs.topk_count : 1.0,
+                        st->aux_grad_norm);
+        } else
             fprintf(f, ",\"maxvio\":%.4f,\"entropy\":%.4f", st->rs.maxvio, st->rs.entropy);
     }
     fprintf(f, "}\n");

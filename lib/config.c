@@ -115,6 +115,9 @@ static const config_key config_keys[] = {
     BOOL("mor.expert.include_first", mor.expert.include_first),
     ENUM("mor.expert.gating", mor.expert.gating, gating_names),
     BOOL("mor.expert.untie_attention", mor.expert.untie_attention),
+    FLT("mor.expert.aux_lr_scale", mor.expert.aux_lr_scale, 0, 1e6),
+    FLT("mor.expert.aux_weight_decay", mor.expert.aux_weight_decay, 0, 1e3),
+    FLT("mor.expert.aux_max_grad_norm", mor.expert.aux_max_grad_norm, 0, 1e9),
     ENUM("mor.token.router_func", mor.token.router_func, token_func_names),
     FLT("mor.token.alpha", mor.token.alpha, 0, 1e6),
     ENUM("mor.token.balancing", mor.token.balancing, balancing_names),
@@ -180,6 +183,9 @@ void mor_config_defaults(mor_config *c) {
     c->mor.expert.coeff = 1e-3f;
     c->mor.expert.include_first = 1;
     c->mor.expert.gating = MOR_GATING_WEIGHTED;
+    c->mor.expert.aux_lr_scale = 10.0f;
+    c->mor.expert.aux_weight_decay = 0.1f;
+    c->mor.expert.aux_max_grad_norm = 1.0f;
     c->mor.token.router_func = MOR_FUNC_SOFTMAX;
     c->mor.token.alpha = 1.0f;
     c->mor.token.balancing = MOR_BALANCE_LOSS;
@@ -762,6 +768,10 @@ static mor_status validate_mor(mor_config *c, const char *source, const int *lin
     if (c->mor.type != MOR_ROUTING_EXPERT && c->mor.type != MOR_ROUTING_TOKEN)
         return mor_fail(err, MOR_ECONFIG, "%s: mor.type: unknown value %d", AT("mor.type"),
                         (int)c->mor.type);
+    if (!expert && c->mor.rand_router)
+        return mor_fail(err, MOR_ECONFIG,
+                        "%s: mor.rand_router applies to expert-choice routing only (the random "
+                        "router ablation replaces top-k scores)", AT("mor.rand_router"));
     if ((unsigned)c->mor.router_type > MOR_ROUTER_WIDE_MLP)
         return mor_fail(err, MOR_ECONFIG, "%s: mor.router_type: unknown value %d",
                         AT("mor.router_type"), (int)c->mor.router_type);

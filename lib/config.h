@@ -84,6 +84,9 @@ typedef struct mor_config {
             int include_first;           /* logging only */
             mor_gating gating;
             int untie_attention;         /* own q/k/v/o per step (the released code) */
+            /* sampling: aux_router's own AdamW (spec 3.5): lr = scale x the
+             * scheduled lr, its weight decay, its own gradient clipping */
+            float aux_lr_scale, aux_weight_decay, aux_max_grad_norm;
         } expert;
         struct {
             mor_router_func router_func; /* softmax or sigmoid */

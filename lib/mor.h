@@ -157,7 +157,8 @@ int mor_model_num_recursion(const mor_model *m);
  * vanilla model) and, when scores is non-NULL, mor_model_num_recursion(m)
  * router scores (none for a model without routers): for expert-choice the
  * router activation at each step that was evaluated (sigmoid or tanh of the
- * logit; NAN where the token had already exited), for token-choice the N_R
+ * logit, or the uniform score u of a mor.rand_router model; NAN where the
+ * token had already exited), for token-choice the N_R
  * routing probabilities. */
 mor_status mor_context_route(const mor_context *c, int i, int *depth, float *scores, mor_error *err);
 /* KV cache memory in use: for a recursive/MoR model the bytes of the K/V

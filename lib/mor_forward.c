@@ -20,6 +20,9 @@
  *     topk mode keeps the k_r largest gates, causal mode keeps z >= 0
  *     (step 1 keeps all); selected: h <- h + g*B(h) (B includes its
  *     residuals; gating additive: h + B(h)); the rest are frozen for good.
+ *     mor.rand_router (ablation, no router weights): a hashed uniform score
+ *     u of (train.seed, step, absolute position) replaces act(z), g =
+ *     alpha*u; causal mode keeps u >= 1 - c_r/c_{r-1} at r >= 2.
  *   token-choice: one router on h^1 gives each token a depth d; the step-r
  *     stage runs the tokens with d >= r on x (x = h^1 at r = 1); a token
  *     leaves at r = d with out = h^1 + g*B^d(h^1), no gate in between.
@@ -126,16 +129,16 @@ static mor_status check_model(const mor_model *m, mor_error *err) {
     if (s) return s;
     if (!m->unrolled)
         return mor_fail(err, MOR_EARG, "mor_context_new: the model's unrolled layers are not bound");
-    if (cfg->mor.enable && cfg->mor.rand_router)
+    if (cfg->mor.enable && cfg->mor.rand_router && cfg->mor.type == MOR_ROUTING_TOKEN)
         return mor_fail(err, MOR_EUNSUPPORTED,
-                        "mor_context_new: mor.rand_router: a random router (training ablation) has "
-                        "no inference rule");
+                        "mor_context_new: mor.rand_router with mor.type: token: the random router "
+                        "is an expert-choice ablation only (spec 10); token-choice has no rule for it");
     int R = cfg->num_recursion, base = mor_config_base_depth(cfg), off = mor_config_rec_offset(cfg);
     if (R < 1 || base < 1 || off + R * base > cfg->n_layers)
         return mor_fail(err, MOR_ECONFIG,
                         "mor_context_new: %d layers do not hold %d recursions of %d layers", cfg->n_layers,
                         R, base);
-    if (cfg->mor.enable) {
+    if (cfg->mor.enable && !cfg->mor.rand_router) { /* a random router has no weights */
         int n_routers = cfg->mor.type == MOR_ROUTING_TOKEN ? 1 : R;
         int mlp = cfg->mor.router_type != MOR_ROUTER_LINEAR;
         for (int r = 0; r < n_routers; r++)
@@ -413,12 +416,43 @@ static float router_activation(mor_router_func f, float z) {
     return f == MOR_FUNC_SIGMOID ? 1.0f / (1.0f + expf(-z)) : f == MOR_FUNC_TANH ? tanhf(z) : z;
 }
 
+/* mor.rand_router (the random-router ablation of spec 10): candidate j of
+ * step r gets the score u = mor_route_rand_score(train.seed, MOR_RAND_INFER,
+ * 0, r << 32 | position) in [0, 1) and the gate alpha*u. The score is a pure
+ * function of the step and the token's ABSOLUTE position (pos0 + call
+ * index), never of the call, so causal mode routes a token the same however
+ * the context is fed. Causal mode keeps the candidates with
+ * u >= 1 - c_r/c_{r-1} (mor_route_rand_continues: on average the share of
+ * candidates top-k keeps); topk mode takes the k_r largest gates of the
+ * call's n tokens, as with a learned router. Writes the nc candidates'
+ * scores u (st->z), gates (st->gate) and recorded routes (u); returns the
+ * kept count with st->sel as mor_route_topk writes it. */
+static int rand_scores(mor_context *c, int pos0, int n, int nc, int r, int topk) {
+    struct mor_recur_state *st = c->mor;
+    const mor_config *cfg = &c->m->cfg;
+    float alpha = cfg->mor.expert.alpha;
+    for (int j = 0; j < nc; j++) {
+        uint64_t t = (uint64_t)(pos0 + st->cand[j]); /* absolute position, >= 0 */
+        float u = mor_route_rand_score(cfg->train.seed, MOR_RAND_INFER, 0, (uint64_t)r << 32 | t);
+        st->z[j] = u;
+        st->gate[j] = alpha * u;
+        st->route[(size_t)st->cand[j] * st->R + (r - 1)] = u;
+    }
+    if (topk)
+        return mor_route_topk(st->sel, NULL, st->cand, st->gate, nc,
+                              mor_route_k(cfg->mor.capacity[r - 1], n));
+    int ns = 0;
+    for (int j = 0; j < nc; j++)
+        if (mor_route_rand_continues(r, st->z[j], cfg->mor.capacity)) st->sel[ns++] = j;
+    return ns;
+}
+
 /* Expert-choice recursion steps over the call's n tokens (spec 3.3, 3.7). */
 static mor_status expert_steps(mor_context *c, int pos0, int n) {
     struct mor_recur_state *st = c->mor;
     const mor_model *m = c->m;
     const mor_config *cfg = &m->cfg;
-    int R = st->R, topk = c->routing == MOR_ROUTE_TOPK;
+    int R = st->R, topk = c->routing == MOR_ROUTE_TOPK, rnd = cfg->mor.rand_router;
     mor_router_func f = cfg->mor.expert.router_func;
     float alpha = cfg->mor.expert.alpha;
     int weighted = cfg->mor.expert.gating == MOR_GATING_WEIGHTED;
@@ -428,19 +462,24 @@ static mor_status expert_steps(mor_context *c, int pos0, int n) {
     int nc = n;
     for (int t = 0; t < n; t++) st->cand[t] = t;
     for (int r = 1; r <= R && nc > 0; r++) {
-        const mor_router_weights *rw = &m->routers[r - 1];
-        router_logits(c, rw, st->cand, nc, 1, st->z);
-        if (aux && (m->aux_routers[r - 1].w || m->aux_routers[r - 1].fc1))
-            router_logits(c, &m->aux_routers[r - 1], st->cand, nc, 1, st->aux_z);
-        else
-            memcpy(st->aux_z, st->z, (size_t)nc * sizeof(float));
-        for (int j = 0; j < nc; j++) {
-            st->gate[j] = mor_route_gate(f, alpha, st->z[j]);
-            st->route[(size_t)st->cand[j] * R + (r - 1)] = router_activation(f, st->z[j]);
-        }
-        int ns = topk ? mor_route_topk(st->sel, NULL, st->cand, st->gate, nc,
+        int ns;
+        if (rnd) {
+            ns = rand_scores(c, pos0, n, nc, r, topk);
+        } else {
+            const mor_router_weights *rw = &m->routers[r - 1];
+            router_logits(c, rw, st->cand, nc, 1, st->z);
+            if (aux && (m->aux_routers[r - 1].w || m->aux_routers[r - 1].fc1))
+                router_logits(c, &m->aux_routers[r - 1], st->cand, nc, 1, st->aux_z);
+            else
+                memcpy(st->aux_z, st->z, (size_t)nc * sizeof(float));
+            for (int j = 0; j < nc; j++) {
+                st->gate[j] = mor_route_gate(f, alpha, st->z[j]);
+                st->route[(size_t)st->cand[j] * R + (r - 1)] = router_activation(f, st->z[j]);
+            }
+            ns = topk ? mor_route_topk(st->sel, NULL, st->cand, st->gate, nc,
                                        mor_route_k(cfg->mor.capacity[r - 1], n))
                       : mor_route_causal(st->sel, NULL, st->cand, st->aux_z, nc, r);
+        }
         int l0 = st->off + (r - 1) * st->base, l1 = l0 + st->base;
         mor_status s;
         if (cfg->kv.enable && r == 1 && ns < nc) {

@@ -49,7 +49,8 @@ void mor_adamw_step(float *params, const float *grads, float *m, float *v,
 /* ======================================================================== */
 /* Gradient norm and clipping                                               */
 
-float mor_grad_norm(const float *grads, size_t n) {
+/* Sum of squares in double, chunk sums added in chunk order. */
+static double sum_squares(const float *grads, size_t n) {
     size_t n_chunks = (n + NORM_CHUNK - 1) / NORM_CHUNK;
     double total = 0;
     /* Groups of chunks: the chunks of a group run in parallel, their sums are
@@ -67,17 +68,33 @@ float mor_grad_norm(const float *grads, size_t n) {
         }
         for (int c = 0; c < m; c++) total += part[c];
     }
-    return (float)sqrt(total);
+    return total;
+}
+
+float mor_grad_norm(const float *grads, size_t n) { return (float)sqrt(sum_squares(grads, n)); }
+
+static void scale(float *grads, size_t n, float coef) {
+#pragma omp parallel for if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) grads[i] *= coef;
 }
 
 float mor_clip_grad_norm(float *grads, size_t n, float max_norm) {
     float norm = mor_grad_norm(grads, n);
     if (max_norm <= 0) return norm;
     float coef = max_norm / (norm + 1e-6f);
-    if (coef < 1.0f) {
-#pragma omp parallel for if (n >= PAR_MIN)
-        for (size_t i = 0; i < n; i++) grads[i] *= coef;
-    }
+    if (coef < 1.0f) scale(grads, n, coef);
+    return norm;
+}
+
+float mor_clip_grad_norm_spans(float *grads, const mor_param_span *spans, int n_spans,
+                               float max_norm) {
+    double total = 0;
+    for (int s = 0; s < n_spans; s++) total += sum_squares(grads + spans[s].offset, spans[s].n);
+    float norm = (float)sqrt(total);
+    if (max_norm <= 0) return norm;
+    float coef = max_norm / (norm + 1e-6f);
+    if (coef < 1.0f)
+        for (int s = 0; s < n_spans; s++) scale(grads + spans[s].offset, spans[s].n, coef);
     return norm;
 }
 

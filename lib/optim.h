@@ -56,6 +56,10 @@ float mor_grad_norm(const float *grads, size_t n);
  * gradients are scaled by min(1, max_norm / (norm + 1e-6)). Returns the norm
  * before clipping (what the reference logs as grad_norm). */
 float mor_clip_grad_norm(float *grads, size_t n, float max_norm);
+/* The same over the parameters of a span table only: one optimizer's share
+ * of the flat array (the aux routers of spec 3.5 are clipped on their own). */
+float mor_clip_grad_norm_spans(float *grads, const mor_param_span *spans, int n_spans,
+                               float max_norm);
 
 /* ------------------------------------------------------------------------ */
 /* Learning-rate schedules: each returns the lr of update number `step`.     */

@@ -81,6 +81,26 @@ int mor_route_topk(int32_t *sel, int32_t *pos, const int32_t *cand, const float 
     return m;
 }
 
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+float mor_route_rand_score(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
+    uint64_t h = mix64(seed ^ 0x9e3779b97f4a7c15ull);
+    h = mix64(h + a);
+    h = mix64(h + b);
+    h = mix64(h + c);
+    return (float)(h >> 40) * 0x1p-24f;
+}
+
+int mor_route_rand_continues(int r, float u, const double *capacity) {
+    if (r <= 1) return 1;
+    double keep = capacity[r - 2] > 0 ? capacity[r - 1] / capacity[r - 2] : 0;
+    return (double)u >= 1.0 - keep;
+}
+
 int mor_route_causal_continues(int r, float z) {
     return r <= 1 || z >= 0.0f;
 }

@@ -56,6 +56,23 @@ int mor_route_causal(int32_t *sel,        /* (n_cand) out (m) */
                      const float *z,      /* (n_cand) */
                      int n_cand, int r);
 
+/* Random router (mor.rand_router, the ablation of spec 10 / Table 13): the
+ * score of a candidate is u in [0, 1), gate alpha*u, chosen by top-k like a
+ * learned router's gates. u is a pure function of (seed, a, b, c), so the
+ * trainer, the inference engine and the PyTorch reference draw the same
+ * numbers without sharing RNG state:
+ *   mix(z) = splitmix64's finaliser; h = mix(seed ^ 0x9e3779b97f4a7c15);
+ *   h = mix(h + a); h = mix(h + b); h = mix(h + c); u = (h >> 40) * 2^-24.
+ * Callers: the trainer uses (train.seed, forward call, row, r << 32 | t);
+ * inference (train.seed, MOR_RAND_INFER, 0, r << 32 | t). */
+#define MOR_RAND_INFER 0x8000000000000001ull
+float mor_route_rand_score(uint64_t seed, uint64_t a, uint64_t b, uint64_t c);
+/* Causal rule of a random router (inference only): a candidate continues at
+ * step r >= 2 iff u >= 1 - c_r / c_{r-1}, i.e. with probability
+ * c_r / c_{r-1}, the fraction of candidates top-k keeps at that step; step 1
+ * always runs. */
+int mor_route_rand_continues(int r, float u, const double *capacity /* (N_R) */);
+
 /* ---- token-choice ------------------------------------------------------ */
 
 /* Depth assignment (spec 4.1), per token t of T:

@@ -86,7 +86,7 @@ void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *s
     memset(m->grads, 0, m->n_floats * sizeof(float));
     mor_train_pass p = {.backward = 1, .warmup = 1, .ce_norm = (double)G * B * (n - 1),
                         .aux_scale = G};
-    double acc_hits = 0, acc_count = 0;
+    double acc_hits = 0, acc_count = 0, topk_hits = 0, topk_count = 0;
     for (int g = 0; g < G; g++) {
         mor_train_losses ls;
         mor_train_data_next(d, t->batch, B);
@@ -100,16 +100,34 @@ void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *s
         for (int r = 0; r < R; r++) st->rs.depth[r] += ls.rs.depth[r];
         acc_hits += ls.rs.acc_hits;
         acc_count += ls.rs.acc_count;
+        topk_hits += ls.rs.topk_hits;
+        topk_count += ls.rs.topk_count;
         st->rs.dead += ls.rs.dead / G;
         st->rs.maxvio += ls.rs.maxvio / G;
         st->rs.entropy += ls.rs.entropy / G;
     }
     st->rs.acc_hits = acc_hits;
     st->rs.acc_count = acc_count;
-    st->grad_norm = mor_clip_grad_norm(m->grads, m->n_floats, c->train.max_grad_norm);
+    st->rs.topk_hits = topk_hits;
+    st->rs.topk_count = topk_count;
     st->lr = mor_trainer_lr(t, t->step);
     mor_adamw_params hp = {.lr = st->lr, .beta1 = c->train.adam_beta1, .beta2 = c->train.adam_beta2,
                            .eps = c->train.adam_eps, .weight_decay = c->train.weight_decay};
+    if (!m->n_aux_spans) {
+        st->grad_norm = mor_clip_grad_norm(m->grads, m->n_floats, c->train.max_grad_norm);
+    } else {
+        /* spec 3.5: the aux routers are a second optimizer ("sam_optimizer"),
+         * clipped on their own, at a multiple of the same schedule */
+        st->grad_norm = mor_clip_grad_norm_spans(m->grads, m->spans, m->n_spans,
+                                                 c->train.max_grad_norm);
+        st->aux_grad_norm = mor_clip_grad_norm_spans(m->grads, m->aux_spans, m->n_aux_spans,
+                                                     c->mor.expert.aux_max_grad_norm);
+        mor_adamw_params ap = hp;
+        ap.lr = st->lr * c->mor.expert.aux_lr_scale;
+        ap.weight_decay = c->mor.expert.aux_weight_decay;
+        mor_adamw_step(m->params, m->grads, t->adam_m, t->adam_v, m->aux_spans, m->n_aux_spans,
+                       t->step + 1, &ap);
+    }
     mor_adamw_step(m->params, m->grads, t->adam_m, t->adam_v, m->spans, m->n_spans, t->step + 1, &hp);
     if (m->bal_bias != SIZE_MAX) { /* loss-free balancing, after the optimizer step */
         double ratio[MOR_MAX_RECURSION];

@@ -91,11 +91,16 @@ typedef struct train_seg {
     /* expert-choice: the candidates C_r of each sequence and their router */
     int Nc;        /* most candidates per sequence */
     int ncand;     /* candidates per sequence in this forward (same for every row) */
+    int nkept;     /* candidates each sequence keeps in this forward */
+    int run_all;   /* 1: the rows are ALL candidates, only the kept ones take the
+                    * output (KV sharing with c_1 < 1, spec 5.2); 0: the kept ones */
     int32_t *cand; /* (B*Nc) candidate positions, ascending per sequence */
-    int32_t *sel;  /* (B*Nc) top-k workspace; first cnt[b] = kept candidate indices */
+    int32_t *sel;  /* (B*Nc) top-k workspace; first nkept = kept candidate indices */
     float *hin;    /* (B*Nc, C) router input: h / temp */
     float *rpre, *ract; /* (B*Nc, 2C) MLP router hidden (pre/post GELU) */
-    float *z;      /* (B*Nc) raw router logits */
+    float *z;      /* (B*Nc) raw router logits; rand_router: the scores u */
+    float *za;     /* (B*Nc) aux router logits (sampling: aux_router) */
+    float *arpre, *aract; /* (B*Nc, 2C) MLP aux router hidden */
     float *g;      /* (B*Nc) gates */
     float *y;      /* (B*Nc) BCE targets: 1 if kept */
     float *gsel;   /* (B*M) gates of the kept rows */
@@ -106,7 +111,10 @@ typedef struct train_seg {
 /* Router statistics of one micro-batch (spec §8, §4.2). */
 typedef struct mor_train_router_stats {
     double depth[MOR_MAX_RECURSION]; /* tokens that ran exactly r+1 recursions */
-    double acc_hits, acc_count;      /* expert: (z >= 0) == selected, over candidates */
+    double acc_hits, acc_count;      /* expert: (z >= 0) == selected, over candidates
+                                      * (z of the aux router under aux_router) */
+    double topk_hits, topk_count;    /* aux_router: kept tokens the aux router's own
+                                      * top-k would keep too */
     double dead;                     /* expert: dead-token ratio at the last step */
     double maxvio, entropy;          /* token-choice */
 } mor_train_router_stats;
@@ -147,6 +155,10 @@ typedef struct mor_train_model {
     train_layer_w *lw;     /* (L) weights of each unrolled position */
     size_t rw1[MOR_MAX_RECURSION], rw2[MOR_MAX_RECURSION]; /* routers: linear weight,
                             * or MLP fc1/fc2; token-choice uses index 0 */
+    size_t arw1[MOR_MAX_RECURSION], arw2[MOR_MAX_RECURSION]; /* aux routers, same */
+    int aux_router;        /* expert sampling: aux_router (spec 3.5) */
+    mor_param_span *aux_spans; /* (n_aux_spans) the aux routers: their own AdamW */
+    int n_aux_spans;       /* spans[] then holds every other trainable tensor */
     size_t bal_bias;       /* (R) loss-free balancing bias, or SIZE_MAX */
     /* structure */
     int n_segs;
@@ -199,8 +211,8 @@ typedef struct mor_train_model {
 /* Lays out and allocates parameters, gradients and activations for micro-
  * batches of B rows of n tokens. cfg must be validated. Parameters start at
  * zero; call mor_train_model_init_weights or mor_train_model_load. Routing
- * features the trainer does not implement (aux_router, rand_router) and KV
- * sharing without a full first recursion are MOR_EUNSUPPORTED. */
+ * features the trainer does not implement (rand_router with token-choice)
+ * are MOR_EUNSUPPORTED. */
 mor_status mor_train_model_new(mor_train_model *m, const mor_config *cfg, int B, int n,
                                mor_error *err);
 void mor_train_model_free(mor_train_model *m);
@@ -303,6 +315,7 @@ typedef struct mor_trainer {
 typedef struct mor_train_step_stats {
     double loss, ce, bce, zloss, bal; /* means over the step */
     double grad_norm, lr;
+    double aux_grad_norm;             /* aux routers, before their own clipping */
     mor_train_router_stats rs;        /* summed over the micro-batches (depth) or averaged */
 } mor_train_step_stats;
 

@@ -85,15 +85,18 @@ static mor_status layout_params(mor_train_model *m, mor_error *err) {
     m->specs = calloc((size_t)m->n_tensors, sizeof *m->specs);
     m->toff = calloc((size_t)m->n_tensors, sizeof *m->toff);
     m->spans = calloc((size_t)m->n_tensors, sizeof *m->spans);
+    m->aux_spans = calloc((size_t)m->n_tensors, sizeof *m->aux_spans);
     m->lw = calloc((size_t)c->n_layers, sizeof *m->lw);
-    if (!m->specs || !m->toff || !m->spans || !m->lw)
+    if (!m->specs || !m->toff || !m->spans || !m->aux_spans || !m->lw)
         return mor_fail(err, MOR_ENOMEM, "trainer: out of memory");
     mor_param_specs(c, m->specs, m->n_tensors);
     size_t off = 0;
     for (int i = 0; i < m->n_tensors; i++) {
         const mor_param_spec *s = &m->specs[i];
         m->toff[i] = off;
-        if (s->kind != MOR_PARAM_BUFFER) {
+        if (!strncmp(s->name, "model.aux_routers.", 18)) /* own optimizer, always decayed */
+            m->aux_spans[m->n_aux_spans++] = (mor_param_span){off, spec_numel(s), 1};
+        else if (s->kind != MOR_PARAM_BUFFER) {
             int decay = c->train.weight_decay_scope == MOR_WD_ALL || s->kind != MOR_PARAM_NORM;
             m->spans[m->n_spans++] = (mor_param_span){off, spec_numel(s), decay};
         }
@@ -118,22 +121,25 @@ static mor_status layout_params(mor_train_model *m, mor_error *err) {
     }
     for (int l = 0; l < c->n_layers && !st; l++) st = bind_layer(m, l, err);
     m->bal_bias = SIZE_MAX;
-    if (!st && c->mor.enable) {
+    if (!st && c->mor.enable && !c->mor.rand_router) {
         int expert = c->mor.type == MOR_ROUTING_EXPERT, lin = c->mor.router_type == MOR_ROUTER_LINEAR;
-        for (int r = 0; r < (expert ? c->num_recursion : 1) && !st; r++) {
-            const char *g = expert ? "routers" : "router";
-            char pre[48];
-            if (expert)
-                snprintf(pre, sizeof pre, "model.%s.%d.", g, r);
-            else
-                snprintf(pre, sizeof pre, "model.%s.", g);
-            if (lin) {
-                st = need(m, &m->rw1[r], err, "%sweight", pre);
-            } else {
-                st = need(m, &m->rw1[r], err, "%sfc1.weight", pre);
-                if (!st) st = need(m, &m->rw2[r], err, "%sfc2.weight", pre);
+        m->aux_router = expert && c->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER;
+        for (int a = 0; a <= m->aux_router; a++)
+            for (int r = 0; r < (expert ? c->num_recursion : 1) && !st; r++) {
+                const char *g = !expert ? "router" : a ? "aux_routers" : "routers";
+                size_t *w1 = a ? m->arw1 : m->rw1, *w2 = a ? m->arw2 : m->rw2;
+                char pre[48];
+                if (expert)
+                    snprintf(pre, sizeof pre, "model.%s.%d.", g, r);
+                else
+                    snprintf(pre, sizeof pre, "model.%s.", g);
+                if (lin) {
+                    st = need(m, &w1[r], err, "%sweight", pre);
+                } else {
+                    st = need(m, &w1[r], err, "%sfc1.weight", pre);
+                    if (!st) st = need(m, &w2[r], err, "%sfc2.weight", pre);
+                }
             }
-        }
         if (!st && !expert && c->mor.token.balancing == MOR_BALANCE_LOSS_FREE)
             st = need(m, &m->bal_bias, err, "model.router.balance_bias");
     }
@@ -161,12 +167,10 @@ static mor_status build_segments(mor_train_model *m, mor_error *err) {
     m->segs = calloc((size_t)L + 2, sizeof *m->segs);
     m->acts = calloc((size_t)L, sizeof *m->acts);
     if (!m->segs || !m->acts) return mor_fail(err, MOR_ENOMEM, "trainer: out of memory");
-    if (c->mor.enable && (c->mor.rand_router ||
-                          (c->mor.type == MOR_ROUTING_EXPERT &&
-                           c->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER)))
+    if (c->mor.enable && c->mor.rand_router && c->mor.type != MOR_ROUTING_EXPERT)
         return mor_fail(err, MOR_EUNSUPPORTED,
-                        "trainer: mor.rand_router and mor.expert.sampling: aux_router (ablations) "
-                        "are not implemented; use the learned router with aux_loss");
+                        "trainer: mor.rand_router is an expert-choice ablation (spec 10); "
+                        "token-choice needs a learned router");
     if (!c->mor.enable) {
         m->segs[0] = (train_seg){.l0 = 0, .nl = L, .step = 0, .M = n};
         m->n_segs = 1;
@@ -182,8 +186,11 @@ static mor_status build_segments(mor_train_model *m, mor_error *err) {
             train_seg *s = &m->segs[ns++];
             *s = (train_seg){.l0 = off + (r - 1) * base, .nl = base, .step = r, .M = n};
             if (expert) {
-                if (c->mor.expert.cap_warmup_step <= 0) s->M = k[r - 1];
-                s->Nc = r == 1 ? n : m->segs[ns - 2].M;
+                /* most candidates: everyone, or what the previous step can keep */
+                int warm = c->mor.expert.cap_warmup_step > 0;
+                s->Nc = r == 1 || warm ? n : k[r - 2];
+                /* KV sharing runs every candidate of step 1 (spec 5.2) */
+                if (!warm && !(c->kv.enable && r == 1)) s->M = k[r - 1];
             }
         }
         m->mor_block1 = ns;
@@ -201,10 +208,6 @@ static mor_status build_segments(mor_train_model *m, mor_error *err) {
             int j = 0, r = step_of(c, l, &j);
             if (r < 2) continue;
             int src = off + j;
-            if (m->acts[src].M != n)
-                return mor_fail(err, MOR_EUNSUPPORTED,
-                                "trainer: kv_sharing needs every token in the first recursion "
-                                "(mor.capacity[0] = 1)");
             m->acts[l].kv_src = src;
             m->acts[src].is_src = 1;
         }
@@ -262,6 +265,9 @@ static void layout_acts(mor_train_model *m, arena *a) {
             s->rpre = mlp ? TAKE_F(a, BC * 2 * C) : NULL;
             s->ract = mlp ? TAKE_F(a, BC * 2 * C) : NULL;
             s->z = TAKE_F(a, BC);
+            s->za = m->aux_router ? TAKE_F(a, BC) : NULL;
+            s->arpre = m->aux_router && mlp ? TAKE_F(a, BC * 2 * C) : NULL;
+            s->aract = m->aux_router && mlp ? TAKE_F(a, BC * 2 * C) : NULL;
             s->g = TAKE_F(a, BC);
             s->y = TAKE_F(a, BC);
             s->gsel = TAKE_F(a, BM);
@@ -376,6 +382,7 @@ void mor_train_model_free(mor_train_model *m) {
     free(m->specs);
     free(m->toff);
     free(m->spans);
+    free(m->aux_spans);
     free(m->lw);
     free(m->segs);
     free(m->acts);

@@ -97,16 +97,19 @@ static void expert_forward(mor_train_model *m, int si, int B, const mor_train_pa
     train_seg *s = &m->segs[si];
     const int r = s->step, n = m->n, C = c->dim, R = c->num_recursion;
     train_rows *rw = &s->rows;
-    /* candidates: every token at step 1, else the previous step's kept rows */
-    int Nc = r == 1 ? n : m->segs[si - 1].rows.cnt[0];
+    /* candidates: every token at step 1, else what the previous step kept */
+    const train_seg *ps = r > 1 ? &m->segs[si - 1] : NULL;
+    int Nc = r == 1 ? n : ps->nkept;
     s->ncand = Nc;
     for (int b = 0; b < B; b++) {
         int32_t *cand = s->cand + (size_t)b * Nc;
         if (r == 1)
             for (int t = 0; t < n; t++) cand[t] = t;
         else
-            memcpy(cand, m->segs[si - 1].rows.pos + m->segs[si - 1].rows.off[b],
-                   (size_t)Nc * sizeof(int32_t));
+            for (int i = 0; i < Nc; i++) {
+                size_t pb = (size_t)b * ps->ncand;
+                cand[i] = ps->cand[pb + ps->sel[pb + i]];
+            }
     }
     /* capacity of this step, with the cosine warm-up of training forwards */
     double cap = c->mor.capacity[r - 1];
@@ -114,58 +117,98 @@ static void expert_forward(mor_train_model *m, int si, int B, const mor_train_pa
     int k = mor_route_k(cap, n);
     if (k > Nc) k = Nc;
     if (k > s->M) k = s->M; /* cannot happen: M is k_r, or n under warm-up */
-    /* router on the raw residual stream of the candidates */
     const int TC = B * Nc;
     const float inv_t = 1.0f / c->mor.temp;
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < Nc; i++) {
-            const float *h = m->hs + ((size_t)b * n + s->cand[(size_t)b * Nc + i]) * C;
-            float *x = s->hin + ((size_t)b * Nc + i) * C;
-            for (int e = 0; e < C; e++) x[e] = h[e] * inv_t;
-        }
-    router_forward(m, s->z, s->rpre, s->ract, s->hin, m->rw1[r - 1], m->rw2[r - 1], TC, 1);
-    mor_gate_forward(s->g, s->z, (size_t)TC, (mor_gate_fn)c->mor.expert.router_func,
-                     c->mor.expert.alpha);
-    /* top-k per row, kept rows in ascending (causal) order */
+    if (c->mor.rand_router) {
+        /* the ablation: uniform scores, gate alpha*u, nothing to learn */
+        int train = p->warmup;
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < Nc; i++) {
+                size_t j = (size_t)b * Nc + i;
+                uint64_t at = ((uint64_t)r << 32) | (uint64_t)s->cand[j];
+                s->z[j] = mor_route_rand_score((uint64_t)c->train.seed,
+                                               train ? (uint64_t)p->forward_call : MOR_RAND_INFER,
+                                               train ? (uint64_t)b : 0, at);
+                s->g[j] = c->mor.expert.alpha * s->z[j];
+            }
+    } else {
+        /* router on the raw residual stream of the candidates */
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < Nc; i++) {
+                const float *h = m->hs + ((size_t)b * n + s->cand[(size_t)b * Nc + i]) * C;
+                float *x = s->hin + ((size_t)b * Nc + i) * C;
+                for (int e = 0; e < C; e++) x[e] = h[e] * inv_t;
+            }
+        router_forward(m, s->z, s->rpre, s->ract, s->hin, m->rw1[r - 1], m->rw2[r - 1], TC, 1);
+        mor_gate_forward(s->g, s->z, (size_t)TC, (mor_gate_fn)c->mor.expert.router_func,
+                         c->mor.expert.alpha);
+    }
+    /* top-k per row, kept candidates in ascending (causal) order; with KV
+     * sharing and c_1 < 1 every candidate runs step 1 for its K/V and only
+     * the kept ones take the output (gate 0 for the others) */
+    s->run_all = c->kv.enable && r == 1 && k < Nc;
+    int weighted = c->mor.expert.gating == MOR_GATING_WEIGHTED;
     rw->off[0] = 0;
     for (int b = 0; b < B; b++) {
         int32_t *sel = s->sel + (size_t)b * Nc;
+        const int32_t *cand = s->cand + (size_t)b * Nc;
         int o = rw->off[b];
-        int kept = mor_route_topk(sel, rw->pos + o, s->cand + (size_t)b * Nc,
-                                  s->g + (size_t)b * Nc, Nc, k);
-        rw->cnt[b] = kept;
-        rw->off[b + 1] = o + kept;
+        int nk = mor_route_topk(sel, NULL, cand, s->g + (size_t)b * Nc, Nc, k);
+        s->nkept = nk; /* the same for every row: k <= Nc */
         float *y = s->y + (size_t)b * Nc;
         for (int i = 0; i < Nc; i++) y[i] = 0.0f;
-        for (int i = 0; i < kept; i++) {
-            y[sel[i]] = 1.0f;
-            rw->idx[o + i] = b * n + rw->pos[o + i];
-            s->gsel[o + i] = s->g[(size_t)b * Nc + sel[i]];
+        for (int i = 0; i < nk; i++) y[sel[i]] = 1.0f;
+        int rows = s->run_all ? Nc : nk;
+        for (int i = 0; i < rows; i++) {
+            int ci = s->run_all ? i : sel[i];
+            float g = weighted ? s->g[(size_t)b * Nc + ci] : 1.0f;
+            rw->pos[o + i] = cand[ci];
+            rw->idx[o + i] = b * n + cand[ci];
+            s->gsel[o + i] = y[ci] > 0.5f ? g : 0.0f;
         }
+        rw->cnt[b] = rows;
+        rw->off[b + 1] = o + rows;
     }
-    /* auxiliary losses over the candidates (means over the optimizer step) */
+    /* auxiliary losses over the candidates (means over the optimizer step):
+     * the BCE teaches the main router the top-k mask, or under aux_router a
+     * second router fed the detached candidates (spec 3.4, 3.5) */
     float norm = (float)(p->aux_scale * TC);
-    out->bce += mor_bce_logits_forward(s->z, s->y, (size_t)TC, norm);
-    if (c->mor.z_loss) out->zloss += mor_zloss_forward(s->z, TC, 1, norm);
-    if (r > 1 || c->mor.expert.include_first)
+    const float *zacc = s->z;
+    if (m->aux_router) {
+        router_forward(m, s->za, s->arpre, s->aract, s->hin, m->arw1[r - 1], m->arw2[r - 1], TC, 1);
+        out->bce += mor_bce_logits_forward(s->za, s->y, (size_t)TC, norm);
+        zacc = s->za;
+        for (int b = 0; b < B; b++) { /* would its own top-k keep what the main one kept? */
+            int32_t *tmp = m->iscratch;
+            int kk = mor_route_topk(tmp, NULL, s->cand + (size_t)b * Nc, s->za + (size_t)b * Nc,
+                                    Nc, s->nkept);
+            for (int i = 0; i < kk; i++) out->rs.topk_hits += s->y[(size_t)b * Nc + tmp[i]] > 0.5f;
+            out->rs.topk_count += kk;
+        }
+    } else if (!c->mor.rand_router) {
+        out->bce += mor_bce_logits_forward(s->z, s->y, (size_t)TC, norm);
+    }
+    if (c->mor.z_loss && !c->mor.rand_router) out->zloss += mor_zloss_forward(s->z, TC, 1, norm);
+    if ((r > 1 || c->mor.expert.include_first) && !c->mor.rand_router)
         for (int i = 0; i < TC; i++) {
-            out->rs.acc_hits += (s->z[i] >= 0.0f) == (s->y[i] > 0.5f);
+            out->rs.acc_hits += (zacc[i] >= 0.0f) == (s->y[i] > 0.5f);
             out->rs.acc_count += 1;
         }
-    /* the shared block on the kept rows */
-    const int T = rw->off[B];
+    /* the shared block on the rows */
+    const int T = rw->off[B], kept = B * s->nkept;
     mor_gather_rows(m->acts[s->l0].x, m->hs, rw->idx, T, C);
     seg_forward(m, s, B);
-    int weighted = c->mor.expert.gating == MOR_GATING_WEIGHTED;
-    mor_scatter_gate_forward(m->hs, seg_out(m, s), weighted ? s->gsel : NULL, rw->idx, T, C);
+    mor_scatter_gate_forward(m->hs, seg_out(m, s), weighted || s->run_all ? s->gsel : NULL, rw->idx,
+                             T, C);
     /* statistics: depth = number of steps a token ran; dead = never kept at
      * the last step by any row */
-    out->rs.depth[r - 1] += T;
-    if (r > 1) out->rs.depth[r - 2] -= T;
+    out->rs.depth[r - 1] += kept;
+    if (r > 1) out->rs.depth[r - 2] -= kept;
     if (r == R) {
         int32_t *seen = m->iscratch;
         memset(seen, 0, (size_t)n * sizeof(int32_t));
-        for (int i = 0; i < T; i++) seen[rw->pos[i]] = 1;
+        for (int i = 0; i < T; i++) /* run_all: row i is candidate i */
+            if (!s->run_all || s->y[i] > 0.5f) seen[rw->pos[i]] = 1;
         int dead = 0;
         for (int t = 0; t < n; t++) dead += !seen[t];
         out->rs.dead = (double)dead / n;
@@ -179,27 +222,40 @@ static void expert_backward(mor_train_model *m, int si, int B, const mor_train_p
     const train_rows *rw = &s->rows;
     const int T = rw->off[B];
     int weighted = c->mor.expert.gating == MOR_GATING_WEIGHTED;
+    int gated = weighted || s->run_all; /* gsel holds the factor of each row */
     /* h_t += g_t Y_t: dY = g dh, dg = <dh, Y>, dh passes through */
     float *dY = m->dbuf[0], *dgsel = m->dg;
     memset(dY, 0, (size_t)T * C * sizeof(float));
     memset(dgsel, 0, (size_t)T * sizeof(float));
-    mor_scatter_gate_backward(dY, weighted ? dgsel : NULL, m->dhs, seg_out(m, s),
-                              weighted ? s->gsel : NULL, rw->idx, T, C);
+    mor_scatter_gate_backward(dY, gated ? dgsel : NULL, m->dhs, seg_out(m, s),
+                              gated ? s->gsel : NULL, rw->idx, T, C);
     float *dX = seg_backward(m, s, B, dY, m->dbuf[1]);
     mor_gather_rows_backward(m->dhs, dX, rw->idx, T, C);
+    if (c->mor.rand_router) return; /* constant gates: nothing reaches a router */
     /* router: gate of the kept rows, BCE and z-loss over all candidates */
     float *dz = m->dz, *dg = m->dp;
     memset(dz, 0, (size_t)TC * sizeof(float));
     if (weighted) {
         memset(dg, 0, (size_t)TC * sizeof(float));
         for (int b = 0; b < B; b++)
-            for (int i = 0; i < rw->cnt[b]; i++)
-                dg[(size_t)b * Nc + s->sel[(size_t)b * Nc + i]] = dgsel[rw->off[b] + i];
+            for (int i = 0; i < s->nkept; i++) {
+                int ci = s->sel[(size_t)b * Nc + i]; /* the row: i, or ci when all ran */
+                dg[(size_t)b * Nc + ci] = dgsel[rw->off[b] + (s->run_all ? ci : i)];
+            }
         mor_gate_backward(dz, dg, s->z, (size_t)TC, (mor_gate_fn)c->mor.expert.router_func,
                           c->mor.expert.alpha);
     }
     float norm = (float)(p->aux_scale * TC);
-    mor_bce_logits_backward(dz, s->z, s->y, (size_t)TC, norm, c->mor.expert.coeff);
+    if (m->aux_router) {
+        /* the aux router's input is detached: only its weights learn */
+        float *dza = m->dp;
+        memset(dza, 0, (size_t)TC * sizeof(float));
+        mor_bce_logits_backward(dza, s->za, s->y, (size_t)TC, norm, c->mor.expert.coeff);
+        router_backward(m, m->dhin, dza, s->hin, s->arpre, s->aract, m->arw1[r - 1],
+                        m->arw2[r - 1], TC, 1);
+    } else {
+        mor_bce_logits_backward(dz, s->z, s->y, (size_t)TC, norm, c->mor.expert.coeff);
+    }
     if (c->mor.z_loss) mor_zloss_backward(dz, s->z, TC, 1, norm, c->mor.z_coeff);
     router_backward(m, m->dhin, dz, s->hin, s->rpre, s->ract, m->rw1[r - 1], m->rw2[r - 1], TC, 1);
     /* the router read h / temp of the candidates */

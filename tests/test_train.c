@@ -98,8 +98,10 @@ static void fixture_data(const fixture *fx, mor_train_data *d) {
     for (size_t i = 0; i < rows; i++) d->perm[i] = (uint32_t)i;
 }
 
-/* Loss of step 1 (the sum over its micro-batches), without gradients. */
-static double step1_loss(mor_train_model *m, const fixture *fx) {
+/* Loss of step 1 (the sum over its micro-batches), without gradients. With
+ * an aux router (spec 3.5) its BCE reads detached states, so the gradient of
+ * every other tensor is that of the loss without it: pass detach = 1. */
+static double step1_loss(mor_train_model *m, const fixture *fx, int detach) {
     mor_train_pass p = {.backward = 0, .warmup = 1, .ce_norm = (double)fx->G * fx->B * (fx->n - 1),
                         .aux_scale = fx->G};
     double total = 0;
@@ -107,9 +109,48 @@ static double step1_loss(mor_train_model *m, const fixture *fx) {
         mor_train_losses ls;
         p.forward_call = g;
         mor_train_forward_backward(m, fx->tokens + (size_t)g * fx->B * fx->n, fx->B, &p, &ls);
-        total += ls.total;
+        total += ls.total - (detach ? m->cfg.mor.expert.coeff * ls.bce : 0);
     }
     return total;
+}
+
+/* The trained weights, saved and loaded in the inference engine
+ * (lib/forward.c, lib/mor_forward.c: written apart from the trainer), give
+ * the trainer's evaluation loss on every row of step 1 (top-k routing, as
+ * the trainer evaluates). */
+static void check_engine(const char *name, mor_train_model *m, const fixture *fx) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s.mor", tmp_dir(), name);
+    const char *tok = "{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}";
+    mor_error err = {0};
+    if (mor_train_model_save(m, path, tok, NULL, &err)) fail_msg("%s", err.msg);
+    mor_model *em;
+    if (mor_model_load(path, &em, &err)) fail_msg("%s: %s", name, err.msg);
+    mor_context_params cp = mor_context_default_params();
+    cp.n_ctx = fx->n;
+    cp.n_threads = 1;
+    cp.routing = MOR_ROUTE_TOPK;
+    mor_context *ctx;
+    if (mor_context_new(em, &cp, &ctx, &err)) fail_msg("%s: %s", name, err.msg);
+    int V = m->cfg.vocab_size, n = fx->n;
+    float *logits = malloc(sizeof(float) * (size_t)n * V);
+    for (int b = 0; b < fx->B; b++) {
+        const int32_t *row = fx->tokens + (size_t)b * n;
+        if (mor_context_truncate(ctx, 0, &err)) fail_msg("%s: %s", name, err.msg);
+        if (mor_context_eval(ctx, row, n, logits, &err)) fail_msg("%s: %s", name, err.msg);
+        double nll = mean_nll(logits, row, n, V);
+        mor_train_pass p = {.backward = 0, .warmup = 0, .ce_norm = 1, .aux_scale = 1};
+        mor_train_losses ls;
+        mor_train_forward_backward(m, row, 1, &p, &ls);
+        double mine = ls.ce_sum / ls.ce_count;
+        if (verbose() && b == 0)
+            fprintf(stderr, "  %-14s engine loss of row 0 %.6f, trainer %.6f\n", name, nll, mine);
+        if (!(fabs(nll - mine) < 1e-5 * mine))
+            fail_msg("%s: row %d: engine loss %.7f, trainer %.7f", name, b, nll, mine);
+    }
+    free(logits);
+    mor_context_free(ctx);
+    mor_model_free(em);
 }
 
 static int force_parallel; /* run the attention of each sequence on its own thread */
@@ -160,10 +201,11 @@ static void check_case(const char *name) {
         for (size_t e = o; e < o + numel(&m->specs[i]); e++)
             if (fabsf(grad[e]) > fabsf(grad[best])) best = e;
         const float h = 1e-2f, w0 = m->params[best];
+        int detach = m->aux_router && strncmp(m->specs[i].name, "model.aux_routers.", 18);
         m->params[best] = w0 + h;
-        double lp = step1_loss(m, &fx);
+        double lp = step1_loss(m, &fx, detach);
         m->params[best] = w0 - h;
-        double lm = step1_loss(m, &fx);
+        double lm = step1_loss(m, &fx, detach);
         m->params[best] = w0;
         double fd = (lp - lm) / (2.0 * ((double)(w0 + h) - (double)w0));
         double g = grad[best];
@@ -193,7 +235,14 @@ static void check_case(const char *name) {
     double e = rel_err(m->params, want, m->n_floats);
     if (verbose()) fprintf(stderr, "  %-14s weights after %d steps: rel_err %.2e\n", name, fx.steps, e);
     if (!(e < TOL)) fail_msg("%s: weights after %d steps: rel_err %.3g", name, fx.steps, e);
+    for (int i = 0; i < m->n_tensors; i++) /* small tensors with their own optimizer */
+        if (m->specs[i].kind == MOR_PARAM_ROUTER) {
+            double er = rel_err(m->params + m->toff[i], want + m->toff[i], numel(&m->specs[i]));
+            if (!(er < TOL))
+                fail_msg("%s: %s after %d steps: rel_err %.3g", name, m->specs[i].name, fx.steps, er);
+        }
 
+    check_engine(name, m, &fx);
     free(grad);
     free(want);
     mor_train_data_free(&d);
@@ -206,6 +255,9 @@ static void test_recursive_kvshare(void **s) { (void)s; check_case("recursive");
 static void test_expert_cache(void **s) { (void)s; check_case("expert"); }
 static void test_expert_share_warmup(void **s) { (void)s; check_case("expert_share"); }
 static void test_expert_hybrid_mlp(void **s) { (void)s; check_case("expert_hybrid"); }
+static void test_expert_aux_router(void **s) { (void)s; check_case("expert_aux"); }
+static void test_expert_share_partial(void **s) { (void)s; check_case("expert_share_partial"); }
+static void test_expert_rand_router(void **s) { (void)s; check_case("expert_rand"); }
 static void test_token_balance(void **s) { (void)s; check_case("token"); }
 static void test_token_loss_free(void **s) { (void)s; check_case("token_lf"); }
 
@@ -352,6 +404,9 @@ int main(void) {
         cmocka_unit_test(test_expert_cache),
         cmocka_unit_test(test_expert_share_warmup),
         cmocka_unit_test(test_expert_hybrid_mlp),
+        cmocka_unit_test(test_expert_aux_router),
+        cmocka_unit_test(test_expert_share_partial),
+        cmocka_unit_test(test_expert_rand_router),
         cmocka_unit_test(test_token_balance),
         cmocka_unit_test(test_token_loss_free),
         cmocka_unit_test(test_parallel_attention),

@@ -92,15 +92,7 @@ static void train(const char *config, int steps, double out[3], const char *save
         int V = c.vocab_size, n = d.n;
         float *logits = malloc(sizeof(float) * (size_t)n * V);
         if (mor_context_eval(ctx, d.val, n, logits, &err)) fail_msg("%s", err.msg);
-        double nll = 0;
-        for (int i = 0; i + 1 < n; i++) {
-            const float *l = logits + (size_t)i * V;
-            double mx = l[0], s = 0;
-            for (int v = 1; v < V; v++) mx = l[v] > mx ? l[v] : mx;
-            for (int v = 0; v < V; v++) s += exp(l[v] - mx);
-            nll += mx + log(s) - l[d.val[i + 1]];
-        }
-        nll /= n - 1;
+        double nll = mean_nll(logits, d.val, n, V);
         mor_train_pass p = {.backward = 0, .warmup = 0, .ce_norm = 1, .aux_scale = 1};
         mor_train_losses ls;
         mor_train_forward_backward(&t.model, d.val, 1, &p, &ls);

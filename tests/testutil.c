@@ -152,3 +152,15 @@ json_t *read_json(const char *path) {
     if (!j) fail_msg("%s: %s", path, je.text);
     return j;
 }
+
+double mean_nll(const float *logits, const int32_t *tokens, int n, int V) {
+    double nll = 0;
+    for (int i = 0; i + 1 < n; i++) {
+        const float *l = logits + (size_t)i * V;
+        double mx = l[0], sum = 0;
+        for (int v = 1; v < V; v++) mx = l[v] > mx ? l[v] : mx;
+        for (int v = 0; v < V; v++) sum += exp(l[v] - mx);
+        nll += mx + log(sum) - l[tokens[i + 1]];
+    }
+    return n > 1 ? nll / (n - 1) : 0;
+}

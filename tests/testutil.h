@@ -39,5 +39,8 @@ void check_msg(const mor_error *e, const char *needle);
 void read_config(const char *path, mor_config *c);
 /* Parses the JSON file at path; fails the test on an error. */
 json_t *read_json(const char *path);
+/* Mean next-token NLL (nats, in double) of a row of n tokens from its
+ * (n, V) logits: position i predicts tokens[i + 1]. */
+double mean_nll(const float *logits, const int32_t *tokens, int n, int V);
 
 #endif

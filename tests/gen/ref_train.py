@@ -59,6 +59,15 @@ CASES = {
                           kv=dict(enable=True, update_cache=True),
                           mor=dict(type="expert", router_type="mlp", router_func="tanh", temp=2.0,
                                    coeff=0.05, untie_attention=True)),
+    "expert_aux": dict(layers=5, rec=dict(R=3, sharing="middle_cycle"), G=2,
+                       mor=dict(type="expert", sampling="aux_router", router_type="mlp", coeff=0.05,
+                                z_loss=True, z_coeff=0.01)),
+    "expert_share_partial": dict(layers=5, rec=dict(R=3, sharing="middle_cycle"), G=2,
+                                 kv=dict(enable=True),
+                                 mor=dict(type="expert", capacity=[0.75, 0.5, 0.25], coeff=0.05)),
+    "expert_rand": dict(layers=4, rec=dict(R=2, sharing="cycle"), G=2, kv=dict(enable=True),
+                        mor=dict(type="expert", rand_router=True, capacity=[0.5, 0.25]),
+                        margin=1e-5),  # u is exact float32 on both sides: no rounding to fear
     "token": dict(layers=5, rec=dict(R=3, sharing="middle_cycle"), G=2, wd_scope="no_norms",
                   mor=dict(type="token", z_loss=True, z_coeff=1e-3, coeff=0.1)),
     "token_lf": dict(layers=5, rec=dict(R=3, sharing="middle_cycle", ln_share=False),
@@ -98,6 +107,10 @@ def make_cfg(spec):
     c["balancing"] = m.get("balancing", "loss")
     c["u"] = m.get("u", 1e-3)
     c["bal_warmup_step"] = m.get("bal_warmup_step", 0)
+    c["sampling"] = m.get("sampling", "aux_loss")
+    c["rand_router"] = m.get("rand_router", False)
+    c["capacity"] = m.get("capacity")
+    c["seed"] = 1234
     return c
 
 
@@ -133,7 +146,8 @@ kv_sharing:
         y += f"""mor:
   enable: true
   type: {c['type']}
-  capacity: null
+  capacity: {"null" if c["capacity"] is None else list(c["capacity"])}
+  rand_router: {b(c['rand_router'])}
   router_type: {c['router_type']}
   temp: {c['temp']}
   z_loss: {b(c['z_loss'])}
@@ -143,7 +157,7 @@ kv_sharing:
             y += f"""  expert:
     router_func: {c['router_func']}
     alpha: {c['alpha']}
-    sampling: aux_loss
+    sampling: {c['sampling']}
     coeff: {c['coeff']}
     cap_warmup_step: {c['cap_warmup_step']}
     gating: weighted
@@ -174,6 +188,7 @@ kv_sharing:
   batch_size: {c['B']}
   grad_accum: {c['G']}
   max_length: {c['n']}
+  seed: {c['seed']}
 """
     return y
 
@@ -249,15 +264,17 @@ def tensor_specs(c):
         specs += [(f"model.layers.{p}.mlp.gate_proj.weight", (F, D), "mat"),
                   (f"model.layers.{p}.mlp.up_proj.weight", (F, D), "mat"),
                   (f"model.layers.{p}.mlp.down_proj.weight", (D, F), "mat")]
-    if c["mor"]:
+    if c["mor"] and not c["rand_router"]:
         lin = c["router_type"] == "linear"
         if expert:
-            for r in range(R):
-                if lin:
-                    specs.append((f"model.routers.{r}.weight", (1, D), "router"))
-                else:
-                    specs += [(f"model.routers.{r}.fc1.weight", (2 * D, D), "router"),
-                              (f"model.routers.{r}.fc2.weight", (1, 2 * D), "router")]
+            groups = ["routers"] + (["aux_routers"] if c["sampling"] == "aux_router" else [])
+            for grp in groups:
+                for r in range(R):
+                    if lin:
+                        specs.append((f"model.{grp}.{r}.weight", (1, D), "router"))
+                    else:
+                        specs += [(f"model.{grp}.{r}.fc1.weight", (2 * D, D), "router"),
+                                  (f"model.{grp}.{r}.fc2.weight", (1, 2 * D), "router")]
         else:
             if lin:
                 specs.append(("model.router.weight", (R, D), "router"))
@@ -339,11 +356,11 @@ def layer(c, w, x, pos, kv_src=None, mix=False):
     return res1 + ff, own
 
 
-def router(c, W, x, r):
+def router(c, W, x, r, group="routers"):
     """Router logits of rows x (m, D): expert step r (K = 1) or token (K = R)."""
     x = x / c["temp"]
     if c["type"] == "expert":
-        pre = f"model.routers.{r}."
+        pre = f"model.{group}.{r}."
     else:
         pre = "model.router."
     if c["router_type"] == "linear":
@@ -351,6 +368,23 @@ def router(c, W, x, r):
     else:
         z = Fn.gelu(x @ W[pre + "fc1.weight"].T) @ W[pre + "fc2.weight"].T
     return z
+
+
+M64 = (1 << 64) - 1
+
+
+def mix64(z):
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+    return z ^ (z >> 31)
+
+
+def rand_score(seed, a, b, c):
+    """u in [0, 1) of the random router (lib/router.h mor_route_rand_score)."""
+    h = mix64(seed ^ 0x9e3779b97f4a7c15)
+    for v in (a, b, c):
+        h = mix64((h + v) & M64)
+    return (h >> 40) * 2.0 ** -24
 
 
 def gate(c, z):
@@ -429,9 +463,15 @@ def forward(c, W, tokens, fcall, margins, stats):
                 for r in range(1, R + 1):
                     cand = prev
                     Nc = len(cand)
-                    z = router(c, W, h[cand], r - 1)[:, 0]
-                    g = gate(c, z)
-                    cap = (R - r + 1) / R
+                    if c["rand_router"]:  # uniform scores, gate alpha*u, no router, no aux loss
+                        u = torch.tensor([rand_score(c["seed"], fcall, b, (r << 32) | int(t))
+                                          for t in cand])
+                        z = u
+                        g = c["alpha"] * u
+                    else:
+                        z = router(c, W, h[cand], r - 1)[:, 0]
+                        g = gate(c, z)
+                    cap = c["capacity"][r - 1] if c["capacity"] else (R - r + 1) / R
                     Tw = c["cap_warmup_step"]
                     if Tw > 0:
                         cap = cap + (1 - cap) * 0.5 * (1 + math.cos(math.pi * min(1.0, fcall / Tw)))
@@ -444,11 +484,23 @@ def forward(c, W, tokens, fcall, margins, stats):
                     y = torch.zeros(Nc)
                     y[kept] = 1.0
                     norm = G * B * Nc
-                    bce = bce + Fn.binary_cross_entropy_with_logits(z, y, reduction="sum") / norm
+                    if c["sampling"] == "aux_router" and not c["rand_router"]:
+                        # spec 3.5: a second router on the DETACHED candidates
+                        # learns the top-k mask; the main router gets no BCE
+                        za = router(c, W, h[cand].detach(), r - 1, "aux_routers")[:, 0]
+                        bce = bce + Fn.binary_cross_entropy_with_logits(za, y, reduction="sum") / norm
+                    elif not c["rand_router"]:
+                        bce = bce + Fn.binary_cross_entropy_with_logits(z, y, reduction="sum") / norm
                     if c["z_loss"]:
                         zl = zl + (z * z).sum() / norm
                     pos = cand[kept]
-                    X = run_block(c, W, h[pos], pos, r, K1, allpos)
+                    if c["kv"] and r == 1 and k < Nc:
+                        # KV sharing needs recursion 1's K/V of every token:
+                        # the whole sequence runs step 1, only the kept rows
+                        # take its output (spec 5.2)
+                        X = run_block(c, W, h[cand], cand, r, K1, allpos)[kept]
+                    else:
+                        X = run_block(c, W, h[pos], pos, r, K1, allpos)
                     h = h.index_add(0, pos, g[kept][:, None] * X)
                     prev = pos
                 hs[b] = h
@@ -545,17 +597,26 @@ def train(c, W0, tokens):
     if bufname in W:
         W[bufname].requires_grad_(False)
     trainable = [(name, kind) for name, _, kind in specs if kind != "buffer"]
-    decay = [W[nm] for nm, k in trainable if c["wd_scope"] == "all" or k != "norm"]
-    nodecay = [W[nm] for nm, k in trainable if not (c["wd_scope"] == "all" or k != "norm")]
+    is_aux = lambda nm: nm.startswith("model.aux_routers.")
+    main = [(nm, k) for nm, k in trainable if not is_aux(nm)]
+    decay = [W[nm] for nm, k in main if c["wd_scope"] == "all" or k != "norm"]
+    nodecay = [W[nm] for nm, k in main if not (c["wd_scope"] == "all" or k != "norm")]
     groups = [{"params": decay, "weight_decay": c["wd"]}]
     if nodecay:
         groups.append({"params": nodecay, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["aeps"])
+    # spec 3.5: the aux routers have their own AdamW (lr x10, weight decay
+    # 0.1, same schedule) and their own clipping to 1.0
+    aux = [W[nm] for nm, _ in trainable if is_aux(nm)]
+    aux_opt = (torch.optim.AdamW(aux, lr=10 * c["lr"], betas=(c["b1"], c["b2"]), eps=c["aeps"],
+                                 weight_decay=0.1) if aux else None)
     margins = Margins()
     losses, ces, grads = [], [], None
     warmup, dec = c["warmup"], int(c["decay_fraction"] * STEPS)
     for step in range(STEPS):
         opt.zero_grad()
+        if aux_opt:
+            aux_opt.zero_grad()
         tot = cet = 0.0
         stats = [0.0] * c["R"]
         for g in range(c["G"]):
@@ -565,11 +626,16 @@ def train(c, W0, tokens):
             cet += float(ce)
         if step == 0:
             grads = {nm: W[nm].grad.detach().clone() for nm, _ in trainable}
-        torch.nn.utils.clip_grad_norm_([W[nm] for nm, _ in trainable], c["clip"])
+        torch.nn.utils.clip_grad_norm_([W[nm] for nm, _ in main], c["clip"])
         lr = wsd(step, warmup, dec, STEPS, c["lr"])
         for grp in opt.param_groups:
             grp["lr"] = lr
         opt.step()
+        if aux_opt:
+            torch.nn.utils.clip_grad_norm_(aux, 1.0)
+            for grp in aux_opt.param_groups:
+                grp["lr"] = 10 * lr
+            aux_opt.step()
         if bufname in W:  # loss-free balancing after the optimizer step
             ratio = [s / (c["G"] * c["B"] * c["n"]) for s in stats]
             mean = sum(ratio) / len(ratio)
