@@ -3,7 +3,9 @@
  * writes a checkpoint and exits 128 + 2), metrics.jsonl carries the loss,
  * aux loss, grad norm, lr, speed and router statistics, a resumed run does
  * not duplicate metric lines, and bad input gives the documented exit codes.
- * All runs use one thread, so the bits do not depend on the machine's load. */
+ * The main runs use one thread; a second pair resumes at two threads, with
+ * the aux-router ablation (its own optimizer state travels too). Threads
+ * split work statically, so the bits do not depend on the machine's load. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,15 +21,40 @@
 #define TEXT "tests/fixtures/ref_train/kjv-genesis.txt"
 #define STEPS 40
 
-static char args[2048];
+/* A training setup: its config, thread count and uninterrupted run. */
+typedef struct setup {
+    const char *config;
+    int threads;
+    char ref[512]; /* run directory of the uninterrupted run, once made */
+    char args[2048];
+} setup;
 
-static const char *common_args(void) {
-    snprintf(args, sizeof args,
-             "-c configs/tiny-mor-expert-r3.yaml --tokenizer tests/data/stories260K-hf/tokenizer.json "
+static setup one_thread = {"configs/tiny-mor-expert-r3.yaml", 1, "", ""};
+static setup two_threads_aux = {NULL, 2, "", ""}; /* config written by aux_config() */
+
+static const char *common_args(setup *su) {
+    snprintf(su->args, sizeof su->args,
+             "-c %s --tokenizer tests/data/stories260K-hf/tokenizer.json "
              "--data " TEXT " --steps %d --batch 4 --max-length 64 --save-every 10 --eval-every 20 "
-             "--eval-rows 8 -t 1 -q",
-             STEPS);
-    return args;
+             "--eval-rows 8 -t %d -q",
+             su->config, STEPS, su->threads);
+    return su->args;
+}
+
+/* The tiny MoR config with mor.expert.sampling: aux_router. */
+static const char *aux_config(void) {
+    static char path[600];
+    if (path[0]) return path;
+    snprintf(path, sizeof path, "%s/aux.yaml", tmp_dir());
+    char *yaml = read_all("configs/tiny-mor-expert-r3.yaml", NULL);
+    char *at = strstr(yaml, "sampling: aux_loss");
+    assert_non_null(at);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "%.*ssampling: aux_router%s", (int)(at - yaml), yaml, at + strlen("sampling: aux_loss"));
+    fclose(f);
+    free(yaml);
+    return path;
 }
 
 static pid_t spawn(const char *cmd) {
@@ -58,18 +85,18 @@ static void wait_for(const char *path) {
     if (!exists(path)) fail_msg("%s never appeared", path);
 }
 
-/* The uninterrupted reference run, made once. */
-static const char *run_a(void) {
-    static char dir[512];
-    if (dir[0]) return dir;
-    snprintf(dir, sizeof dir, "%s/A", tmp_dir());
+/* The uninterrupted reference run of a setup, made once. */
+static const char *run_a(setup *su) {
+    if (su->ref[0]) return su->ref;
+    snprintf(su->ref, sizeof su->ref, "%s/A%d%s", tmp_dir(), su->threads,
+             su == &two_threads_aux ? "aux" : "");
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "exec %s %s -o %s", tool("mor-train"), common_args(), dir);
+    snprintf(cmd, sizeof cmd, "exec %s %s -o %s", tool("mor-train"), common_args(su), su->ref);
     char *err = NULL;
     int rc = run_cmd(cmd, NULL, &err);
     if (rc) fail_msg("mor-train failed (%d): %s", rc, err);
     free(err);
-    return dir;
+    return su->ref;
 }
 
 /* Every tensor of two checkpoints has the same bytes. */
@@ -89,45 +116,69 @@ static void expect_same_weights(const char *a, const char *b) {
     mor_st_close(fb);
 }
 
-static void resume_and_compare(const char *dir) {
+static void resume_and_compare(setup *su, const char *dir) {
     char cmd[4096], a[600], b[600];
-    snprintf(cmd, sizeof cmd, "exec %s --resume %s --data " TEXT " -t 1 -q", tool("mor-train"), dir);
+    snprintf(cmd, sizeof cmd, "exec %s --resume %s --data " TEXT " -t %d -q", tool("mor-train"), dir,
+             su->threads);
     char *err = NULL;
     int rc = run_cmd(cmd, NULL, &err);
     if (rc) fail_msg("resume failed (%d): %s", rc, err);
     free(err);
-    snprintf(a, sizeof a, "%s/step-%d.mor", run_a(), STEPS);
+    snprintf(a, sizeof a, "%s/step-%d.mor", run_a(su), STEPS);
     snprintf(b, sizeof b, "%s/step-%d.mor", dir, STEPS);
     expect_same_weights(a, b);
     /* the optimizer state too */
-    snprintf(a, sizeof a, "%s/step-%d.state", run_a(), STEPS);
+    snprintf(a, sizeof a, "%s/step-%d.state", run_a(su), STEPS);
     snprintf(b, sizeof b, "%s/step-%d.state", dir, STEPS);
     expect_same_weights(a, b);
 }
 
-static void test_resume_after_sigkill(void **s) {
-    (void)s;
-    run_a();
+static void kill_resume_compare(setup *su, const char *name) {
+    run_a(su);
     char dir[512], ck[600], last[600], cmd[4096];
-    snprintf(dir, sizeof dir, "%s/B", tmp_dir());
+    snprintf(dir, sizeof dir, "%s/%s", tmp_dir(), name);
     snprintf(ck, sizeof ck, "%s/step-10.mor", dir);
     snprintf(last, sizeof last, "%s/step-%d.mor", dir, STEPS);
-    snprintf(cmd, sizeof cmd, "exec %s %s -o %s", tool("mor-train"), common_args(), dir);
+    snprintf(cmd, sizeof cmd, "exec %s %s -o %s", tool("mor-train"), common_args(su), dir);
     pid_t p = spawn(cmd);
     wait_for(ck);
     kill(p, SIGKILL);
     assert_int_equal(wait_rc(p), 128 + SIGKILL);
     if (exists(last)) fail_msg("the run finished before it could be killed: the test needs a slower run");
-    resume_and_compare(dir);
+    resume_and_compare(su, dir);
+}
+
+static void test_resume_after_sigkill(void **s) {
+    (void)s;
+    kill_resume_compare(&one_thread, "B");
+}
+
+static void test_resume_two_threads_aux_router(void **s) {
+    (void)s;
+    two_threads_aux.config = aux_config();
+    kill_resume_compare(&two_threads_aux, "B2");
+    /* the aux routers are in the checkpoint and were trained */
+    char path[600];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_a(&two_threads_aux));
+    char *text = read_all(path, NULL);
+    assert_non_null(strstr(text, "\"aux_topk_acc\":"));
+    assert_non_null(strstr(text, "\"aux_grad_norm\":"));
+    free(text);
+    snprintf(path, sizeof path, "%s/step-%d.mor", run_a(&two_threads_aux), STEPS);
+    mor_st_file *f;
+    mor_error err = {0};
+    if (mor_st_open(path, &f, &err)) fail_msg("%s", err.msg);
+    assert_non_null(mor_st_find(f, "model.aux_routers.2.weight"));
+    mor_st_close(f);
 }
 
 static void test_sigint_writes_checkpoint(void **s) {
     (void)s;
-    run_a();
+    run_a(&one_thread);
     char dir[512], ck[600], cmd[4096];
     snprintf(dir, sizeof dir, "%s/C", tmp_dir());
     snprintf(ck, sizeof ck, "%s/step-10.mor", dir);
-    snprintf(cmd, sizeof cmd, "exec %s %s -o %s", tool("mor-train"), common_args(), dir);
+    snprintf(cmd, sizeof cmd, "exec %s %s -o %s", tool("mor-train"), common_args(&one_thread), dir);
     pid_t p = spawn(cmd);
     wait_for(ck);
     kill(p, SIGINT);
@@ -139,7 +190,7 @@ static void test_sigint_writes_checkpoint(void **s) {
         found |= exists(ck);
     }
     if (!found) fail_msg("no checkpoint written on SIGINT in %s", dir);
-    resume_and_compare(dir);
+    resume_and_compare(&one_thread, dir);
     /* metrics: one line per step after the resume, no duplicates */
     char path[600];
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
@@ -161,7 +212,7 @@ static void test_sigint_writes_checkpoint(void **s) {
 static void test_metrics(void **s) {
     (void)s;
     char path[600];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", run_a());
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_a(&one_thread));
     char *text = read_all(path, NULL);
     const char *keys[] = {"\"loss\":", "\"ce\":", "\"aux_bce\":", "\"grad_norm\":", "\"lr\":",
                           "\"tokens_per_s\":", "\"tokens_per_depth\":[", "\"dead_token_ratio\":",
@@ -212,6 +263,7 @@ static void test_errors(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_after_sigkill),
+        cmocka_unit_test(test_resume_two_threads_aux_router),
         cmocka_unit_test(test_sigint_writes_checkpoint),
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_errors),
