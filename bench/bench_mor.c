@@ -1,7 +1,7 @@
 /* bench_mor.c - generation speed and memory of a MoR model next to the
  * vanilla model of the same shape (spec 7, 9.2), on random weights.
  *
- *   bench_mor vanilla|mor|recursive THREADS [prompt=64] [decode=256] [config]
+ *   bench_mor vanilla|mor|recursive THREADS [prompt=64] [decode=256] [config|-] [batch=1]
  *
  * vanilla: configs/135m-vanilla.yaml (30 layers); mor:
  * configs/135m-mor-expert-r3.yaml (Middle-Cycle, 1 + 10x3 + 1 layers,
@@ -23,6 +23,13 @@
  * One thread is timed by the thread's CPU clock (other jobs on a shared
  * machine do not count), two by the wall clock. Prints one line of
  * key=value pairs; bench/bench_mor.sh runs the matrix and makes the table.
+ *
+ * With batch B > 1: B contexts, context i fed the prompt shifted by i
+ * tokens, then `decode` steps of one token for every context, timed twice on
+ * twin sets of contexts: one mor_context_eval_batch call per step (batched),
+ * and one mor_context_eval per context (looped, what eval_batch of a MoR
+ * model did before it batched the recursion steps). decode_tok_s counts the
+ * tokens of all B contexts.
  *
  * Build (from the repository root, after `make`):
  *   cc -O2 -march=x86-64-v3 -fopenmp -Ilib bench/bench_mor.c lib/libmor.a \
@@ -168,6 +175,67 @@ static void calibrate(bench_model *b, int n_cal, int threads) {
     free(z);
 }
 
+static mor_context **new_contexts(bench_model *b, int B, int n_ctx, int nt, const int32_t *tok,
+                                  int n_prompt) {
+    mor_context **cs = malloc(sizeof *cs * (size_t)B);
+    mor_context_params p = mor_context_default_params();
+    p.n_ctx = n_ctx;
+    p.n_threads = nt;
+    mor_error e = {0};
+    for (int i = 0; i < B; i++) {
+        if (mor_context_new(&b->m, &p, &cs[i], &e)) die("context", &e);
+        if (mor_context_eval(cs[i], tok + i, n_prompt, NULL, &e)) die("eval", &e);
+    }
+    return cs;
+}
+
+/* Batched vs looped decode of B contexts (see the top comment). */
+static int run_batch(bench_model *b, const char *kind, int nt, int n_prompt, int n_decode, int B) {
+    int n = n_prompt + n_decode + B;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n), *step = malloc(sizeof(int32_t) * (size_t)B);
+    for (int i = 0; i < n; i++) tok[i] = (int32_t)((i * 7919u + 13u) % (unsigned)b->m.cfg.vocab_size);
+    mor_context **cb = new_contexts(b, B, n, nt, tok, n_prompt);
+    mor_context **cl = new_contexts(b, B, n, nt, tok, n_prompt);
+    mor_error e = {0};
+    int R = mor_model_num_recursion(&b->m);
+    double t_batch = 0, t_loop = 0;
+    long depth_sum = 0, hist[MOR_MAX_RECURSION + 1] = {0};
+    for (int s = 0; s < n_decode; s++) {
+        for (int i = 0; i < B; i++) step[i] = tok[n_prompt + s + i];
+        double ta = bench_now(nt);
+        if (mor_context_eval_batch(cb, step, B, &e)) die("eval_batch", &e);
+        double tb = bench_now(nt);
+        for (int i = 0; i < B; i++)
+            if (mor_context_eval(cl[i], step + i, 1, NULL, &e)) die("eval", &e);
+        t_loop += bench_now(nt) - tb;
+        t_batch += tb - ta;
+        for (int i = 0; i < B; i++) {
+            int d;
+            mor_context_route(cb[i], 0, &d, NULL, NULL);
+            if (R == 0) d = b->m.cfg.recursive ? b->m.cfg.num_recursion : 1;
+            depth_sum += d;
+            hist[d]++;
+        }
+    }
+    double tokens = (double)B * n_decode;
+    printf("model=%s layers=%d threads=%d batch=%d prompt=%d decode=%d decode_tok_s=%.2f "
+           "looped_tok_s=%.2f mean_depth=%.3f depths=",
+           kind, b->m.cfg.n_layers, nt, B, n_prompt, n_decode, tokens / t_batch, tokens / t_loop,
+           depth_sum / tokens);
+    int max_depth = b->m.cfg.recursive ? b->m.cfg.num_recursion : 1;
+    for (int d = 1; d <= max_depth; d++) printf("%s%ld", d > 1 ? "/" : "", hist[d]);
+    printf("\n");
+    for (int i = 0; i < B; i++) {
+        mor_context_free(cb[i]);
+        mor_context_free(cl[i]);
+    }
+    free(cb);
+    free(cl);
+    free(tok);
+    free(step);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: bench_mor vanilla|mor|recursive THREADS [prompt=64] [decode=256] [config]\n");
@@ -176,7 +244,8 @@ int main(int argc, char **argv) {
     const char *kind = argv[1];
     int nt = atoi(argv[2]), n_prompt = argc > 3 ? atoi(argv[3]) : 64,
         n_decode = argc > 4 ? atoi(argv[4]) : 256;
-    const char *config = argc > 5                     ? argv[5]
+    int batch = argc > 6 ? atoi(argv[6]) : 1;
+    const char *config = argc > 5 && strcmp(argv[5], "-") ? argv[5]
                        : !strcmp(kind, "vanilla")     ? "configs/135m-vanilla.yaml"
                        : !strcmp(kind, "recursive")   ? "configs/135m-recursive-r3.yaml"
                                                       : "configs/135m-mor-expert-r3.yaml";
@@ -185,6 +254,7 @@ int main(int argc, char **argv) {
     int R = mor_model_num_recursion(&b.m);
     if (R > 0) calibrate(&b, 512, nt);
 
+    if (batch > 1) return run_batch(&b, kind, nt, n_prompt, n_decode, batch);
     int n = n_prompt + n_decode;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
     for (int i = 0; i < n; i++) tok[i] = (int32_t)((i * 7919u + 13u) % (unsigned)b.m.cfg.vocab_size);

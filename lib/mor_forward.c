@@ -88,7 +88,13 @@ struct mor_recur_state {
     float *router_hidden; /* (n_threads, 2D) MLP router scratch */
     int32_t *row_pos; /* (n_batch) positions of a chunk's rows */
     int *n_kv;        /* (n_batch) keys a chunk row attends to */
+    int *n_own;       /* (n_batch) a row's entries of its own layer, itself included */
     int *n_start;     /* (L) entries of each layer when the call started */
+    /* eval_batch: the stage rows of a group, one per context (batch_rows) */
+    mor_context **b_own; /* the context of each row */
+    float *b_gate;       /* its gate (expert-choice) */
+    uint8_t *b_keep;     /* whether it takes the output */
+    int32_t *b_index;    /* its call index: 0, the context's one new token */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -113,13 +119,19 @@ void mor_recur_free(mor_context *c) {
         mor_free_big(st->router_hidden);
         free(st->row_pos);
         free(st->n_kv);
+        free(st->n_own);
         free(st->n_start);
+        free(st->b_own);
+        free(st->b_gate);
+        free(st->b_keep);
+        free(st->b_index);
         free(st);
     }
     mor_free_big(c->rope_cos);
     mor_free_big(c->rope_sin);
     mor_free_big(c->scratch);
     mor_free_big(c->logits);
+    mor_free_big(c->batch_logits);
     free(c);
 }
 
@@ -176,7 +188,8 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
         mor_recur_free(c);
         return s;
     }
-    c->batch_rows = 1;
+    /* eval_batch groups: up to this many contexts share one pass */
+    c->batch_rows = c->n_batch < MOR_BATCH_LOGITS_ROWS ? c->n_batch : MOR_BATCH_LOGITS_ROWS;
     st->kind = !cfg->mor.enable ? RECUR_PLAIN
              : cfg->mor.type == MOR_ROUTING_TOKEN ? RECUR_TOKEN : RECUR_EXPERT;
     st->R = cfg->num_recursion;
@@ -190,6 +203,7 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
     c->rope_sin = mor_alloc_big(NC * half * sizeof(float));
     c->scratch = mor_alloc_big(c->scratch_floats * sizeof(float));
     c->logits = mor_alloc_big(V * sizeof(float));
+    c->batch_logits = mor_alloc_big((size_t)c->batch_rows * V * sizeof(float));
     st->depth = calloc(NC, sizeof *st->depth);
     st->route = mor_alloc_big(NC * R * sizeof(float));
     st->h = mor_alloc_big(NC * D * sizeof(float));
@@ -204,13 +218,20 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
     st->router_hidden = mor_alloc_big((size_t)c->n_threads * 2 * D * sizeof(float));
     st->row_pos = malloc(NB * sizeof(int32_t));
     st->n_kv = malloc(NB * sizeof(int));
+    st->n_own = malloc(NB * sizeof(int));
     st->n_start = malloc(L * sizeof(int));
+    size_t BR = (size_t)c->batch_rows;
+    st->b_own = malloc(BR * sizeof *st->b_own);
+    st->b_gate = malloc(BR * sizeof(float));
+    st->b_keep = malloc(BR);
+    st->b_index = calloc(BR, sizeof(int32_t));
     mor_status ks = mor_kv_init(&st->kv, cfg->n_layers, cfg->n_kv_heads, cfg->head_dim, c->n_ctx,
                                 MOR_KV_BLOCK);
     if (ks || !c->rope_cos || !c->rope_sin || !c->scratch || !c->logits || !st->depth ||
         !st->route || !st->h || (st->kind == RECUR_TOKEN && !st->h1) || !st->cand || !st->sel ||
         !st->rows || !st->keep || !st->z || !st->aux_z || !st->gate || !st->router_hidden ||
-        !st->row_pos || !st->n_kv || !st->n_start) {
+        !st->row_pos || !st->n_kv || !st->n_own || !st->n_start || !c->batch_logits ||
+        !st->b_own || !st->b_gate || !st->b_keep || !st->b_index) {
         mor_recur_free(c);
         return mor_fail(err, MOR_ENOMEM,
                         "mor_context_new: out of memory (scratch for n_ctx %zu, n_batch %zu)", NC, NB);
@@ -274,22 +295,29 @@ static kv_policy layer_policy(const mor_context *c, int l, int *slot) {
     return c->m->cfg.kv.update_cache ? KV_HYBRID : KV_SHARED;
 }
 
-/* c->x (T, D) through unrolled layer l; row t is at position st->row_pos[t]
- * (ascending). Appends the rows' K/V to the layer's cache unless the layer
- * shares the recursion-1 cache. Fails only when a cache block cannot be
- * allocated. */
-static mor_status layer_rows(mor_context *c, int l, int T) {
+/* The context that owns stage row t: own[t] in an eval_batch pass (one row
+ * per context), else c. */
+static inline mor_context *owner(mor_context *c, mor_context *const *own, int t) {
+    return own ? own[t] : c;
+}
+
+/* c->x (T, D) through unrolled layer l; row t is at position st->row_pos[t].
+ * Without own, every row is c's and the positions ascend; with own, row t
+ * is the next token of context own[t] (distinct contexts) and reads and
+ * writes that context's caches, while c lends the scratch. Appends the
+ * rows' K/V to the layer's cache unless the layer shares the recursion-1
+ * cache. Fails only when a cache block cannot be allocated. */
+static mor_status layer_rows(mor_context *c, mor_context *const *own, int l, int T) {
     struct mor_recur_state *st = c->mor;
     const mor_model *m = c->m;
     const mor_config *cfg = &m->cfg;
     const mor_layer_weights *w = &m->unrolled[l];
-    mor_kv *kv = &st->kv;
     int nt = c->n_threads, D = cfg->dim, H = cfg->n_heads, KVH = cfg->n_kv_heads,
         HD = cfg->head_dim, QD = H * HD, KVD = KVH * HD, half = HD / 2, group = H / KVH;
     float eps = cfg->norm_eps, scale = 1.0f / sqrtf((float)HD);
     float *x = c->x, *xb = c->xb, *q = c->q, *k = c->k, *v = c->v;
     const int32_t *pos = st->row_pos;
-    int *n_kv = st->n_kv;
+    int *n_kv = st->n_kv, *n_own = st->n_own;
     int par = T > 1; /* one row: only the products and attention are worth threads */
     int slot;
     kv_policy pol = layer_policy(c, l, &slot);
@@ -299,39 +327,52 @@ static mor_status layer_rows(mor_context *c, int l, int T) {
     for (int t = 0; t < T; t++)
         mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->attn_norm, D, eps);
     mor_matmul(q, xb, w->wq, T, QD, D, nt);
-    mor_kv_layer *ly = &kv->layers[l];
-    int n0 = ly->n;
     if (pol != KV_SHARED) { /* a sharing layer's own K/V would be thrown away */
         mor_matmul(k, xb, w->wk, T, KVD, D, nt);
         mor_matmul(v, xb, w->wv, T, KVD, D, nt);
-        mor_status s = mor_kv_reserve(kv, l, T);
-        if (s) return s;
+        /* row t becomes entry n_own[t] - 1 of its context's layer l */
+        for (int t = 0; t < T; t++) {
+            mor_kv *kv = &owner(c, own, t)->mor->kv;
+            if (!own && t > 0) {
+                n_own[t] = n_own[t - 1] + 1;
+                continue;
+            }
+            mor_status s = mor_kv_reserve(kv, l, own ? 1 : T);
+            if (s) return s;
+            n_own[t] = kv->layers[l].n + 1;
+        }
     }
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
     for (int t = 0; t < T; t++) {
-        const float *cp = c->rope_cos + (size_t)pos[t] * half, *sp = c->rope_sin + (size_t)pos[t] * half;
+        const mor_context *o = owner(c, own, t);
+        const float *cp = o->rope_cos + (size_t)pos[t] * half, *sp = o->rope_sin + (size_t)pos[t] * half;
         mor_rope(q + (size_t)t * QD, H, HD, cp, sp);
         if (pol != KV_SHARED) {
+            const mor_kv *kv = &o->mor->kv;
+            const mor_kv_layer *ly = &kv->layers[l];
+            int e = n_own[t] - 1;
             mor_rope(k + (size_t)t * KVD, KVH, HD, cp, sp);
-            memcpy(mor_kv_key(kv, ly, n0 + t), k + (size_t)t * KVD, (size_t)KVD * sizeof *k);
-            memcpy(mor_kv_value(kv, ly, n0 + t), v + (size_t)t * KVD, (size_t)KVD * sizeof *v);
-            *mor_kv_pos(kv, ly, n0 + t) = pos[t];
+            memcpy(mor_kv_key(kv, ly, e), k + (size_t)t * KVD, (size_t)KVD * sizeof *k);
+            memcpy(mor_kv_value(kv, ly, e), v + (size_t)t * KVD, (size_t)KVD * sizeof *v);
+            *mor_kv_pos(kv, ly, e) = pos[t];
         }
     }
-    if (pol != KV_SHARED) ly->n = n0 + T;
+    if (pol != KV_SHARED)
+        for (int t = 0; t < T; t++) owner(c, own, t)->mor->kv.layers[l].n = n_own[t];
     /* keys each row sees: the entries at positions <= its own */
     for (int t = 0; t < T; t++)
-        n_kv[t] = pol == KV_OWN ? n0 + t + 1 : mor_kv_count_upto(kv, slot, pos[t]);
-    if (pol != KV_HYBRID && T >= MOR_GEMM_ATTENTION_MIN_ROWS) {
-        mor_kv_attend_gemm(c->att, q, T, n_kv, kv, slot, H, c->scores, nt);
+        n_kv[t] = pol == KV_OWN ? n_own[t] : mor_kv_count_upto(&owner(c, own, t)->mor->kv, slot, pos[t]);
+    if (!own && pol != KV_HYBRID && T >= MOR_GEMM_ATTENTION_MIN_ROWS) {
+        mor_kv_attend_gemm(c->att, q, T, n_kv, &st->kv, slot, H, c->scores, nt);
     } else {
         int n = T * H;
 #pragma omp parallel for num_threads(nt) schedule(static) if (n > 1)
         for (int i = 0; i < n; i++) {
             int t = i / H, h = i % H;
+            const mor_kv *kv = &owner(c, own, t)->mor->kv;
             size_t qo = (size_t)t * QD + (size_t)h * HD;
             if (pol == KV_HYBRID)
-                mor_kv_attend_merged(c->att + qo, q + qo, kv, slot, n_kv[t], l, n0 + t + 1, h / group,
+                mor_kv_attend_merged(c->att + qo, q + qo, kv, slot, n_kv[t], l, n_own[t], h / group,
                                      scale);
             else
                 mor_kv_attend(c->att + qo, q + qo, kv, slot, h / group, n_kv[t], scale);
@@ -347,12 +388,16 @@ static mor_status layer_rows(mor_context *c, int l, int T) {
 /* Stages                                                                   */
 
 /* Unrolled layers [l0, l1) on the m tokens rows[0..m) (call indices,
- * ascending; position pos0 + index), in chunks of n_batch. The output Y of
- * stage row j goes back into st->h as `mode` says: OUT_GATED adds
+ * ascending; position pos0 + index), in chunks of n_batch. With own (an
+ * eval_batch pass, m <= n_batch), stage row j is call index rows[j] of
+ * context own[j], at that context's position + rows[j]: its state, caches
+ * and routes are own[j]'s, c lends the scratch. The output Y of stage row j
+ * goes back into the owner's st->h as `mode` says: OUT_GATED adds
  * gate[j]*Y (Y when gate is NULL) where keep is NULL or keep[j]; OUT_TOKEN
  * uses the token's depth, the step and st->gate (by call index). */
-static mor_status run_stage(mor_context *c, int pos0, const int32_t *rows, int m, int l0, int l1,
-                            out_mode mode, const float *gate, const uint8_t *keep, int step) {
+static mor_status run_stage(mor_context *c, mor_context *const *own, int pos0, const int32_t *rows,
+                            int m, int l0, int l1, out_mode mode, const float *gate,
+                            const uint8_t *keep, int step) {
     struct mor_recur_state *st = c->mor;
     const mor_config *cfg = &c->m->cfg;
     int D = cfg->dim, nt = c->n_threads;
@@ -361,16 +406,18 @@ static mor_status run_stage(mor_context *c, int pos0, const int32_t *rows, int m
         int T = m - s0 < c->n_batch ? m - s0 : c->n_batch;
         const int32_t *r = rows + s0;
         for (int t = 0; t < T; t++) {
-            memcpy(c->x + (size_t)t * D, st->h + (size_t)r[t] * D, (size_t)D * sizeof(float));
-            st->row_pos[t] = pos0 + r[t];
+            const mor_context *o = owner(c, own, s0 + t);
+            memcpy(c->x + (size_t)t * D, o->mor->h + (size_t)r[t] * D, (size_t)D * sizeof(float));
+            st->row_pos[t] = (own ? o->pos : pos0) + r[t];
         }
         for (int l = l0; l < l1; l++) {
-            mor_status s = layer_rows(c, l, T);
+            mor_status s = layer_rows(c, own ? own + s0 : NULL, l, T);
             if (s) return s;
         }
 #pragma omp parallel for num_threads(nt) schedule(static) if (T > 1)
         for (int t = 0; t < T; t++) {
-            float *h = st->h + (size_t)r[t] * D;
+            const struct mor_recur_state *ot = owner(c, own, s0 + t)->mor;
+            float *h = ot->h + (size_t)r[t] * D;
             const float *y = c->x + (size_t)t * D;
             if (mode == OUT_SET) {
                 memcpy(h, y, (size_t)D * sizeof *h);
@@ -378,9 +425,9 @@ static mor_status run_stage(mor_context *c, int pos0, const int32_t *rows, int m
                 if (keep && !keep[s0 + t]) continue;
                 float g = gate ? gate[s0 + t] : 1.0f;
                 for (int i = 0; i < D; i++) h[i] += g * y[i];
-            } else if (st->depth[r[t]] == step) { /* token-choice exit: gate onto h^1 */
-                const float *h1 = st->h1 + (size_t)r[t] * D;
-                float g = token_weighted ? st->gate[r[t]] : 1.0f;
+            } else if (ot->depth[r[t]] == step) { /* token-choice exit: gate onto h^1 */
+                const float *h1 = ot->h1 + (size_t)r[t] * D;
+                float g = token_weighted ? ot->gate[r[t]] : 1.0f;
                 for (int i = 0; i < D; i++) h[i] = h1[i] + g * y[i];
             } else {
                 memcpy(h, y, (size_t)D * sizeof *h);
@@ -447,39 +494,45 @@ static int rand_scores(mor_context *c, int pos0, int n, int nc, int r, int topk)
     return ns;
 }
 
-/* Expert-choice recursion steps over the call's n tokens (spec 3.3, 3.7). */
-static mor_status expert_steps(mor_context *c, int pos0, int n) {
+/* Routing of expert-choice step r over the nc candidates st->cand of a
+ * call of n tokens at pos0: writes their gates (st->gate), recorded routes
+ * and logits, and returns the kept count with the kept candidate indices,
+ * ascending, in st->sel. */
+static int expert_select(mor_context *c, int pos0, int n, int nc, int r) {
     struct mor_recur_state *st = c->mor;
     const mor_model *m = c->m;
     const mor_config *cfg = &m->cfg;
-    int R = st->R, topk = c->routing == MOR_ROUTE_TOPK, rnd = cfg->mor.rand_router;
+    int R = st->R, topk = c->routing == MOR_ROUTE_TOPK;
+    if (cfg->mor.rand_router) return rand_scores(c, pos0, n, nc, r, topk);
     mor_router_func f = cfg->mor.expert.router_func;
     float alpha = cfg->mor.expert.alpha;
-    int weighted = cfg->mor.expert.gating == MOR_GATING_WEIGHTED;
     /* sampling: aux_router trains a second router to predict the top-k
      * choice; the causal rule then asks it, and the gate stays the main one's */
     int aux = !topk && cfg->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER;
+    router_logits(c, &m->routers[r - 1], st->cand, nc, 1, st->z);
+    if (aux && (m->aux_routers[r - 1].w || m->aux_routers[r - 1].fc1))
+        router_logits(c, &m->aux_routers[r - 1], st->cand, nc, 1, st->aux_z);
+    else
+        memcpy(st->aux_z, st->z, (size_t)nc * sizeof(float));
+    for (int j = 0; j < nc; j++) {
+        st->gate[j] = mor_route_gate(f, alpha, st->z[j]);
+        st->route[(size_t)st->cand[j] * R + (r - 1)] = router_activation(f, st->z[j]);
+    }
+    return topk ? mor_route_topk(st->sel, NULL, st->cand, st->gate, nc,
+                                 mor_route_k(cfg->mor.capacity[r - 1], n))
+                : mor_route_causal(st->sel, NULL, st->cand, st->aux_z, nc, r);
+}
+
+/* Expert-choice recursion steps over the call's n tokens (spec 3.3, 3.7). */
+static mor_status expert_steps(mor_context *c, int pos0, int n) {
+    struct mor_recur_state *st = c->mor;
+    const mor_config *cfg = &c->m->cfg;
+    int R = st->R;
+    int weighted = cfg->mor.expert.gating == MOR_GATING_WEIGHTED;
     int nc = n;
     for (int t = 0; t < n; t++) st->cand[t] = t;
     for (int r = 1; r <= R && nc > 0; r++) {
-        int ns;
-        if (rnd) {
-            ns = rand_scores(c, pos0, n, nc, r, topk);
-        } else {
-            const mor_router_weights *rw = &m->routers[r - 1];
-            router_logits(c, rw, st->cand, nc, 1, st->z);
-            if (aux && (m->aux_routers[r - 1].w || m->aux_routers[r - 1].fc1))
-                router_logits(c, &m->aux_routers[r - 1], st->cand, nc, 1, st->aux_z);
-            else
-                memcpy(st->aux_z, st->z, (size_t)nc * sizeof(float));
-            for (int j = 0; j < nc; j++) {
-                st->gate[j] = mor_route_gate(f, alpha, st->z[j]);
-                st->route[(size_t)st->cand[j] * R + (r - 1)] = router_activation(f, st->z[j]);
-            }
-            ns = topk ? mor_route_topk(st->sel, NULL, st->cand, st->gate, nc,
-                                       mor_route_k(cfg->mor.capacity[r - 1], n))
-                      : mor_route_causal(st->sel, NULL, st->cand, st->aux_z, nc, r);
-        }
+        int ns = expert_select(c, pos0, n, nc, r);
         int l0 = st->off + (r - 1) * st->base, l1 = l0 + st->base;
         mor_status s;
         if (cfg->kv.enable && r == 1 && ns < nc) {
@@ -489,7 +542,7 @@ static mor_status expert_steps(mor_context *c, int pos0, int n) {
             memset(st->keep, 0, (size_t)nc);
             for (int i = 0; i < ns; i++) st->keep[st->sel[i]] = 1;
             for (int i = 0; i < ns; i++) st->depth[st->cand[st->sel[i]]] = r;
-            s = run_stage(c, pos0, st->cand, nc, l0, l1, OUT_GATED, weighted ? st->gate : NULL,
+            s = run_stage(c, NULL, pos0, st->cand, nc, l0, l1, OUT_GATED, weighted ? st->gate : NULL,
                           st->keep, r);
             for (int i = 0; i < ns; i++) st->rows[i] = st->cand[st->sel[i]];
         } else {
@@ -499,7 +552,7 @@ static mor_status expert_steps(mor_context *c, int pos0, int n) {
                 st->gate[i] = st->gate[st->sel[i]]; /* sel is ascending: i <= sel[i] */
                 st->depth[st->rows[i]] = r;
             }
-            s = run_stage(c, pos0, st->rows, ns, l0, l1, OUT_GATED, weighted ? st->gate : NULL, NULL,
+            s = run_stage(c, NULL, pos0, st->rows, ns, l0, l1, OUT_GATED, weighted ? st->gate : NULL, NULL,
                           r);
         }
         if (s) return s;
@@ -526,7 +579,7 @@ static mor_status token_steps(mor_context *c, int pos0, int n) {
             if (st->depth[t] >= r) st->rows[na++] = t;
         if (!na) break;
         int l0 = st->off + (r - 1) * st->base;
-        mor_status s = run_stage(c, pos0, st->rows, na, l0, l0 + st->base, OUT_TOKEN, NULL, NULL, r);
+        mor_status s = run_stage(c, NULL, pos0, st->rows, na, l0, l0 + st->base, OUT_TOKEN, NULL, NULL, r);
         if (s) return s;
     }
     return MOR_OK;
@@ -545,13 +598,13 @@ static mor_status forward_call(mor_context *c, const int32_t *tokens, int n) {
     }
     for (size_t i = 0; i < (size_t)n * R; i++) st->route[i] = NAN;
     if (st->kind == RECUR_PLAIN) /* every token, every layer, in one stage */
-        return run_stage(c, pos0, st->rows, n, 0, L, OUT_SET, NULL, NULL, 0);
+        return run_stage(c, NULL, pos0, st->rows, n, 0, L, OUT_SET, NULL, NULL, 0);
     mor_status s = MOR_OK;
-    if (st->off > 0) s = run_stage(c, pos0, st->rows, n, 0, st->off, OUT_SET, NULL, NULL, 0);
+    if (st->off > 0) s = run_stage(c, NULL, pos0, st->rows, n, 0, st->off, OUT_SET, NULL, NULL, 0);
     if (!s) s = st->kind == RECUR_EXPERT ? expert_steps(c, pos0, n) : token_steps(c, pos0, n);
     if (!s && block_end < L) {
         for (int t = 0; t < n; t++) st->rows[t] = t;
-        s = run_stage(c, pos0, st->rows, n, block_end, L, OUT_SET, NULL, NULL, 0);
+        s = run_stage(c, NULL, pos0, st->rows, n, block_end, L, OUT_SET, NULL, NULL, 0);
     }
     return s;
 }
@@ -594,15 +647,117 @@ mor_status mor_recur_eval(mor_context *c, const int32_t *tokens, int n, float *l
     return MOR_OK;
 }
 
+/* ------------------------------------------------------------------------ */
+/* eval_batch: one token for each of T contexts, the recursion steps batched */
+
+/* Every recursion step runs once for the contexts whose token reached it:
+ * a shared block's weights are read once per step for the whole group
+ * instead of once per context (spec 7's depth-wise batching, for one
+ * decode step of many sequences). Each token routes exactly as a one-token
+ * call of its own context would, and attends to its own caches. */
+static mor_status batch_forward(mor_context *sc, mor_context **cs, const int32_t *tokens, int T) {
+    struct mor_recur_state *ss = sc->mor;
+    const mor_model *m = sc->m;
+    const mor_config *cfg = &m->cfg;
+    int D = cfg->dim, L = cfg->n_layers, R = ss->R, base = ss->base, off = ss->off;
+    int block_end = off + R * base;
+    mor_context **own = ss->b_own;
+    const int32_t *idx = ss->b_index; /* all 0 */
+    for (int i = 0; i < T; i++) {
+        struct mor_recur_state *st = cs[i]->mor;
+        memcpy(st->h, m->embed + (size_t)tokens[i] * D, (size_t)D * sizeof(float));
+        st->depth[0] = ss->kind == RECUR_PLAIN ? R : 0;
+        for (int r = 0; r < R; r++) st->route[r] = NAN;
+    }
+    if (ss->kind == RECUR_PLAIN) return run_stage(sc, cs, 0, idx, T, 0, L, OUT_SET, NULL, NULL, 0);
+    mor_status s = MOR_OK;
+    if (off > 0) s = run_stage(sc, cs, 0, idx, T, 0, off, OUT_SET, NULL, NULL, 0);
+    if (!s && ss->kind == RECUR_EXPERT) {
+        int weighted = cfg->mor.expert.gating == MOR_GATING_WEIGHTED;
+        int na = T; /* contexts whose token is still a candidate, in own[0..na) */
+        memcpy(own, cs, (size_t)T * sizeof *own);
+        for (int r = 1; r <= R && na > 0 && !s; r++) {
+            int m_rows = 0;
+            for (int i = 0; i < na; i++) {
+                mor_context *c = own[i];
+                struct mor_recur_state *st = c->mor;
+                st->cand[0] = 0;
+                int keep = expert_select(c, c->pos, 1, 1, r) > 0;
+                if (keep) st->depth[0] = r;
+                /* KV sharing: a token left out at step 1 still runs it for
+                 * its recursion-1 K/V, without taking the output */
+                if (!keep && !(cfg->kv.enable && r == 1)) continue;
+                own[m_rows] = c;
+                ss->b_gate[m_rows] = weighted ? st->gate[0] : 1.0f;
+                ss->b_keep[m_rows] = (uint8_t)keep;
+                m_rows++;
+            }
+            int l0 = off + (r - 1) * base;
+            s = run_stage(sc, own, 0, idx, m_rows, l0, l0 + base, OUT_GATED, ss->b_gate, ss->b_keep, r);
+            na = 0; /* the next step's candidates: the kept, in order */
+            for (int i = 0; i < m_rows; i++)
+                if (ss->b_keep[i]) own[na++] = own[i];
+        }
+    } else if (!s) { /* token-choice: each token's depth from its router */
+        for (int i = 0; i < T; i++) {
+            struct mor_recur_state *st = cs[i]->mor;
+            router_logits(cs[i], &m->routers[0], idx, 1, R, st->z);
+            mor_route_token_assign(st->depth, st->gate, st->route, st->z, m->router_bias, 1, R,
+                                   cfg->mor.token.router_func, cfg->mor.token.alpha);
+            memcpy(st->h1, st->h, (size_t)D * sizeof(float));
+        }
+        for (int r = 1; r <= R && !s; r++) {
+            int na = 0;
+            for (int i = 0; i < T; i++)
+                if (cs[i]->mor->depth[0] >= r) own[na++] = cs[i];
+            if (!na) break;
+            int l0 = off + (r - 1) * base;
+            s = run_stage(sc, own, 0, idx, na, l0, l0 + base, OUT_TOKEN, NULL, NULL, r);
+        }
+    }
+    if (!s && block_end < L) s = run_stage(sc, cs, 0, idx, T, block_end, L, OUT_SET, NULL, NULL, 0);
+    return s;
+}
+
+/* Groups of up to cs[0]->batch_rows contexts share one pass; scratch and
+ * thread count come from cs[0]. */
 mor_status mor_recur_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err) {
     mor_status bs = mor_context_check_batch(cs, tokens, n, err);
-    if (bs) return bs;
-    /* a MoR token's path depends on its own routing, so the contexts run
-     * one after the other (each call still reads its weights once) */
-    for (int i = 0; i < n; i++) {
-        mor_status s = mor_recur_eval(cs[i], tokens + i, 1, NULL, err);
-        if (s) return s;
+    if (bs || n == 0) return bs;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= cs[0]->m->cfg.vocab_size)
+            return mor_fail(err, MOR_EARG, "token %d at index %d is outside the vocabulary (0..%d)",
+                            (int)tokens[i], i, cs[0]->m->cfg.vocab_size - 1);
+    mor_context *sc = cs[0];
+    const mor_config *cfg = &sc->m->cfg;
+    int D = cfg->dim, L = cfg->n_layers;
+    size_t V = (size_t)cfg->vocab_size;
+    int saved = mor_threads_begin(sc->n_threads);
+    for (int g = 0; g < n; g += sc->batch_rows) {
+        int T = n - g < sc->batch_rows ? n - g : sc->batch_rows;
+        mor_context **grp = cs + g;
+        for (int i = 0; i < T; i++)
+            for (int l = 0; l < L; l++) grp[i]->mor->n_start[l] = grp[i]->mor->kv.layers[l].n;
+        mor_status s = batch_forward(sc, grp, tokens + g, T);
+        if (s) { /* forget this group's entries: its contexts stay as they were */
+            for (int i = 0; i < T; i++) {
+                for (int l = 0; l < L; l++) grp[i]->mor->kv.layers[l].n = grp[i]->mor->n_start[l];
+                grp[i]->mor->n_last = 0;
+            }
+            mor_threads_end(saved);
+            return mor_fail(err, s, "mor_context_eval_batch: %s allocating KV cache blocks",
+                            s == MOR_ENOMEM ? "out of memory" : "cache overflow");
+        }
+        for (int i = 0; i < T; i++)
+            memcpy(sc->x + (size_t)i * D, grp[i]->mor->h, (size_t)D * sizeof(float));
+        mor_context_logits_rows(sc, sc->x, T, sc->batch_logits);
+        for (int i = 0; i < T; i++) {
+            memcpy(grp[i]->logits, sc->batch_logits + (size_t)i * V, V * sizeof(float));
+            grp[i]->mor->n_last = 1;
+            grp[i]->pos++;
+        }
     }
+    mor_threads_end(saved);
     return MOR_OK;
 }
 

@@ -97,7 +97,10 @@ void mor_recur_reset(mor_context *c);
 void mor_recur_truncate(mor_context *c, int pos);
 mor_status mor_recur_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
                           mor_error *err);
-/* One token for each context, one context after the other. */
+/* One token for each context. Groups of up to batch_rows contexts run each
+ * stage once: the unique layers on every token, recursion step r on the
+ * tokens that reached it, each token routed as a one-token call of its own
+ * context and attending to its own caches; then one LM-head product. */
 mor_status mor_recur_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
 
 /* Positions per KV block (default MOR_KV_BLOCK), for tests of the memory

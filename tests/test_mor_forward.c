@@ -457,29 +457,65 @@ static void test_recursive_equals_vanilla(void **state) {
 
 /* ---- eval_batch and errors --------------------------------------------------- */
 
-static void test_eval_batch(void **state) {
-    (void)state;
-    mcase k;
-    load_case(&k, "expert_mlp_sigmoid_share_update_causal");
-    mor_context *cs[3];
-    for (int i = 0; i < 3; i++) cs[i] = new_ctx(k.m, 256, 2, MOR_ROUTE_CAUSAL);
+/* eval_batch: NB contexts, context i holding the first i % 3 tokens of the
+ * case, then one token each per call, in groups of batch_rows (NB spans two
+ * groups). Each context's logits and route equal those of a twin context
+ * fed the same tokens one call at a time, and, with causal routing, the
+ * reference's. */
+#define NB 19
+static void case_batch(mcase *k) {
+    mor_route_mode mode = is_causal(k) ? MOR_ROUTE_CAUSAL : MOR_ROUTE_TOPK;
+    mor_context *cs[NB], *twin[NB];
     mor_error e = {0};
-    /* three contexts at different offsets of the sequence: ctx i starts at token i */
-    for (int i = 0; i < 3; i++)
-        if (i && mor_context_eval(cs[i], k.tokens, i, NULL, &e)) fail_msg("%s", e.msg);
-    int32_t toks[3];
-    for (int step = 0; step + 2 < k.n; step++) {
-        for (int i = 0; i < 3; i++) toks[i] = k.tokens[step + i];
-        if (mor_context_eval_batch(cs, toks, 3, &e)) fail_msg("%s", e.msg);
-        for (int i = 0; i < 3; i++) {
-            check_logits(&k, mor_context_logits(cs[i]), step + i, 1, "eval_batch");
-            check_route(&k, cs[i], 0, step + i);
+    for (int i = 0; i < NB; i++) {
+        cs[i] = new_ctx(k->m, 256, 2, mode);
+        twin[i] = new_ctx(k->m, 256, 1, mode);
+        for (int t = 0; t < i % 3; t++)
+            if (mor_context_eval(cs[i], k->tokens + t, 1, NULL, &e) ||
+                mor_context_eval(twin[i], k->tokens + t, 1, NULL, &e))
+                fail_msg("%s: %s", k->name, e.msg);
+    }
+    int32_t toks[NB];
+    for (int step = 0; step + 2 < k->n; step++) {
+        for (int i = 0; i < NB; i++) toks[i] = k->tokens[step + i % 3];
+        if (mor_context_eval_batch(cs, toks, NB, &e)) fail_msg("%s: %s", k->name, e.msg);
+        for (int i = 0; i < NB; i++) {
+            int t = step + i % 3;
+            if (mor_context_eval(twin[i], toks + i, 1, NULL, &e)) fail_msg("%s: %s", k->name, e.msg);
+            double err = rel_err(mor_context_logits(cs[i]), mor_context_logits(twin[i]), (size_t)k->V);
+            if (!(err < 1e-5))
+                fail_msg("%s: eval_batch context %d token %d: logits rel_err %.3g against one call",
+                         k->name, i, t, err);
+            int d1, d2;
+            float s1[MOR_MAX_RECURSION], s2[MOR_MAX_RECURSION];
+            if (mor_context_route(cs[i], 0, &d1, s1, &e) || mor_context_route(twin[i], 0, &d2, s2, &e))
+                fail_msg("%s: %s", k->name, e.msg);
+            assert_int_equal(d1, d2);
+            for (int r = 0; r < mor_model_num_recursion(k->m); r++)
+                if (!(fabsf(s1[r] - s2[r]) <= 1e-5f || (isnan(s1[r]) && isnan(s2[r]))))
+                    fail_msg("%s: context %d step %d: score %g, one call %g", k->name, i, r + 1, s1[r],
+                             s2[r]);
+            if (mode == MOR_ROUTE_CAUSAL) {
+                check_logits(k, mor_context_logits(cs[i]), t, 1, "eval_batch");
+                check_route(k, cs[i], 0, t);
+            }
+            assert_int_equal(mor_context_pos(cs[i]), t + 1);
         }
     }
+    for (int l = 0; l < k->m->cfg.n_layers; l++) /* the caches hold what one-call decode stores */
+        for (int i = 0; i < NB; i++)
+            assert_int_equal(mor_recur_kv_entries(cs[i], l), mor_recur_kv_entries(twin[i], l));
     mor_context *twice[2] = {cs[0], cs[0]};
     assert_int_equal(mor_context_eval_batch(twice, toks, 2, &e), MOR_EARG);
-    for (int i = 0; i < 3; i++) mor_context_free(cs[i]);
-    free_case(&k);
+    for (int i = 0; i < NB; i++) {
+        mor_context_free(cs[i]);
+        mor_context_free(twin[i]);
+    }
+}
+
+static void test_eval_batch(void **state) {
+    (void)state;
+    for_each_case(case_batch);
 }
 
 static void test_errors(void **state) {
