@@ -9,7 +9,7 @@
  *   cc -O2 -march=x86-64-v3 -fopenmp -Ilib bench/bench_decode.c lib/libmor.a \
  *      -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
  *      -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas \
- *      -lyaml -lzstd -ljansson -lpcre2-8 -lm -o bin/bench_decode
+ *      -lyaml -lzstd -ljansson -lpcre2-8 -lutf8proc -lm -o bin/bench_decode
  *
  * Decode reads every weight once per token, so its ceiling is
  * weight bytes / memory bandwidth. Bandwidth is measured two ways: a memcpy

@@ -35,7 +35,7 @@
  *   cc -O2 -march=x86-64-v3 -fopenmp -Ilib bench/bench_mor.c lib/libmor.a \
  *      -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
  *      -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas \
- *      -lyaml -lzstd -ljansson -lpcre2-8 -lm -o bin/bench_mor */
+ *      -lyaml -lzstd -ljansson -lpcre2-8 -lutf8proc -lm -o bin/bench_mor */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -9,7 +9,7 @@
  *   cc -O2 -march=x86-64-v3 -fopenmp -Ilib bench/bench_train.c lib/libmor.a \
  *      -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
  *      -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas \
- *      -lyaml -lzstd -ljansson -lpcre2-8 -lm -o bin/bench_train
+ *      -lyaml -lzstd -ljansson -lpcre2-8 -lutf8proc -lm -o bin/bench_train
  *
  * Model FLOPs of a step = 3 x the forward FLOPs of mor_cost_flops (matmuls
  * 2 per weight per token, attention over the causal triangle, MoR steps on

@@ -98,8 +98,8 @@ static void test_stop_string(void **state) {
     free(cut);
 }
 
-static void test_batch(void **state) {
-    (void)state;
+/* --batch 2 over five prompts: each result equals a single-prompt run. */
+static void check_batch(void) {
     char path[600], cmd[2048], *out, *err;
     snprintf(path, sizeof path, "%s/prompts.txt", tmp_dir());
     FILE *f = fopen(path, "w");
@@ -141,6 +141,21 @@ static void test_batch(void **state) {
     }
     free(out);
     free(err);
+}
+
+static void test_batch(void **state) {
+    (void)state;
+    check_batch();
+    /* a MoR model (stories260K uptrained into MoR-E N_R = 3, Middle-Cycle
+     * 1 + 1x3 + 1, random routers): eval_batch batches its recursion steps */
+    char vanilla[600], cmd[2048];
+    snprintf(vanilla, sizeof vanilla, "%s", model);
+    snprintf(model, sizeof model, "%s/mor.mor", tmp_dir());
+    snprintf(cmd, sizeof cmd, "%s hf tests/data/stories260K-hf --config configs/tiny-mor-expert-r3.yaml -o %s -s 3 -q",
+             tool("mor-convert"), model);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    check_batch();
+    snprintf(model, sizeof model, "%s", vanilla);
 }
 
 static void expect_fail(const char *cmd, int code, const char *needle) {
