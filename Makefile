@@ -12,7 +12,7 @@ WARN    = -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
 OPT     = -O2 -march=x86-64-v3 -mtune=native -fno-math-errno
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) -Ilib
-LDLIBS  = -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lyaml -lzstd -ljansson -lpcre2-8 -lm -fopenmp
+LDLIBS  = -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lyaml -lzstd -ljansson -lpcre2-8 -lutf8proc -lm -fopenmp
 ifeq ($(SAN),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined

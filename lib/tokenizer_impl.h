@@ -73,7 +73,14 @@ int tok_is_whitespace(uint32_t cp);          /* Unicode White_Space */
 /* ------------------------------------------------------------------------ */
 /* Normalizers and pre-tokenizers (tokenizer_pretok.c)                      */
 
-typedef enum { NORM_PREPEND, NORM_REPLACE, NORM_STRIP } norm_kind;
+typedef enum {
+    NORM_PREPEND,
+    NORM_REPLACE,
+    NORM_STRIP,
+    NORM_UNICODE,       /* NFC, NFD, NFKC, NFKD (utf8proc) */
+    NORM_STRIP_ACCENTS, /* drop General_Category=Mark */
+    NORM_LOWERCASE,     /* per-character full lowercase mapping */
+} norm_kind;
 
 typedef struct norm_op {
     norm_kind kind;
@@ -81,6 +88,7 @@ typedef struct norm_op {
     size_t str_len;
     pcre2_code *re;     /* REPLACE: the pattern (literal or regex) */
     int left, right;    /* STRIP */
+    int uflags;         /* UNICODE: utf8proc_option_t of the form */
 } norm_op;
 
 /* How a split pattern's matches become pieces (HF SplitDelimiterBehavior). */

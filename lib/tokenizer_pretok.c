@@ -1,5 +1,10 @@
 /* tokenizer_pretok.c - normalizers and pre-tokenizers of a tokenizer.json,
- * with PCRE2 (UTF + UCP, JIT when available) for every pattern.
+ * with PCRE2 (UTF + UCP, JIT when available) for every pattern and utf8proc
+ * for the Unicode normalizers (NFC/NFD/NFKC/NFKD, StripAccents, Lowercase).
+ *
+ * Normalizers rewrite the whole text piece; no offset map is kept, since
+ * nothing downstream (BPE, decoding, streaming) maps tokens back to the
+ * original text.
  *
  * A pre-tokenizer is compiled to a flat list of stages. Each stage takes one
  * piece of text and hands zero or more pieces to the next stage; the last
@@ -15,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 #include "tokenizer_impl.h"
 #include "util.h"
@@ -127,8 +133,30 @@ mor_status tok_parse_normalizer(mor_tokenizer *t, json_t *j, const char *path, m
         op->right = get_bool(j, "strip_right", 1);
         return MOR_OK;
     }
-    /* NFC/NFD/NFKC/NFKD, Lowercase, StripAccents, BertNormalizer, Precompiled,
-     * Nmt need Unicode tables mor does not carry. */
+    /* The forms as utf8proc_NFC() and friends call utf8proc_map. */
+    static const struct {
+        const char *name;
+        int flags;
+    } forms[] = {
+        {"NFC", UTF8PROC_STABLE | UTF8PROC_COMPOSE},
+        {"NFD", UTF8PROC_STABLE | UTF8PROC_DECOMPOSE},
+        {"NFKC", UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT},
+        {"NFKD", UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT},
+    };
+    for (size_t i = 0; i < sizeof forms / sizeof *forms; i++)
+        if (!strcmp(type, forms[i].name)) {
+            if ((st = add_norm(t, &op, err))) return st;
+            op->kind = NORM_UNICODE;
+            op->uflags = forms[i].flags;
+            return MOR_OK;
+        }
+    if (!strcmp(type, "StripAccents") || !strcmp(type, "Lowercase")) {
+        if ((st = add_norm(t, &op, err))) return st;
+        op->kind = type[0] == 'S' ? NORM_STRIP_ACCENTS : NORM_LOWERCASE;
+        return MOR_OK;
+    }
+    /* BertNormalizer comes with WordPiece models (not loaded); Precompiled
+     * and Nmt carry SentencePiece character maps mor does not parse. */
     return unsupported(t, path, type, err);
 }
 
@@ -338,6 +366,60 @@ static size_t re_advance(const char *s, size_t n, size_t ms, size_t me) {
 /* ------------------------------------------------------------------------ */
 /* Normalizers                                                              */
 
+/* NFC/NFD/NFKC/NFKD of s[0..n) (valid UTF-8) appended to dst. utf8proc
+ * agrees with the Rust unicode-normalization crate HF uses, up to the
+ * Unicode version of each (utf8proc 2.8: Unicode 15.0). */
+static int norm_unicode(const norm_op *op, const char *s, size_t n, tok_buf *dst) {
+    size_t i = 0;
+    while (i < n && (uint8_t)s[i] < 0x80) i++;
+    if (i == n) return tok_buf_put(dst, s, n); /* ASCII is its own normal form */
+    utf8proc_uint8_t *r = NULL;
+    utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &r,
+                                      (utf8proc_option_t)op->uflags);
+    int ok = m >= 0 && tok_buf_put(dst, r, (size_t)m);
+    free(r);
+    return ok;
+}
+
+/* StripAccents: HF filters out every char with unicode-normalization's
+ * is_combining_mark, i.e. General_Category Mark (Mn, Mc and Me, so also
+ * Devanagari vowel signs and U+FE0F), whatever normalizer ran before. */
+static int norm_strip_accents(const char *s, size_t n, tok_buf *dst) {
+    int len;
+    for (size_t i = 0; i < n; i += (size_t)len) {
+        uint32_t cp = tok_utf8_decode(s + i, n - i, &len);
+        utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
+        if (c != UTF8PROC_CATEGORY_MN && c != UTF8PROC_CATEGORY_MC && c != UTF8PROC_CATEGORY_ME &&
+            !tok_buf_put(dst, s + i, (size_t)len))
+            return 0;
+    }
+    return 1;
+}
+
+/* Lowercase: HF maps char by char with Rust's char::to_lowercase (so no
+ * Final_Sigma rule: every U+03A3 becomes U+03C3). That is the simple mapping
+ * utf8proc_tolower gives, except for U+0130, the one character whose
+ * unconditional lowercase in SpecialCasing.txt is two code points. */
+static int norm_lowercase(const char *s, size_t n, tok_buf *dst) {
+    int len;
+    char u[4];
+    for (size_t i = 0; i < n; i += (size_t)len) {
+        uint32_t cp = tok_utf8_decode(s + i, n - i, &len);
+        if (cp == 0x130) {
+            if (!tok_buf_put(dst, "i\xcc\x87", 3)) return 0; /* i U+0307 */
+            continue;
+        }
+        if (cp < 0x80) {
+            char c = (char)(cp >= 'A' && cp <= 'Z' ? cp + 32 : cp);
+            if (!tok_buf_put(dst, &c, 1)) return 0;
+            continue;
+        }
+        int k = tok_utf8_encode((uint32_t)utf8proc_tolower((utf8proc_int32_t)cp), u);
+        if (!tok_buf_put(dst, u, (size_t)k)) return 0;
+    }
+    return 1;
+}
+
 int tok_normalize(const mor_tokenizer *t, tok_scratch *sc, const char *s, size_t n,
                   const char **out, size_t *out_len) {
     const char *cur = s;
@@ -362,6 +444,12 @@ int tok_normalize(const mor_tokenizer *t, tok_scratch *sc, const char *s, size_t
                 pos = re_advance(cur, cn, ms, me);
             }
             if (r < 0 || !tok_buf_put(dst, cur + prev, cn - prev)) return 0;
+        } else if (op->kind == NORM_UNICODE) {
+            if (!norm_unicode(op, cur, cn, dst)) return 0;
+        } else if (op->kind == NORM_STRIP_ACCENTS) {
+            if (!norm_strip_accents(cur, cn, dst)) return 0;
+        } else if (op->kind == NORM_LOWERCASE) {
+            if (!norm_lowercase(cur, cn, dst)) return 0;
         } else { /* NORM_STRIP */
             size_t a = 0, b = cn;
             int len;

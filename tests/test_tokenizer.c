@@ -630,13 +630,13 @@ static void test_errors(void **state) {
     (void)state;
     expect_load_error("{\"model\": {\"type\": \"BPE\",\n \"vocab\": {,}}}", MOR_EFORMAT,
                       "tok.json: line 2 column");
-    expect_load_error("{\"normalizer\": {\"type\": \"NFKD\"}, \"model\": {\"type\": \"BPE\","
+    expect_load_error("{\"normalizer\": {\"type\": \"Precompiled\"}, \"model\": {\"type\": \"BPE\","
                       " \"vocab\": {}, \"merges\": []}}",
-                      MOR_EUNSUPPORTED, "tok.json: normalizer.type 'NFKD' is not supported");
+                      MOR_EUNSUPPORTED, "tok.json: normalizer.type 'Precompiled' is not supported");
     expect_load_error("{\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\":"
-                      " \"Strip\"}, {\"type\": \"Lowercase\"}]}, \"model\": {\"type\": \"BPE\","
+                      " \"Strip\"}, {\"type\": \"BertNormalizer\"}]}, \"model\": {\"type\": \"BPE\","
                       " \"vocab\": {}, \"merges\": []}}",
-                      MOR_EUNSUPPORTED, "normalizer.normalizers[1].type 'Lowercase' is not supported");
+                      MOR_EUNSUPPORTED, "normalizer.normalizers[1].type 'BertNormalizer' is not supported");
     expect_load_error("{\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\":"
                       " \"UnicodeScripts\"}]}, \"model\": {\"type\": \"BPE\", \"vocab\": {},"
                       " \"merges\": []}}",
