@@ -290,7 +290,6 @@ void mor_rope(float *x, int n_heads, int head_dim, const float *cos_p, const flo
 
 /* Positions scored per block: the scores live on the stack, so any n_kv
  * works without a buffer sized by the context. */
-#define ATT_BLOCK 256
 
 /* out (HD) += sum_j p[j] v_j for n positions, v_j = v + j*stride. The
  * accumulators stay in registers across positions. */
@@ -374,30 +373,36 @@ static void score_block(float *s, const float *q, const float *k, int n, int str
     for (; j < n; j++) s[j] = mor_dot(q, k + (size_t)j * stride, head_dim) * scale;
 }
 
+void mor_attend_block(float *out, float *m, float *l, float *s, const float *q, const float *k,
+                      const float *v, int nb, int stride, int head_dim, float scale) {
+    float bmax = -INFINITY;
+    score_block(s, q, k, nb, stride, head_dim, scale);
+    for (int j = 0; j < nb; j++)
+        if (s[j] > bmax) bmax = s[j];
+    if (bmax > *m) {
+        float c = expf(*m - bmax); /* 0 for the first block */
+        for (int i = 0; i < head_dim; i++) out[i] *= c;
+        *l *= c;
+        *m = bmax;
+    }
+    for (int j = 0; j < nb; j++) {
+        s[j] = expf(s[j] - *m);
+        *l += s[j];
+    }
+    weighted_sum(out, s, v, nb, stride, head_dim);
+}
+
 void mor_attend_head(float *out, const float *q, const float *k, const float *v, int n_kv,
                      int stride, int head_dim, float scale) {
     /* Blockwise online softmax: score a block, and when its max exceeds the
      * running max m, rescale what was summed so far; l = sum exp(s - m). */
-    float s[ATT_BLOCK];
+    float s[MOR_ATT_BLOCK];
     float m = -INFINITY, l = 0.0f;
     memset(out, 0, (size_t)head_dim * sizeof *out);
-    for (int j0 = 0; j0 < n_kv; j0 += ATT_BLOCK) {
-        int nb = n_kv - j0 < ATT_BLOCK ? n_kv - j0 : ATT_BLOCK;
-        float bmax = -INFINITY;
-        score_block(s, q, k + (size_t)j0 * stride, nb, stride, head_dim, scale);
-        for (int j = 0; j < nb; j++)
-            if (s[j] > bmax) bmax = s[j];
-        if (bmax > m) {
-            float c = expf(m - bmax); /* 0 for the first block */
-            for (int i = 0; i < head_dim; i++) out[i] *= c;
-            l *= c;
-            m = bmax;
-        }
-        for (int j = 0; j < nb; j++) {
-            s[j] = expf(s[j] - m);
-            l += s[j];
-        }
-        weighted_sum(out, s, v + (size_t)j0 * stride, nb, stride, head_dim);
+    for (int j0 = 0; j0 < n_kv; j0 += MOR_ATT_BLOCK) {
+        int nb = n_kv - j0 < MOR_ATT_BLOCK ? n_kv - j0 : MOR_ATT_BLOCK;
+        mor_attend_block(out, &m, &l, s, q, k + (size_t)j0 * stride, v + (size_t)j0 * stride, nb,
+                         stride, head_dim, scale);
     }
     float inv = 1.0f / l;
     for (int i = 0; i < head_dim; i++) out[i] *= inv;

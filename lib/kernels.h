@@ -59,6 +59,16 @@ static inline float mor_silu(float x) { return x / (1.0f + __builtin_expf(-x)); 
 /* g (n) = silu(g) * u: the SwiGLU gate. */
 void mor_swiglu(float *g, const float *u, int n);
 
+/* One block of nb <= MOR_ATT_BLOCK keys in a blockwise online softmax:
+ * scores s (nb, scratch) = q . k_j * scale, and when the block's max exceeds
+ * the running max *m, what out (HD) and *l (the sum of exp(s - *m)) hold so
+ * far is rescaled; then out += exp(s_j - *m) v_j and *l grows. Start with
+ * out = 0, *m = -INFINITY, *l = 0 and divide out by *l after the last block.
+ * k, v: the block's first key and value, rows stride floats apart. */
+#define MOR_ATT_BLOCK 256
+void mor_attend_block(float *out, float *m, float *l, float *s, const float *q, const float *k,
+                      const float *v, int nb, int stride, int head_dim, float scale);
+
 /* One query head attending to n_kv cached positions (causal masking is the
  * caller's choice of n_kv): out (HD) = softmax(q . k_j * scale) v_j.
  * k, v point at the head's features of position 0; position j is at

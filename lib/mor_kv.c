@@ -21,9 +21,6 @@
 #include "mor_forward.h"
 #include "util.h"
 
-/* Scores computed at once by the one-query path (stack buffer). */
-#define SEG 64
-
 static size_t block_bytes(const mor_kv *kv) {
     return (size_t)kv->block * (2 * (size_t)kv->kvd * sizeof(float) + sizeof(int32_t));
 }
@@ -128,32 +125,17 @@ void mor_kv_attend(float *out, const float *q, const mor_kv *kv, int l, int kvh,
                    float scale) {
     const mor_kv_layer *ly = &kv->layers[l];
     int HD = kv->head_dim, kvd = kv->kvd;
-    float s[SEG];
+    float s[MOR_ATT_BLOCK];
     float mx = -INFINITY, sum = 0.0f;
     memset(out, 0, (size_t)HD * sizeof *out);
-    /* blockwise online softmax: rescale what was summed when the max grows */
+    /* blockwise online softmax, one cache block (or less) at a time */
     for (int j0 = 0; j0 < n_kv;) {
         int in_block = j0 % kv->block, nb = kv->block - in_block;
         if (nb > n_kv - j0) nb = n_kv - j0;
-        if (nb > SEG) nb = SEG;
+        if (nb > MOR_ATT_BLOCK) nb = MOR_ATT_BLOCK;
         const float *K = mor_kv_key(kv, ly, j0) + (size_t)kvh * HD;   /* row stride kvd */
         const float *V = mor_kv_value(kv, ly, j0) + (size_t)kvh * HD; /* row stride kvd */
-        float bmax = -INFINITY;
-        for (int j = 0; j < nb; j++) {
-            s[j] = mor_dot(q, K + (size_t)j * kvd, HD) * scale;
-            if (s[j] > bmax) bmax = s[j];
-        }
-        if (bmax > mx) {
-            float c = expf(mx - bmax); /* 0 for the first segment */
-            scale_vec(out, c, HD);
-            sum *= c;
-            mx = bmax;
-        }
-        for (int j = 0; j < nb; j++) {
-            float p = expf(s[j] - mx);
-            sum += p;
-            axpy(out, p, V + (size_t)j * kvd, HD);
-        }
+        mor_attend_block(out, &mx, &sum, s, q, K, V, nb, kvd, HD, scale);
         j0 += nb;
     }
     if (sum > 0) scale_vec(out, 1.0f / sum, HD);
