@@ -169,7 +169,10 @@ mor_status mor_context_route(const mor_context *c, int i, int *depth, float *sco
 size_t mor_context_kv_bytes(const mor_context *c);
 
 /* Decodes one token for each of n contexts of the same model in one pass, so
- * the weights are read once for all of them. */
+ * the weights are read once for all of them (in groups of up to 16
+ * contexts). For a MoR model each recursion step runs once for the contexts
+ * whose token reached it, each token routed as a one-token eval of its own
+ * context would route it; mor_context_route(c, 0, ...) then reports it. */
 mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
 
 /* ------------------------------------------------------------------------ */
