@@ -31,7 +31,6 @@ static void usage(void) {
             "  -q, --quiet         no progress or logs on stderr\n");
 }
 
-enum { SPLIT_FILE, SPLIT_LINE, SPLIT_BLANK };
 
 typedef struct {
     const char *cmd, *input, *output, *tokenizer, *config;
@@ -84,9 +83,9 @@ static int parse_args(int argc, char **argv, options *o) {
             o->seed = (unsigned long long)seed;
         } else if (!strcmp(a, "--split")) {
             if (!(v = cli_value(argc, argv, &i))) return EXIT_USAGE;
-            if (!strcmp(v, "file")) o->split = SPLIT_FILE;
-            else if (!strcmp(v, "line")) o->split = SPLIT_LINE;
-            else if (!strcmp(v, "blank")) o->split = SPLIT_BLANK;
+            if (!strcmp(v, "file")) o->split = MOR_SPLIT_FILE;
+            else if (!strcmp(v, "line")) o->split = MOR_SPLIT_LINE;
+            else if (!strcmp(v, "blank")) o->split = MOR_SPLIT_BLANK;
             else return cli_usage_error("--split: expected file, line or blank, got '%s'", v);
         } else if (!strcmp(a, "--bos")) {
             o->bos = 1;
@@ -117,35 +116,19 @@ static void on_progress(void *user, uint64_t done, uint64_t total) {
 static int shard_text(const options *o, const mor_tokenizer *tok, mor_shard_writer *w, const char *name,
                       const char *text, size_t len, uint64_t *docs) {
     mor_error err = {0};
-    size_t off = 0;
-    while (off < len) {
-        size_t end = len;
-        if (o->split == SPLIT_LINE) {
-            const char *nl = memchr(text + off, '\n', len - off);
-            if (nl) end = (size_t)(nl - text);
-        } else if (o->split == SPLIT_BLANK) {
-            const char *b = memmem(text + off, len - off, "\n\n", 2);
-            if (b) end = (size_t)(b - text);
+    size_t off = 0, a, end;
+    while (mor_next_document(text, len, (mor_doc_split)o->split, &off, &a, &end)) {
+        int32_t *ids;
+        size_t n;
+        if (mor_tokenize(tok, text + a, end - a, 0, &ids, &n, &err)) {
+            mor_error e2 = err;
+            snprintf(e2.msg, sizeof e2.msg, "%s: document at byte %zu: %.900s", name, a, err.msg);
+            return cli_fail(&e2);
         }
-        size_t next = end < len ? end + 1 : len;
-        while (o->split == SPLIT_BLANK && next < len && text[next] == '\n') next++;
-        /* skip empty documents (blank lines) */
-        size_t a = off;
-        while (a < end && (text[a] == '\n' || text[a] == '\r')) a++;
-        if (a < end) {
-            int32_t *ids;
-            size_t n;
-            if (mor_tokenize(tok, text + a, end - a, 0, &ids, &n, &err)) {
-                mor_error e2 = err;
-                snprintf(e2.msg, sizeof e2.msg, "%s: document at byte %zu: %.900s", name, a, err.msg);
-                return cli_fail(&e2);
-            }
-            mor_status st = mor_shard_writer_append(w, ids, n, &err);
-            free(ids);
-            if (st || mor_shard_writer_end_doc(w, &err)) return cli_fail(&err);
-            (*docs)++;
-        }
-        off = next;
+        mor_status st = mor_shard_writer_append(w, ids, n, &err);
+        free(ids);
+        if (st || mor_shard_writer_end_doc(w, &err)) return cli_fail(&err);
+        (*docs)++;
     }
     return 0;
 }

@@ -27,6 +27,7 @@ typedef struct {
     long steps, threads, seed, eval_every, save_every, eval_rows, log_every, batch, max_length;
     double lr, val_fraction;
     int lr_set, seed_set;
+    int split; /* mor_doc_split of text files */
 } options;
 
 static void usage(void) {
@@ -41,6 +42,8 @@ static void usage(void) {
             "      --tokenizer FILE    tokenizer.json or .mor (default: that of --init / the run)\n"
             "      --val FILE          validation data (default: the last --val-fraction of rows)\n"
             "      --val-fraction F    held-out share of the rows (default 0.05)\n"
+            "      --split S           text files: a document is a whole file (default), a line,\n"
+            "                          or a blank-line separated paragraph (file|line|blank)\n"
             "  -o, --output DIR        run directory: step-N.mor, step-N.state, metrics.jsonl\n"
             "      --resume DIR        continue the newest checkpoint of DIR\n"
             "      --steps N           optimizer steps (default: train.steps)\n"
@@ -86,6 +89,12 @@ static int parse_args(int argc, char **argv, options *o) {
         } else if (!strcmp(a, "--val")) {
             if (!VAL()) return EXIT_USAGE;
             o->val = v;
+        } else if (!strcmp(a, "--split")) {
+            if (!VAL()) return EXIT_USAGE;
+            if (!strcmp(v, "file")) o->split = MOR_SPLIT_FILE;
+            else if (!strcmp(v, "line")) o->split = MOR_SPLIT_LINE;
+            else if (!strcmp(v, "blank")) o->split = MOR_SPLIT_BLANK;
+            else return cli_usage_error("--split: expected file, line or blank, got '%s'", v);
         } else if (!strcmp(a, "--val-fraction")) {
             rc = !VAL() || cli_float(a, v, 0, 0.5, &o->val_fraction);
         } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
@@ -342,7 +351,7 @@ int main(int argc, char **argv) {
     mor_train_data_opts dopt = {.paths = o.data, .n_paths = o.n_data, .val_path = o.val,
                                 .val_fraction = o.val_fraction, .n = tr.model.n, .tok = tok,
                                 .vocab_size = c->vocab_size, .eos_id = eos,
-                                .seed = (uint64_t)c->train.seed};
+                                .split = (mor_doc_split)o.split, .seed = (uint64_t)c->train.seed};
     if (mor_train_data_load(&data, &dopt, &err)) { rc = cli_fail(&err); goto done; }
 
     long start = 0;

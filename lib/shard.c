@@ -348,3 +348,31 @@ mor_status mor_shard_load(const char *path, int32_t **ids, size_t *n, mor_shard_
     if (info) *info = in;
     return MOR_OK;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Documents of a text file                                                 */
+
+int mor_next_document(const char *text, size_t len, mor_doc_split split, size_t *off,
+                      size_t *begin, size_t *end) {
+    while (*off < len) {
+        size_t o = *off, e = len;
+        if (split == MOR_SPLIT_LINE) {
+            const char *nl = memchr(text + o, '\n', len - o);
+            if (nl) e = (size_t)(nl - text);
+        } else if (split == MOR_SPLIT_BLANK) {
+            const char *b = memmem(text + o, len - o, "\n\n", 2);
+            if (b) e = (size_t)(b - text);
+        }
+        size_t next = e < len ? e + 1 : len;
+        while (split == MOR_SPLIT_BLANK && next < len && text[next] == '\n') next++;
+        *off = next;
+        size_t a = o;
+        while (a < e && (text[a] == '\n' || text[a] == '\r')) a++;
+        if (a < e) { /* blank lines are no document */
+            *begin = a;
+            *end = e;
+            return 1;
+        }
+    }
+    return 0;
+}

@@ -56,4 +56,14 @@ mor_status mor_shard_read_info(const char *path, mor_shard_info *info, mor_error
 mor_status mor_shard_load(const char *path, int32_t **ids, size_t *n, mor_shard_info *info,
                           mor_error *err);
 
+/* Documents of a text file, as `mor-convert tokens --split` and mor-train cut
+ * them before joining them with EOS: the whole file, one per line, or one
+ * per run of text between blank lines. */
+typedef enum { MOR_SPLIT_FILE = 0, MOR_SPLIT_LINE, MOR_SPLIT_BLANK } mor_doc_split;
+/* The next document of text[*off, len): sets [*begin, *end) (leading
+ * newlines and carriage returns skipped, never empty), moves *off past it
+ * and returns 1; returns 0 when no document is left. Start with *off = 0. */
+int mor_next_document(const char *text, size_t len, mor_doc_split split, size_t *off,
+                      size_t *begin, size_t *end);
+
 #endif

@@ -37,6 +37,7 @@
 #include "mor.h"
 #include "mor_cost.h"
 #include "optim.h"
+#include "shard.h"
 
 /* ======================================================================== */
 /* Model state (train_model.c)                                              */
@@ -280,12 +281,14 @@ typedef struct mor_train_data_opts {
     const mor_tokenizer *tok; /* for text files (may be NULL if only shards) */
     int vocab_size;           /* ids must lie below it */
     int32_t eos_id;           /* appended after every text document; -1 = none */
+    mor_doc_split split;      /* documents of a text file: the file, lines or blank-line
+                               * separated runs (MOR_SPLIT_FILE = 0, the default) */
     uint64_t seed;            /* row order */
 } mor_train_data_opts;
 
-/* Reads every file, joins documents with EOS (a text file is one document;
- * a shard already holds its separators), and cuts the stream into rows of n
- * tokens with no BOS (spec 6.1). */
+/* Reads every file, joins documents with EOS (a text file's documents as
+ * o->split cuts them; a shard already holds its separators), and cuts the
+ * stream into rows of n tokens with no BOS (spec 6.1). */
 mor_status mor_train_data_load(mor_train_data *d, const mor_train_data_opts *o, mor_error *err);
 void mor_train_data_free(mor_train_data *d);
 /* Copies the next B training rows into rows (B, n); a new epoch reshuffles

@@ -46,7 +46,8 @@ int mor_train_data_is_shard(const char *path) {
     return k >= 4 && h[0] == 0x28 && h[1] == 0xb5 && h[2] == 0x2f && h[3] == 0xfd; /* zstd */
 }
 
-/* Appends one file's ids (a shard, or a text file as one document + EOS). */
+/* Appends one file's ids: a shard as it is, or a text file's documents
+ * (o->split), each followed by EOS. */
 static mor_status load_file(ids_buf *b, const char *path, const mor_train_data_opts *o,
                             mor_error *err) {
     int32_t *ids = NULL;
@@ -69,25 +70,35 @@ static mor_status load_file(ids_buf *b, const char *path, const mor_train_data_o
         if (!o->tok)
             return mor_fail(err, MOR_EARG, "%s: a text file needs a tokenizer", path);
         char *text;
-        size_t len;
+        size_t len, off = 0, a, e;
         if ((st = mor_read_file(path, &text, &len, err))) return st;
-        st = mor_tokenize(o->tok, text, len, 0, &ids, &n, err);
-        free(text);
-        if (st) {
-            mor_error e = *err;
-            return mor_fail(err, st, "%s: %s", path, e.msg);
-        }
-        for (size_t i = 0; i < n; i++)
-            if (ids[i] < 0 || ids[i] >= o->vocab_size) {
-                free(ids);
-                return mor_fail(err, MOR_EFORMAT,
-                                "%s: the tokenizer gave id %d, beyond the model's vocab_size %d",
-                                path, ids[i], o->vocab_size);
+        while (mor_next_document(text, len, o->split, &off, &a, &e)) {
+            if ((st = mor_tokenize(o->tok, text + a, e - a, 0, &ids, &n, err))) {
+                mor_error e2 = *err;
+                free(text);
+                return mor_fail(err, st, "%s: document at byte %zu: %s", path, a, e2.msg);
             }
+            for (size_t i = 0; i < n; i++)
+                if (ids[i] < 0 || ids[i] >= o->vocab_size) {
+                    free(ids);
+                    free(text);
+                    return mor_fail(err, MOR_EFORMAT,
+                                    "%s: the tokenizer gave id %d, beyond the model's vocab_size %d",
+                                    path, ids[i], o->vocab_size);
+                }
+            int bad = ids_append(b, ids, n);
+            free(ids);
+            if (!bad && o->eos_id >= 0) bad = ids_append(b, &o->eos_id, 1);
+            if (bad) {
+                free(text);
+                return mor_fail(err, MOR_ENOMEM, "%s: out of memory for %zu tokens", path, b->n + n);
+            }
+        }
+        free(text);
+        return MOR_OK;
     }
     int bad = ids_append(b, ids, n);
     free(ids);
-    if (!bad && o->eos_id >= 0 && !mor_train_data_is_shard(path)) bad = ids_append(b, &o->eos_id, 1);
     if (bad) return mor_fail(err, MOR_ENOMEM, "%s: out of memory for %zu tokens", path, b->n + n);
     return MOR_OK;
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "shard.h"
 
 static char model[600];
 
@@ -217,6 +218,27 @@ static void test_tokens(void **state) {
     assert_non_null(strstr(out, "403 407 261 378\n"));
     free(out);
     free(out2);
+    /* --split: documents per file, line or blank-line separated paragraph */
+    char txt[600], shard[600];
+    snprintf(txt, sizeof txt, "%s/docs.txt", tmp_dir());
+    snprintf(shard, sizeof shard, "%s/docs.shard", tmp_dir());
+    FILE *f = fopen(txt, "w");
+    assert_non_null(f);
+    fputs("Once upon a time\n\nthere was\na cat\n", f);
+    fclose(f);
+    const char *splits[3] = {"file", "line", "blank"};
+    const uint64_t docs[3] = {1, 3, 2};
+    for (int i = 0; i < 3; i++) {
+        snprintf(cmd, sizeof cmd, "%s tokens --tokenizer %s --split %s -o %s %s -q", tool("mor-convert"),
+                 model, splits[i], shard, txt);
+        assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+        mor_shard_info info;
+        mor_error e = {0};
+        if (mor_shard_read_info(shard, &info, &e)) fail_msg("%s", e.msg);
+        if (info.n_docs != docs[i])
+            fail_msg("--split %s: %llu documents, expected %llu", splits[i],
+                     (unsigned long long)info.n_docs, (unsigned long long)docs[i]);
+    }
 }
 
 int main(void) {

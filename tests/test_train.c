@@ -394,6 +394,52 @@ static void test_data_packing(void **s) {
     mor_train_data_free(&d);
 }
 
+/* Text files cut into documents (--split): each document is tokenized on
+ * its own and followed by EOS; blank lines are no document. */
+static void test_text_documents(void **s) {
+    (void)s;
+    const char *text = "\nOnce upon a time\nthere was a cat.\n\n\nThe end\n";
+    const char *docs[3][3] = {{"Once upon a time\nthere was a cat.\n\n\nThe end\n"},
+                              {"Once upon a time", "there was a cat.", "The end"},
+                              {"Once upon a time\nthere was a cat.", "The end\n"}};
+    const int n_docs[3] = {1, 3, 2};
+    char path[512];
+    snprintf(path, sizeof path, "%s/doc.txt", tmp_dir());
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    mor_error err = {0};
+    mor_tokenizer *tok;
+    if (mor_tokenizer_load("tests/data/stories260K-hf/tokenizer.json", &tok, &err))
+        fail_msg("%s", err.msg);
+    const char *paths[1] = {path};
+    for (int sp = MOR_SPLIT_FILE; sp <= MOR_SPLIT_BLANK; sp++) {
+        /* what the documents must give: their ids, EOS after each */
+        int32_t want[256];
+        size_t nw = 0;
+        for (int d = 0; d < n_docs[sp]; d++) {
+            int32_t *ids;
+            size_t n;
+            if (mor_tokenize(tok, docs[sp][d], strlen(docs[sp][d]), 0, &ids, &n, &err))
+                fail_msg("%s", err.msg);
+            memcpy(want + nw, ids, n * sizeof *ids);
+            nw += n;
+            want[nw++] = 2;
+            free(ids);
+        }
+        mor_train_data dt;
+        mor_train_data_opts o = {.paths = paths, .n_paths = 1, .val_fraction = 0, .n = 2,
+                                 .tok = tok, .vocab_size = 512, .eos_id = 2,
+                                 .split = (mor_doc_split)sp, .seed = 1};
+        if (mor_train_data_load(&dt, &o, &err)) fail_msg("%s", err.msg);
+        assert_int_equal(dt.n_tokens, nw);
+        assert_memory_equal(dt.train, want, (nw / 2 * 2) * sizeof *want);
+        mor_train_data_free(&dt);
+    }
+    mor_tokenizer_free(tok);
+}
+
 int main(void) {
     /* the fixtures are tiny: one thread, so a loaded machine cannot stall
      * parallel regions (test_parallel_attention uses two) */
@@ -413,6 +459,7 @@ int main(void) {
         cmocka_unit_test(test_sharing_layout),
         cmocka_unit_test(test_checkpoint_roundtrip),
         cmocka_unit_test(test_data_packing),
+        cmocka_unit_test(test_text_documents),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
