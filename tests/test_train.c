@@ -257,6 +257,7 @@ static void test_expert_share_warmup(void **s) { (void)s; check_case("expert_sha
 static void test_expert_hybrid_mlp(void **s) { (void)s; check_case("expert_hybrid"); }
 static void test_expert_aux_router(void **s) { (void)s; check_case("expert_aux"); }
 static void test_expert_share_partial(void **s) { (void)s; check_case("expert_share_partial"); }
+static void test_expert_hybrid_partial(void **s) { (void)s; check_case("expert_hybrid_partial"); }
 static void test_expert_rand_router(void **s) { (void)s; check_case("expert_rand"); }
 static void test_token_balance(void **s) { (void)s; check_case("token"); }
 static void test_token_loss_free(void **s) { (void)s; check_case("token_lf"); }
@@ -452,6 +453,7 @@ int main(void) {
         cmocka_unit_test(test_expert_hybrid_mlp),
         cmocka_unit_test(test_expert_aux_router),
         cmocka_unit_test(test_expert_share_partial),
+        cmocka_unit_test(test_expert_hybrid_partial),
         cmocka_unit_test(test_expert_rand_router),
         cmocka_unit_test(test_token_balance),
         cmocka_unit_test(test_token_loss_free),

@@ -65,6 +65,9 @@ CASES = {
     "expert_share_partial": dict(layers=5, rec=dict(R=3, sharing="middle_cycle"), G=2,
                                  kv=dict(enable=True),
                                  mor=dict(type="expert", capacity=[0.75, 0.5, 0.25], coeff=0.05)),
+    "expert_hybrid_partial": dict(layers=4, rec=dict(R=2, sharing="cycle"),
+                                  kv=dict(enable=True, update_cache=True),
+                                  mor=dict(type="expert", capacity=[0.5, 0.25], coeff=0.05)),
     "expert_rand": dict(layers=4, rec=dict(R=2, sharing="cycle"), G=2, kv=dict(enable=True),
                         mor=dict(type="expert", rand_router=True, capacity=[0.5, 0.25]),
                         margin=1e-5),  # u is exact float32 on both sides: no rounding to fear
