@@ -183,6 +183,39 @@ static void test_causal_depths(void **state) {
     mor_model_free(m);
 }
 
+/* eval_batch: 5 contexts at different positions decode one token each per
+ * call; every token's depth and scores are those of its absolute position
+ * (the batched stages route each context as a one-token call would). */
+static void test_batch_decode(void **state) {
+    (void)state;
+    mor_model *m = load(make_model("batch", "expert", "[1.0, 0.6, 0.3]", 1, 0.5));
+    const double *cap = m->cfg.mor.capacity;
+    int R = m->cfg.num_recursion;
+    enum { NC = 5, STEPS = 12 };
+    mor_context *cs[NC];
+    mor_error e = {0};
+    int32_t tok[NP];
+    for (int i = 0; i < NC; i++) {
+        cs[i] = new_ctx(m, MOR_ROUTE_CAUSAL, 256);
+        prompt(tok, 3 * i + 1, i);
+        if (mor_context_eval(cs[i], tok, 3 * i + 1, NULL, &e)) fail_msg("%s", e.msg);
+    }
+    int hist[4] = {0};
+    for (int s = 0; s < STEPS; s++) {
+        int32_t step[NC];
+        for (int i = 0; i < NC; i++) step[i] = (int32_t)((s * 31 + i * 7 + 3) % 512);
+        if (mor_context_eval_batch(cs, step, NC, &e)) fail_msg("%s", e.msg);
+        for (int i = 0; i < NC; i++) {
+            int pos = mor_context_pos(cs[i]) - 1, want = causal_depth(cap, R, pos);
+            check_route(cs[i], 0, pos, want, R);
+            hist[want]++;
+        }
+    }
+    for (int d = 1; d <= 3; d++) assert_true(hist[d] > 0); /* every depth occurred */
+    for (int i = 0; i < NC; i++) mor_context_free(cs[i]);
+    mor_model_free(m);
+}
+
 /* ---- causal: incremental equals whole ------------------------------------- */
 
 /* The prompt whole, token by token and in uneven chunks (n_batch 7 inside
@@ -374,6 +407,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_causal_depths),
         cmocka_unit_test(test_causal_incremental),
+        cmocka_unit_test(test_batch_decode),
         cmocka_unit_test(test_topk),
         cmocka_unit_test(test_model_and_tools),
     };
