@@ -9,6 +9,7 @@
  * chunks when OpenBLAS lacks a vector sgemm) a 4-row x 2-vector register
  * tile keeps the arithmetic fed while the 4-row block sits in L1. */
 #include "kernels.h"
+#include "util.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -70,9 +71,48 @@ float mor_dot(const float *a, const float *b, int n) {
     return sum;
 }
 
-/* y[0..3] = rows 0..3 of w (row stride in) dotted with x (in). */
-static inline void dot4(float *y, const float *w, const float *x, int in) {
-    const float *w0 = w, *w1 = w + in, *w2 = w + 2 * (size_t)in, *w3 = w + 3 * (size_t)in;
+/* The tiles below read W as float32 or as bfloat16 (the bit patterns of a
+ * BF16 checkpoint, widened exactly to float32 as they are loaded). bf16 is
+ * always a literal at the call, so after inlining each tile exists twice
+ * with no test in its loops, and both sum in the same order: a BF16 matrix
+ * gives the bits of its float32 copy. */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE float w_at(const void *w, size_t i, int bf16) {
+    return bf16 ? mor_bf16_to_f32(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+#ifdef MOR_AVX2
+ALWAYS_INLINE __m256 w_load8(const void *w, size_t i, int bf16) {
+    if (!bf16) return _mm256_loadu_ps((const float *)w + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+#endif
+
+/* sum_i w[i] x[i] for row w (element offset o): mor_dot's order. */
+ALWAYS_INLINE float dot1(const void *w, size_t o, const float *x, int n, int bf16) {
+    int i = 0;
+    float sum = 0.0f;
+#ifdef MOR_AVX2
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(w_load8(w, o + i, bf16), _mm256_loadu_ps(x + i), s0);
+        s1 = _mm256_fmadd_ps(w_load8(w, o + i + 8, bf16), _mm256_loadu_ps(x + i + 8), s1);
+    }
+    if (i + 8 <= n) {
+        s0 = _mm256_fmadd_ps(w_load8(w, o + i, bf16), _mm256_loadu_ps(x + i), s0);
+        i += 8;
+    }
+    sum = hsum256(_mm256_add_ps(s0, s1));
+#endif
+    for (; i < n; i++) sum += w_at(w, o + i, bf16) * x[i];
+    return sum;
+}
+
+/* y[0..3] = rows 0..3 of w (from element o, row stride in) dotted with x. */
+ALWAYS_INLINE void dot4(float *y, const void *w, size_t o, const float *x, int in, int bf16) {
+    size_t o0 = o, o1 = o + (size_t)in, o2 = o + 2 * (size_t)in, o3 = o + 3 * (size_t)in;
     int i = 0;
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 #ifdef MOR_AVX2
@@ -81,21 +121,21 @@ static inline void dot4(float *y, const float *w, const float *x, int in) {
            b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
     for (; i + 16 <= in; i += 16) {
         __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i), x0, a0);
-        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i + 8), x1, b0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i), x0, a1);
-        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i + 8), x1, b1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i), x0, a2);
-        b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i + 8), x1, b2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), x0, a3);
-        b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i + 8), x1, b3);
+        a0 = _mm256_fmadd_ps(w_load8(w, o0 + i, bf16), x0, a0);
+        b0 = _mm256_fmadd_ps(w_load8(w, o0 + i + 8, bf16), x1, b0);
+        a1 = _mm256_fmadd_ps(w_load8(w, o1 + i, bf16), x0, a1);
+        b1 = _mm256_fmadd_ps(w_load8(w, o1 + i + 8, bf16), x1, b1);
+        a2 = _mm256_fmadd_ps(w_load8(w, o2 + i, bf16), x0, a2);
+        b2 = _mm256_fmadd_ps(w_load8(w, o2 + i + 8, bf16), x1, b2);
+        a3 = _mm256_fmadd_ps(w_load8(w, o3 + i, bf16), x0, a3);
+        b3 = _mm256_fmadd_ps(w_load8(w, o3 + i + 8, bf16), x1, b3);
     }
     if (i + 8 <= in) {
         __m256 x0 = _mm256_loadu_ps(x + i);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i), x0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i), x0, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i), x0, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), x0, a3);
+        a0 = _mm256_fmadd_ps(w_load8(w, o0 + i, bf16), x0, a0);
+        a1 = _mm256_fmadd_ps(w_load8(w, o1 + i, bf16), x0, a1);
+        a2 = _mm256_fmadd_ps(w_load8(w, o2 + i, bf16), x0, a2);
+        a3 = _mm256_fmadd_ps(w_load8(w, o3 + i, bf16), x0, a3);
         i += 8;
     }
     s0 = hsum256(_mm256_add_ps(a0, b0));
@@ -104,10 +144,10 @@ static inline void dot4(float *y, const float *w, const float *x, int in) {
     s3 = hsum256(_mm256_add_ps(a3, b3));
 #endif
     for (; i < in; i++) {
-        s0 += w0[i] * x[i];
-        s1 += w1[i] * x[i];
-        s2 += w2[i] * x[i];
-        s3 += w3[i] * x[i];
+        s0 += w_at(w, o0 + i, bf16) * x[i];
+        s1 += w_at(w, o1 + i, bf16) * x[i];
+        s2 += w_at(w, o2 + i, bf16) * x[i];
+        s3 += w_at(w, o3 + i, bf16) * x[i];
     }
     y[0] = s0;
     y[1] = s1;
@@ -115,38 +155,34 @@ static inline void dot4(float *y, const float *w, const float *x, int in) {
     y[3] = s3;
 }
 
-/* Rows 0..3 of w (row stride in) dotted with two vectors: y0[0..3] with x0,
- * y1[0..3] with x1. Eight accumulators, six loads per eight FMAs: the tile
- * for several vectors, where W comes from L1 and arithmetic is the limit. */
-static inline void dot4x2(float *y0, float *y1, const float *w, const float *x0, const float *x1,
-                          int in) {
-    const float *w0 = w, *w1 = w + in, *w2 = w + 2 * (size_t)in, *w3 = w + 3 * (size_t)in;
+/* Rows 0..3 of w dotted with two vectors: y0[0..3] with x0, y1[0..3] with
+ * x1. Eight accumulators, six loads per eight FMAs. */
+ALWAYS_INLINE void dot4x2(float *y0, float *y1, const void *w, size_t o, const float *x0,
+                          const float *x1, int in, int bf16) {
+    size_t o0 = o, o1 = o + (size_t)in, o2 = o + 2 * (size_t)in, o3 = o + 3 * (size_t)in;
     int i = 0;
     float s[8] = {0};
 #ifdef MOR_AVX2
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-           a3 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(),
-           b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     for (; i + 8 <= in; i += 8) {
         __m256 xa = _mm256_loadu_ps(x0 + i), xb = _mm256_loadu_ps(x1 + i);
-        __m256 r0 = _mm256_loadu_ps(w0 + i), r1 = _mm256_loadu_ps(w1 + i);
-        __m256 r2 = _mm256_loadu_ps(w2 + i), r3 = _mm256_loadu_ps(w3 + i);
-        a0 = _mm256_fmadd_ps(r0, xa, a0);
-        b0 = _mm256_fmadd_ps(r0, xb, b0);
-        a1 = _mm256_fmadd_ps(r1, xa, a1);
-        b1 = _mm256_fmadd_ps(r1, xb, b1);
-        a2 = _mm256_fmadd_ps(r2, xa, a2);
-        b2 = _mm256_fmadd_ps(r2, xb, b2);
-        a3 = _mm256_fmadd_ps(r3, xa, a3);
-        b3 = _mm256_fmadd_ps(r3, xb, b3);
+        __m256 r0 = w_load8(w, o0 + i, bf16), r1 = w_load8(w, o1 + i, bf16);
+        __m256 r2 = w_load8(w, o2 + i, bf16), r3 = w_load8(w, o3 + i, bf16);
+        a0 = _mm256_fmadd_ps(r0, xa, a0), b0 = _mm256_fmadd_ps(r0, xb, b0);
+        a1 = _mm256_fmadd_ps(r1, xa, a1), b1 = _mm256_fmadd_ps(r1, xb, b1);
+        a2 = _mm256_fmadd_ps(r2, xa, a2), b2 = _mm256_fmadd_ps(r2, xb, b2);
+        a3 = _mm256_fmadd_ps(r3, xa, a3), b3 = _mm256_fmadd_ps(r3, xb, b3);
     }
     s[0] = hsum256(a0), s[1] = hsum256(a1), s[2] = hsum256(a2), s[3] = hsum256(a3);
     s[4] = hsum256(b0), s[5] = hsum256(b1), s[6] = hsum256(b2), s[7] = hsum256(b3);
 #endif
-    for (; i < in; i++) {
-        s[0] += w0[i] * x0[i], s[1] += w1[i] * x0[i], s[2] += w2[i] * x0[i], s[3] += w3[i] * x0[i];
-        s[4] += w0[i] * x1[i], s[5] += w1[i] * x1[i], s[6] += w2[i] * x1[i], s[7] += w3[i] * x1[i];
-    }
+    size_t ow[4] = {o0, o1, o2, o3};
+    for (; i < in; i++)
+        for (int k = 0; k < 4; k++) {
+            float wk = w_at(w, ow[k] + i, bf16);
+            s[k] += wk * x0[i];
+            s[4 + k] += wk * x1[i];
+        }
     memcpy(y0, s, 4 * sizeof *s);
     memcpy(y1, s + 4, 4 * sizeof *s);
 }
@@ -156,9 +192,9 @@ static inline void dot4x2(float *y0, float *y1, const float *w, const float *x0,
  * core of the build machine against 46 for dot4x2 (2.1 GHz, AVX2). Each
  * output is summed in the same order as in dot4x2 (one 8-lane accumulator
  * over the chunks, then hsum256), so the two give the same bits. */
-static inline void dot4x3(float *y0, float *y1, float *y2, const float *w, const float *x0,
-                          const float *x1, const float *x2, int in) {
-    const float *w0 = w, *w1 = w + in, *w2 = w + 2 * (size_t)in, *w3 = w + 3 * (size_t)in;
+ALWAYS_INLINE void dot4x3(float *y0, float *y1, float *y2, const void *w, size_t o,
+                          const float *x0, const float *x1, const float *x2, int in, int bf16) {
+    size_t o0 = o, o1 = o + (size_t)in, o2 = o + 2 * (size_t)in, o3 = o + 3 * (size_t)in;
     int i = 0;
     float s[12] = {0};
 #ifdef MOR_AVX2
@@ -166,23 +202,27 @@ static inline void dot4x3(float *y0, float *y1, float *y2, const float *w, const
            c0 = a0, c1 = a0, c2 = a0, c3 = a0;
     for (; i + 8 <= in; i += 8) {
         __m256 xa = _mm256_loadu_ps(x0 + i), xb = _mm256_loadu_ps(x1 + i), xc = _mm256_loadu_ps(x2 + i);
-        __m256 r = _mm256_loadu_ps(w0 + i);
+        __m256 r = w_load8(w, o0 + i, bf16);
         a0 = _mm256_fmadd_ps(r, xa, a0), b0 = _mm256_fmadd_ps(r, xb, b0), c0 = _mm256_fmadd_ps(r, xc, c0);
-        r = _mm256_loadu_ps(w1 + i);
+        r = w_load8(w, o1 + i, bf16);
         a1 = _mm256_fmadd_ps(r, xa, a1), b1 = _mm256_fmadd_ps(r, xb, b1), c1 = _mm256_fmadd_ps(r, xc, c1);
-        r = _mm256_loadu_ps(w2 + i);
+        r = w_load8(w, o2 + i, bf16);
         a2 = _mm256_fmadd_ps(r, xa, a2), b2 = _mm256_fmadd_ps(r, xb, b2), c2 = _mm256_fmadd_ps(r, xc, c2);
-        r = _mm256_loadu_ps(w3 + i);
+        r = w_load8(w, o3 + i, bf16);
         a3 = _mm256_fmadd_ps(r, xa, a3), b3 = _mm256_fmadd_ps(r, xb, b3), c3 = _mm256_fmadd_ps(r, xc, c3);
     }
     s[0] = hsum256(a0), s[1] = hsum256(a1), s[2] = hsum256(a2), s[3] = hsum256(a3);
     s[4] = hsum256(b0), s[5] = hsum256(b1), s[6] = hsum256(b2), s[7] = hsum256(b3);
     s[8] = hsum256(c0), s[9] = hsum256(c1), s[10] = hsum256(c2), s[11] = hsum256(c3);
 #endif
-    const float *ws[4] = {w0, w1, w2, w3}, *xs[3] = {x0, x1, x2};
+    size_t ow[4] = {o0, o1, o2, o3};
     for (; i < in; i++)
-        for (int v = 0; v < 3; v++)
-            for (int k = 0; k < 4; k++) s[4 * v + k] += ws[k][i] * xs[v][i];
+        for (int k = 0; k < 4; k++) {
+            float wk = w_at(w, ow[k] + i, bf16);
+            s[k] += wk * x0[i];
+            s[4 + k] += wk * x1[i];
+            s[8 + k] += wk * x2[i];
+        }
     memcpy(y0, s, 4 * sizeof *s);
     memcpy(y1, s + 4, 4 * sizeof *s);
     memcpy(y2, s + 8, 4 * sizeof *s);
@@ -191,32 +231,44 @@ static inline void dot4x3(float *y0, float *y1, float *y2, const float *w, const
 /* ------------------------------------------------------------------------ */
 /* Matrix products                                                          */
 
+/* Output rows 4b..4b+3 of Y (n, out) = X (n, in) W^T. A block of 4 rows
+ * (4*in weights) stays in L1/L2 while the n vectors pass over it, three at
+ * a time, so W comes from memory once. */
+ALWAYS_INLINE void matvec_block(float *Y, const void *W, const float *X, int n, int out, int in,
+                                int b, int bf16) {
+    int r = 4 * b;
+    size_t o = (size_t)r * in;
+    if (r + 4 <= out) {
+        int v = 0;
+        for (; v + 3 <= n; v += 3)
+            dot4x3(Y + (size_t)v * out + r, Y + (size_t)(v + 1) * out + r,
+                   Y + (size_t)(v + 2) * out + r, W, o, X + (size_t)v * in,
+                   X + (size_t)(v + 1) * in, X + (size_t)(v + 2) * in, in, bf16);
+        for (; v + 2 <= n; v += 2)
+            dot4x2(Y + (size_t)v * out + r, Y + (size_t)(v + 1) * out + r, W, o,
+                   X + (size_t)v * in, X + (size_t)(v + 1) * in, in, bf16);
+        if (v < n) dot4(Y + (size_t)v * out + r, W, o, X + (size_t)v * in, in, bf16);
+    } else {
+        for (int rr = r; rr < out; rr++)
+            for (int v = 0; v < n; v++)
+                Y[(size_t)v * out + rr] = dot1(W, (size_t)rr * in, X + (size_t)v * in, in, bf16);
+    }
+}
+
 void mor_matvec_multi(float *Y, const float *W, const float *X, int n, int out, int in,
                       int n_threads) {
     int n_blocks = (out + 3) / 4;
     int par = n_threads > 1 && (size_t)out * (size_t)in >= PARALLEL_MIN_WEIGHTS;
-    /* Blocks of 4 rows; a block (4*in floats) stays in L1/L2 while the n
-     * vectors pass over it, three at a time, so W comes from memory once. */
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (par)
-    for (int b = 0; b < n_blocks; b++) {
-        int r = 4 * b;
-        const float *w = W + (size_t)r * in;
-        if (r + 4 <= out) {
-            int v = 0;
-            for (; v + 3 <= n; v += 3)
-                dot4x3(Y + (size_t)v * out + r, Y + (size_t)(v + 1) * out + r,
-                       Y + (size_t)(v + 2) * out + r, w, X + (size_t)v * in,
-                       X + (size_t)(v + 1) * in, X + (size_t)(v + 2) * in, in);
-            for (; v + 2 <= n; v += 2)
-                dot4x2(Y + (size_t)v * out + r, Y + (size_t)(v + 1) * out + r, w,
-                       X + (size_t)v * in, X + (size_t)(v + 1) * in, in);
-            if (v < n) dot4(Y + (size_t)v * out + r, w, X + (size_t)v * in, in);
-        } else {
-            for (int rr = r; rr < out; rr++)
-                for (int v = 0; v < n; v++)
-                    Y[(size_t)v * out + rr] = mor_dot(W + (size_t)rr * in, X + (size_t)v * in, in);
-        }
-    }
+    for (int b = 0; b < n_blocks; b++) matvec_block(Y, W, X, n, out, in, b, 0);
+}
+
+void mor_matvec_multi_bf16(float *Y, const uint16_t *W, const float *X, int n, int out, int in,
+                           int n_threads) {
+    int n_blocks = (out + 3) / 4;
+    int par = n_threads > 1 && (size_t)out * (size_t)in >= PARALLEL_MIN_WEIGHTS;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (par)
+    for (int b = 0; b < n_blocks; b++) matvec_block(Y, W, X, n, out, in, b, 1);
 }
 
 void mor_matvec(float *y, const float *W, const float *x, int out, int in, int n_threads) {
@@ -244,6 +296,14 @@ void mor_matmul(float *Y, const float *X, const float *W, int n, int out, int in
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, X, in, W, in, 0.0f, Y,
                 out);
+}
+
+void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, int n, int out,
+                  int in, int n_threads) {
+    if (Wh)
+        mor_matvec_multi_bf16(Y, Wh, X, n, out, in, n_threads);
+    else
+        mor_matmul(Y, X, W, n, out, in, n_threads);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -9,6 +9,8 @@
 #ifndef MOR_KERNELS_H
 #define MOR_KERNELS_H
 
+#include <stdint.h>
+
 #include "config.h"
 
 /* Up to this many rows (a decode step, an eval_batch group, a short chunk)
@@ -33,6 +35,15 @@ void mor_matvec_multi(float *Y, const float *W, const float *X, int n, int out, 
  * AVX2/AVX-512 kernel; with its SSE3 fallback mor_matvec_multi is faster
  * at every n. Not inside a parallel region. */
 void mor_matmul(float *Y, const float *X, const float *W, int n, int out, int in, int n_threads);
+/* The same for W given as bfloat16 bit patterns (a BF16 checkpoint used in
+ * place: half the bytes per decoded token), always through mor's own tiles,
+ * which widen each weight exactly: the result has the bits mor_matvec_multi
+ * gives for the float32 copy of W. */
+void mor_matvec_multi_bf16(float *Y, const uint16_t *W, const float *X, int n, int out, int in,
+                           int n_threads);
+/* mor_matvec_multi_bf16 when Wh is set, else mor_matmul with W. */
+void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, int n, int out,
+                  int in, int n_threads);
 
 /* sum a[i] b[i], vectorised. */
 float mor_dot(const float *a, const float *b, int n);
