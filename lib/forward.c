@@ -6,7 +6,8 @@
  *     (the prompt in chunks, or one token when decoding);
  *   - mor_context_eval_batch: one token from each of T contexts, so the
  *     weights are read once for all of them.
- * Products with the weights go through mor_matmul: the streaming
+ * Products with the weights go through mor_matmul (mor_matmul_w: F32 or
+ * BF16 weights): the streaming
  * matrix-vector kernel for up to 16 rows, sgemm for longer prompt chunks
  * (kernels.h). Attention reads each row's own context cache; a prompt chunk
  * of 8 or more rows uses two sgemms per head, shorter ones and eval_batch
@@ -248,7 +249,7 @@ static void forward_layers(const rows *r, const int32_t *tokens) {
     int par = T > 1; /* one row: only the products and attention are worth threads */
 
     for (int t = 0; t < T; t++)
-        memcpy(x + (size_t)t * D, m->embed + (size_t)tokens[t] * D, (size_t)D * sizeof *x);
+        mor_embed_row(m, tokens[t], x + (size_t)t * D);
 
     for (int l = 0; l < cfg->n_layers; l++) {
         const mor_layer_weights *w = &m->layers[m->layer_map[l]];
@@ -257,9 +258,9 @@ static void forward_layers(const rows *r, const int32_t *tokens) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
         for (int t = 0; t < T; t++)
             mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->attn_norm, D, eps);
-        mor_matmul(q, xb, w->wq, T, QD, D, nt);
-        mor_matmul(k, xb, w->wk, T, KVD, D, nt);
-        mor_matmul(v, xb, w->wv, T, KVD, D, nt);
+        mor_matmul_w(q, xb, w->wq, w->wq_h, T, QD, D, nt);
+        mor_matmul_w(k, xb, w->wk, w->wk_h, T, KVD, D, nt);
+        mor_matmul_w(v, xb, w->wv, w->wv_h, T, KVD, D, nt);
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
         for (int t = 0; t < T; t++) {
             mor_context *c = row_ctx(r, t);
@@ -275,7 +276,7 @@ static void forward_layers(const rows *r, const int32_t *tokens) {
             attention_gemm(r, l);
         else
             attention_rows(r, l);
-        mor_matmul(xb, sc->att, w->wo, T, D, QD, nt);
+        mor_matmul_w(xb, sc->att, w->wo, w->wo_h, T, D, QD, nt);
         add_rows(x, xb, (size_t)T * D);
         mor_context_mlp(sc, w, T);
     }
@@ -290,11 +291,11 @@ void mor_context_mlp(mor_context *c, const mor_layer_weights *w, int T) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
     for (int t = 0; t < T; t++)
         mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->mlp_norm, D, eps);
-    mor_matmul(hb, xb, w->w_gate, T, F, D, nt);
-    mor_matmul(hb2, xb, w->w_up, T, F, D, nt);
+    mor_matmul_w(hb, xb, w->w_gate, w->w_gate_h, T, F, D, nt);
+    mor_matmul_w(hb2, xb, w->w_up, w->w_up_h, T, F, D, nt);
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
     for (int t = 0; t < T; t++) mor_swiglu(hb + (size_t)t * F, hb2 + (size_t)t * F, F);
-    mor_matmul(xb, hb, w->w_down, T, D, F, nt);
+    mor_matmul_w(xb, hb, w->w_down, w->w_down_h, T, D, F, nt);
     add_rows(x, xb, (size_t)T * D);
 }
 
@@ -303,7 +304,7 @@ void mor_context_logits_rows(mor_context *c, const float *h, int n, float *out) 
     int D = m->cfg.dim;
     for (int t = 0; t < n; t++)
         mor_rmsnorm(c->xb + (size_t)t * D, h + (size_t)t * D, m->final_norm, D, m->cfg.norm_eps);
-    mor_matmul(out, c->xb, m->lm_head, n, m->cfg.vocab_size, D, c->n_threads);
+    mor_matmul_w(out, c->xb, m->lm_head, m->lm_head_h, n, m->cfg.vocab_size, D, c->n_threads);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -7,9 +7,13 @@
 #ifndef MOR_MODEL_H
 #define MOR_MODEL_H
 
+#include <stdint.h>
+#include <string.h>
+
 #include "config.h"
 #include "mor.h"
 #include "safetensors.h"
+#include "util.h"
 
 typedef struct mor_layer_weights {
     const float *attn_norm; /* (D) */
@@ -21,6 +25,10 @@ typedef struct mor_layer_weights {
     const float *w_gate;    /* (F, D) */
     const float *w_up;      /* (F, D) */
     const float *w_down;    /* (D, F) */
+    /* A BF16 checkpoint's matrices stay in the mapping as bfloat16 (half the
+     * bytes a decoded token reads); the float pointer of such a matrix is
+     * NULL and its _h twin is set (kernels.h mor_matmul_w takes both). */
+    const uint16_t *wq_h, *wk_h, *wv_h, *wo_h, *w_gate_h, *w_up_h, *w_down_h;
 } mor_layer_weights;
 
 /* A router's weights. Linear: w (K, D). MLP: fc1 (2D, D), fc2 (K, 2D).
@@ -33,10 +41,11 @@ struct mor_model {
     mor_config cfg;
     char *config_yaml;
     mor_st_file *file;       /* the mapped checkpoint; F32 weights point into it */
-    float *converted;        /* one allocation for weights converted from BF16 at load */
-    const float *embed;      /* (V, D) */
+    float *converted;        /* one allocation for router weights converted from BF16 */
+    const float *embed;      /* (V, D), or NULL when BF16 (embed_h) */
     const float *final_norm; /* (D) */
-    const float *lm_head;    /* (V, D); == embed when tied */
+    const float *lm_head;    /* (V, D); == embed when tied; NULL when BF16 (lm_head_h) */
+    const uint16_t *embed_h, *lm_head_h; /* BF16 in place, see mor_layer_weights */
     mor_layer_weights *layers; /* (P) physical layers */
     int *layer_map;          /* (L) unrolled position -> physical layer */
     /* (L) the weights used at each unrolled position: the physical layer's,
@@ -50,6 +59,15 @@ struct mor_model {
     const float *router_bias; /* (N_R) token-choice loss-free balance_bias, or NULL */
     mor_tokenizer *tok;
 };
+
+/* Token tok's embedding row into x (D floats), from F32 or BF16 weights. */
+static inline void mor_embed_row(const mor_model *m, int32_t tok, float *x) {
+    size_t D = (size_t)m->cfg.dim;
+    if (m->embed_h)
+        for (size_t i = 0; i < D; i++) x[i] = mor_bf16_to_f32(m->embed_h[(size_t)tok * D + i]);
+    else
+        memcpy(x, m->embed + (size_t)tok * D, D * sizeof *x);
+}
 
 /* Rows of the logits buffer an eval_batch group writes at once: more
  * contexts than this are decoded in several groups. */

@@ -1,5 +1,6 @@
 /* model_load.c - opening a .mor checkpoint into a mor_model: config, tokenizer
- * and weights. F32 weights are used in place from the mapping; BF16 weights
+ * and weights. F32 weights are used in place from the mapping, and so are
+ * BF16 matrices (kernels.h reads them directly); BF16 router weights
  * are converted once into one allocation (never per matmul). */
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,20 @@ static const float **layer_field(mor_layer_weights *w, int f) {
     return fields[f];
 }
 
+/* The BF16 twin of layer field f, or NULL for the norms (always F32). */
+static const uint16_t **layer_field_h(mor_layer_weights *w, int f) {
+    const uint16_t **fields[9] = {NULL,  &w->wq_h,     &w->wk_h,   &w->wv_h,    &w->wo_h,
+                                  NULL,  &w->w_gate_h, &w->w_up_h, &w->w_down_h};
+    return fields[f];
+}
+
+/* Tensors a BF16 checkpoint keeps in place: the layer matrices, the
+ * embedding and the head; routers (small) are converted to F32. */
+static int stays_bf16(const mor_tensor_spec *sp) {
+    if (sp->role == MOR_T_LAYER || sp->role == MOR_T_UNROLLED) return sp->field != 0 && sp->field != 5;
+    return sp->role == MOR_T_EMBED || sp->role == MOR_T_HEAD;
+}
+
 mor_status mor_model_bind(mor_model *m, mor_error *err) {
     const mor_config *c = &m->cfg;
     const char *path = m->file->path;
@@ -108,8 +123,11 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
     if (n < 0) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
     mor_status st = MOR_OK;
     const float **ptrs = calloc((size_t)n, sizeof *ptrs);
+    const uint16_t **hptrs = calloc((size_t)n, sizeof *hptrs);
     size_t convert_floats = 0;
-    if (!ptrs) {
+    if (!ptrs || !hptrs) {
+        free(ptrs);
+        free(hptrs);
         free(specs);
         return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
     }
@@ -130,8 +148,14 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
                           specs[i].ndim > 1 ? (long long)specs[i].shape[1] : 0LL);
             break;
         }
-        if (t->dtype == MOR_ST_BF16 && !specs[i].norm)
+        if (t->dtype == MOR_ST_BF16 && !specs[i].norm && stays_bf16(&specs[i]) &&
+            (uintptr_t)t->data % 2)
+            st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' is not 2-byte aligned", path,
+                          specs[i].name);
+        else if (t->dtype == MOR_ST_BF16 && !specs[i].norm && !stays_bf16(&specs[i]))
             convert_floats += (size_t)mor_st_numel(t);
+        else if (t->dtype == MOR_ST_BF16 && !specs[i].norm)
+            ; /* used in place */
         else if (t->dtype != MOR_ST_F32)
             st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has dtype %s, expected F32%s", path,
                           specs[i].name, mor_st_dtype_name(t->dtype), specs[i].norm ? "" : " or BF16");
@@ -157,6 +181,8 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
         const mor_st_tensor *t = mor_st_find(m->file, specs[i].name);
         if (t->dtype == MOR_ST_F32) {
             ptrs[i] = t->data;
+        } else if (stays_bf16(&specs[i])) {
+            hptrs[i] = t->data;
         } else {
             size_t k = (size_t)mor_st_numel(t);
             float *dst = m->converted + used;
@@ -182,11 +208,17 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
         const mor_tensor_spec *sp = &specs[i];
         mor_router_weights *rw = NULL;
         switch (sp->role) {
-        case MOR_T_EMBED: m->embed = ptrs[i]; break;
+        case MOR_T_EMBED: m->embed = ptrs[i], m->embed_h = hptrs[i]; break;
         case MOR_T_FINAL_NORM: m->final_norm = ptrs[i]; break;
-        case MOR_T_HEAD: m->lm_head = ptrs[i]; break;
-        case MOR_T_LAYER: *layer_field(&m->layers[sp->index], sp->field) = ptrs[i]; break;
-        case MOR_T_UNROLLED: *layer_field(&m->unrolled[sp->index], sp->field) = ptrs[i]; break;
+        case MOR_T_HEAD: m->lm_head = ptrs[i], m->lm_head_h = hptrs[i]; break;
+        case MOR_T_LAYER:
+        case MOR_T_UNROLLED: {
+            mor_layer_weights *w = sp->role == MOR_T_LAYER ? &m->layers[sp->index]
+                                                           : &m->unrolled[sp->index];
+            *layer_field(w, sp->field) = ptrs[i];
+            if (layer_field_h(w, sp->field)) *layer_field_h(w, sp->field) = hptrs[i];
+            break;
+        }
         case MOR_T_ROUTER: rw = &m->routers[sp->index]; break;
         case MOR_T_AUX_ROUTER: rw = &m->aux_routers[sp->index]; break;
         case MOR_T_ROUTER_BIAS: m->router_bias = ptrs[i]; break;
@@ -194,17 +226,21 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
         if (rw) *(sp->field == 0 ? &rw->w : sp->field == 1 ? &rw->fc1 : &rw->fc2) = ptrs[i];
     }
     if (!st) {
-        if (c->tie_embeddings) m->lm_head = m->embed;
+        if (c->tie_embeddings) m->lm_head = m->embed, m->lm_head_h = m->embed_h;
         /* resolve every unrolled position: own fields stay, the rest come from its layer */
         for (int l = 0; l < L; l++) {
             m->layer_map[l] = mor_config_layer_map(c, l);
+            mor_layer_weights *own = &m->unrolled[l], *phys = &m->layers[m->layer_map[l]];
             for (int f = 0; f < 9; f++) {
-                const float **dst = layer_field(&m->unrolled[l], f);
-                if (!*dst) *dst = *layer_field(&m->layers[m->layer_map[l]], f);
+                const uint16_t **dh = layer_field_h(own, f);
+                if (*layer_field(own, f) || (dh && *dh)) continue;
+                *layer_field(own, f) = *layer_field(phys, f);
+                if (dh) *dh = *layer_field_h(phys, f);
             }
         }
     }
     free(ptrs);
+    free(hptrs);
     free(specs);
     return st;
 }

@@ -326,10 +326,10 @@ static mor_status layer_rows(mor_context *c, mor_context *const *own, int l, int
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
     for (int t = 0; t < T; t++)
         mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->attn_norm, D, eps);
-    mor_matmul(q, xb, w->wq, T, QD, D, nt);
+    mor_matmul_w(q, xb, w->wq, w->wq_h, T, QD, D, nt);
     if (pol != KV_SHARED) { /* a sharing layer's own K/V would be thrown away */
-        mor_matmul(k, xb, w->wk, T, KVD, D, nt);
-        mor_matmul(v, xb, w->wv, T, KVD, D, nt);
+        mor_matmul_w(k, xb, w->wk, w->wk_h, T, KVD, D, nt);
+        mor_matmul_w(v, xb, w->wv, w->wv_h, T, KVD, D, nt);
         /* row t becomes entry n_own[t] - 1 of its context's layer l */
         for (int t = 0; t < T; t++) {
             mor_kv *kv = &owner(c, own, t)->mor->kv;
@@ -378,7 +378,7 @@ static mor_status layer_rows(mor_context *c, mor_context *const *own, int l, int
                 mor_kv_attend(c->att + qo, q + qo, kv, slot, h / group, n_kv[t], scale);
         }
     }
-    mor_matmul(xb, c->att, w->wo, T, D, QD, nt);
+    mor_matmul_w(xb, c->att, w->wo, w->wo_h, T, D, QD, nt);
     for (size_t i = 0; i < (size_t)T * D; i++) x[i] += xb[i];
     mor_context_mlp(c, w, T);
     return MOR_OK;
@@ -592,7 +592,7 @@ static mor_status forward_call(mor_context *c, const int32_t *tokens, int n) {
     int D = m->cfg.dim, L = m->cfg.n_layers, R = st->R, pos0 = c->pos;
     int block_end = st->off + R * st->base;
     for (int t = 0; t < n; t++) {
-        memcpy(st->h + (size_t)t * D, m->embed + (size_t)tokens[t] * D, (size_t)D * sizeof(float));
+        mor_embed_row(m, tokens[t], st->h + (size_t)t * D);
         st->rows[t] = t;
         st->depth[t] = st->kind == RECUR_PLAIN ? R : 0;
     }
@@ -665,7 +665,7 @@ static mor_status batch_forward(mor_context *sc, mor_context **cs, const int32_t
     const int32_t *idx = ss->b_index; /* all 0 */
     for (int i = 0; i < T; i++) {
         struct mor_recur_state *st = cs[i]->mor;
-        memcpy(st->h, m->embed + (size_t)tokens[i] * D, (size_t)D * sizeof(float));
+        mor_embed_row(m, tokens[i], st->h);
         st->depth[0] = ss->kind == RECUR_PLAIN ? R : 0;
         for (int r = 0; r < R; r++) st->route[r] = NAN;
     }

@@ -1,0 +1,149 @@
+/* test_bf16.c - BF16 checkpoints used in place: the layer matrices, the
+ * embedding and the head stay bfloat16 in the mapping (half the bytes per
+ * decoded token) and the kernels widen each weight exactly, so a BF16
+ * model computes what the float32 copy of the same values computes:
+ *   - decode (one row per product, mor's own kernel on both sides) and
+ *     eval_batch give the same bits;
+ *   - prompts (several rows, which may use sgemm for F32) agree to 1e-6;
+ * for stories260K and for a MoR model uptrained from it (expert-choice,
+ * N_R = 3, BF16 routers converted). The F32 twin is written here from the
+ * BF16 file, tensor by tensor, so both hold exactly the same values. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+#include "checkpoint.h"
+#include "model.h"
+#include "util.h"
+
+#define N_TOK 48
+
+/* dst: src with every BF16 tensor widened to F32, same metadata. */
+static void f32_twin(const char *src, const char *dst) {
+    mor_st_file *f;
+    mor_error e = {0};
+    if (mor_ckpt_open(src, &f, &e)) fail_msg("%s", e.msg);
+    mor_ckpt_writer w;
+    if (mor_ckpt_writer_init(&w, mor_st_meta_get(f, MOR_META_CONFIG), mor_st_meta_get(f, MOR_META_TOKENIZER),
+                             mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG), &e))
+        fail_msg("%s", e.msg);
+    for (int i = 0; i < f->n_tensors; i++)
+        if (mor_st_writer_declare(w.st, f->tensors[i].name, MOR_ST_F32, f->tensors[i].ndim,
+                                  f->tensors[i].shape, &e))
+            fail_msg("%s", e.msg);
+    if (mor_ckpt_writer_start(&w, dst, &e)) fail_msg("%s", e.msg);
+    for (int i = 0; i < f->n_tensors; i++) {
+        const mor_st_tensor *t = &f->tensors[i];
+        size_t n = (size_t)mor_st_numel(t);
+        float *x = malloc(n * sizeof *x);
+        for (size_t k = 0; k < n; k++) {
+            if (t->dtype == MOR_ST_F32) {
+                memcpy(x + k, (const char *)t->data + 4 * k, 4);
+            } else {
+                uint16_t h;
+                memcpy(&h, (const char *)t->data + 2 * k, 2);
+                x[k] = mor_bf16_to_f32(h);
+            }
+        }
+        if (mor_ckpt_writer_tensor(&w, x, n * sizeof *x, &e)) fail_msg("%s", e.msg);
+        free(x);
+    }
+    if (mor_ckpt_writer_commit(&w, &e)) fail_msg("%s", e.msg);
+    mor_st_close(f);
+}
+
+static mor_context *ctx(const mor_model *m, int threads) {
+    mor_context_params p = mor_context_default_params();
+    p.n_ctx = 128;
+    p.n_threads = threads;
+    mor_context *c;
+    mor_error e = {0};
+    if (mor_context_new(m, &p, &c, &e)) fail_msg("%s", e.msg);
+    return c;
+}
+
+static void compare(const char *bf16_path) {
+    char twin[600];
+    snprintf(twin, sizeof twin, "%s.f32.mor", bf16_path);
+    f32_twin(bf16_path, twin);
+    mor_model *mh, *mf;
+    mor_error e = {0};
+    if (mor_model_load(bf16_path, &mh, &e) || mor_model_load(twin, &mf, &e)) fail_msg("%s", e.msg);
+    /* the BF16 model really runs on bfloat16 matrices */
+    assert_non_null(mh->embed_h);
+    assert_null(mh->embed);
+    assert_non_null(mh->layers[0].wq_h);
+    assert_null(mh->layers[0].wq);
+    assert_non_null(mf->layers[0].wq);
+    assert_null(mf->layers[0].wq_h);
+    int V = mh->cfg.vocab_size;
+    int32_t tok[N_TOK];
+    for (int i = 0; i < N_TOK; i++) tok[i] = (int32_t)((i * 37 + 11) % V);
+    for (int threads = 1; threads <= 2; threads++) {
+        /* decode: one token per call */
+        mor_context *ch = ctx(mh, threads), *cf = ctx(mf, threads);
+        for (int i = 0; i < N_TOK; i++) {
+            if (mor_context_eval(ch, tok + i, 1, NULL, &e) || mor_context_eval(cf, tok + i, 1, NULL, &e))
+                fail_msg("%s", e.msg);
+            if (memcmp(mor_context_logits(ch), mor_context_logits(cf), (size_t)V * sizeof(float)))
+                fail_msg("%s: token %d, %d threads: BF16 and F32 logits differ (rel_err %.3g)", bf16_path,
+                         i, threads, rel_err(mor_context_logits(ch), mor_context_logits(cf), (size_t)V));
+        }
+        mor_context_free(ch);
+        mor_context_free(cf);
+        /* the prompt in one call */
+        float *lh = malloc(sizeof(float) * (size_t)N_TOK * V), *lf = malloc(sizeof(float) * (size_t)N_TOK * V);
+        ch = ctx(mh, threads), cf = ctx(mf, threads);
+        if (mor_context_eval(ch, tok, N_TOK, lh, &e) || mor_context_eval(cf, tok, N_TOK, lf, &e))
+            fail_msg("%s", e.msg);
+        double err = rel_err(lh, lf, (size_t)N_TOK * V);
+        if (!(err < 1e-6)) fail_msg("%s: prompt logits rel_err %.3g", bf16_path, err);
+        /* eval_batch: 3 contexts, one token each */
+        mor_context *bh[3], *bf[3];
+        for (int i = 0; i < 3; i++) bh[i] = ctx(mh, threads), bf[i] = ctx(mf, threads);
+        for (int s = 0; s < 8; s++) {
+            int32_t t3[3] = {tok[s], tok[s + 8], tok[s + 16]};
+            if (mor_context_eval_batch(bh, t3, 3, &e) || mor_context_eval_batch(bf, t3, 3, &e))
+                fail_msg("%s", e.msg);
+            for (int i = 0; i < 3; i++)
+                if (memcmp(mor_context_logits(bh[i]), mor_context_logits(bf[i]), (size_t)V * sizeof(float)))
+                    fail_msg("%s: eval_batch step %d context %d: BF16 and F32 logits differ", bf16_path,
+                             s, i);
+        }
+        for (int i = 0; i < 3; i++) mor_context_free(bh[i]), mor_context_free(bf[i]);
+        free(lh), free(lf);
+        mor_context_free(ch);
+        mor_context_free(cf);
+    }
+    mor_model_free(mh);
+    mor_model_free(mf);
+}
+
+static void test_vanilla(void **s) {
+    (void)s;
+    const char *p = tmp_path("v.bf16.mor");
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "%s hf tests/data/stories260K-hf --dtype bf16 -o %s -q", tool("mor-convert"), p);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    compare(p);
+}
+
+static void test_mor(void **s) {
+    (void)s;
+    const char *p = tmp_path("m.bf16.mor");
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd,
+             "%s hf tests/data/stories260K-hf --config configs/tiny-mor-expert-r3.yaml --dtype bf16 -s 3 -o %s -q",
+             tool("mor-convert"), p);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    compare(p);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_vanilla),
+        cmocka_unit_test(test_mor),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
