@@ -120,6 +120,14 @@ ALWAYS_INLINE void dot4(float *y, const void *w, size_t o, const float *x, int i
            a3 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(),
            b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
     for (; i + 16 <= in; i += 16) {
+        /* the same place in the next block's rows: a 4-row block is only a
+         * few dozen lines per row, too short for the hardware prefetcher */
+        size_t es = bf16 ? 2 : 4, ahead = (o + 4 * (size_t)in + i) * es;
+        const char *p = (const char *)w + ahead;
+        _mm_prefetch(p, _MM_HINT_T0);
+        _mm_prefetch(p + in * es, _MM_HINT_T0);
+        _mm_prefetch(p + 2 * in * es, _MM_HINT_T0);
+        _mm_prefetch(p + 3 * in * es, _MM_HINT_T0);
         __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
         a0 = _mm256_fmadd_ps(w_load8(w, o0 + i, bf16), x0, a0);
         b0 = _mm256_fmadd_ps(w_load8(w, o0 + i + 8, bf16), x1, b0);
