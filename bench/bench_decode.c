@@ -118,8 +118,8 @@ typedef struct {
 } bench_model;
 
 static void build(bench_model *b) {
+    memset(b, 0, sizeof *b); /* every pointer not set below (the BF16 twins) is NULL */
     mor_config *c = &b->m.cfg;
-    memset(c, 0, sizeof *c);
     c->vocab_size = 49152, c->dim = 576, c->hidden_dim = 1536, c->n_layers = 30;
     c->n_heads = 9, c->n_kv_heads = 3, c->head_dim = 64, c->max_seq_len = 2048;
     c->norm_eps = 1e-5f, c->rope_theta = 10000.0f, c->tie_embeddings = 1;
