@@ -15,6 +15,7 @@ static void usage(void) {
             "  mor-convert hf DIR --config CONFIG.yaml -o OUT.mor [--init METHOD] [--seed S]\n"
             "  mor-convert init --config CONFIG.yaml --tokenizer T -o OUT.mor [--seed S]\n"
             "  mor-convert llama2c MODEL.bin --tokenizer TOK.bin -o OUT.mor [--dtype f32|bf16]\n"
+            "  mor-convert cast MODEL.mor -o OUT.mor --dtype f32|bf16\n"
             "  mor-convert export MODEL.mor -o DIR\n"
             "  mor-convert tokens --tokenizer T --ids [FILE]        (T: tokenizer.json or .mor)\n"
             "  mor-convert tokens --tokenizer T -o OUT.shard[.zst] [--split file|line|blank] [FILE...]\n"
@@ -239,8 +240,11 @@ int main(int argc, char **argv) {
         st = mor_convert_llama2c(o.input, o.tokenizer, o.output, &p, &err);
     } else if (!strcmp(o.cmd, "export")) {
         st = mor_export_hf(o.input, o.output, &err);
+    } else if (!strcmp(o.cmd, "cast")) {
+        st = mor_convert_cast(o.input, o.output, &p, &err);
     } else {
-        return cli_usage_error("unknown command '%s' (hf, llama2c, export or tokens)", o.cmd);
+        return cli_usage_error("unknown command '%s' (hf, llama2c, init, cast, export or tokens)",
+                               o.cmd);
     }
     cli_progress_end(&bar);
     if (st) return cli_fail(&err);

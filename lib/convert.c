@@ -622,6 +622,47 @@ out:
     return st;
 }
 
+/* ---- cast: a .mor in another storage type ----------------------------------- */
+
+static mor_status cast_read(void *src, const mor_tensor_spec *spec, float *dst, mor_error *err) {
+    const mor_st_file *f = src;
+    const mor_st_tensor *t = mor_st_find(f, spec->name);
+    if (!t) return mor_fail(err, MOR_EFORMAT, "%s: missing tensor '%s'", f->path, spec->name);
+    size_t n = spec_numel(spec);
+    if ((size_t)mor_st_numel(t) != n)
+        return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has %lld values, the config needs %zu",
+                        f->path, spec->name, (long long)mor_st_numel(t), n);
+    if (t->dtype == MOR_ST_F32) {
+        memcpy(dst, t->data, n * sizeof *dst);
+    } else if (t->dtype == MOR_ST_BF16) {
+        const uint8_t *b = t->data;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, b + 2 * i, 2);
+            dst[i] = mor_bf16_to_f32(h); /* exact */
+        }
+    } else {
+        return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has dtype %s, expected F32 or BF16",
+                        f->path, spec->name, mor_st_dtype_name(t->dtype));
+    }
+    return MOR_OK;
+}
+
+mor_status mor_convert_cast(const char *mor_path, const char *out_path, const mor_convert_params *p,
+                            mor_error *err) {
+    mor_st_file *f;
+    mor_status st = mor_ckpt_open(mor_path, &f, err);
+    if (st) return st;
+    mor_config cfg;
+    const char *yaml = mor_st_meta_get(f, MOR_META_CONFIG);
+    st = mor_config_parse_yaml(yaml, strlen(yaml), mor_path, &cfg, err);
+    if (!st)
+        st = write_model(out_path, &cfg, mor_st_meta_get(f, MOR_META_TOKENIZER),
+                         mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG), cast_read, f, p, err);
+    mor_st_close(f);
+    return st;
+}
+
 /* ---- export to Hugging Face ------------------------------------------------- */
 
 static mor_status write_text_file(const char *dir, const char *name, const char *text, mor_error *err) {

@@ -234,6 +234,11 @@ mor_status mor_convert_hf_config(const char *dir, const char *config_path, const
  * N(0, initializer_range), norms 1. tokenizer_path: tokenizer.json or .mor. */
 mor_status mor_model_init(const char *config_path, const char *tokenizer_path, const char *out_path,
                           const mor_convert_params *p, mor_error *err);
+/* A .mor file (any model) rewritten with its matrices in p->dtype: F32 to
+ * BF16 (round to nearest even) for a checkpoint half the size that the
+ * tools use in place, or BF16 to F32 (exact). Norms and routers stay F32. */
+mor_status mor_convert_cast(const char *mor_path, const char *out_path, const mor_convert_params *p,
+                            mor_error *err);
 /* A .mor file back to a Hugging Face directory. */
 mor_status mor_export_hf(const char *mor_path, const char *out_dir, mor_error *err);
 

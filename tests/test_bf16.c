@@ -6,51 +6,26 @@
  *     eval_batch give the same bits;
  *   - prompts (several rows, which may use sgemm for F32) agree to 1e-6;
  * for stories260K and for a MoR model uptrained from it (expert-choice,
- * N_R = 3, BF16 routers converted). The F32 twin is written here from the
- * BF16 file, tensor by tensor, so both hold exactly the same values. */
+ * N_R = 3, BF16 routers converted). The F32 twin is the BF16 file cast to
+ * F32 (mor_convert_cast), so both hold exactly the same values; casting
+ * F32 to BF16 gives the bytes `mor-convert hf --dtype bf16` writes. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "testutil.h"
 #include "checkpoint.h"
+#include "safetensors.h"
 #include "model.h"
 #include "util.h"
 
 #define N_TOK 48
 
-/* dst: src with every BF16 tensor widened to F32, same metadata. */
+/* dst: src with every BF16 tensor widened to F32 (mor-convert cast). */
 static void f32_twin(const char *src, const char *dst) {
-    mor_st_file *f;
+    mor_convert_params p = {.dtype = MOR_DTYPE_F32};
     mor_error e = {0};
-    if (mor_ckpt_open(src, &f, &e)) fail_msg("%s", e.msg);
-    mor_ckpt_writer w;
-    if (mor_ckpt_writer_init(&w, mor_st_meta_get(f, MOR_META_CONFIG), mor_st_meta_get(f, MOR_META_TOKENIZER),
-                             mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG), &e))
-        fail_msg("%s", e.msg);
-    for (int i = 0; i < f->n_tensors; i++)
-        if (mor_st_writer_declare(w.st, f->tensors[i].name, MOR_ST_F32, f->tensors[i].ndim,
-                                  f->tensors[i].shape, &e))
-            fail_msg("%s", e.msg);
-    if (mor_ckpt_writer_start(&w, dst, &e)) fail_msg("%s", e.msg);
-    for (int i = 0; i < f->n_tensors; i++) {
-        const mor_st_tensor *t = &f->tensors[i];
-        size_t n = (size_t)mor_st_numel(t);
-        float *x = malloc(n * sizeof *x);
-        for (size_t k = 0; k < n; k++) {
-            if (t->dtype == MOR_ST_F32) {
-                memcpy(x + k, (const char *)t->data + 4 * k, 4);
-            } else {
-                uint16_t h;
-                memcpy(&h, (const char *)t->data + 2 * k, 2);
-                x[k] = mor_bf16_to_f32(h);
-            }
-        }
-        if (mor_ckpt_writer_tensor(&w, x, n * sizeof *x, &e)) fail_msg("%s", e.msg);
-        free(x);
-    }
-    if (mor_ckpt_writer_commit(&w, &e)) fail_msg("%s", e.msg);
-    mor_st_close(f);
+    if (mor_convert_cast(src, dst, &p, &e)) fail_msg("%s", e.msg);
 }
 
 static mor_context *ctx(const mor_model *m, int threads) {
@@ -140,10 +115,46 @@ static void test_mor(void **s) {
     compare(p);
 }
 
+/* cast F32 -> BF16 rounds as the Hugging Face conversion does: every
+ * tensor has the same dtype and bytes as `mor-convert hf --dtype bf16`. */
+static void test_cast(void **s) {
+    (void)s;
+    const char *f32 = tmp_path("c.f32.mor"), *hf16 = tmp_path("c.hf16.mor"), *cast16 = tmp_path("c.cast16.mor");
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "%s hf tests/data/stories260K-hf -o %s -q && %s hf tests/data/stories260K-hf --dtype bf16 -o %s -q && %s cast %s --dtype bf16 -o %s -q",
+             tool("mor-convert"), f32, tool("mor-convert"), hf16, tool("mor-convert"), f32, cast16);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    mor_st_file *a, *b;
+    mor_error e = {0};
+    if (mor_ckpt_open(hf16, &a, &e) || mor_ckpt_open(cast16, &b, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(a->n_tensors, b->n_tensors);
+    int n_bf16 = 0;
+    for (int i = 0; i < a->n_tensors; i++) {
+        const mor_st_tensor *ta = &a->tensors[i], *tb = mor_st_find(b, ta->name);
+        assert_non_null(tb);
+        assert_int_equal(ta->dtype, tb->dtype);
+        n_bf16 += ta->dtype == MOR_ST_BF16;
+        assert_int_equal(ta->end - ta->begin, tb->end - tb->begin);
+        if (memcmp(ta->data, tb->data, ta->end - ta->begin)) fail_msg("cast: tensor %s differs", ta->name);
+    }
+    assert_true(n_bf16 > 0);
+    mor_st_close(a);
+    mor_st_close(b);
+    /* a missing input is a clear error */
+    snprintf(cmd, sizeof cmd, "%s cast /nonexistent.mor --dtype bf16 -o %s -q", tool("mor-convert"),
+             tmp_path("never.mor"));
+    char *err = NULL;
+    assert_int_equal(run_cmd(cmd, NULL, &err), 2);
+    assert_non_null(strstr(err, "/nonexistent.mor"));
+    free(err);
+    assert_false(file_exists(tmp_path("never.mor")));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vanilla),
         cmocka_unit_test(test_mor),
+        cmocka_unit_test(test_cast),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
