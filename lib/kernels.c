@@ -4,11 +4,14 @@
  * The matrix-vector product is the decode bottleneck: one token reads every
  * weight once, so the kernel is built to stream W at memory speed. Four rows
  * are walked together (four independent read streams, eight accumulators
- * to hide FMA latency) while x stays in L1; OpenMP splits the rows into one
- * contiguous slab per thread. With several vectors (eval_batch, prompt
- * chunks when OpenBLAS lacks a vector sgemm) a 4-row x 2-vector register
- * tile keeps the arithmetic fed while the 4-row block sits in L1. */
+ * to hide FMA latency, the next block prefetched) while x stays in L1;
+ * OpenMP splits the rows into one contiguous slab per thread. With several
+ * vectors (eval_batch, prompt chunks when OpenBLAS lacks a vector sgemm) a
+ * 4-row x 3-vector register tile keeps the arithmetic fed while the 4-row
+ * block sits in L1. W may be float32 or the bfloat16 of a BF16 checkpoint,
+ * widened exactly as it is loaded. */
 #include "kernels.h"
+
 #include "util.h"
 
 #include <cblas.h>

@@ -1,4 +1,5 @@
-/* kernels.h - the inference kernels of the decoder (float32, CPU).
+/* kernels.h - the inference kernels of the decoder (float32 arithmetic on
+ * CPU; weights float32 or bfloat16).
  *
  * Matrices are row-major (out, in) as in model.h: y = W x means
  * y[o] = sum_i W[o*in + i] x[i]. Functions that take n_threads open their
