@@ -356,7 +356,7 @@ mor_status mor_context_check_batch(mor_context *const *cs, const int32_t *tokens
                 return mor_fail(err, MOR_EARG,
                                 "mor_context_eval_batch: contexts %d and %d are the same", j, i);
     }
-    return MOR_OK;
+    return n > 0 ? check_tokens(cs[0]->m, tokens, n, err) : MOR_OK;
 }
 
 mor_status mor_context_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
@@ -391,8 +391,6 @@ mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n
         return mor_recur_eval_batch(cs, tokens, n, err);
     mor_status st = mor_context_check_batch(cs, tokens, n, err);
     if (st != MOR_OK || n == 0) return st;
-    st = check_tokens(cs[0]->m, tokens, n, err);
-    if (st != MOR_OK) return st;
 
     mor_context *sc = cs[0];
     size_t V = (size_t)sc->m->cfg.vocab_size;

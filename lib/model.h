@@ -122,7 +122,7 @@ void mor_context_carve(mor_context *c);
 /* mor_context_eval's checks: the count, the room left and the token ids. */
 mor_status mor_context_check_eval(const mor_context *c, const int32_t *tokens, int n,
                                   mor_error *err);
-/* mor_context_eval_batch's checks of the contexts (not of the tokens). */
+/* mor_context_eval_batch's checks: the contexts and the token ids. */
 mor_status mor_context_check_batch(mor_context *const *cs, const int32_t *tokens, int n,
                                    mor_error *err);
 /* c->x (T, D) += Wdown (silu(Wgate n2(x)) * Wup n2(x)), through c->xb, hb, hb2. */

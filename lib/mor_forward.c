@@ -724,10 +724,6 @@ static mor_status batch_forward(mor_context *sc, mor_context **cs, const int32_t
 mor_status mor_recur_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err) {
     mor_status bs = mor_context_check_batch(cs, tokens, n, err);
     if (bs || n == 0) return bs;
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= cs[0]->m->cfg.vocab_size)
-            return mor_fail(err, MOR_EARG, "token %d at index %d is outside the vocabulary (0..%d)",
-                            (int)tokens[i], i, cs[0]->m->cfg.vocab_size - 1);
     mor_context *sc = cs[0];
     const mor_config *cfg = &sc->m->cfg;
     int D = cfg->dim, L = cfg->n_layers;

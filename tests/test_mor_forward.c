@@ -507,6 +507,12 @@ static void case_batch(mcase *k) {
             assert_int_equal(mor_recur_kv_entries(cs[i], l), mor_recur_kv_entries(twin[i], l));
     mor_context *twice[2] = {cs[0], cs[0]};
     assert_int_equal(mor_context_eval_batch(twice, toks, 2, &e), MOR_EARG);
+    /* a token outside the vocabulary: refused, nothing decoded */
+    int pos1 = mor_context_pos(cs[1]);
+    toks[1] = k->V;
+    assert_int_equal(mor_context_eval_batch(cs, toks, 2, &e), MOR_EARG);
+    assert_non_null(strstr(e.msg, "outside the vocabulary"));
+    assert_int_equal(mor_context_pos(cs[1]), pos1);
     for (int i = 0; i < NB; i++) {
         mor_context_free(cs[i]);
         mor_context_free(twin[i]);
