@@ -166,43 +166,12 @@ ALWAYS_INLINE void dot4(float *y, const void *w, size_t o, const float *x, int i
     y[3] = s3;
 }
 
-/* Rows 0..3 of w dotted with two vectors: y0[0..3] with x0, y1[0..3] with
- * x1. Eight accumulators, six loads per eight FMAs. */
-ALWAYS_INLINE void dot4x2(float *y0, float *y1, const void *w, size_t o, const float *x0,
-                          const float *x1, int in, int bf16) {
-    size_t o0 = o, o1 = o + (size_t)in, o2 = o + 2 * (size_t)in, o3 = o + 3 * (size_t)in;
-    int i = 0;
-    float s[8] = {0};
-#ifdef MOR_AVX2
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    for (; i + 8 <= in; i += 8) {
-        __m256 xa = _mm256_loadu_ps(x0 + i), xb = _mm256_loadu_ps(x1 + i);
-        __m256 r0 = w_load8(w, o0 + i, bf16), r1 = w_load8(w, o1 + i, bf16);
-        __m256 r2 = w_load8(w, o2 + i, bf16), r3 = w_load8(w, o3 + i, bf16);
-        a0 = _mm256_fmadd_ps(r0, xa, a0), b0 = _mm256_fmadd_ps(r0, xb, b0);
-        a1 = _mm256_fmadd_ps(r1, xa, a1), b1 = _mm256_fmadd_ps(r1, xb, b1);
-        a2 = _mm256_fmadd_ps(r2, xa, a2), b2 = _mm256_fmadd_ps(r2, xb, b2);
-        a3 = _mm256_fmadd_ps(r3, xa, a3), b3 = _mm256_fmadd_ps(r3, xb, b3);
-    }
-    s[0] = hsum256(a0), s[1] = hsum256(a1), s[2] = hsum256(a2), s[3] = hsum256(a3);
-    s[4] = hsum256(b0), s[5] = hsum256(b1), s[6] = hsum256(b2), s[7] = hsum256(b3);
-#endif
-    size_t ow[4] = {o0, o1, o2, o3};
-    for (; i < in; i++)
-        for (int k = 0; k < 4; k++) {
-            float wk = w_at(w, ow[k] + i, bf16);
-            s[k] += wk * x0[i];
-            s[4 + k] += wk * x1[i];
-        }
-    memcpy(y0, s, 4 * sizeof *s);
-    memcpy(y1, s + 4, 4 * sizeof *s);
-}
-
 /* Rows 0..3 of w dotted with three vectors: y0, y1, y2 [0..3]. Twelve
  * accumulators, seven loads per twelve FMAs: measured 56-64 GFLOP/s on one
- * core of the build machine against 46 for dot4x2 (2.1 GHz, AVX2). Each
- * output is summed in the same order as in dot4x2 (one 8-lane accumulator
- * over the chunks, then hsum256), so the two give the same bits. */
+ * core of the build machine against 46 for a 4x2 tile (2.1 GHz, AVX2). Each
+ * output is one 8-lane accumulator over the chunks, then hsum256, whichever
+ * slot its vector takes, so a pair (run with x2 = x1) gives the bits of a
+ * triple. */
 ALWAYS_INLINE void dot4x3(float *y0, float *y1, float *y2, const void *w, size_t o,
                           const float *x0, const float *x1, const float *x2, int in, int bf16) {
     size_t o0 = o, o1 = o + (size_t)in, o2 = o + 2 * (size_t)in, o3 = o + 3 * (size_t)in;
@@ -255,9 +224,12 @@ ALWAYS_INLINE void matvec_block(float *Y, const void *W, const float *X, int n, 
             dot4x3(Y + (size_t)v * out + r, Y + (size_t)(v + 1) * out + r,
                    Y + (size_t)(v + 2) * out + r, W, o, X + (size_t)v * in,
                    X + (size_t)(v + 1) * in, X + (size_t)(v + 2) * in, in, bf16);
-        for (; v + 2 <= n; v += 2)
-            dot4x2(Y + (size_t)v * out + r, Y + (size_t)(v + 1) * out + r, W, o,
-                   X + (size_t)v * in, X + (size_t)(v + 1) * in, in, bf16);
+        if (v + 2 <= n) { /* a pair: the triple tile, its third slot thrown away */
+            float spare[4];
+            dot4x3(Y + (size_t)v * out + r, Y + (size_t)(v + 1) * out + r, spare, W, o,
+                   X + (size_t)v * in, X + (size_t)(v + 1) * in, X + (size_t)(v + 1) * in, in, bf16);
+            v += 2;
+        }
         if (v < n) dot4(Y + (size_t)v * out + r, W, o, X + (size_t)v * in, in, bf16);
     } else {
         for (int rr = r; rr < out; rr++)
