@@ -148,20 +148,16 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
                           specs[i].ndim > 1 ? (long long)specs[i].shape[1] : 0LL);
             break;
         }
-        if (t->dtype == MOR_ST_BF16 && !specs[i].norm && stays_bf16(&specs[i]) &&
-            (uintptr_t)t->data % 2)
-            st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' is not 2-byte aligned", path,
-                          specs[i].name);
-        else if (t->dtype == MOR_ST_BF16 && !specs[i].norm && !stays_bf16(&specs[i]))
-            convert_floats += (size_t)mor_st_numel(t);
-        else if (t->dtype == MOR_ST_BF16 && !specs[i].norm)
-            ; /* used in place */
-        else if (t->dtype != MOR_ST_F32)
+        int bf16 = t->dtype == MOR_ST_BF16 && !specs[i].norm;
+        size_t align = bf16 ? 2 : 4; /* of what is used in place */
+        if (!bf16 && t->dtype != MOR_ST_F32)
             st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has dtype %s, expected F32%s", path,
                           specs[i].name, mor_st_dtype_name(t->dtype), specs[i].norm ? "" : " or BF16");
-        else if ((uintptr_t)t->data % 4)
-            st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' is not 4-byte aligned", path,
-                          specs[i].name);
+        else if (bf16 && !stays_bf16(&specs[i]))
+            convert_floats += (size_t)mor_st_numel(t);
+        else if ((uintptr_t)t->data % align)
+            st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' is not %zu-byte aligned", path,
+                          specs[i].name, align);
     }
     /* no tensor may be left over: a stray tensor means a config mismatch */
     for (int j = 0; !st && j < m->file->n_tensors; j++) {

@@ -79,11 +79,8 @@ static void scale(float *grads, size_t n, float coef) {
 }
 
 float mor_clip_grad_norm(float *grads, size_t n, float max_norm) {
-    float norm = mor_grad_norm(grads, n);
-    if (max_norm <= 0) return norm;
-    float coef = max_norm / (norm + 1e-6f);
-    if (coef < 1.0f) scale(grads, n, coef);
-    return norm;
+    mor_param_span all = {0, n, 1};
+    return mor_clip_grad_norm_spans(grads, &all, 1, max_norm);
 }
 
 float mor_clip_grad_norm_spans(float *grads, const mor_param_span *spans, int n_spans,

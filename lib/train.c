@@ -113,13 +113,10 @@ void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *s
     st->lr = mor_trainer_lr(t, t->step);
     mor_adamw_params hp = {.lr = st->lr, .beta1 = c->train.adam_beta1, .beta2 = c->train.adam_beta2,
                            .eps = c->train.adam_eps, .weight_decay = c->train.weight_decay};
-    if (!m->n_aux_spans) {
-        st->grad_norm = mor_clip_grad_norm(m->grads, m->n_floats, c->train.max_grad_norm);
-    } else {
+    st->grad_norm = mor_clip_grad_norm_spans(m->grads, m->spans, m->n_spans, c->train.max_grad_norm);
+    if (m->n_aux_spans) {
         /* spec 3.5: the aux routers are a second optimizer ("sam_optimizer"),
          * clipped on their own, at a multiple of the same schedule */
-        st->grad_norm = mor_clip_grad_norm_spans(m->grads, m->spans, m->n_spans,
-                                                 c->train.max_grad_norm);
         st->aux_grad_norm = mor_clip_grad_norm_spans(m->grads, m->aux_spans, m->n_aux_spans,
                                                      c->mor.expert.aux_max_grad_norm);
         mor_adamw_params ap = hp;

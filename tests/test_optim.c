@@ -109,6 +109,21 @@ static void test_clip_vs_torch(void **state) {
     }
 }
 
+/* Clipping over a span table touches only its spans: the norm is theirs
+ * (the gap's gradient does not count) and the gap keeps its values. */
+static void test_clip_spans(void **state) {
+    (void)state;
+    float g[10] = {3, 0, 0, 100, 100, 100, 0, 4, 0, 0};
+    mor_param_span spans[2] = {{0, 3, 1}, {6, 4, 1}}; /* 0..2 and 6..9: norm 5 */
+    float norm = mor_clip_grad_norm_spans(g, spans, 2, 1.0f);
+    assert_true(fabsf(norm - 5.0f) < 1e-6f);
+    assert_true(fabsf(g[0] - 0.6f) < 1e-6f && fabsf(g[7] - 0.8f) < 1e-6f);
+    for (int i = 3; i < 6; i++) assert_true(g[i] == 100.0f);
+    /* under the limit nothing changes */
+    assert_true(fabsf(mor_clip_grad_norm_spans(g, spans, 2, 2.0f) - 1.0f) < 1e-5f);
+    assert_true(fabsf(g[0] - 0.6f) < 1e-6f);
+}
+
 /* The norm is the same bits for 1 and 2 threads, and matches a plain
  * double-precision sum. */
 static void test_grad_norm_deterministic(void **state) {
@@ -177,7 +192,8 @@ static void test_schedules(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_adamw_vs_torch), cmocka_unit_test(test_adamw_decay_scope),
-        cmocka_unit_test(test_clip_vs_torch),  cmocka_unit_test(test_grad_norm_deterministic),
+        cmocka_unit_test(test_clip_vs_torch),  cmocka_unit_test(test_clip_spans),
+        cmocka_unit_test(test_grad_norm_deterministic),
         cmocka_unit_test(test_schedules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -245,6 +245,14 @@ static void test_errors(void **s) {
     assert_int_equal(run_cmd(cmd, NULL, &err), 2);
     assert_non_null(strstr(err, "/nonexistent.txt"));
     free(err);
+    /* an unknown --split: usage error naming the value */
+    char *uerr = NULL;
+    snprintf(cmd, sizeof cmd,
+             "%s -c configs/tiny-vanilla.yaml --tokenizer tests/data/stories260K-hf/tokenizer.json "
+             "--data " TEXT " --split words -o %s/E -q", tool("mor-train"), tmp_dir());
+    assert_int_equal(run_cmd(cmd, NULL, &uerr), 1);
+    assert_non_null(strstr(uerr, "'words'"));
+    free(uerr);
     /* nothing to resume */
     snprintf(cmd, sizeof cmd, "%s --resume %s --data " TEXT " -q", tool("mor-train"), tmp_dir());
     assert_int_equal(run_cmd(cmd, NULL, NULL), 2);
