@@ -38,7 +38,7 @@ mor_context_params mor_context_default_params(void) {
 
 void mor_context_free(mor_context *c) {
     if (!c) return;
-    if (c->m->cfg.recursive) { mor_recur_free(c); return; } /* lib/mor_forward.c */
+    if (c->mor) mor_recur_free_state(c); /* lib/mor_forward.c */
     mor_free_big(c->key_cache);
     mor_free_big(c->value_cache);
     mor_free_big(c->rope_cos);

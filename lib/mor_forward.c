@@ -100,8 +100,7 @@ struct mor_recur_state {
 /* ------------------------------------------------------------------------ */
 /* Creation                                                                 */
 
-void mor_recur_free(mor_context *c) {
-    if (!c) return;
+void mor_recur_free_state(mor_context *c) {
     struct mor_recur_state *st = c->mor;
     if (st) {
         mor_kv_free(&st->kv);
@@ -127,12 +126,7 @@ void mor_recur_free(mor_context *c) {
         free(st->b_index);
         free(st);
     }
-    mor_free_big(c->rope_cos);
-    mor_free_big(c->rope_sin);
-    mor_free_big(c->scratch);
-    mor_free_big(c->logits);
-    mor_free_big(c->batch_logits);
-    free(c);
+    c->mor = NULL;
 }
 
 static mor_status check_model(const mor_model *m, mor_error *err) {
@@ -185,7 +179,7 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
     c->routing = p->routing;
     s = mor_context_size(c, p, err);
     if (s) {
-        mor_recur_free(c);
+        mor_context_free(c);
         return s;
     }
     /* eval_batch groups: up to this many contexts share one pass */
@@ -232,7 +226,7 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
         !st->rows || !st->keep || !st->z || !st->aux_z || !st->gate || !st->router_hidden ||
         !st->row_pos || !st->n_kv || !st->n_own || !st->n_start || !c->batch_logits ||
         !st->b_own || !st->b_gate || !st->b_keep || !st->b_index) {
-        mor_recur_free(c);
+        mor_context_free(c);
         return mor_fail(err, MOR_ENOMEM,
                         "mor_context_new: out of memory (scratch for n_ctx %zu, n_batch %zu)", NC, NB);
     }

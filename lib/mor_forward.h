@@ -91,7 +91,9 @@ void mor_kv_attend_gemm(float *att, const float *q, int T, const int *n_kv, cons
 
 mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_context **out,
                          mor_error *err);
-void mor_recur_free(mor_context *c);
+/* Frees the recursion state (caches, routes); mor_context_free frees the
+ * rest, as for every context. */
+void mor_recur_free_state(mor_context *c);
 void mor_recur_reset(mor_context *c);
 /* Drops every position >= pos (0 <= pos <= c->pos, checked by the caller). */
 void mor_recur_truncate(mor_context *c, int pos);
