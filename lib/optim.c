@@ -71,8 +71,6 @@ static double sum_squares(const float *grads, size_t n) {
     return total;
 }
 
-float mor_grad_norm(const float *grads, size_t n) { return (float)sqrt(sum_squares(grads, n)); }
-
 static void scale(float *grads, size_t n, float coef) {
 #pragma omp parallel for if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) grads[i] *= coef;

@@ -48,13 +48,11 @@ void mor_adamw_step(float *params, const float *grads, float *m, float *v,
                     const mor_param_span *spans, int n_spans, long t,
                     const mor_adamw_params *p);
 
-/* L2 norm of n gradients, summed in double in fixed-size chunks added in
- * order: the same bits for any number of threads. */
-float mor_grad_norm(const float *grads, size_t n);
-
-/* torch.nn.utils.clip_grad_norm_: norm = ||grads||; if max_norm > 0 the
- * gradients are scaled by min(1, max_norm / (norm + 1e-6)). Returns the norm
- * before clipping (what the reference logs as grad_norm). */
+/* torch.nn.utils.clip_grad_norm_: norm = ||grads|| (summed in double in
+ * fixed-size chunks added in order: the same bits for any number of
+ * threads); if max_norm > 0 the gradients are scaled by min(1, max_norm /
+ * (norm + 1e-6)). Returns the norm before clipping (what the reference logs
+ * as grad_norm); max_norm 0 only measures. */
 float mor_clip_grad_norm(float *grads, size_t n, float max_norm);
 /* The same over the parameters of a span table only: one optimizer's share
  * of the flat array (the aux routers of spec 3.5 are clipped on their own). */
