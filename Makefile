@@ -1,24 +1,49 @@
 # mor - Mixture-of-Recursions toolkit.
-#   make              lib/libmor.so, lib/libmor.a, bin/mor-*
+#   make              lib/libmor.so (versioned, with a SONAME), lib/libmor.a, bin/mor-*
 #   make test         build and run the cmocka suites (tests/test_*.c)
 #   make SAN=1 OUT=build/san test   the same under ASan + UBSan, out of tree
-#   make install PREFIX=/usr/local
+#   make install PREFIX=/usr/local  tools, library, headers, mor.pc, man pages
+#
+# The library is layered (lib/README.md): each folder's objects are compiled
+# with the include paths of the folders below it only, so an include that runs
+# against the layering fails to compile.
 CC      ?= cc
 OUT     ?= .
 PREFIX  ?= /usr/local
-BLASDIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+PKG_CONFIG ?= pkg-config
+
+VERSION   = 0.1.0
+SOVERSION = 0
+
+# OpenBLAS (the OpenMP build, so OpenBLAS and mor's own kernels share one
+# thread pool) found through pkg-config; its library folder goes into the
+# run path because Debian keeps each OpenBLAS variant in a folder of its own.
+BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags openblas)
+BLAS_LIBDIR := $(shell $(PKG_CONFIG) --variable=libdir openblas)
+BLAS_LIBS   := $(shell $(PKG_CONFIG) --libs openblas) -Wl,-rpath,$(BLAS_LIBDIR)
 
 WARN    = -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
-OPT     = -O2 -march=x86-64-v3 -mtune=native -fno-math-errno
+OPT     = -O2 -march=x86-64-v3 -fno-math-errno
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) -Ilib
-LDLIBS  = -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lyaml -lzstd -ljansson -lpcre2-8 -lutf8proc -lm -fopenmp
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -fopenmp -fvisibility=hidden $(WARN) $(BLAS_CFLAGS) -MMD -MP
+LDLIBS  = $(BLAS_LIBS) -lyaml -lzstd -ljansson -lpcre2-8 -lutf8proc -lm -fopenmp
 ifeq ($(SAN),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 endif
 
-LIB_SRC  = $(sort $(wildcard lib/*.c))
+# The layers, bottom up: a folder may include its own headers and those of
+# the folders named after it here.
+LAYERS      = core kernels tok format infer train
+DEPS_core    = core
+DEPS_kernels = kernels core
+DEPS_tok     = tok core
+DEPS_format  = format tok core
+DEPS_infer   = infer format tok kernels core
+DEPS_train   = train format tok kernels core
+LIB_INC_ALL  = $(addprefix -Ilib/,$(LAYERS))
+
+LIB_SRC  = $(sort $(foreach l,$(LAYERS),$(wildcard lib/$(l)/*.c)))
 LIB_OBJ  = $(LIB_SRC:%.c=$(OUT)/obj/%.o)
 CLI_SRC  = $(filter-out cmd/mor-%.c,$(wildcard cmd/*.c))
 CLI_OBJ  = $(CLI_SRC:%.c=$(OUT)/obj/%.o)
@@ -31,20 +56,32 @@ BENCH_SRC = $(sort $(wildcard bench/*.c))
 BENCHES  = $(BENCH_SRC:bench/%.c=$(OUT)/bin/bench/%)
 LIBA     = $(OUT)/lib/libmor.a
 LIBSO    = $(OUT)/lib/libmor.so
+SONAME   = libmor.so.$(SOVERSION)
+LIBSO_REAL = $(OUT)/lib/libmor.so.$(VERSION)
 
 all: $(LIBA) $(LIBSO) $(BINS)
 
-$(OUT)/obj/%.o: %.c $(wildcard lib/*.h cmd/*.h tests/*.h bench/*.h)
+$(foreach l,$(LAYERS),$(eval $(OUT)/obj/lib/$(l)/%.o: INC = -Iinclude $(addprefix -Ilib/,$(DEPS_$(l)))))
+$(OUT)/obj/lib/%.o: lib/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Icmd -c $< -o $@
+	$(CC) $(CFLAGS) $(INC) -c $< -o $@
+
+# Tools, tests and benchmarks (tests and benchmarks may reach inside the library).
+$(OUT)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Iinclude $(LIB_INC_ALL) -Icmd -c $< -o $@
 
 $(LIBA): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(LIBSO): $(LIB_OBJ)
+$(LIBSO_REAL): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) -shared -Wl,-soname,$(SONAME) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(LIBSO): $(LIBSO_REAL)
+	ln -sf libmor.so.$(VERSION) $(OUT)/lib/$(SONAME)
+	ln -sf $(SONAME) $@
 
 $(OUT)/bin/%: $(OUT)/obj/cmd/%.o $(CLI_OBJ) $(LIBA)
 	@mkdir -p $(dir $@)
@@ -67,17 +104,30 @@ bench: all $(BENCHES)
 test: all $(TESTS)
 	@MOR_BIN=$(OUT)/bin OUT=$(OUT) bash tests/run.sh $(TESTS)
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
-	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+# pkg-config file for programs linking the installed library.
+$(OUT)/lib/mor.pc: mor.pc.in Makefile
+	@mkdir -p $(dir $@)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' mor.pc.in > $@
+
+install: all $(OUT)/lib/mor.pc
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
+	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3 \
+	    $(DESTDIR)$(PREFIX)/share/man/man5
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin
-	install -m 644 $(LIBA) $(LIBSO) $(DESTDIR)$(PREFIX)/lib
-	install -m 644 lib/mor.h $(DESTDIR)$(PREFIX)/include
+	install -m 644 $(LIBA) $(DESTDIR)$(PREFIX)/lib
+	install -m 755 $(LIBSO_REAL) $(DESTDIR)$(PREFIX)/lib
+	ln -sf libmor.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libmor.so
+	install -m 644 $(OUT)/lib/mor.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 $(wildcard include/*.h) $(DESTDIR)$(PREFIX)/include
 	install -m 644 $(wildcard man/*.1) $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 644 $(wildcard man/*.3) $(DESTDIR)$(PREFIX)/share/man/man3
 	install -m 644 $(wildcard man/*.5) $(DESTDIR)$(PREFIX)/share/man/man5
 
 clean:
-	rm -rf $(OUT)/obj $(OUT)/bin $(LIBA) $(LIBSO)
+	rm -rf $(OUT)/obj $(OUT)/bin $(LIBA) $(OUT)/lib/libmor.so* $(OUT)/lib/mor.pc
+
+-include $(patsubst %.o,%.d,$(LIB_OBJ) $(CLI_OBJ) $(BIN_SRC:%.c=$(OUT)/obj/%.o) $(TEST_SRC:%.c=$(OUT)/obj/%.o) $(TEST_HELP_OBJ) $(BENCH_SRC:%.c=$(OUT)/obj/%.o))
 
 .PHONY: all test tests bench install clean
 .SECONDARY:

@@ -21,6 +21,15 @@ extern "C" {
 
 #define MOR_VERSION "0.1.0"
 
+/* Marks what libmor.so exports: the library is built with
+ * -fvisibility=hidden, so exactly the functions declared in the public
+ * headers (mor.h, mor_train.h) are visible to programs linking it. */
+#if defined(__GNUC__)
+#define MOR_API __attribute__((visibility("default")))
+#else
+#define MOR_API
+#endif
+
 typedef enum {
     MOR_OK = 0,
     MOR_EIO,          /* a file could not be opened, read, written or renamed */
@@ -37,7 +46,7 @@ typedef struct mor_error {
 } mor_error;
 
 /* A short fixed name for a status ("io", "format", ...). */
-const char *mor_status_name(mor_status s);
+MOR_API const char *mor_status_name(mor_status s);
 
 typedef struct mor_model mor_model;
 typedef struct mor_tokenizer mor_tokenizer;
@@ -49,14 +58,14 @@ typedef struct mor_sampler mor_sampler;
 
 /* Loads a .mor checkpoint (or .mor.zst). F32 tensors are used in place from
  * the mmapped file; BF16 tensors are converted to F32 once, here. */
-mor_status mor_model_load(const char *path, mor_model **out, mor_error *err);
-void mor_model_free(mor_model *m);
+MOR_API mor_status mor_model_load(const char *path, mor_model **out, mor_error *err);
+MOR_API void mor_model_free(mor_model *m);
 
-const mor_tokenizer *mor_model_tokenizer(const mor_model *m);
-int mor_model_vocab_size(const mor_model *m);
-int mor_model_max_seq_len(const mor_model *m);
+MOR_API const mor_tokenizer *mor_model_tokenizer(const mor_model *m);
+MOR_API int mor_model_vocab_size(const mor_model *m);
+MOR_API int mor_model_max_seq_len(const mor_model *m);
 /* The model config as YAML text (owned by the model). */
-const char *mor_model_config_yaml(const mor_model *m);
+MOR_API const char *mor_model_config_yaml(const mor_model *m);
 
 typedef struct mor_tensor_info {
     const char *name;
@@ -66,45 +75,45 @@ typedef struct mor_tensor_info {
     size_t nbytes; /* bytes in the file */
 } mor_tensor_info;
 
-int mor_model_n_tensors(const mor_model *m);
-mor_status mor_model_tensor_info(const mor_model *m, int i, mor_tensor_info *out);
+MOR_API int mor_model_n_tensors(const mor_model *m);
+MOR_API mor_status mor_model_tensor_info(const mor_model *m, int i, mor_tensor_info *out);
 
 /* ------------------------------------------------------------------------ */
 /* Tokenizers                                                               */
 
 /* path is a tokenizer.json (tokenizer_config.json beside it is read when
  * present) or a .mor checkpoint. */
-mor_status mor_tokenizer_load(const char *path, mor_tokenizer **out, mor_error *err);
+MOR_API mor_status mor_tokenizer_load(const char *path, mor_tokenizer **out, mor_error *err);
 /* json: tokenizer.json text; config_json: tokenizer_config.json text or NULL.
  * name is used in error messages. */
-mor_status mor_tokenizer_from_json(const char *json, size_t json_len, const char *config_json,
-                                   size_t config_len, const char *name, mor_tokenizer **out,
-                                   mor_error *err);
-void mor_tokenizer_free(mor_tokenizer *t);
+MOR_API mor_status mor_tokenizer_from_json(const char *json, size_t json_len, const char *config_json,
+                                           size_t config_len, const char *name, mor_tokenizer **out,
+                                           mor_error *err);
+MOR_API void mor_tokenizer_free(mor_tokenizer *t);
 
-int mor_tokenizer_vocab_size(const mor_tokenizer *t);
-int32_t mor_tokenizer_bos(const mor_tokenizer *t); /* -1 when none */
-int32_t mor_tokenizer_eos(const mor_tokenizer *t); /* -1 when none */
-int mor_tokenizer_add_bos(const mor_tokenizer *t);  /* default from tokenizer_config */
+MOR_API int mor_tokenizer_vocab_size(const mor_tokenizer *t);
+MOR_API int32_t mor_tokenizer_bos(const mor_tokenizer *t); /* -1 when none */
+MOR_API int32_t mor_tokenizer_eos(const mor_tokenizer *t); /* -1 when none */
+MOR_API int mor_tokenizer_add_bos(const mor_tokenizer *t);  /* default from tokenizer_config */
 /* The vocabulary string of a token (as in tokenizer.json), or NULL. */
-const char *mor_tokenizer_piece(const mor_tokenizer *t, int32_t id);
+MOR_API const char *mor_tokenizer_piece(const mor_tokenizer *t, int32_t id);
 
 /* Encodes UTF-8 text. Invalid UTF-8 gives MOR_EARG with the byte offset.
  * add_special: 1 adds BOS as the tokenizer's post-processor says, 0 adds
  * nothing. *ids is malloc'ed; the caller frees it. */
-mor_status mor_tokenize(const mor_tokenizer *t, const char *text, size_t len, int add_special,
-                        int32_t **ids, size_t *n_ids, mor_error *err);
+MOR_API mor_status mor_tokenize(const mor_tokenizer *t, const char *text, size_t len, int add_special,
+                                int32_t **ids, size_t *n_ids, mor_error *err);
 
 /* Decodes ids to UTF-8 text as the tokenizer's decoder does (special tokens
  * skipped). *text is malloc'ed and NUL-terminated. */
-mor_status mor_detokenize(const mor_tokenizer *t, const int32_t *ids, size_t n, char **text,
-                          size_t *len, mor_error *err);
+MOR_API mor_status mor_detokenize(const mor_tokenizer *t, const int32_t *ids, size_t n, char **text,
+                                  size_t *len, mor_error *err);
 
 /* Streaming decode: the bytes token `id` adds to the text when it follows
  * `prev` (-1 at the start of the text). Bytes of an incomplete UTF-8
  * character may be returned; the caller concatenates. Returns the number of
  * bytes written to buf (at most cap), or -1 if cap is too small. */
-int mor_token_to_bytes(const mor_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t cap);
+MOR_API int mor_token_to_bytes(const mor_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t cap);
 
 /* ------------------------------------------------------------------------ */
 /* Contexts: the run state of one sequence (KV cache, scratch buffers).     */
@@ -124,11 +133,11 @@ typedef struct mor_context_params {
     mor_route_mode routing; /* MoR models only */
 } mor_context_params;
 
-mor_context_params mor_context_default_params(void);
-mor_status mor_context_new(const mor_model *m, const mor_context_params *p, mor_context **out,
-                           mor_error *err);
-void mor_context_free(mor_context *c);
-void mor_context_reset(mor_context *c); /* forget all positions */
+MOR_API mor_context_params mor_context_default_params(void);
+MOR_API mor_status mor_context_new(const mor_model *m, const mor_context_params *p, mor_context **out,
+                                   mor_error *err);
+MOR_API void mor_context_free(mor_context *c);
+MOR_API void mor_context_reset(mor_context *c); /* forget all positions */
 /* Forgets every position >= pos (0 <= pos <= mor_context_pos(c), else
  * MOR_EARG), so a shared prefix is evaluated once and several continuations
  * are scored after it. A recursive/MoR context drops the K/V entries at
@@ -138,20 +147,20 @@ void mor_context_reset(mor_context *c); /* forget all positions */
  * left as it was. In causal routing mode a truncated context continues
  * exactly as if the dropped tokens had never been evaluated; in topk mode
  * the selection is made per eval call anyway. */
-mor_status mor_context_truncate(mor_context *c, int pos, mor_error *err);
-int mor_context_pos(const mor_context *c);
-int mor_context_n_ctx(const mor_context *c);
+MOR_API mor_status mor_context_truncate(mor_context *c, int pos, mor_error *err);
+MOR_API int mor_context_pos(const mor_context *c);
+MOR_API int mor_context_n_ctx(const mor_context *c);
 
 /* Runs n tokens at positions pos..pos+n-1, appending their K/V. If logits is
  * non-NULL it receives (n, vocab) logits for every token; otherwise only the
  * last token's logits are kept, readable with mor_context_logits. Fails with
  * MOR_EARG when pos+n exceeds n_ctx. */
-mor_status mor_context_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
-                            mor_error *err);
-const float *mor_context_logits(const mor_context *c); /* (vocab) of the last token */
+MOR_API mor_status mor_context_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
+                                    mor_error *err);
+MOR_API const float *mor_context_logits(const mor_context *c); /* (vocab) of the last token */
 
 /* Recursion steps N_R of a MoR model; 0 for a model without routers. */
-int mor_model_num_recursion(const mor_model *m);
+MOR_API int mor_model_num_recursion(const mor_model *m);
 /* Routing of token i (0-based) of the last mor_context_eval call: the depth
  * it reached (1..N_R; 0 in topk mode when c_1 < 1 left it unselected; 1 for a
  * vanilla model) and, when scores is non-NULL, mor_model_num_recursion(m)
@@ -160,20 +169,20 @@ int mor_model_num_recursion(const mor_model *m);
  * logit, or the uniform score u of a mor.rand_router model; NAN where the
  * token had already exited), for token-choice the N_R
  * routing probabilities. */
-mor_status mor_context_route(const mor_context *c, int i, int *depth, float *scores, mor_error *err);
+MOR_API mor_status mor_context_route(const mor_context *c, int i, int *depth, float *scores, mor_error *err);
 /* KV cache memory in use: for a recursive/MoR model the bytes of the K/V
  * blocks allocated so far (each unrolled layer grows in blocks of 64
  * positions and holds only the tokens that reached its depth); for a vanilla
  * model pos * layers * 2 * kv_dim * 4, although its cache is allocated for
  * n_ctx up front. */
-size_t mor_context_kv_bytes(const mor_context *c);
+MOR_API size_t mor_context_kv_bytes(const mor_context *c);
 
 /* Decodes one token for each of n contexts of the same model in one pass, so
  * the weights are read once for all of them (in groups of up to 16
  * contexts). For a MoR model each recursion step runs once for the contexts
  * whose token reached it, each token routed as a one-token eval of its own
  * context would route it; mor_context_route(c, 0, ...) then reports it. */
-mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
+MOR_API mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
 
 /* ------------------------------------------------------------------------ */
 /* Sampling                                                                 */
@@ -188,12 +197,12 @@ typedef struct mor_sampler_params {
     uint64_t seed;
 } mor_sampler_params;
 
-mor_sampler_params mor_sampler_default_params(void);
-mor_sampler *mor_sampler_new(const mor_sampler_params *p, int vocab_size);
-void mor_sampler_free(mor_sampler *s);
+MOR_API mor_sampler_params mor_sampler_default_params(void);
+MOR_API mor_sampler *mor_sampler_new(const mor_sampler_params *p, int vocab_size);
+MOR_API void mor_sampler_free(mor_sampler *s);
 /* Picks the next token. logits are modified in place. history holds the ids
  * seen so far (for the repeat penalty). */
-int32_t mor_sampler_sample(mor_sampler *s, float *logits, const int32_t *history, int n_history);
+MOR_API int32_t mor_sampler_sample(mor_sampler *s, float *logits, const int32_t *history, int n_history);
 
 /* ------------------------------------------------------------------------ */
 /* Conversion                                                               */
@@ -217,30 +226,30 @@ typedef struct mor_convert_params {
 /* Hugging Face directory (config.json, model.safetensors or a sharded index,
  * tokenizer.json [, tokenizer_config.json]) to a .mor file. Written to a
  * temporary file, fsynced and renamed: nothing half-written on failure. */
-mor_status mor_convert_hf(const char *dir, const char *out_path, const mor_convert_params *p,
-                          mor_error *err);
+MOR_API mor_status mor_convert_hf(const char *dir, const char *out_path, const mor_convert_params *p,
+                                  mor_error *err);
 /* llama2.c checkpoint + tokenizer.bin to a .mor file. */
-mor_status mor_convert_llama2c(const char *model_bin, const char *tokenizer_bin,
-                               const char *out_path, const mor_convert_params *p, mor_error *err);
+MOR_API mor_status mor_convert_llama2c(const char *model_bin, const char *tokenizer_bin,
+                                       const char *out_path, const mor_convert_params *p, mor_error *err);
 /* A pretrained Hugging Face Llama re-shaped into the recursive or MoR model
  * that the YAML config at config_path describes (uptraining): unique layers
  * from the first and last source layers, shared layers from the source
  * layers by p->init, per-position norms/attention from the matching source
  * layer, routers from N(0, 0.02). The model shape must match the source's;
  * the layer count may differ. */
-mor_status mor_convert_hf_config(const char *dir, const char *config_path, const char *out_path,
-                                 const mor_convert_params *p, mor_error *err);
+MOR_API mor_status mor_convert_hf_config(const char *dir, const char *config_path, const char *out_path,
+                                         const mor_convert_params *p, mor_error *err);
 /* A freshly initialised model for the YAML config: matrices and routers
  * N(0, initializer_range), norms 1. tokenizer_path: tokenizer.json or .mor. */
-mor_status mor_model_init(const char *config_path, const char *tokenizer_path, const char *out_path,
-                          const mor_convert_params *p, mor_error *err);
+MOR_API mor_status mor_model_init(const char *config_path, const char *tokenizer_path, const char *out_path,
+                                  const mor_convert_params *p, mor_error *err);
 /* A .mor file (any model) rewritten with its matrices in p->dtype: F32 to
  * BF16 (round to nearest even) for a checkpoint half the size that the
  * tools use in place, or BF16 to F32 (exact). Norms and routers stay F32. */
-mor_status mor_convert_cast(const char *mor_path, const char *out_path, const mor_convert_params *p,
-                            mor_error *err);
+MOR_API mor_status mor_convert_cast(const char *mor_path, const char *out_path, const mor_convert_params *p,
+                                    mor_error *err);
 /* A .mor file back to a Hugging Face directory. */
-mor_status mor_export_hf(const char *mor_path, const char *out_dir, mor_error *err);
+MOR_API mor_status mor_export_hf(const char *mor_path, const char *out_dir, mor_error *err);
 
 #ifdef __cplusplus
 }
