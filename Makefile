@@ -104,12 +104,7 @@ bench: all $(BENCHES)
 test: all $(TESTS)
 	@MOR_BIN=$(OUT)/bin OUT=$(OUT) bash tests/run.sh $(TESTS)
 
-# pkg-config file for programs linking the installed library.
-$(OUT)/lib/mor.pc: mor.pc.in Makefile
-	@mkdir -p $(dir $@)
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' mor.pc.in > $@
-
-install: all $(OUT)/lib/mor.pc
+install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
 	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3 \
 	    $(DESTDIR)$(PREFIX)/share/man/man5
@@ -118,14 +113,15 @@ install: all $(OUT)/lib/mor.pc
 	install -m 755 $(LIBSO_REAL) $(DESTDIR)$(PREFIX)/lib
 	ln -sf libmor.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libmor.so
-	install -m 644 $(OUT)/lib/mor.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' mor.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/mor.pc
 	install -m 644 $(wildcard include/*.h) $(DESTDIR)$(PREFIX)/include
 	install -m 644 $(wildcard man/*.1) $(DESTDIR)$(PREFIX)/share/man/man1
 	install -m 644 $(wildcard man/*.3) $(DESTDIR)$(PREFIX)/share/man/man3
 	install -m 644 $(wildcard man/*.5) $(DESTDIR)$(PREFIX)/share/man/man5
 
 clean:
-	rm -rf $(OUT)/obj $(OUT)/bin $(LIBA) $(OUT)/lib/libmor.so* $(OUT)/lib/mor.pc
+	rm -rf $(OUT)/obj $(OUT)/bin $(LIBA) $(OUT)/lib/libmor.so*
 
 -include $(patsubst %.o,%.d,$(LIB_OBJ) $(CLI_OBJ) $(BIN_SRC:%.c=$(OUT)/obj/%.o) $(TEST_SRC:%.c=$(OUT)/obj/%.o) $(TEST_HELP_OBJ) $(BENCH_SRC:%.c=$(OUT)/obj/%.o))
 
