@@ -24,7 +24,7 @@
 #include <time.h>
 
 #include "kernels.h"
-#include "model.h"
+#include "context.h"
 #include "util.h"
 
 #include "bench_util.h"

@@ -43,8 +43,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "model.h"
-#include "mor_forward.h"
+#include "context.h"
+#include "mor_engine.h"
 #include "util.h"
 
 #include "bench_util.h"

@@ -16,7 +16,7 @@
 #include "testutil.h"
 #include "checkpoint.h"
 #include "safetensors.h"
-#include "model.h"
+#include "context.h"
 #include "util.h"
 
 #define N_TOK 48

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "testutil.h"
-#include "model.h"
+#include "context.h"
 #include "util.h"
 
 #define TOL 1e-5

@@ -19,8 +19,9 @@
 #include <string.h>
 
 #include "testutil.h"
-#include "model.h"
-#include "mor_forward.h"
+#include "context.h"
+#include "kv_cache.h"
+#include "mor_engine.h"
 #include "util.h"
 
 #define FIX "tests/fixtures/ref_mor/"

@@ -22,7 +22,7 @@
 #include <string.h>
 
 #include "testutil.h"
-#include "model.h"
+#include "context.h"
 #include "router.h"
 
 #define SEED 4321 /* train.seed of the test configs */

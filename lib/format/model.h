@@ -69,67 +69,6 @@ static inline void mor_embed_row(const mor_model *m, int32_t tok, float *x) {
         memcpy(x, m->embed + (size_t)tok * D, D * sizeof *x);
 }
 
-/* Rows of the logits buffer an eval_batch group writes at once: more
- * contexts than this are decoded in several groups. */
-#define MOR_BATCH_LOGITS_ROWS 16
-
-struct mor_context {
-    const mor_model *m;
-    int n_ctx, n_threads, n_batch;
-    int pos;                 /* positions filled in the KV cache */
-    float *key_cache;        /* (L, n_ctx, KVH*HD) */
-    float *value_cache;      /* (L, n_ctx, KVH*HD) */
-    float *rope_cos, *rope_sin; /* (n_ctx, HD/2) */
-    float *scratch;          /* one allocation for activations of a chunk */
-    size_t scratch_floats;
-    float *logits;           /* (V) of the last evaluated token */
-    /* Views into scratch, for a chunk of T <= n_batch rows (tokens of one
-     * context, or one token of each context of an eval_batch group). */
-    float *x;                /* (n_batch, D) residual stream */
-    float *xb;               /* (n_batch, D) normed input / sublayer output */
-    float *q;                /* (n_batch, H*HD) */
-    float *k, *v;            /* (n_batch, KVH*HD) before they are copied into the cache */
-    float *att;              /* (n_batch, H*HD) attention output, heads concatenated */
-    float *hb, *hb2;         /* (n_batch, F) gate and up projections */
-    float *scores;           /* (n_batch, n_ctx) one head's attention scores (prompt path) */
-    float *batch_logits;     /* (MOR_BATCH_LOGITS_ROWS, V) logits of an eval_batch group */
-    int batch_rows;          /* MOR_BATCH_LOGITS_ROWS, capped by n_batch */
-    /* MoR models (mor.enable): routing mode and the recursion-wise state
-     * (per-depth KV caches, routes of the last eval), lib/mor_forward.c. */
-    mor_route_mode routing;
-    struct mor_recur_state *mor;
-};
-
-/* ------------------------------------------------------------------------ */
-/* Context pieces shared by lib/forward.c (which defines them) and          */
-/* lib/mor_forward.c: both context kinds have the same sizes, scratch       */
-/* layout, argument checks, MLP sublayer and logits head.                   */
-
-/* Prompt chunks at least this long compute attention with sgemm; shorter
- * ones (and eval_batch groups) one query at a time. */
-#define MOR_GEMM_ATTENTION_MIN_ROWS 8
-
-/* Fails when a count of p is negative. */
-mor_status mor_context_check_params(const mor_context_params *p, mor_error *err);
-/* Fails unless head_dim is even and n_heads a multiple of n_kv_heads. */
-mor_status mor_context_check_heads(const mor_config *cfg, mor_error *err);
-/* Sets c->n_ctx, n_threads, n_batch (p's or the defaults, n_batch capped at
- * n_ctx) and scratch_floats; c->m must be set. Fails when n_ctx is 0. */
-mor_status mor_context_size(mor_context *c, const mor_context_params *p, mor_error *err);
-/* Points the views x..scores into c->scratch, fills the RoPE tables and
- * zeroes c->logits (all allocated for c's sizes). */
-void mor_context_carve(mor_context *c);
-/* mor_context_eval's checks: the count, the room left and the token ids. */
-mor_status mor_context_check_eval(const mor_context *c, const int32_t *tokens, int n,
-                                  mor_error *err);
-/* mor_context_eval_batch's checks: the contexts and the token ids. */
-mor_status mor_context_check_batch(mor_context *const *cs, const int32_t *tokens, int n,
-                                   mor_error *err);
-/* c->x (T, D) += Wdown (silu(Wgate n2(x)) * Wup n2(x)), through c->xb, hb, hb2. */
-void mor_context_mlp(mor_context *c, const mor_layer_weights *w, int T);
-/* out (n, V) = lm_head rmsnorm(h (n, D)), through c->xb. */
-void mor_context_logits_rows(mor_context *c, const float *h, int n, float *out);
-
 /* The tensors a config implies, in checkpoint order, with where each binds.
  * Names and shapes come from mor_param_specs (lib/mor_cost.h, the layout of
  * man/mor-checkpoint.5); `norm` marks tensors always stored as F32 (norms,

@@ -3,7 +3,7 @@
 when A's object leaves a symbol undefined that B's object defines (nm). Fails
 (exit 3) on a call cycle between files, and on a call that runs up the layers
 (a folder calling a folder listed after it in LAYERS). Usage:
-    check_calls.py OBJDIR        (OBJDIR/lib/<layer>/<file>.o)"""
+    check_calls.py [OUT]    from the repository root, after make (OUT/obj/lib/<layer>/<file>.o)"""
 import os
 import subprocess
 import sys
@@ -24,13 +24,14 @@ def symbols(path):
 
 
 def main():
+    # the sources decide which objects count (a stale object of a removed
+    # file must not), run from the repository root
     root = os.path.join(sys.argv[1] if len(sys.argv) > 1 else ".", "obj", "lib")
     files = {}
     for layer in LAYERS:
-        d = os.path.join(root, layer)
-        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-            if name.endswith(".o"):
-                files[f"{layer}/{name[:-2]}.c"] = symbols(os.path.join(d, name))
+        for name in sorted(os.listdir(os.path.join("lib", layer))):
+            if name.endswith(".c"):
+                files[f"{layer}/{name}"] = symbols(os.path.join(root, layer, name[:-2] + ".o"))
     if not files:
         print(f"check_calls: no objects under {root}", file=sys.stderr)
         return 2

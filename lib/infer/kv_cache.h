@@ -1,30 +1,18 @@
-/* mor_forward.h - the forward pass of recursive and MoR models over
- * recursion-wise KV caches (internal; mor.h is the public face).
+/* kv_cache.h - per-layer KV caches that grow in blocks, for recursive and
+ * MoR models, and attention over them (lib/infer/kv_cache.c).
  *
- * lib/forward.c hands every context of a model with recursive.enable to
- * these functions (one dispatch line in each mor_context_* entry point).
- * The algorithms are /work/shared/mor-spec.md sections 2-5 and 7:
- *   - unique first layer (Middle-Cycle) on all tokens, N_R recursion steps
- *     of `base` layers using m->unrolled[l], unique last layer on all tokens;
- *   - expert-choice: a router per step on the candidates, top-k (topk mode)
- *     or the causal rule z >= 0 (causal mode), h <- h + g*B(h) for the
- *     selected tokens; token-choice: depth from one router on h^1,
- *     out = h^1 + g*B^d(h^1); no router: every token runs every step;
- *   - recursion-wise KV caching: each unrolled layer's cache holds only the
- *     tokens that reached it; KV sharing: steps r >= 2 attend to the
- *     recursion-1 K/V of the same block layer.
- *
- * Notation as in model.h: D, H, KVH, HD, KVD = KVH*HD, L unrolled layers,
- * N_R recursion steps, T rows in a forward chunk. */
-#ifndef MOR_FORWARD_H
-#define MOR_FORWARD_H
+ * A MoR model stores a token's keys and values only in the unrolled layers
+ * it reached (docs/algorithms.md#recursion-wise-caching); under KV sharing
+ * the deeper steps read the recursion-1 entries of the same block layer
+ * (docs/algorithms.md#kv-sharing). Notation: KVH key/value heads of HD
+ * floats, KVD = KVH*HD. */
+#ifndef MOR_KV_CACHE_H
+#define MOR_KV_CACHE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
-#include "model.h"
-
-/* ------------------------------------------------------------------------ */
-/* Per-layer KV caches in blocks (lib/mor_kv.c)                             */
+#include "mor.h"
 
 /* Positions per cache block. A layer's cache grows one block at a time, so
  * a layer few tokens reach holds few blocks. */
@@ -85,31 +73,5 @@ void mor_kv_attend_merged(float *out, const float *q, const mor_kv *kv, int l_ba
  * scores in S (T, n_kv[T-1]). For prompt chunks. */
 void mor_kv_attend_gemm(float *att, const float *q, int T, const int *n_kv, const mor_kv *kv,
                         int l, int n_heads, float *S, int n_threads);
-
-/* ------------------------------------------------------------------------ */
-/* Contexts of recursive and MoR models (lib/mor_forward.c)                 */
-
-mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_context **out,
-                         mor_error *err);
-/* Frees the recursion state (caches, routes); mor_context_free frees the
- * rest, as for every context. */
-void mor_recur_free_state(mor_context *c);
-void mor_recur_reset(mor_context *c);
-/* Drops every position >= pos (0 <= pos <= c->pos, checked by the caller). */
-void mor_recur_truncate(mor_context *c, int pos);
-mor_status mor_recur_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
-                          mor_error *err);
-/* One token for each context. Groups of up to batch_rows contexts run each
- * stage once: the unique layers on every token, recursion step r on the
- * tokens that reached it, each token routed as a one-token call of its own
- * context and attending to its own caches; then one LM-head product. */
-mor_status mor_recur_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
-
-/* Positions per KV block (default MOR_KV_BLOCK), for tests of the memory
- * accounting; only while the context holds no position. */
-mor_status mor_recur_set_kv_block(mor_context *c, int positions, mor_error *err);
-/* Entries stored in unrolled layer l's cache (tokens that reached it,
- * recursion-1 entries only under KV sharing); -1 for a vanilla context. */
-int mor_recur_kv_entries(const mor_context *c, int l);
 
 #endif

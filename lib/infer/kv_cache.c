@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "kernels.h"
-#include "mor_forward.h"
+#include "kv_cache.h"
 #include "util.h"
 
 static size_t block_bytes(const mor_kv *kv) {

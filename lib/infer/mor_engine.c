@@ -1,5 +1,5 @@
-/* mor_forward.c - recursive and MoR models over recursion-wise KV caches
- * (spec sections 2-5 and 7; see mor_forward.h).
+/* mor_engine.c - the engine of recursive and MoR models: the forward pass
+ * over recursion-wise KV caches (spec sections 2-5 and 7; context.h).
  *
  * An eval call runs its n tokens stage by stage. A stage is a run of
  * unrolled layers over a fixed set of the call's tokens:
@@ -48,8 +48,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "context.h"
 #include "kernels.h"
-#include "mor_forward.h"
+#include "kv_cache.h"
+#include "mor_engine.h"
 #include "router.h"
 #include "util.h"
 
@@ -100,7 +102,7 @@ struct mor_recur_state {
 /* ------------------------------------------------------------------------ */
 /* Creation                                                                 */
 
-void mor_recur_free_state(mor_context *c) {
+static void recur_free_state(mor_context *c) {
     struct mor_recur_state *st = c->mor;
     if (st) {
         mor_kv_free(&st->kv);
@@ -131,8 +133,6 @@ void mor_recur_free_state(mor_context *c) {
 
 static mor_status check_model(const mor_model *m, mor_error *err) {
     const mor_config *cfg = &m->cfg;
-    mor_status s = mor_context_check_heads(cfg, err);
-    if (s) return s;
     if (!m->unrolled)
         return mor_fail(err, MOR_EARG, "mor_context_new: the model's unrolled layers are not bound");
     if (cfg->mor.enable && cfg->mor.rand_router && cfg->mor.type == MOR_ROUTING_TOKEN)
@@ -154,50 +154,22 @@ static mor_status check_model(const mor_model *m, mor_error *err) {
     return MOR_OK;
 }
 
-mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_context **out,
-                         mor_error *err) {
-    *out = NULL;
-    mor_context_params dp = mor_context_default_params();
-    if (!p) p = &dp;
-    mor_status s = mor_context_check_params(p, err);
-    if (s) return s;
-    if (p->routing != MOR_ROUTE_CAUSAL && p->routing != MOR_ROUTE_TOPK)
-        return mor_fail(err, MOR_EARG, "mor_context_new: routing %d is neither causal nor topk",
-                        (int)p->routing);
-    s = check_model(m, err);
+static mor_status recur_init(mor_context *c, const mor_context_params *p, mor_error *err) {
+    const mor_model *m = c->m;
+    mor_status s = check_model(m, err);
     if (s) return s;
     const mor_config *cfg = &m->cfg;
-
-    mor_context *c = calloc(1, sizeof *c);
-    struct mor_recur_state *st = c ? calloc(1, sizeof *st) : NULL;
-    if (!st) {
-        free(c);
-        return mor_fail(err, MOR_ENOMEM, "mor_context_new: out of memory");
-    }
-    c->m = m;
+    struct mor_recur_state *st = calloc(1, sizeof *st);
+    if (!st) return mor_fail(err, MOR_ENOMEM, "mor_context_new: out of memory");
     c->mor = st;
-    c->routing = p->routing;
-    s = mor_context_size(c, p, err);
-    if (s) {
-        mor_context_free(c);
-        return s;
-    }
-    /* eval_batch groups: up to this many contexts share one pass */
-    c->batch_rows = c->n_batch < MOR_BATCH_LOGITS_ROWS ? c->n_batch : MOR_BATCH_LOGITS_ROWS;
     st->kind = !cfg->mor.enable ? RECUR_PLAIN
              : cfg->mor.type == MOR_ROUTING_TOKEN ? RECUR_TOKEN : RECUR_EXPERT;
     st->R = cfg->num_recursion;
     st->base = mor_config_base_depth(cfg);
     st->off = mor_config_rec_offset(cfg);
 
-    size_t D = (size_t)cfg->dim, V = (size_t)cfg->vocab_size, NB = (size_t)c->n_batch,
-           NC = (size_t)c->n_ctx, half = (size_t)cfg->head_dim / 2, R = (size_t)st->R,
-           L = (size_t)cfg->n_layers;
-    c->rope_cos = mor_alloc_big(NC * half * sizeof(float));
-    c->rope_sin = mor_alloc_big(NC * half * sizeof(float));
-    c->scratch = mor_alloc_big(c->scratch_floats * sizeof(float));
-    c->logits = mor_alloc_big(V * sizeof(float));
-    c->batch_logits = mor_alloc_big((size_t)c->batch_rows * V * sizeof(float));
+    size_t D = (size_t)cfg->dim, NB = (size_t)c->n_batch, NC = (size_t)c->n_ctx,
+           R = (size_t)st->R, L = (size_t)cfg->n_layers;
     st->depth = calloc(NC, sizeof *st->depth);
     st->route = mor_alloc_big(NC * R * sizeof(float));
     st->h = mor_alloc_big(NC * D * sizeof(float));
@@ -221,27 +193,17 @@ mor_status mor_recur_new(const mor_model *m, const mor_context_params *p, mor_co
     st->b_index = calloc(BR, sizeof(int32_t));
     mor_status ks = mor_kv_init(&st->kv, cfg->n_layers, cfg->n_kv_heads, cfg->head_dim, c->n_ctx,
                                 MOR_KV_BLOCK);
-    if (ks || !c->rope_cos || !c->rope_sin || !c->scratch || !c->logits || !st->depth ||
-        !st->route || !st->h || (st->kind == RECUR_TOKEN && !st->h1) || !st->cand || !st->sel ||
-        !st->rows || !st->keep || !st->z || !st->aux_z || !st->gate || !st->router_hidden ||
-        !st->row_pos || !st->n_kv || !st->n_own || !st->n_start || !c->batch_logits ||
-        !st->b_own || !st->b_gate || !st->b_keep || !st->b_index) {
-        mor_context_free(c);
+    if (ks || !st->depth || !st->route || !st->h || (st->kind == RECUR_TOKEN && !st->h1) ||
+        !st->cand || !st->sel || !st->rows || !st->keep || !st->z || !st->aux_z || !st->gate ||
+        !st->router_hidden || !st->row_pos || !st->n_kv || !st->n_own || !st->n_start ||
+        !st->b_own || !st->b_gate || !st->b_keep || !st->b_index)
         return mor_fail(err, MOR_ENOMEM,
-                        "mor_context_new: out of memory (scratch for n_ctx %zu, n_batch %zu)", NC, NB);
-    }
-    mor_context_carve(c);
-    *out = c;
+                        "mor_context_new: out of memory (recursion state for n_ctx %zu, n_batch %zu)",
+                        NC, NB);
     return MOR_OK;
 }
 
-void mor_recur_reset(mor_context *c) {
-    c->pos = 0;
-    c->mor->n_last = 0;
-    mor_kv_clear(&c->mor->kv);
-}
-
-void mor_recur_truncate(mor_context *c, int pos) {
+static void recur_truncate(mor_context *c, int pos) {
     mor_kv_truncate(&c->mor->kv, pos);
     c->mor->n_last = 0; /* the last call's routes may name dropped tokens */
     c->pos = pos;
@@ -374,7 +336,7 @@ static mor_status layer_rows(mor_context *c, mor_context *const *own, int l, int
     }
     mor_matmul_w(xb, c->att, w->wo, w->wo_h, T, D, QD, nt);
     for (size_t i = 0; i < (size_t)T * D; i++) x[i] += xb[i];
-    mor_context_mlp(c, w, T);
+    mor_block_mlp(c, w, T);
     return MOR_OK;
 }
 
@@ -606,12 +568,10 @@ static mor_status forward_call(mor_context *c, const int32_t *tokens, int n) {
 /* ------------------------------------------------------------------------ */
 /* Entry points                                                             */
 
-mor_status mor_recur_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
-                          mor_error *err) {
+static mor_status recur_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
+                             mor_error *err) {
     struct mor_recur_state *st = c->mor;
     const mor_model *m = c->m;
-    mor_status cs = mor_context_check_eval(c, tokens, n, err);
-    if (cs != MOR_OK || n == 0) return cs;
 
     for (int l = 0; l < m->cfg.n_layers; l++) st->n_start[l] = st->kv.layers[l].n;
     int saved = mor_threads_begin(c->n_threads);
@@ -628,12 +588,12 @@ mor_status mor_recur_eval(mor_context *c, const int32_t *tokens, int n, float *l
     if (logits) {
         for (int s0 = 0; s0 < n; s0 += c->n_batch) {
             int T = n - s0 < c->n_batch ? n - s0 : c->n_batch;
-            mor_context_logits_rows(c, st->h + (size_t)s0 * m->cfg.dim, T,
+            mor_block_logits(c, st->h + (size_t)s0 * m->cfg.dim, T,
                                     logits + (size_t)s0 * V);
         }
         memcpy(c->logits, logits + (size_t)(n - 1) * V, V * sizeof *logits);
     } else {
-        mor_context_logits_rows(c, st->h + (size_t)(n - 1) * m->cfg.dim, 1, c->logits);
+        mor_block_logits(c, st->h + (size_t)(n - 1) * m->cfg.dim, 1, c->logits);
     }
     mor_threads_end(saved);
     st->n_last = n;
@@ -715,9 +675,8 @@ static mor_status batch_forward(mor_context *sc, mor_context **cs, const int32_t
 
 /* Groups of up to cs[0]->batch_rows contexts share one pass; scratch and
  * thread count come from cs[0]. */
-mor_status mor_recur_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err) {
-    mor_status bs = mor_context_check_batch(cs, tokens, n, err);
-    if (bs || n == 0) return bs;
+static mor_status recur_eval_batch(mor_context **cs, const int32_t *tokens, int n,
+                                   mor_error *err) {
     mor_context *sc = cs[0];
     const mor_config *cfg = &sc->m->cfg;
     int D = cfg->dim, L = cfg->n_layers;
@@ -740,7 +699,7 @@ mor_status mor_recur_eval_batch(mor_context **cs, const int32_t *tokens, int n, 
         }
         for (int i = 0; i < T; i++)
             memcpy(sc->x + (size_t)i * D, grp[i]->mor->h, (size_t)D * sizeof(float));
-        mor_context_logits_rows(sc, sc->x, T, sc->batch_logits);
+        mor_block_logits(sc, sc->x, T, sc->batch_logits);
         for (int i = 0; i < T; i++) {
             memcpy(grp[i]->logits, sc->batch_logits + (size_t)i * V, V * sizeof(float));
             grp[i]->mor->n_last = 1;
@@ -752,20 +711,15 @@ mor_status mor_recur_eval_batch(mor_context **cs, const int32_t *tokens, int n, 
 }
 
 /* ------------------------------------------------------------------------ */
-/* Routes and memory (public; they also answer for vanilla contexts)        */
+/* Routes and memory                                                        */
 
-mor_status mor_context_route(const mor_context *c, int i, int *depth, float *scores,
-                             mor_error *err) {
-    if (!c || !depth) return mor_fail(err, MOR_EARG, "mor_context_route: no context or depth pointer");
+static mor_status recur_route(const mor_context *c, int i, int *depth, float *scores,
+                              mor_error *err) {
     const struct mor_recur_state *st = c->mor;
-    int n = st ? st->n_last : c->pos;
+    int n = st->n_last;
     if (i < 0 || i >= n)
         return mor_fail(err, MOR_EARG,
                         "mor_context_route: token %d is outside the last eval call (%d tokens)", i, n);
-    if (!st) { /* a vanilla model: one pass through its layers, no router */
-        *depth = 1;
-        return MOR_OK;
-    }
     *depth = st->depth[i];
     /* mor_model_num_recursion scores: N_R for a MoR model, none without routers */
     int K = mor_model_num_recursion(c->m);
@@ -774,10 +728,14 @@ mor_status mor_context_route(const mor_context *c, int i, int *depth, float *sco
     return MOR_OK;
 }
 
-size_t mor_context_kv_bytes(const mor_context *c) {
-    if (!c) return 0;
-    if (c->mor) return mor_kv_bytes(&c->mor->kv);
-    const mor_config *cfg = &c->m->cfg;
-    return (size_t)c->pos * (size_t)cfg->n_layers * 2 * (size_t)cfg->n_kv_heads *
-           (size_t)cfg->head_dim * sizeof(float);
-}
+static size_t recur_kv_bytes(const mor_context *c) { return mor_kv_bytes(&c->mor->kv); }
+
+const mor_engine mor_recur_engine = {
+    .init = recur_init,
+    .free_state = recur_free_state,
+    .truncate = recur_truncate,
+    .eval = recur_eval,
+    .eval_batch = recur_eval_batch,
+    .route = recur_route,
+    .kv_bytes = recur_kv_bytes,
+};
