@@ -245,7 +245,7 @@ static mor_status parse_token_line(json_t *o, const char *name, size_t line, tra
     if (scores && !json_is_null(scores)) {
         if (!json_is_array(scores) || (int)json_array_size(scores) != R)
             return mor_fail(err, MOR_EFORMAT, "%s: line %zu: \"scores\" must be null or an array "
-                            "of %d numbers or nulls", name, line, R);
+                            "of length %d (num_recursion) of numbers or nulls", name, line, R);
         for (int r = 0; r < R; r++) {
             json_t *v = json_array_get(scores, (size_t)r);
             if (json_is_number(v)) sc[r] = (float)json_number_value(v);

@@ -505,7 +505,7 @@ static void test_depths_bad(void **state) {
     expect_fail(cmd, 2, "line 2: depth 0 is outside 1..3");
     snprintf(cmd, sizeof cmd, "%s depths %s", mi,
              make_jsonl("bad4.jsonl", 4, "{\"pos\":0,\"id\":7,\"text\":\"x\",\"depth\":1,\"scores\":[1,2]}"));
-    expect_fail(cmd, 2, "line 4: \"scores\" must be null or an array of 3");
+    expect_fail(cmd, 2, "line 4: \"scores\" must be null or an array of length 3 (num_recursion)");
     snprintf(cmd, sizeof cmd, "%s depths %s", mi,
              make_jsonl("bad5.jsonl", 1, "{\"pos\":0,\"id\":1,\"text\":\"\",\"depth\":1}"));
     expect_fail(cmd, 2, "line 1: a token before the header line");
