@@ -312,8 +312,9 @@ static int cmd_ppl(const eval_opts *o) {
     int rc = eval_runner_open(&r, o);
     if (rc) return rc;
     if (o->stride && o->stride > r.n_ctx) {
+        int row = r.n_ctx; /* closing the runner clears it */
         eval_runner_close(&r);
-        return cli_usage_error("--score stride:%ld exceeds the row length %d", o->stride, r.n_ctx);
+        return cli_usage_error("--score stride:%ld exceeds the row length %d", o->stride, row);
     }
     static char *stdin_only[] = {NULL};
     char **files = o->n_files ? o->files : stdin_only;

@@ -676,7 +676,8 @@ static void test_bad_input(void **state) {
     expect_error(2, "nothere.stream", args("kld -m MODEL --base %s -q", tmp_path("nothere.stream")));
     expect_error(1, "--shots needs --fewshot-from", "mc -m MODEL " FIX "/mc_easy.jsonl --shots 2 -q");
     expect_error(1, "does not apply to 'ppl'", "ppl -m MODEL " FIX "/story.txt --shots 2 -q");
-    expect_error(1, "stride:100 exceeds", "ppl -m MODEL " FIX "/story.txt -c 64 --score stride:100 -q");
+    expect_error(1, "stride:100 exceeds the row length 64",
+                 "ppl -m MODEL " FIX "/story.txt -c 64 --score stride:100 -q");
     expect_error(1, "--shots 20",
                  "mc -m MODEL --shots 20 --fewshot-from " FIX "/mc_norm.jsonl " FIX "/mc_easy.jsonl -q");
     expect_error(1, "unknown format", "convert-task nope " FIX "/story.txt -q");
