@@ -245,7 +245,7 @@ static int ppl_tokens(const eval_opts *o, const eval_runner *r, const char *path
 static int ppl_window(eval_runner *r, const int32_t *ids, size_t b, size_t e, size_t t0, double *lp,
                       ppl_stats *s) {
     mor_error err = {0};
-    if (eval_score(r, ids + b, (int)(e - b), (int)(t0 - 1 - b), lp, NULL, &err)) return cli_fail(&err);
+    if (eval_score(r, ids + b, (int)(e - b), (int)(t0 - 1 - b), 1, lp, NULL, &err)) return cli_fail(&err);
     mor_eval_acc row = {0};
     for (size_t i = 0; i < e - t0; i++) {
         mor_eval_acc_add(&s->tok, -lp[i]);
