@@ -245,7 +245,7 @@ static int ppl_tokens(const eval_opts *o, const eval_runner *r, const char *path
 static int ppl_window(eval_runner *r, const int32_t *ids, size_t b, size_t e, size_t t0, double *lp,
                       ppl_stats *s) {
     mor_error err = {0};
-    if (eval_score(r, ids + b, (int)(e - b), (int)(t0 - 1 - b), lp, NULL, &err)) return cli_fail(&err);
+    if (eval_score(r, ids + b, (int)(e - b), (int)(t0 - 1 - b), 1, lp, NULL, &err)) return cli_fail(&err);
     mor_eval_acc row = {0};
     for (size_t i = 0; i < e - t0; i++) {
         mor_eval_acc_add(&s->tok, -lp[i]);
@@ -312,8 +312,9 @@ static int cmd_ppl(const eval_opts *o) {
     int rc = eval_runner_open(&r, o);
     if (rc) return rc;
     if (o->stride && o->stride > r.n_ctx) {
+        int row = r.n_ctx; /* closing the runner clears it */
         eval_runner_close(&r);
-        return cli_usage_error("--score stride:%ld exceeds the row length %d", o->stride, r.n_ctx);
+        return cli_usage_error("--score stride:%ld exceeds the row length %d", o->stride, row);
     }
     static char *stdin_only[] = {NULL};
     char **files = o->n_files ? o->files : stdin_only;
