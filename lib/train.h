@@ -2,7 +2,7 @@
  * and backward pass of vanilla, recursive and MoR models, training data, and
  * the optimizer loop with resumable checkpoints.
  *
- * Layout (llm.c style, see /work/shared/style.md):
+ * Layout (llm.c style):
  *   - every parameter tensor of the checkpoint (mor_param_specs order and
  *     names) lives in ONE float block `params`; tied weights exist once, so a
  *     recursive model stores only its physical layers and every unrolled use
@@ -20,7 +20,7 @@
  * "Packed rows": the rows a step runs on, sequence after sequence; sequence b
  * owns rows [off[b], off[b] + cnt[b]), ascending original positions pos[].
  *
- * Semantics: /work/shared/mor-spec.md §1 (Llama), §2 (sharing), §3
+ * Semantics (mor-spec, the MoR reference specification): §1 (Llama), §2 (sharing), §3
  * (expert-choice: per-step router on the raw hidden state of the candidates,
  * top-k per row, h <- h + g B(h)), §4 (token-choice: one router on h^1,
  * out = h^1 + g B^d(h^1)), §5 (recursion-wise cache: attention among a step's
