@@ -337,6 +337,16 @@ double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows
 /* Writes dir/step-N.state then dir/step-N.mor, each atomically. */
 mor_status mor_trainer_save(mor_trainer *t, const mor_train_data *d, const char *dir,
                             mor_error *err);
+/* The newest complete checkpoint of a run directory: the largest N with both
+ * step-N.mor and step-N.state, or -1 (none, or dir unreadable). Resuming and
+ * anything that reads the run's config or tokenizer use this one rule. */
+long mor_trainer_newest_step(const char *dir);
+/* Checkpoint files (step-N.mor, step-N.state, complete or not) in dir; 0
+ * when dir does not exist. */
+int mor_trainer_count_checkpoints(const char *dir);
+/* Removes every checkpoint file of dir, and the atomic writer's leftovers of
+ * them: a run that starts over. */
+mor_status mor_trainer_clear_checkpoints(const char *dir, mor_error *err);
 /* Loads the newest complete step-N.mor + step-N.state of dir. */
 mor_status mor_trainer_resume(mor_trainer *t, mor_train_data *d, const char *dir, long *step_out,
                               mor_error *err);
