@@ -249,9 +249,11 @@ static mor_status read_input(mor_source *s, uint8_t *buf, size_t n, size_t *got,
 
 mor_status mor_source_read(mor_source *s, void *buf, size_t n, size_t *got, mor_error *err) {
     size_t k = (size_t)s->npeek < n ? (size_t)s->npeek : n, more = 0;
-    memcpy(buf, s->peek, k);
-    memmove(s->peek, s->peek + k, (size_t)s->npeek - k);
-    s->npeek -= (int)k;
+    if (k) { /* the read-ahead first */
+        memcpy(buf, s->peek, k);
+        memmove(s->peek, s->peek + k, (size_t)s->npeek - k);
+        s->npeek -= (int)k;
+    }
     mor_status st = k < n ? read_input(s, (uint8_t *)buf + k, n - k, &more, err) : MOR_OK;
     s->offset += k + more;
     if (got) *got = k + more;
@@ -269,7 +271,7 @@ mor_status mor_source_peek(mor_source *s, void *buf, size_t n, size_t *got, mor_
         s->npeek += (int)more;
     }
     size_t k = (size_t)s->npeek < n ? (size_t)s->npeek : n;
-    memcpy(buf, s->peek, k);
+    if (k) memcpy(buf, s->peek, k);
     if (got) *got = k;
     return st;
 }
