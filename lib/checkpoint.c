@@ -79,43 +79,53 @@ void mor_ckpt_writer_abort(mor_ckpt_writer *w) {
     memset(w, 0, sizeof *w);
 }
 
-mor_status mor_ckpt_open(const char *path, mor_st_file **out, mor_error *err) {
-    mor_st_file *f;
-    mor_status st = mor_st_open(path, &f, err);
-    if (st) return st;
+typedef struct {
+    mor_st_header_check check; /* the caller's, or NULL */
+    void *user;
+} ckpt_check_args;
+
+/* Format, version and the required metadata: checked from the header alone,
+ * so a .mor.zst that is no checkpoint is refused before it is decompressed. */
+static mor_status ckpt_check_header(const mor_st_file *f, void *user, mor_error *err) {
+    const ckpt_check_args *a = user;
+    const char *path = f->path;
     const char *fmt = mor_st_meta_get(f, MOR_META_FORMAT);
     const char *ver = mor_st_meta_get(f, MOR_META_VERSION);
     if (!fmt || strcmp(fmt, MOR_CKPT_FORMAT) != 0) {
         if (fmt)
-            st = mor_fail(err, MOR_EFORMAT,
-                          "%s: not a mor checkpoint: __metadata__.%s is \"%s\", expected \"%s\"",
-                          path, MOR_META_FORMAT, fmt, MOR_CKPT_FORMAT);
-        else
-            st = mor_fail(err, MOR_EFORMAT,
-                          "%s: not a mor checkpoint: __metadata__ has no \"%s\" key (expected \"%s\"; "
-                          "a Hugging Face model.safetensors needs mor-convert first)",
-                          path, MOR_META_FORMAT, MOR_CKPT_FORMAT);
-    } else if (!ver) {
-        st = mor_fail(err, MOR_EFORMAT, "%s: __metadata__ has no \"%s\" key (expected \"%s\")", path,
-                      MOR_META_VERSION, MOR_CKPT_VERSION);
-    } else if (strcmp(ver, MOR_CKPT_VERSION) != 0) {
-        st = mor_fail(err, MOR_EUNSUPPORTED,
-                      "%s: %s \"%s\" is not supported (this build reads version %s)", path,
-                      MOR_META_VERSION, ver, MOR_CKPT_VERSION);
-    } else if (!mor_st_meta_get(f, MOR_META_CONFIG)) {
-        st = mor_fail(err, MOR_EFORMAT, "%s: __metadata__ has no \"%s\" key (the model config YAML)",
-                      path, MOR_META_CONFIG);
-    } else if (!mor_st_meta_get(f, MOR_META_TOKENIZER)) {
-        st = mor_fail(err, MOR_EFORMAT,
-                      "%s: __metadata__ has no \"%s\" key (the tokenizer.json text)", path,
-                      MOR_META_TOKENIZER);
+            return mor_fail(err, MOR_EFORMAT,
+                            "%s: not a mor checkpoint: __metadata__.%s is \"%s\", expected \"%s\"",
+                            path, MOR_META_FORMAT, fmt, MOR_CKPT_FORMAT);
+        return mor_fail(err, MOR_EFORMAT,
+                        "%s: not a mor checkpoint: __metadata__ has no \"%s\" key (expected \"%s\"; "
+                        "a Hugging Face model.safetensors needs mor-convert first)",
+                        path, MOR_META_FORMAT, MOR_CKPT_FORMAT);
     }
-    if (st) {
-        mor_st_close(f);
-        return st;
-    }
-    *out = f;
-    return MOR_OK;
+    if (!ver)
+        return mor_fail(err, MOR_EFORMAT, "%s: __metadata__ has no \"%s\" key (expected \"%s\")", path,
+                        MOR_META_VERSION, MOR_CKPT_VERSION);
+    if (strcmp(ver, MOR_CKPT_VERSION) != 0)
+        return mor_fail(err, MOR_EUNSUPPORTED,
+                        "%s: %s \"%s\" is not supported (this build reads version %s)", path,
+                        MOR_META_VERSION, ver, MOR_CKPT_VERSION);
+    if (!mor_st_meta_get(f, MOR_META_CONFIG))
+        return mor_fail(err, MOR_EFORMAT, "%s: __metadata__ has no \"%s\" key (the model config YAML)",
+                        path, MOR_META_CONFIG);
+    if (!mor_st_meta_get(f, MOR_META_TOKENIZER))
+        return mor_fail(err, MOR_EFORMAT,
+                        "%s: __metadata__ has no \"%s\" key (the tokenizer.json text)", path,
+                        MOR_META_TOKENIZER);
+    return a->check ? a->check(f, a->user, err) : MOR_OK;
+}
+
+mor_status mor_ckpt_open_checked(const char *path, mor_st_header_check check, void *user,
+                                 mor_st_file **out, mor_error *err) {
+    ckpt_check_args a = {check, user};
+    return mor_st_open_checked(path, ckpt_check_header, &a, out, err);
+}
+
+mor_status mor_ckpt_open(const char *path, mor_st_file **out, mor_error *err) {
+    return mor_ckpt_open_checked(path, NULL, NULL, out, err);
 }
 
 /* ---- generation defaults (generation_config.json) ------------------------------- */

@@ -42,6 +42,10 @@ void mor_ckpt_writer_abort(mor_ckpt_writer *w);
 /* Opens a .mor (or .mor.zst) and checks format, version and that config and
  * tokenizer metadata are present. */
 mor_status mor_ckpt_open(const char *path, mor_st_file **out, mor_error *err);
+/* The same with a further check of the header (mor_st_open_checked), run
+ * after those before any tensor data is read. */
+mor_status mor_ckpt_open_checked(const char *path, mor_st_header_check check, void *user,
+                                 mor_st_file **out, mor_error *err);
 
 /* The sampling defaults of a Hugging Face generation_config.json that mor
  * uses; has_* says whether the file sets the value (null counts as unset). */
