@@ -8,6 +8,7 @@
 #ifndef MOR_FUZZ_H
 #define MOR_FUZZ_H
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -67,6 +68,18 @@ static inline const char *fuzz_data_path(const char *rel, char *buf, size_t cap)
     const char *dir = getenv("MOR_FUZZ_DATA");
     snprintf(buf, cap, "%s/%s", dir && *dir ? dir : "tests/data", rel);
     return buf;
+}
+
+/* A private directory for the few files a parser's API makes a harness
+ * write: /dev/shm/mor-fuzz-PID (memory), made once. A harness removes it at
+ * exit; after a crash run.sh does, knowing the PID. */
+static char fuzz_dir[64];
+static inline const char *fuzz_tmpdir(void) {
+    if (!fuzz_dir[0]) {
+        snprintf(fuzz_dir, sizeof fuzz_dir, "/dev/shm/mor-fuzz-%d", (int)getpid());
+        FUZZ_CHECK(mkdir(fuzz_dir, 0700) == 0 || errno == EEXIST); /* a reused PID */
+    }
+    return fuzz_dir;
 }
 
 /* Tool code in cmd/ prints its errors on stderr (cli_fail), which would

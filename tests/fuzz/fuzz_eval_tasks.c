@@ -2,23 +2,22 @@
  * (cmd/eval_tasks.c) reads every input three ways: multiple-choice JSONL,
  * cloze JSONL and cloze text (one passage per line, chosen by a .txt name).
  * It takes a path: the input goes to a memory file (fuzz.h), which a
- * symbolic link ending in .txt, made once under /dev/shm, also names. Its
+ * symbolic link ending in .txt, made once in fuzz_tmpdir(), also names. Its
  * errors are printed on stderr, which LLVMFuzzerInitialize closes. */
 #include "eval_common.h"
 #include "fuzz.h"
 
-static char dir[64] = "/dev/shm/mor-fuzz-XXXXXX", txt_path[128];
+static char txt_path[128];
 
 static void cleanup(void) {
     unlink(txt_path);
-    rmdir(dir);
+    rmdir(fuzz_tmpdir());
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     fuzz_close_stderr(argc, argv);
     fuzz_put((const uint8_t *)"", 0); /* makes the memory file */
-    FUZZ_CHECK(mkdtemp(dir) != NULL);
-    snprintf(txt_path, sizeof txt_path, "%s/task.txt", dir);
+    snprintf(txt_path, sizeof txt_path, "%s/task.txt", fuzz_tmpdir());
     FUZZ_CHECK(symlink(fuzz_memfd_path, txt_path) == 0);
     atexit(cleanup);
     return 0;

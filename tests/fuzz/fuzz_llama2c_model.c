@@ -1,18 +1,16 @@
 /* fuzz_llama2c_model.c - a llama2.c model.bin (28-byte header, then F32
  * weights): mor_convert_llama2c, which takes paths only. The input goes to a
  * memory file (fuzz.h); the tokenizer is tests/data/stories260K/tok512.bin.
- * A conversion that succeeds writes its .mor into a private directory under
- * /dev/shm (memory, removed at exit), and that .mor must load. */
-#include <limits.h>
-
+ * A conversion that succeeds writes its .mor into fuzz_tmpdir() (memory,
+ * fuzz.h), and that .mor must load. */
 #include "fuzz.h"
 #include "mor.h"
 
-static char tok_path[4096], dir[64] = "/dev/shm/mor-fuzz-XXXXXX", out_path[128];
+static char tok_path[4096], out_path[128];
 
 static void cleanup(void) {
     unlink(out_path);
-    rmdir(dir);
+    rmdir(fuzz_tmpdir());
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
@@ -22,8 +20,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
                         "MOR_FUZZ_DATA)\n", tok_path);
         exit(1);
     }
-    FUZZ_CHECK(mkdtemp(dir) != NULL);
-    snprintf(out_path, sizeof out_path, "%s/out.mor", dir);
+    snprintf(out_path, sizeof out_path, "%s/out.mor", fuzz_tmpdir());
     atexit(cleanup);
     return 0;
 }

@@ -29,12 +29,20 @@ for bin in "$@"; do
     log="$out/$name.log"
     echo "fuzz $name: ${seconds}s" >&2
     # shellcheck disable=SC2086 # word splitting of the lists is wanted
-    if "$bin" $bounds $dict -max_total_time="$seconds" -print_final_stats=1 \
-        -artifact_prefix="$out/crashes/$name/" $dirs >"$log" 2>&1; then
+    "$bin" $bounds $dict -max_total_time="$seconds" -print_final_stats=1 \
+        -artifact_prefix="$out/crashes/$name/" $dirs >"$log" 2>&1 &
+    pid=$!
+    wait $pid
+    rc=$?
+    rm -rf "/dev/shm/mor-fuzz-$pid" # what a crashed harness left (fuzz.h)
+    if [ $rc = 0 ]; then
         grep -E '^stat::number_of_executed_units' "$log" | sed "s/^/  $name /" >&2
     else
         echo "fuzz $name FAILED (log $log, input in $out/crashes/$name/):" >&2
-        grep -E 'ERROR|SUMMARY|check failed|#[0-9]+ 0x[0-9a-f]+ in ' "$log" | head -20 >&2
+        # the report's first lines and the stack frames of our own code
+        grep -E 'ERROR|SUMMARY|runtime error|check failed|#[0-9]+ 0x[0-9a-f]+ in ' "$log" |
+            grep -vE ' in (fuzzer::|__sanitizer|__asan|__ubsan|__interceptor|__libc|main |malloc|calloc|realloc)' |
+            head -12 >&2
         failed="$failed $name"
     fi
 done
