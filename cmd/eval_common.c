@@ -37,6 +37,7 @@ int eval_runner_open(eval_runner *r, const eval_opts *o) {
     double t0 = cli_now();
     if (mor_model_load(o->model, &r->model, &err)) return cli_fail(&err);
     cli_log("loaded %s in %.2f s", o->model, cli_now() - t0);
+    cli_warn_ctx(o->ctx, mor_model_max_seq_len(r->model));
     mor_context_params cp = mor_context_default_params();
     cp.n_ctx = (int)o->ctx;
     cp.n_threads = (int)o->threads;

@@ -716,6 +716,21 @@ static char *args(const char *fmt, const char *a) {
     return buf;
 }
 
+/* -c above the model's max_position_embeddings (512) runs, with a warning
+ * naming both numbers, as in mor-generate and llama.cpp. */
+static void test_ctx_warning(void **state) {
+    (void)state;
+    write_file(tmp_path("warn.txt"), "Once upon a time there was a cat.");
+    char *err;
+    json_decref(eval_json(0, &err, "ppl -m %s -c 1024 -t 1 %s", model, tmp_path("warn.txt")));
+    if (!strstr(err, "warning") || !strstr(err, "1024") || !strstr(err, "512"))
+        fail_msg("no warning naming 1024 and 512: %s", err);
+    free(err);
+    json_decref(eval_json(0, &err, "ppl -m %s -c 512 -t 1 %s", model, tmp_path("warn.txt")));
+    assert_null(strstr(err, "warning"));
+    free(err);
+}
+
 static void test_bad_input(void **state) {
     (void)state;
     expect_error(2, "nothere.txt", args("ppl -m MODEL %s -q", tmp_path("nothere.txt")));
@@ -778,6 +793,7 @@ int main(void) {
         cmocka_unit_test(test_kld_bf16_and_perturbed),
         cmocka_unit_test(test_convert_task),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_ctx_warning),
     };
     return cmocka_run_group_tests_name("eval", tests, setup, teardown);
 }
