@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include "util.h"
 
@@ -170,6 +171,11 @@ mor_status mor_source_open(mor_source *s, FILE *f, const char *name, mor_error *
     s->zstd = ZSTD_createDStream();
     s->in_cap = ZSTD_DStreamInSize();
     s->inbuf = malloc(s->in_cap);
+    if (s->zstd &&
+        ZSTD_isError(ZSTD_DCtx_setParameter(s->zstd, ZSTD_d_windowLogMax, MOR_ZSTD_WINDOW_LOG_MAX))) {
+        mor_source_free(s);
+        return mor_fail(err, MOR_ENOMEM, "%s: cannot bound the zstd decoder's window", s->name);
+    }
     if (!s->zstd || !s->inbuf) {
         mor_source_free(s);
         return mor_fail(err, MOR_ENOMEM, "%s: out of memory for the zstd decoder", s->name);
@@ -222,6 +228,11 @@ static mor_status read_zstd(mor_source *s, uint8_t *buf, size_t n, size_t *got, 
         s->zin += in.pos - in_before;
         s->zout += out.pos - out_before;
         *got = out.pos;
+        if (ZSTD_getErrorCode(r) == ZSTD_error_frameParameter_windowTooLarge)
+            return mor_fail(err, MOR_EFORMAT,
+                            "%s: a zstd frame asks for a window above %d MiB (written with --long "
+                            "or --ultra?): refused (zstd -d lifts the limit)",
+                            s->name, 1 << (MOR_ZSTD_WINDOW_LOG_MAX - 20));
         if (ZSTD_isError(r))
             return mor_fail(err, MOR_EFORMAT, "%s: zstd: %s (after %llu decompressed bytes)",
                             s->name, ZSTD_getErrorName(r), (unsigned long long)s->zout);

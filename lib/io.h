@@ -35,6 +35,11 @@ void mor_sink_free(mor_sink *s);
  * such limit. */
 #define MOR_ZSTD_MAX_RATIO 1024
 #define MOR_ZSTD_FREE_BYTES (UINT64_C(64) << 20)
+/* The largest window a zstd frame may ask the decoder to allocate: 2^25 =
+ * 32 MiB. mor writes level 3 (a window of at most 2^21 bytes), and the zstd
+ * tool's levels up to 19 stay within 2^23; a frame that asks for more
+ * (--long, --ultra, or a forged header) is refused before the allocation. */
+#define MOR_ZSTD_WINDOW_LOG_MAX 25
 #define MOR_SOURCE_PEEK 16 /* the most mor_source_peek looks ahead */
 
 typedef struct mor_source {

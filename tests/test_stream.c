@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "checkpoint.h"
 #include "io.h"
@@ -716,6 +717,29 @@ static void test_zstd_bomb_raw(void **state) {
     expect_bounded((hostile_case){READ_ALL, p, 0, MOR_EFORMAT, PIPE_BOMB}, 100);
 }
 
+/* A zstd frame whose header asks for a 128 MiB window (what --long=27 or a
+ * forged header gives) is refused before the decoder allocates it. */
+static void test_zstd_window_cap(void **state) {
+    (void)state;
+    const char *p = tmp_path("wide.jsonl.zst");
+    static const char text[] = "{\"a\": 1}\n";
+    ZSTD_CCtx *z = ZSTD_createCCtx();
+    assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(z, ZSTD_c_windowLog, 27)));
+    char frame[256];
+    ZSTD_outBuffer out = {frame, sizeof frame, 0};
+    ZSTD_inBuffer in = {text, sizeof text - 1, 0};
+    /* fed before the end, so the size is unknown and the header declares
+     * the window instead */
+    assert_false(ZSTD_isError(ZSTD_compressStream2(z, &out, &in, ZSTD_e_continue)));
+    ZSTD_inBuffer none = {NULL, 0, 0};
+    assert_int_equal(ZSTD_compressStream2(z, &out, &none, ZSTD_e_end), 0);
+    ZSTD_freeCCtx(z);
+    FILE *fp = fopen(p, "wb");
+    assert_int_equal(fwrite(frame, 1, out.pos, fp), out.pos);
+    fclose(fp);
+    expect_bounded((hostile_case){READ_ALL, p, 0, MOR_EFORMAT, "window above 32 MiB"}, 16);
+}
+
 /* A shard header promising 192M zero ids (384 MiB), zstd-compressed. */
 static void test_zstd_bomb_shard(void **state) {
     (void)state;
@@ -791,6 +815,7 @@ int main(void) {
         cmocka_unit_test(test_source_peek),
         cmocka_unit_test(test_zstd_bomb_stream),
         cmocka_unit_test(test_zstd_bomb_raw),
+        cmocka_unit_test(test_zstd_window_cap),
         cmocka_unit_test(test_zstd_bomb_shard),
         cmocka_unit_test(test_zstd_ckpt_header_first),
         cmocka_unit_test(test_claim_beyond_input),
