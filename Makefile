@@ -3,6 +3,7 @@
 #   make test         build and run the cmocka suites (tests/test_*.c)
 #   make SAN=1 OUT=build/san test   the same under ASan + UBSan, out of tree
 #   make install PREFIX=/usr/local  tools, library, headers, mor.pc, man pages
+#   make fuzz FUZZ_SECONDS=N   libFuzzer harnesses (clang, ASan + UBSan), N s each
 #
 # The library is layered (lib/README.md): each folder's objects are compiled
 # with the include paths of the folders below it only, so an include that runs
@@ -104,6 +105,34 @@ bench: all $(BENCHES)
 test: all $(TESTS)
 	@MOR_BIN=$(OUT)/bin OUT=$(OUT) bash tests/run.sh $(TESTS)
 
+# Fuzzing (tests/fuzz/README.md): the library and cmd/ objects built again with
+# clang and coverage for libFuzzer, under ASan + UBSan, out of tree in
+# FUZZ_OUT; one binary per harness tests/fuzz/fuzz_*.c; tests/fuzz/run.sh runs
+# each for FUZZ_SECONDS over its seeds and regression inputs.
+FUZZ_CC      ?= clang
+FUZZ_OUT     ?= build/fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS  = -O1 -g -std=c11 -D_GNU_SOURCE -fopenmp $(WARN) $(BLAS_CFLAGS) -Iinclude $(LIB_INC_ALL) \
+               -Icmd -fno-omit-frame-pointer -fsanitize=address,undefined \
+               -fno-sanitize-recover=undefined -Wno-pass-failed -MMD -MP
+FUZZ_SRC     = $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS    = $(FUZZ_SRC:tests/fuzz/%.c=$(FUZZ_OUT)/bin/%)
+FUZZ_LIBA    = $(FUZZ_OUT)/libmor-fuzz.a
+
+$(FUZZ_OUT)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_LIBA): $(LIB_SRC:%.c=$(FUZZ_OUT)/obj/%.o) $(CLI_SRC:%.c=$(FUZZ_OUT)/obj/%.o)
+	rm -f $@ && ar rcs $@ $^
+
+$(FUZZ_OUT)/bin/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_LIBA)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_LIBA) $(LDLIBS)
+
+fuzz: $(FUZZ_BINS)
+	@FUZZ_OUT=$(FUZZ_OUT) bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
 	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3 \
@@ -123,7 +152,9 @@ install: all
 clean:
 	rm -rf $(OUT)/obj $(OUT)/bin $(LIBA) $(OUT)/lib/libmor.so*
 
--include $(patsubst %.o,%.d,$(LIB_OBJ) $(CLI_OBJ) $(BIN_SRC:%.c=$(OUT)/obj/%.o) $(TEST_SRC:%.c=$(OUT)/obj/%.o) $(TEST_HELP_OBJ) $(BENCH_SRC:%.c=$(OUT)/obj/%.o))
+-include $(patsubst %.o,%.d,$(LIB_OBJ) $(CLI_OBJ) $(BIN_SRC:%.c=$(OUT)/obj/%.o) \
+    $(TEST_SRC:%.c=$(OUT)/obj/%.o) $(TEST_HELP_OBJ) $(BENCH_SRC:%.c=$(OUT)/obj/%.o) \
+    $(LIB_SRC:%.c=$(FUZZ_OUT)/obj/%.o) $(CLI_SRC:%.c=$(FUZZ_OUT)/obj/%.o))
 
-.PHONY: all test tests bench install clean
+.PHONY: all test tests bench fuzz install clean
 .SECONDARY:

@@ -92,7 +92,7 @@ static double gemm_gflops(int nt, int M, int N, int K, int reps, int own) {
           *C = mor_alloc_big((size_t)M * N * 4);
     bench_fill(A, (size_t)M * K, 1.0f, 3);
     bench_fill(B, (size_t)N * K, 1.0f, 4);
-    int saved = mor_threads_begin(nt);
+    mor_thread_counts saved = mor_threads_begin(nt);
     double best = 1e30;
     for (int r = 0; r < reps + 1; r++) { /* the first warms OpenBLAS up */
         double t0 = bench_now(nt);

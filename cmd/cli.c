@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +47,20 @@ int cli_fail(const mor_error *err) {
     return err->code == MOR_OK ? EXIT_OK : EXIT_INPUT;
 }
 
+int cli_fail_at(const mor_error *err, const char *file, long line) {
+    fprintf(stderr, "%s: error: %s:%ld: %s\n", prog_name, file, line,
+            err->msg[0] ? err->msg : mor_status_name(err->code));
+    return err->code == MOR_OK ? EXIT_OK : EXIT_INPUT;
+}
+
+void cli_warn_ctx(long n_ctx, long max_pos) {
+    if (quiet_flag || max_pos <= 0 || n_ctx <= max_pos) return;
+    fprintf(stderr,
+            "%s: warning: context size %ld is larger than the model's max_position_embeddings %ld; "
+            "positions past %ld were never trained and the output may degrade\n",
+            prog_name, n_ctx, max_pos, max_pos);
+}
+
 const char *cli_value(int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
         cli_usage_error("option %s needs a value", argv[*i]);
@@ -72,6 +87,31 @@ int cli_float(const char *flag, const char *s, double lo, double hi, double *out
     double v = strtod(s, &end);
     if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) {
         cli_usage_error("%s: expected a number in [%g, %g], got '%s'", flag, lo, hi, s);
+        return EXIT_USAGE;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_seed(const char *flag, const char *s, unsigned long long *out, int *random) {
+    *random = !strcmp(s, "-1");
+    if (*random) {
+        /* the system's entropy; the clock only where getrandom is unavailable */
+        if (getrandom(out, sizeof *out, GRND_NONBLOCK) != (ssize_t)sizeof *out) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            *out = (unsigned long long)ts.tv_sec * 1000000007ULL ^ (unsigned long long)ts.tv_nsec ^
+                   ((unsigned long long)getpid() << 32);
+        }
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    /* strtoull accepts a sign and leading blanks (and wraps "-2"): digits only */
+    if (errno || end == s || *end || *s < '0' || *s > '9') {
+        cli_usage_error("%s: expected an integer in [0, %llu] or -1 (random), got '%s'", flag,
+                        (unsigned long long)-1, s);
         return EXIT_USAGE;
     }
     *out = v;
@@ -115,10 +155,48 @@ void cli_progress_end(cli_progress *p) {
     p->active = 0;
 }
 
+/* A terminal in canonical mode hands over a line at a time; Ctrl-D hands over
+ * what was typed without a newline, or nothing at the start of a line. Either
+ * ends the input here, so one Ctrl-D always does (stdio would wait for a
+ * second one after text typed on the line). */
+static int read_terminal(int fd, char **buf, size_t *len) {
+    size_t cap = 4096, n = 0;
+    char *b = malloc(cap);
+    while (b) {
+        if (cap - n < 4096 + 1) {
+            char *nb = realloc(b, cap * 2);
+            if (!nb) break;
+            b = nb;
+            cap *= 2;
+        }
+        ssize_t k = read(fd, b + n, cap - n - 1);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) {
+            free(b);
+            return -1;
+        }
+        n += (size_t)k;
+        if (k == 0 || b[n - 1] != '\n') {
+            b[n] = 0;
+            *buf = b;
+            *len = n;
+            return 0;
+        }
+    }
+    free(b);
+    return -1;
+}
+
 int cli_read_input(const char *path, char **buf, size_t *len) {
     FILE *f = (!path || !strcmp(path, "-")) ? stdin : fopen(path, "rb");
     if (!f) {
         fprintf(stderr, "%s: error: %s: cannot open: %s\n", prog_name, path, strerror(errno));
+        return EXIT_INPUT;
+    }
+    if (f == stdin && isatty(fileno(stdin))) {
+        cli_log("%s: reading standard input from the terminal; press Ctrl-D to end it", prog_name);
+        if (read_terminal(fileno(stdin), buf, len) == 0) return 0;
+        fprintf(stderr, "%s: error: stdin: read failed\n", prog_name);
         return EXIT_INPUT;
     }
     size_t cap = 1 << 16, n = 0;

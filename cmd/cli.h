@@ -21,12 +21,21 @@ void cli_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints err->msg and returns the exit code for its status. */
 int cli_fail(const mor_error *err);
+/* The same for an error in one line of an input file: "prog: error: FILE:LINE: msg". */
+int cli_fail_at(const mor_error *err, const char *file, long line);
+/* Warns (unless quiet) when the context size asked for (-c; 0 = the model's)
+ * is longer than the model's max_position_embeddings: positions it was never
+ * trained on. */
+void cli_warn_ctx(long n_ctx, long max_pos);
 
 /* The value after a flag: argv[++*i], or a usage error if missing. */
 const char *cli_value(int argc, char **argv, int *i);
 /* Strict numbers: the whole string must parse, within [lo, hi]. 0 = ok. */
 int cli_int(const char *flag, const char *s, long lo, long hi, long *out);
 int cli_float(const char *flag, const char *s, double lo, double hi, double *out);
+/* A seed: an integer in [0, 2^64 - 1], or -1 for a random one (*random set,
+ * *out drawn from the system's entropy). 0 = ok. */
+int cli_seed(const char *flag, const char *s, unsigned long long *out, int *random);
 
 /* A progress bar with rate and ETA, drawn only when stderr is a terminal and
  * not quiet. unit names what is counted ("tok", "MB"). */
@@ -40,7 +49,9 @@ void cli_progress_update(cli_progress *p, double done, double total);
 void cli_progress_end(cli_progress *p);
 
 /* Reads all of a FILE (stdin when path is NULL or "-") into a NUL-terminated
- * buffer; 0 on success, else prints the error and returns an exit code. */
+ * buffer; 0 on success, else prints the error and returns an exit code.
+ * From a terminal it first logs a one-line hint, and one Ctrl-D ends the
+ * input (at the start of a line or after text typed on it). */
 int cli_read_input(const char *path, char **buf, size_t *len);
 
 /* Seconds from a monotonic clock. */

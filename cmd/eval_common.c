@@ -37,6 +37,7 @@ int eval_runner_open(eval_runner *r, const eval_opts *o) {
     double t0 = cli_now();
     if (mor_model_load(o->model, &r->model, &err)) return cli_fail(&err);
     cli_log("loaded %s in %.2f s", o->model, cli_now() - t0);
+    cli_warn_ctx(o->ctx, mor_model_max_seq_len(r->model));
     mor_context_params cp = mor_context_default_params();
     cp.n_ctx = (int)o->ctx;
     cp.n_threads = (int)o->threads;
@@ -69,15 +70,19 @@ void eval_runner_close(eval_runner *r) {
     memset(r, 0, sizeof *r);
 }
 
-mor_status eval_run(eval_runner *r, const int32_t *seq, int to, int from, eval_row_fn fn, void *user,
-                    mor_error *err) {
+/* eval_run with the tokens seq[to..fed) fed after the scored ones in topk
+ * mode, where they take part in the selection; causal routing gives the
+ * positions before `to` the same logits without them. */
+static mor_status run_fed(eval_runner *r, const int32_t *seq, int fed, int to, int from, eval_row_fn fn,
+                          void *user, mor_error *err) {
     double t0 = cli_now();
     mor_context_reset(r->ctx);
     mor_status st = MOR_OK;
     if (r->whole) {
-        st = mor_context_eval(r->ctx, seq, to, r->logits, err);
+        st = mor_context_eval(r->ctx, seq, fed, r->logits, err);
         for (int i = from; i < to && !st; i++) fn(user, i, r->logits + (size_t)i * (size_t)r->V);
     } else {
+        fed = to;
         if (from > 0) st = mor_context_eval(r->ctx, seq, from, NULL, err);
         for (int s = from; s < to && !st; s += r->chunk) {
             int k = to - s < r->chunk ? to - s : r->chunk;
@@ -86,8 +91,13 @@ mor_status eval_run(eval_runner *r, const int32_t *seq, int to, int from, eval_r
         }
     }
     r->busy_s += cli_now() - t0;
-    if (!st) r->fed += to;
+    if (!st) r->fed += fed;
     return st;
+}
+
+mor_status eval_run(eval_runner *r, const int32_t *seq, int to, int from, eval_row_fn fn, void *user,
+                    mor_error *err) {
+    return run_fed(r, seq, to, to, from, fn, user, err);
 }
 
 typedef struct {
@@ -104,10 +114,10 @@ static void score_row(void *user, int pos, const float *logits) {
     if (s->greedy) s->greedy[pos - s->from] = (uint8_t)hit;
 }
 
-mor_status eval_score(eval_runner *r, const int32_t *seq, int n, int from, double *lp, uint8_t *greedy,
-                      mor_error *err) {
+mor_status eval_score(eval_runner *r, const int32_t *seq, int n, int from, int row, double *lp,
+                      uint8_t *greedy, mor_error *err) {
     score_state s = {seq, from, r->V, lp, greedy};
-    return eval_run(r, seq, n - 1, from, score_row, &s, err);
+    return run_fed(r, seq, row ? n : n - 1, n - 1, from, score_row, &s, err);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -67,9 +67,14 @@ mor_status eval_run(eval_runner *r, const int32_t *seq, int to, int from, eval_r
                     mor_error *err);
 
 /* Scores the targets seq[from+1 .. n): lp[i] = log p(seq[from+1+i] | seq[0..from+i]) and
- * greedy[i] (may be NULL) = 1 when that target is the argmax. n - 1 <= n_ctx. */
-mor_status eval_score(eval_runner *r, const int32_t *seq, int n, int from, double *lp, uint8_t *greedy,
-                      mor_error *err);
+ * greedy[i] (may be NULL) = 1 when that target is the argmax. With row = 1
+ * seq is a row as training sees it: in topk mode all n tokens are fed, so
+ * the last one competes in the top-k selection as in the training forward
+ * pass (n <= n_ctx). With row = 0 (lm-eval's requests) only seq[0..n-1) is
+ * fed, the last token being only a target (n - 1 <= n_ctx). Causal routing
+ * gives the same numbers either way. */
+mor_status eval_score(eval_runner *r, const int32_t *seq, int n, int from, int row, double *lp,
+                      uint8_t *greedy, mor_error *err);
 
 /* lm-evaluation-harness's request encoding: trailing whitespace of the
  * context moves to the front of the continuation; the continuation's tokens

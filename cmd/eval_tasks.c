@@ -315,7 +315,7 @@ static void pair_sum(pair_score *ps, const pair_req *q, const double *lp, const 
 static mor_status score_req(eval_runner *r, const pair_req *q, pair_score *ps, mor_error *err) {
     double *lp = malloc(sizeof *lp * (size_t)q->nk);
     uint8_t *g = malloc((size_t)q->nk);
-    mor_status st = lp && g ? eval_score(r, q->seq, q->n, q->n - 1 - q->nk, lp, g, err)
+    mor_status st = lp && g ? eval_score(r, q->seq, q->n, q->n - 1 - q->nk, 0, lp, g, err)
                             : mor_fail(err, MOR_ENOMEM, "out of memory");
     if (!st) pair_sum(ps, q, lp, g);
     free(lp);

@@ -1,6 +1,9 @@
 /* inspect.h - the parts of mor-inspect that live outside its main file: the
  * MoR section of a checkpoint report (inspect_mor.c) and the `depths`
- * subcommand over routing traces (inspect_depths.c, inspect_html.c).
+ * subcommand over routing traces: its command line, text and JSON reports
+ * (inspect_depths.c) and its HTML page (inspect_html.c), both over the
+ * statistics and depth colours of inspect_summary.c. Calls run one way:
+ * depths -> html -> summary -> trace.
  * Every name starts with inspect_ because the Makefile links every cmd/ file
  * that is not a tool into every tool. */
 #ifndef MOR_INSPECT_H
@@ -24,7 +27,10 @@ void inspect_mor_text(FILE *f, const mor_config *c, int seq_len);
  * inside the report's object). */
 void inspect_mor_json(FILE *f, const mor_config *c, int seq_len);
 
-/* ---- depth statistics (inspect_depths.c) ----------------------------------- */
+/* "s" unless n is 1, for the noun after a count: "1 token", "2 tokens". */
+static inline const char *inspect_plural(long n) { return n == 1 ? "" : "s"; }
+
+/* ---- depth statistics and colours (inspect_summary.c) ---------------------- */
 
 /* Tokens with the same text, for --top. */
 typedef struct inspect_top {
@@ -54,18 +60,17 @@ void inspect_depth_rgb(int d, int n_r, unsigned char rgb[3]);
 /* 1 when black text reads better than white on that colour. */
 int inspect_dark_text(const unsigned char rgb[3]);
 
-/* mor-inspect depths [TRACE] [options]: argv[0] is "depths". */
-int inspect_depths_main(int argc, char **argv);
-
 /* ---- HTML (inspect_html.c) --------------------------------------------------- */
 
 /* A standalone page (inline CSS, no external assets): the coloured text with
- * one span per token (tooltip: position, id, depth, scores), the legend, the
- * histogram, the steps run and, when s->n_top > 0, the top tokens. */
+ * one span per token (tooltip: position, id, depth, scores; prompt tokens
+ * underlined), the legend, the histogram, the steps run and, with --top, the
+ * top tokens. */
 void inspect_html_write(FILE *f, const char *trace_name, const trace *t, const inspect_summary *s);
 
-/* Writes s[0..n) with &, <, >, " and ' escaped; invalid UTF-8 becomes
- * U+FFFD and control characters other than \n and \t become U+FFFD too. */
-void inspect_html_escape(FILE *f, const char *s, size_t n);
+/* ---- the subcommand (inspect_depths.c) -------------------------------------- */
+
+/* mor-inspect depths [TRACE] [options]: argv[0] is "depths". */
+int inspect_depths_main(int argc, char **argv);
 
 #endif

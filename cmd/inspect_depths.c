@@ -3,10 +3,12 @@
  * stream) and prints the text coloured by recursion depth, a legend, the
  * depth histogram, the recursion steps run and the tokens most often sent
  * deepest; --json gives the numbers, --html a standalone page
- * (inspect_html.c). See man/mor-inspect.1. */
+ * (inspect_html.c). The numbers and colours both views show come from
+ * inspect_summary.c. See man/mor-inspect.1. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -14,108 +16,7 @@
 #include "util.h"
 
 /* ======================================================================== */
-/* statistics                                                               */
-
-typedef struct occurrence {
-    const char *text;
-    size_t len;
-    int depth;
-} occurrence;
-
-static int cmp_bytes(const char *a, size_t na, const char *b, size_t nb) {
-    int c = memcmp(a, b, na < nb ? na : nb);
-    return c ? c : (na > nb) - (na < nb);
-}
-
-static int cmp_occurrence(const void *pa, const void *pb) {
-    const occurrence *a = pa, *b = pb;
-    return cmp_bytes(a->text, a->len, b->text, b->len);
-}
-
-/* Most often sent deepest first; then the higher mean depth, the more
- * frequent, and the text, so the order is total. */
-static int cmp_top(const void *pa, const void *pb) {
-    const inspect_top *a = pa, *b = pb;
-    if (a->deepest != b->deepest) return a->deepest > b->deepest ? -1 : 1;
-    if (a->mean != b->mean) return a->mean > b->mean ? -1 : 1;
-    if (a->count != b->count) return a->count > b->count ? -1 : 1;
-    return cmp_bytes(a->text, a->len, b->text, b->len);
-}
-
-int inspect_summarize(const trace *t, long top_n, inspect_summary *s) {
-    memset(s, 0, sizeof *s);
-    s->n_r = t->num_recursion;
-    s->total = (long)t->n;
-    double sum = 0;
-    for (size_t i = 0; i < t->n; i++) {
-        s->count[t->depth[i]]++;
-        sum += t->depth[i];
-    }
-    for (int r = s->n_r; r >= 1; r--) s->reached[r] = s->count[r] + (r < s->n_r ? s->reached[r + 1] : 0);
-    s->mean = t->n ? sum / (double)t->n : 0;
-    if (top_n <= 0 || t->n == 0) return 0;
-    /* group the tokens by text: sort the occurrences, then count runs */
-    occurrence *occ = malloc(t->n * sizeof *occ);
-    inspect_top *g = malloc(t->n * sizeof *g);
-    if (!occ || !g) {
-        free(occ);
-        free(g);
-        return -1;
-    }
-    for (size_t i = 0; i < t->n; i++) {
-        occ[i].text = t->text + t->text_off[i];
-        occ[i].len = t->text_off[i + 1] - t->text_off[i];
-        occ[i].depth = t->depth[i];
-    }
-    qsort(occ, t->n, sizeof *occ, cmp_occurrence);
-    size_t ng = 0;
-    for (size_t i = 0; i < t->n; i++) {
-        if (i == 0 || cmp_occurrence(&occ[i - 1], &occ[i])) {
-            g[ng] = (inspect_top){occ[i].text, occ[i].len, 0, 0, 0};
-            ng++;
-        }
-        inspect_top *cur = &g[ng - 1];
-        cur->count++;
-        cur->mean += occ[i].depth; /* a sum until divided below */
-        cur->deepest += occ[i].depth == s->n_r;
-    }
-    free(occ);
-    size_t keep = 0;
-    for (size_t i = 0; i < ng; i++) {
-        g[i].mean /= (double)g[i].count;
-        if (g[i].deepest > 0) g[keep++] = g[i];
-    }
-    qsort(g, keep, sizeof *g, cmp_top);
-    s->top = g;
-    s->n_top = keep < (size_t)top_n ? keep : (size_t)top_n;
-    return 0;
-}
-
-void inspect_summary_free(inspect_summary *s) {
-    free(s->top);
-    s->top = NULL;
-    s->n_top = 0;
-}
-
-/* ======================================================================== */
-/* colours                                                                  */
-
-/* ColorBrewer YlOrRd: light for tokens that exit early, dark for the ones
- * that run every recursion, so "more colour" reads as "more compute". */
-static const unsigned char depth_stops[5][3] = {
-    {0xff, 0xff, 0xb2}, {0xfe, 0xcc, 0x5c}, {0xfd, 0x8d, 0x3c}, {0xf0, 0x3b, 0x20}, {0xbd, 0x00, 0x26}};
-
-void inspect_depth_rgb(int d, int n_r, unsigned char rgb[3]) {
-    double x = n_r > 1 ? (double)(d - 1) / (n_r - 1) * 4 : 0; /* position along the 5 stops */
-    int k = x >= 4 ? 3 : (int)x;
-    double w = x - k;
-    for (int c = 0; c < 3; c++)
-        rgb[c] = (unsigned char)lround((1 - w) * depth_stops[k][c] + w * depth_stops[k + 1][c]);
-}
-
-int inspect_dark_text(const unsigned char rgb[3]) {
-    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 140;
-}
+/* the terminal view                                                        */
 
 /* The xterm 256-colour cube entry nearest to an RGB colour. */
 static int ansi256(const unsigned char rgb[3]) {
@@ -130,12 +31,18 @@ static int ansi256(const unsigned char rgb[3]) {
     return 16 + 36 * idx[0] + 6 * idx[1] + idx[2];
 }
 
-/* "\033[48;5;Bm\033[38;5;Fm": depth d's background and a readable foreground. */
-static void depth_escape(char *buf, size_t n, int d, int n_r) {
+/* "\033[48;5;Bm\033[38;5;Fm": depth d's background and a readable foreground,
+ * then "\033[4m" for a prompt token, underlined as on the HTML page. */
+static void depth_escape(char *buf, size_t n, int d, int n_r, int prompt) {
     unsigned char rgb[3];
     inspect_depth_rgb(d, n_r, rgb);
-    snprintf(buf, n, "\033[48;5;%dm\033[38;5;%dm", ansi256(rgb), inspect_dark_text(rgb) ? 16 : 231);
+    snprintf(buf, n, "\033[48;5;%dm\033[38;5;%dm%s", ansi256(rgb), inspect_dark_text(rgb) ? 16 : 231,
+             prompt ? "\033[4m" : "");
 }
+
+/* Starts every coloured token: a faint U+258F (left one-eighth block), so
+ * neighbours of the same depth, whose backgrounds are alike, stay apart. */
+#define TOKEN_SEP "\033[2m\xe2\x96\x8f\033[22m"
 
 /* Token text for a terminal: a control character or invalid UTF-8 (a trace
  * may hold any bytes) becomes U+FFFD, so a trace cannot drive the terminal.
@@ -158,22 +65,6 @@ static void put_term_text(FILE *f, const char *s, size_t n, const char *on) {
     }
 }
 
-void inspect_html_escape(FILE *f, const char *s, size_t n) {
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        size_t k = mor_utf8_char_len(u + i, n - i);
-        unsigned c = u[i];
-        if (k == 0 || (c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) fputs("\xef\xbf\xbd", f);
-        else if (c == '&') fputs("&amp;", f);
-        else if (c == '<') fputs("&lt;", f);
-        else if (c == '>') fputs("&gt;", f);
-        else if (c == '"') fputs("&quot;", f);
-        else if (c == '\'') fputs("&#39;", f);
-        else fwrite(u + i, 1, k, f);
-        i += k ? k : 1;
-    }
-}
-
 /* ======================================================================== */
 /* the text report                                                          */
 
@@ -183,17 +74,21 @@ typedef struct depths_opts {
     int color, json;
 } depths_opts;
 
+/* The text, token by token: in colour each on its depth's background after
+ * a separator, prompt tokens underlined; without colour as token[d], which
+ * marks the boundaries as well and stays easy to parse. */
 static void print_tokens(FILE *f, const trace *t, int color) {
-    char on[64];
+    char on[80];
     for (int r = 0; r < t->n_runs; r++) {
         const trace_run *run = &t->runs[r];
         if (t->n_runs > 1) fprintf(f, "%s-- run %d --\n", r ? "\n" : "", r + 1);
         for (size_t i = run->first; i < run->first + run->n; i++) {
-            const char *s = t->text + t->text_off[i];
-            size_t n = t->text_off[i + 1] - t->text_off[i];
+            size_t n;
+            const char *s = trace_text(t, i, &n);
             if (color) {
-                depth_escape(on, sizeof on, t->depth[i], t->num_recursion);
+                depth_escape(on, sizeof on, t->depth[i], t->num_recursion, trace_in_prompt(run, i));
                 fputs(on, f);
+                fputs(TOKEN_SEP, f);
                 if (n) put_term_text(f, s, n, on);
                 else fputs("\xe2\x88\x85", f); /* U+2205: a token with no text (BOS) */
                 fputs("\033[0m", f);
@@ -224,22 +119,28 @@ static double pct(long a, long b) { return b > 0 ? 100.0 * (double)a / (double)b
 static void print_report(FILE *f, const char *name, const trace *t, const inspect_summary *s, int color) {
     int R = s->n_r;
     const trace_run *r0 = &t->runs[0];
-    fprintf(f, "trace: %s (%d run%s, %ld tokens, N_R = %d, routing %s", name, t->n_runs,
-            t->n_runs == 1 ? "" : "s", s->total, R, r0->routing[0] ? r0->routing : "unknown");
-    if (r0->model[0]) fprintf(f, ", model %s", r0->model);
+    const char *routing = r0->routing[0] ? r0->routing : "unknown";
+    fprintf(f, "trace: %s (%d run%s, %ld token%s, N_R = %d, routing ", name, t->n_runs,
+            inspect_plural(t->n_runs), s->total, inspect_plural(s->total), R);
+    put_term_text(f, routing, strlen(routing), NULL); /* the trace's strings may hold any bytes */
+    if (r0->model[0]) {
+        fprintf(f, ", model ");
+        put_term_text(f, r0->model, strlen(r0->model), NULL);
+    }
     fprintf(f, ")\n\n");
     print_tokens(f, t, color);
     fprintf(f, "\nlegend: ");
     if (color) {
-        char on[64];
+        char on[80];
         fprintf(f, "recursion depth ");
         for (int d = 1; d <= R; d++) {
-            depth_escape(on, sizeof on, d, R);
+            depth_escape(on, sizeof on, d, R, 0);
             fprintf(f, "%s %d \033[0m ", on, d);
         }
-        fprintf(f, "(steps a token ran, 1..%d)\n", R);
+        fprintf(f, "(steps a token ran, 1..%d); \033[4mprompt\033[24m tokens are underlined; " TOKEN_SEP
+                   " starts a token\n", R);
     } else {
-        fprintf(f, "token[d]: the token ran d of the %d recursion steps\n", R);
+        fprintf(f, "token[d]: the token ran d of the %d recursion step%s\n", R, inspect_plural(R));
     }
     long max = 0;
     for (int d = 1; d <= R; d++)
@@ -365,20 +266,37 @@ static int parse_depths_args(int argc, char **argv, depths_opts *o) {
     return parse_color(color, &o->color) ? EXIT_USAGE : 0;
 }
 
-static int write_html(const depths_opts *o, const char *name, const trace *t, const inspect_summary *s) {
-    int std = !strcmp(o->html, "-");
-    FILE *f = std ? stdout : fopen(o->html, "w");
-    if (!f) {
-        fprintf(stderr, "mor-inspect: error: %s: cannot open for writing\n", o->html);
-        return EXIT_INPUT;
+/* Creates the page's file before anything is printed, so a path that cannot
+ * be written fails with nothing on stdout. The page goes to a temporary file
+ * beside the path, renamed over it once whole: never half a page. */
+static int open_page(const char *path, mor_atomic_file *page) {
+    mor_error err = {0};
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        mor_fail(&err, MOR_EIO, "%s: is a directory; --html expects a file name", path);
+    else
+        mor_atomic_open(page, path, &err);
+    return err.code ? cli_fail(&err) : 0;
+}
+
+/* The report (text, JSON or none) on stdout, then the page. */
+static int write_outputs(const depths_opts *o, const char *name, const trace *t, const inspect_summary *s) {
+    int page_file = o->html && strcmp(o->html, "-");
+    mor_atomic_file page;
+    int rc = page_file ? open_page(o->html, &page) : 0;
+    if (rc) return rc;
+    if (o->json) print_json(stdout, name, t, s);
+    else if (!o->html || page_file) print_report(stdout, name, t, s, o->color);
+    if (!o->html) return 0;
+    inspect_html_write(page_file ? page.f : stdout, name, t, s);
+    mor_error err = {0};
+    if (!page_file) {
+        if (fflush(stdout) == 0) return 0;
+        mor_fail(&err, MOR_EIO, "stdout: write failed");
+        return cli_fail(&err);
     }
-    inspect_html_write(f, name, t, s);
-    int bad = std ? fflush(f) != 0 : fclose(f) != 0;
-    if (bad) {
-        fprintf(stderr, "mor-inspect: error: %s: write failed\n", o->html);
-        return EXIT_INPUT;
-    }
-    if (!std) cli_log("wrote %s", o->html);
+    if (mor_atomic_commit(&page, &err)) return cli_fail(&err);
+    cli_log("wrote %s", o->html);
     return 0;
 }
 
@@ -395,9 +313,7 @@ int inspect_depths_main(int argc, char **argv) {
         fprintf(stderr, "mor-inspect: error: out of memory\n");
         return EXIT_INPUT;
     }
-    if (o.json) print_json(stdout, name, &t, &s);
-    else if (!o.html || strcmp(o.html, "-")) print_report(stdout, name, &t, &s, o.color);
-    if (o.html) rc = write_html(&o, name, &t, &s);
+    rc = write_outputs(&o, name, &t, &s);
     inspect_summary_free(&s);
     trace_free(&t);
     return rc;

@@ -1,8 +1,10 @@
 /* inspect_html.c - `mor-inspect depths --html`: a standalone page showing how
  * deep a MoR model sent each token. One file, inline CSS, no scripts, fonts
  * or images, so it can be mailed or archived as is. Every token is a span
- * coloured by its depth whose tooltip gives position, id, depth and router
- * scores; the histogram and the steps table use CSS bars. */
+ * coloured by its depth, with a thin line at its start, whose tooltip gives
+ * position, id, depth and router scores; prompt tokens are underlined (the
+ * terminal view marks both the same way). The histogram and the steps table
+ * use CSS bars. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +12,7 @@
 
 #include "cli.h"
 #include "inspect.h"
+#include "util.h"
 
 static const char page_css[] =
     "body{font:15px/1.5 system-ui,-apple-system,\"Segoe UI\",sans-serif;color:#1d1d1f;background:#fafafa;"
@@ -22,7 +25,8 @@ static const char page_css[] =
     ".run{font:14px/1.9 ui-monospace,\"SF Mono\",Menlo,Consolas,monospace;white-space:pre-wrap;"
     "overflow-wrap:anywhere;background:#fff;border:1px solid #ddd;border-radius:6px;padding:.8em 1em}\n"
     ".run h3{font:600 12px/1.4 system-ui,sans-serif;color:#777;margin:0 0 .4em}\n"
-    ".k{border-radius:2px;padding:.1em 0}.k:hover{outline:2px solid #222}\n"
+    ".k{border-radius:2px;padding:.1em 0;box-shadow:inset 1px 0 rgba(0,0,0,.3)}"
+    ".k:hover{outline:2px solid #222}\n"
     ".k.p{text-decoration:underline 2px;text-underline-offset:3px}.k.e{opacity:.6}\n"
     "table{border-collapse:collapse;background:#fff}th,td{padding:.25em .8em;text-align:right;"
     "border-bottom:1px solid #eee}th{font-weight:600;color:#444;border-bottom:1px solid #ccc}\n"
@@ -30,6 +34,24 @@ static const char page_css[] =
     "border-radius:2px;min-width:1px}\n"
     "td.tok,.top th:nth-child(2){text-align:left}\n"
     "td.tok{font-family:ui-monospace,monospace;white-space:pre}\n";
+
+/* Writes s[0..n) with &, <, >, " and ' escaped; invalid UTF-8 and control
+ * characters other than \n and \t become U+FFFD. */
+static void html_escape(FILE *f, const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        size_t k = mor_utf8_char_len(u + i, n - i);
+        unsigned c = u[i];
+        if (k == 0 || (c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) fputs("\xef\xbf\xbd", f);
+        else if (c == '&') fputs("&amp;", f);
+        else if (c == '<') fputs("&lt;", f);
+        else if (c == '>') fputs("&gt;", f);
+        else if (c == '"') fputs("&quot;", f);
+        else if (c == '\'') fputs("&#39;", f);
+        else fwrite(u + i, 1, k, f);
+        i += k ? k : 1;
+    }
+}
 
 static void put_json_str_html(FILE *f, const char *s, size_t n) {
     /* JSON-quoted (escapes show whitespace), then HTML-escaped */
@@ -39,7 +61,7 @@ static void put_json_str_html(FILE *f, const char *s, size_t n) {
     if (!m) return;
     cli_json_string(m, s, n);
     fclose(m);
-    inspect_html_escape(f, q, qn);
+    html_escape(f, q, qn);
     free(q);
 }
 
@@ -72,21 +94,21 @@ static void put_tokens(FILE *f, const trace *t) {
             fprintf(f, "<h3>run %d", r + 1);
             if (run->model[0]) {
                 fprintf(f, " &middot; ");
-                inspect_html_escape(f, run->model, strlen(run->model));
+                html_escape(f, run->model, strlen(run->model));
             }
             fprintf(f, "</h3>");
         }
         for (size_t i = run->first; i < run->first + run->n; i++) {
-            const char *s = t->text + t->text_off[i];
-            size_t n = t->text_off[i + 1] - t->text_off[i];
-            int prompt = run->n_prompt > 0 && i - run->first < (size_t)run->n_prompt;
+            size_t n;
+            const char *s = trace_text(t, i, &n);
+            int prompt = trace_in_prompt(run, i);
             fprintf(f, "<span class=\"k d%d%s%s\" title=\"", t->depth[i], prompt ? " p" : "", n ? "" : " e");
             put_title(f, t, i, prompt);
             fprintf(f, "\">");
             /* a newline gets a visible mark so its token can be seen and hovered */
             for (size_t a = 0, b; a < n; a = b + 1) {
                 for (b = a; b < n && s[b] != '\n'; b++) {}
-                inspect_html_escape(f, s + a, b - a);
+                html_escape(f, s + a, b - a);
                 if (b < n) fputs("&#8629;\n", f);
             }
             if (!n) fputs("&#8709;", f); /* a token with no text (BOS) */
@@ -109,31 +131,31 @@ void inspect_html_write(FILE *f, const char *trace_name, const trace *t, const i
     fprintf(f, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
                "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>");
     fprintf(f, "Recursion depths: ");
-    inspect_html_escape(f, trace_name, strlen(trace_name));
+    html_escape(f, trace_name, strlen(trace_name));
     fprintf(f, "</title>\n<style>\n%s", page_css);
     put_depth_classes(f, R);
     fprintf(f, "</style>\n</head>\n<body>\n<h1>Mixture-of-Recursions: recursion depth per token</h1>\n");
     fprintf(f, "<p class=\"meta\">");
     if (r0->model[0]) {
         fprintf(f, "model <code>");
-        inspect_html_escape(f, r0->model, strlen(r0->model));
+        html_escape(f, r0->model, strlen(r0->model));
         fprintf(f, "</code> &middot; ");
     }
     fprintf(f, "N<sub>R</sub> = %d &middot; routing ", R);
     const char *routing = r0->routing[0] ? r0->routing : "unknown";
-    inspect_html_escape(f, routing, strlen(routing));
+    html_escape(f, routing, strlen(routing));
     if (r0->type[0]) {
         fprintf(f, " (");
-        inspect_html_escape(f, r0->type, strlen(r0->type));
+        html_escape(f, r0->type, strlen(r0->type));
         fprintf(f, "-choice)");
     }
-    fprintf(f, " &middot; %ld tokens in %d run%s &middot; mean depth %.2f</p>\n", s->total, t->n_runs,
-            t->n_runs == 1 ? "" : "s", s->mean);
+    fprintf(f, " &middot; %ld token%s in %d run%s &middot; mean depth %.2f</p>\n", s->total,
+            inspect_plural(s->total), t->n_runs, inspect_plural(t->n_runs), s->mean);
 
     fprintf(f, "<div class=\"legend\">recursion depth ");
     for (int d = 1; d <= R; d++) fprintf(f, "<span class=\"sw d%d\">%d</span>", d, d);
-    fprintf(f, "<span class=\"pr\">prompt tokens are underlined</span>; hover a token for its router "
-               "scores</div>\n");
+    fprintf(f, "<span class=\"pr\">prompt tokens are underlined</span>; a thin line starts each token; "
+               "hover a token for its router scores</div>\n");
     put_tokens(f, t);
 
     long max = 0;

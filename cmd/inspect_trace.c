@@ -32,6 +32,12 @@ int trace_begin_run(trace *t, int num_recursion, const char *model, const char *
         t->runs_cap = cap;
     }
     if (!t->text_off && !(t->text_off = calloc(1, sizeof *t->text_off))) return -1;
+    /* text exists even while every token's text is empty (BOS alone), so
+     * t->text + t->text_off[i] never offsets a null pointer */
+    if (!t->text) {
+        if (!(t->text = malloc(256))) return -1;
+        t->text_cap = 256;
+    }
     trace_run *r = &t->runs[t->n_runs];
     r->model = dup_or_empty(model);
     r->routing = dup_or_empty(routing);
@@ -119,8 +125,10 @@ void trace_write_header(FILE *f, const trace *t, int run) {
 }
 
 void trace_write_token(FILE *f, const trace *t, size_t i) {
+    size_t len;
+    const char *text = trace_text(t, i, &len);
     fprintf(f, "{\"pos\":%d,\"id\":%d,\"text\":", t->pos[i], t->id[i]);
-    cli_json_string(f, t->text + t->text_off[i], t->text_off[i + 1] - t->text_off[i]);
+    cli_json_string(f, text, len);
     fprintf(f, ",\"depth\":%d,\"scores\":[", t->depth[i]);
     for (int r = 0; r < t->num_recursion; r++) {
         float s = t->scores[i * (size_t)t->num_recursion + (size_t)r];
@@ -201,7 +209,7 @@ static mor_status parse_header_line(json_t *o, const char *name, size_t line, tr
                         "1..%d", name, line, MOR_MAX_RECURSION);
     if (t->n_runs > 0 && nr != t->num_recursion)
         return mor_fail(err, MOR_EFORMAT, "%s: line %zu: num_recursion %lld differs from the "
-                        "earlier runs' %d", name, line, nr, t->num_recursion);
+                        "first run's %d", name, line, nr, t->num_recursion);
     if (get_int(o, "n_prompt", -1, INT32_MAX, &np) < 0)
         return mor_fail(err, MOR_EFORMAT, "%s: line %zu: \"n_prompt\" must be an integer >= -1",
                         name, line);
@@ -237,7 +245,7 @@ static mor_status parse_token_line(json_t *o, const char *name, size_t line, tra
     if (scores && !json_is_null(scores)) {
         if (!json_is_array(scores) || (int)json_array_size(scores) != R)
             return mor_fail(err, MOR_EFORMAT, "%s: line %zu: \"scores\" must be null or an array "
-                            "of %d numbers or nulls", name, line, R);
+                            "of length %d (num_recursion) of numbers or nulls", name, line, R);
         for (int r = 0; r < R; r++) {
             json_t *v = json_array_get(scores, (size_t)r);
             if (json_is_number(v)) sc[r] = (float)json_number_value(v);
@@ -297,8 +305,8 @@ static size_t blob_size(const uint8_t *buf, size_t len, const char *label, mor_e
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--) n = n << 8 | buf[i];
     if (n > MOR_ST_MAX_HEADER || n > len - 8) {
-        mor_fail(err, MOR_EFORMAT, "%s: truncated: header of %llu bytes, %zu bytes left", label,
-                 (unsigned long long)n, len - 8);
+        mor_fail(err, MOR_EFORMAT, "%s: truncated: header length %llu exceeds the rest of the "
+                 "input (%zu)", label, (unsigned long long)n, len - 8);
         return 0;
     }
     json_error_t je;
@@ -318,7 +326,7 @@ static size_t blob_size(const uint8_t *buf, size_t len, const char *label, mor_e
     }
     json_decref(h);
     if (end > len - 8 - n) {
-        mor_fail(err, MOR_EFORMAT, "%s: truncated: %llu data bytes expected, %llu found", label,
+        mor_fail(err, MOR_EFORMAT, "%s: truncated: data of length %llu expected, %llu found", label,
                  (unsigned long long)end, (unsigned long long)(len - 8 - n));
         return 0;
     }
@@ -342,7 +350,7 @@ static mor_status parse_frame(const mor_st_file *f, const char *label, trace *t,
         return mor_fail(err, MOR_EFORMAT, "%s: metadata \"num_recursion\" must be an integer in 1..%d",
                         label, MOR_MAX_RECURSION);
     if (t->n_runs > 0 && R != t->num_recursion)
-        return mor_fail(err, MOR_EFORMAT, "%s: num_recursion %ld differs from the earlier runs' %d",
+        return mor_fail(err, MOR_EFORMAT, "%s: num_recursion %ld differs from the first run's %d",
                         label, R, t->num_recursion);
     long np = nps ? strtol(nps, &end, 10) : -1;
     if (nps && (*end || np < -1)) np = -1;

@@ -36,9 +36,21 @@ typedef struct trace {
     int32_t *pos, *id, *depth;   /* (n); depth in 1..N_R */
     float *scores;               /* (n, N_R); NAN = null (step not evaluated) */
     size_t *text_off;            /* (n + 1) token i's text is text[text_off[i], text_off[i+1]) */
-    char *text;                  /* (text_len) bytes, not NUL-terminated */
+    char *text;                  /* (text_len) bytes, not NUL-terminated; never NULL once a run began */
     size_t text_len, text_cap;
 } trace;
+
+/* Token i's text: *len bytes, not NUL-terminated (0 for BOS). */
+static inline const char *trace_text(const trace *t, size_t i, size_t *len) {
+    *len = t->text_off[i + 1] - t->text_off[i];
+    return t->text + t->text_off[i];
+}
+
+/* 1 when token i (an index into the whole trace) is one of run r's prompt
+ * tokens; a run whose prompt length is unknown (-1) has none. */
+static inline int trace_in_prompt(const trace_run *r, size_t i) {
+    return r->n_prompt > 0 && i - r->first < (size_t)r->n_prompt;
+}
 
 /* Starts a run (copies the strings). 0, or -1 when out of memory or when N_R
  * differs from the trace's earlier runs (num_recursion must be 1..16). */

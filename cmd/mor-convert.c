@@ -5,8 +5,10 @@
 #include <string.h>
 
 #include "cli.h"
+#include "config.h"
 #include "mor.h"
 #include "shard.h"
+#include "util.h"
 
 static void usage(void) {
     fprintf(stderr,
@@ -209,6 +211,24 @@ static int cmd_tokens(const options *o) {
     return rc;
 }
 
+/* init: a tokenizer whose bos/eos ids are not the config's gets a warning.
+ * Errors are left to mor_model_init, which reports them. */
+static void warn_special_tokens(const options *o) {
+    char *text;
+    size_t len;
+    mor_error err = {0};
+    mor_config cfg;
+    mor_tokenizer *tok = NULL;
+    if (mor_read_file(o->config, &text, &len, &err)) return;
+    int ok = !mor_config_parse_yaml(text, len, o->config, &cfg, &err) &&
+             !mor_tokenizer_load(o->tokenizer, &tok, &err);
+    free(text);
+    if (ok && mor_config_check_special_tokens(&cfg, o->config, mor_tokenizer_bos(tok),
+                                              mor_tokenizer_eos(tok), o->tokenizer, &err))
+        cli_log("mor-convert: warning: %s", err.msg);
+    mor_tokenizer_free(tok);
+}
+
 int main(int argc, char **argv) {
     cli_init(argv[0]);
     options o;
@@ -227,6 +247,7 @@ int main(int argc, char **argv) {
     if (!strcmp(o.cmd, "init")) {
         if (!o.config || !o.tokenizer) return cli_usage_error("init needs --config and --tokenizer");
         if (o.input) return cli_usage_error("unexpected argument '%s'", o.input);
+        warn_special_tokens(&o);
         st = mor_model_init(o.config, o.tokenizer, o.output, &p, &err);
     } else if (!o.input) {
         return cli_usage_error("%s needs an input", o.cmd);

@@ -216,27 +216,55 @@ static int is_shard(const char *path) {
     return (k == 8 && !memcmp(m, MOR_SHARD_MAGIC, 8)) || (k >= 4 && !memcmp(m, zstd_magic, 4));
 }
 
+/* A shard's ids are scored as stored: its vocabulary must fit the model's. */
+static int ppl_check_shard(const char *name, const mor_shard_info *info, const eval_runner *r,
+                           int32_t **ids) {
+    if ((int64_t)info->vocab_size <= r->V) return 0;
+    free(*ids);
+    *ids = NULL;
+    return eval_input_error("%s: shard vocab_size %u exceeds the model's %d", name, info->vocab_size,
+                            r->V);
+}
+
+/* Standard input: a shard (MORSHARD or the zstd magic) is told by its
+ * magic, as a file is; anything else is text. */
+static int ppl_stdin_tokens(const eval_opts *o, const eval_runner *r, int32_t **ids, size_t *n) {
+    mor_error err = {0};
+    mor_source src;
+    mor_shard_info info;
+    unsigned char m[8];
+    size_t k = 0, len = 0;
+    char *text = NULL;
+    int rc = 0, shard = 0;
+    if (mor_source_open(&src, stdin, "stdin", &err) || mor_source_peek(&src, m, 8, &k, &err))
+        rc = cli_fail(&err);
+    else if ((shard = src.zstd || (k == 8 && !memcmp(m, MOR_SHARD_MAGIC, 8))))
+        rc = mor_shard_load_source(&src, ids, n, &info, &err) ? cli_fail(&err) : 0;
+    else if (mor_source_read_all(&src, &text, &len, &err))
+        rc = cli_fail(&err);
+    mor_source_free(&src);
+    if (!rc) rc = shard ? ppl_check_shard("stdin", &info, r, ids)
+                        : eval_text_tokens(o, r, "stdin", 0, text, len, ids, n);
+    free(text);
+    return rc;
+}
+
 /* The token ids of one input: a shard as stored; text tokenized without
  * special tokens, or ids as written (--ids); BOS first with --bos. */
 static int ppl_tokens(const eval_opts *o, const eval_runner *r, const char *path, int32_t **ids,
                       size_t *n) {
-    const char *name = path ? path : "stdin";
+    if (!path || !strcmp(path, "-")) return ppl_stdin_tokens(o, r, ids, n);
     mor_error err = {0};
-    if (path && strcmp(path, "-") && is_shard(path)) {
+    if (is_shard(path)) {
         mor_shard_info info;
         if (mor_shard_load(path, ids, n, &info, &err)) return cli_fail(&err);
-        if ((int64_t)info.vocab_size > r->V) {
-            free(*ids);
-            return eval_input_error("%s: shard vocab_size %u exceeds the model's %d", path,
-                                    info.vocab_size, r->V);
-        }
-        return 0;
+        return ppl_check_shard(path, &info, r, ids);
     }
     char *text;
     size_t len;
     int rc = cli_read_input(path, &text, &len);
     if (rc) return rc;
-    rc = eval_text_tokens(o, r, name, 0, text, len, ids, n);
+    rc = eval_text_tokens(o, r, path, 0, text, len, ids, n);
     free(text);
     return rc;
 }
@@ -245,7 +273,7 @@ static int ppl_tokens(const eval_opts *o, const eval_runner *r, const char *path
 static int ppl_window(eval_runner *r, const int32_t *ids, size_t b, size_t e, size_t t0, double *lp,
                       ppl_stats *s) {
     mor_error err = {0};
-    if (eval_score(r, ids + b, (int)(e - b), (int)(t0 - 1 - b), lp, NULL, &err)) return cli_fail(&err);
+    if (eval_score(r, ids + b, (int)(e - b), (int)(t0 - 1 - b), 1, lp, NULL, &err)) return cli_fail(&err);
     mor_eval_acc row = {0};
     for (size_t i = 0; i < e - t0; i++) {
         mor_eval_acc_add(&s->tok, -lp[i]);
@@ -312,8 +340,9 @@ static int cmd_ppl(const eval_opts *o) {
     int rc = eval_runner_open(&r, o);
     if (rc) return rc;
     if (o->stride && o->stride > r.n_ctx) {
+        int row = r.n_ctx; /* closing the runner clears it */
         eval_runner_close(&r);
-        return cli_usage_error("--score stride:%ld exceeds the row length %d", o->stride, r.n_ctx);
+        return cli_usage_error("--score stride:%ld exceeds the row length %d", o->stride, row);
     }
     static char *stdin_only[] = {NULL};
     char **files = o->n_files ? o->files : stdin_only;

@@ -1,23 +1,26 @@
 /* mor-generate - text generation with a KV cache, streaming to stdout; for
  * MoR models, optionally a trace of every token's recursion depth and router
  * scores (--trace, man/mor-trace.5). See man/mor-generate.1. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "checkpoint.h"
 #include "cli.h"
 #include "inspect.h"
 #include "mor.h"
 
 #define MAX_STOPS 16
+#define TRACE_ZSTD_LEVEL 3 /* --trace FILE.zst, as for checkpoints */
 
 typedef struct {
     const char *model, *prompt, *file;
     long n_predict, top_k, n_ctx, threads, batch, repeat_last_n;
     double temp, top_p, min_p, repeat_penalty;
     unsigned long long seed;
-    int seed_set, echo, print_ids, ignore_eos, no_bos;
+    int seed_random, echo, print_ids, ignore_eos, no_bos;
+    int temp_set, top_k_set, top_p_set; /* given as flags: the checkpoint's defaults do not apply */
     const char *trace;  /* --trace FILE ("-" = stdout) */
     int trace_stream;   /* --trace-format stream */
     int trace_format_set;
@@ -30,15 +33,17 @@ static void usage(void) {
             "usage: mor-generate -m MODEL.mor [-p PROMPT | -f FILE] [options]\n"
             "  -m, --model FILE        model checkpoint (.mor or .mor.zst)\n"
             "  -p, --prompt TEXT       prompt (default: stdin when neither -p nor -f)\n"
-            "  -f, --file FILE         read the prompt from FILE (with --batch: one prompt per line)\n"
-            "  -n, --n-predict N       tokens to generate (default 128)\n"
-            "      --temp T            temperature, 0 = greedy (default 0.8)\n"
-            "      --top-k K           (default 40, 0 = off)\n"
-            "      --top-p P           (default 0.95, 1 = off)\n"
+            "  -f, --file FILE         read the prompt from FILE (with --batch: one prompt per line);\n"
+            "                          from FILE or stdin one trailing newline is dropped\n"
+            "  -n, --n-predict N       tokens to generate (default 128; -1 = until EOS or a full context)\n"
+            "      --temp T            temperature, 0 = greedy (default 0.8, or the checkpoint's\n"
+            "                          generation_config)\n"
+            "      --top-k K           (default 40, 0 = off; or the checkpoint's)\n"
+            "      --top-p P           (default 0.95, 1 = off; or the checkpoint's)\n"
             "      --min-p P           (default 0.05, 0 = off)\n"
             "      --repeat-penalty R  (default 1.0 = off)\n"
             "      --repeat-last-n N   tokens considered for the penalty (default 64)\n"
-            "  -s, --seed S            RNG seed (default: random, printed on stderr)\n"
+            "  -s, --seed S            RNG seed (default or -1: random, printed on stderr)\n"
             "      --stop STR          stop when STR is generated (repeatable; STR not printed)\n"
             "      --echo              print the prompt before the generated text\n"
             "      --ignore-eos        keep generating after the end-of-sequence token\n"
@@ -58,6 +63,7 @@ static void usage(void) {
 
 static int parse_args(int argc, char **argv, options *o) {
     memset(o, 0, sizeof *o);
+    cli_seed("--seed", "-1", &o->seed, &o->seed_random); /* the default: a random seed */
     o->n_predict = 128;
     o->temp = 0.8;
     o->top_k = 40;
@@ -67,7 +73,6 @@ static int parse_args(int argc, char **argv, options *o) {
     o->repeat_last_n = 64;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
-        double d;
         int rc = 0;
 #define VAL() ((v = cli_value(argc, argv, &i)) != NULL)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -83,13 +88,16 @@ static int parse_args(int argc, char **argv, options *o) {
             if (!VAL()) return EXIT_USAGE;
             o->file = v;
         } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
-            rc = !VAL() || cli_int(a, v, 0, 1 << 24, &o->n_predict);
+            rc = !VAL() || cli_int(a, v, -1, 1 << 24, &o->n_predict);
         } else if (!strcmp(a, "--temp")) {
             rc = !VAL() || cli_float(a, v, 0, 100, &o->temp);
+            o->temp_set = 1;
         } else if (!strcmp(a, "--top-k")) {
             rc = !VAL() || cli_int(a, v, 0, 1 << 24, &o->top_k);
+            o->top_k_set = 1;
         } else if (!strcmp(a, "--top-p")) {
             rc = !VAL() || cli_float(a, v, 0, 1, &o->top_p);
+            o->top_p_set = 1;
         } else if (!strcmp(a, "--min-p")) {
             rc = !VAL() || cli_float(a, v, 0, 1, &o->min_p);
         } else if (!strcmp(a, "--repeat-penalty")) {
@@ -97,9 +105,7 @@ static int parse_args(int argc, char **argv, options *o) {
         } else if (!strcmp(a, "--repeat-last-n")) {
             rc = !VAL() || cli_int(a, v, 0, 1 << 24, &o->repeat_last_n);
         } else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
-            if (!VAL() || cli_float(a, v, 0, 1.8e19, &d)) return EXIT_USAGE;
-            o->seed = strtoull(v, NULL, 10);
-            o->seed_set = 1;
+            rc = !VAL() || cli_seed(a, v, &o->seed, &o->seed_random);
         } else if (!strcmp(a, "--stop")) {
             if (!VAL()) return EXIT_USAGE;
             if (!*v) return cli_usage_error("--stop: empty string");
@@ -154,7 +160,46 @@ static int parse_args(int argc, char **argv, options *o) {
     if (o->trace && !strcmp(o->trace, "-") && (o->print_ids || o->echo))
         return cli_usage_error("--trace - writes the trace to stdout; --print-ids and --echo would mix "
                                "into it");
-    if (!o->seed_set) o->seed = (unsigned long long)time(NULL) ^ ((unsigned long long)clock() << 20);
+    return 0;
+}
+
+/* ---- sampling defaults from the checkpoint ------------------------------------ */
+
+/* Takes the sampling settings that no flag gave from the checkpoint's
+ * generation_config (do_sample false = greedy) and logs the settings in use,
+ * naming the ones that came from the checkpoint. */
+static int apply_generation_defaults(options *o, const mor_model *m) {
+    mor_error err = {0};
+    mor_generation_defaults g;
+    if (mor_model_generation_defaults(m, o->model, &g, &err)) return cli_fail(&err);
+    char from[160] = "";
+    size_t k = 0;
+#define FROM(...) (k += (size_t)snprintf(from + k, k < sizeof from ? sizeof from - k : 0, __VA_ARGS__))
+    if (!o->temp_set && g.has_do_sample && !g.do_sample) {
+        o->temp = 0;
+        FROM(", do_sample=false");
+    } else if (!o->temp_set && g.has_temperature) {
+        o->temp = g.temperature;
+        FROM(", temperature=%g", g.temperature);
+    } else if (!o->temp_set && g.has_do_sample) {
+        FROM(", do_sample=true");
+    }
+    if (!o->top_k_set && g.has_top_k) {
+        o->top_k = g.top_k;
+        FROM(", top_k=%ld", g.top_k);
+    }
+    if (!o->top_p_set && g.has_top_p) {
+        o->top_p = g.top_p;
+        FROM(", top_p=%g", g.top_p);
+    }
+#undef FROM
+    char note[sizeof from + 64] = "";
+    if (k) snprintf(note, sizeof note, " (from the checkpoint's generation_config: %s)", from + 2);
+    if (o->temp == 0)
+        cli_log("sampling: greedy%s", note);
+    else
+        cli_log("sampling: temp %g, top-k %ld, top-p %g, min-p %g, repeat-penalty %g%s", o->temp, o->top_k,
+                o->top_p, o->min_p, o->repeat_penalty, note);
     return 0;
 }
 
@@ -217,6 +262,10 @@ static int flush_pending(pending *p, const options *o, FILE *out, int final) {
 typedef struct tracer {
     trace t;
     FILE *f; /* NULL when not tracing */
+    mor_sink sink; /* over f; zstd when the name ends in .zst */
+    FILE *line;    /* jsonl: the line being written, in line_buf */
+    char *line_buf;
+    size_t line_len;
     const char *path;
     int stream, to_stdout;
     int n_r;
@@ -260,11 +309,28 @@ static int tracer_open(tracer *tr, const options *o, const mor_model *m) {
     tr->stream = o->trace_stream;
     tr->to_stdout = !strcmp(o->trace, "-");
     tr->f = tr->to_stdout ? stdout : fopen(o->trace, "wb");
-    tr->scores = malloc(sizeof(float) * (size_t)tr->n_r);
-    if (!tr->f || !tr->scores) {
-        fprintf(stderr, "mor-generate: error: %s: cannot open for writing\n", o->trace);
+    if (!tr->f) {
+        fprintf(stderr, "mor-generate: error: %s: cannot open for writing: %s\n", o->trace, strerror(errno));
         return EXIT_INPUT;
     }
+    tr->scores = malloc(sizeof(float) * (size_t)tr->n_r);
+    if (!tr->stream) tr->line = open_memstream(&tr->line_buf, &tr->line_len);
+    if (!tr->scores || (!tr->stream && !tr->line)) return cli_usage_error("out of memory");
+    mor_error err = {0};
+    if (mor_sink_open(&tr->sink, tr->f, tr->to_stdout ? "stdout" : tr->path,
+                      ends_with(tr->path, ".zst") ? TRACE_ZSTD_LEVEL : 0, &err))
+        return cli_fail(&err);
+    return 0;
+}
+
+/* Sends the jsonl line written to tr->line to the file and flushes it, so a
+ * reader at the other end of a pipe sees each token as it is produced. */
+static int tracer_put_line(tracer *tr) {
+    mor_error err = {0};
+    if (fflush(tr->line) != 0) return cli_usage_error("out of memory");
+    if (mor_sink_write(&tr->sink, tr->line_buf, tr->line_len, &err) || mor_sink_flush(&tr->sink, &err))
+        return cli_fail(&err);
+    rewind(tr->line);
     return 0;
 }
 
@@ -273,8 +339,9 @@ static int tracer_begin(tracer *tr, const char *model, int n_prompt) {
     if (!tr->f) return 0;
     if (trace_begin_run(&tr->t, tr->n_r, model, "causal", tr->type, n_prompt))
         return cli_usage_error("out of memory");
-    if (!tr->stream) trace_write_header(tr->f, &tr->t, 0);
-    return 0;
+    if (tr->stream) return 0;
+    trace_write_header(tr->line, &tr->t, 0);
+    return tracer_put_line(tr);
 }
 
 /* Records token i of the last mor_context_eval call. A character split
@@ -295,30 +362,28 @@ static int tracer_token(tracer *tr, const mor_context *ctx, int i, int32_t pos, 
     memcpy(tr->carry, buf + keep, n - keep);
     if (trace_add(&tr->t, pos, id, buf, keep, depth, tr->scores))
         return cli_usage_error("out of memory");
-    if (!tr->stream) {
-        trace_write_token(tr->f, &tr->t, tr->t.n - 1);
-        fflush(tr->f);
-    }
-    return 0;
+    if (tr->stream) return 0;
+    trace_write_token(tr->line, &tr->t, tr->t.n - 1);
+    return tracer_put_line(tr);
 }
 
 /* Writes the stream frame (stream format), closes the file and logs the
  * depth histogram. rc: the run's exit code so far. */
 static int tracer_close(tracer *tr, int rc) {
+    if (tr->line) fclose(tr->line);
+    free(tr->line_buf);
     if (!tr->f) {
         free(tr->scores);
         return rc;
     }
     mor_error err = {0};
-    if (!rc && tr->stream && tr->t.n_runs > 0) {
-        mor_sink sink;
-        int level = ends_with(tr->path, ".zst") ? 3 : 0;
-        mor_status st = mor_sink_open(&sink, tr->f, tr->to_stdout ? "stdout" : tr->path, level, &err);
-        if (!st) st = trace_write_frame(&sink, &tr->t, 0, &err);
-        if (!st) st = mor_sink_finish(&sink, &err);
-        mor_sink_free(&sink); /* safe after a failed open too */
-        if (st) rc = cli_fail(&err);
-    }
+    mor_status st = MOR_OK;
+    if (!rc && tr->stream && tr->t.n_runs > 0) st = trace_write_frame(&tr->sink, &tr->t, 0, &err);
+    /* jsonl: the lines so far make a complete file (a whole zstd frame) even
+     * after an error */
+    if (!st && tr->sink.f && (!rc || !tr->stream)) st = mor_sink_finish(&tr->sink, &err);
+    mor_sink_free(&tr->sink);
+    if (st && !rc) rc = cli_fail(&err);
     if (tr->to_stdout ? fflush(tr->f) != 0 : fclose(tr->f) != 0) {
         fprintf(stderr, "mor-generate: error: %s: write failed\n", tr->path);
         if (!rc) rc = EXIT_INPUT;
@@ -340,15 +405,24 @@ static int tracer_close(tracer *tr, int rc) {
 
 /* ---- one prompt at a time ---------------------------------------------------- */
 
-static int tokenize_prompt(const mor_tokenizer *tok, const options *o, const char *text, size_t len,
-                           int32_t **ids, size_t *n) {
-    mor_error err = {0};
-    if (mor_tokenize(tok, text, len, !o->no_bos, ids, n, &err)) return cli_fail(&err);
-    if (*n == 0) {
-        free(*ids);
-        return cli_usage_error("the prompt is empty and the tokenizer adds no BOS token");
-    }
-    return 0;
+/* The prompt's ids (malloc'ed); MOR_EARG for a prompt that cannot be run:
+ * invalid UTF-8, or no tokens at all. */
+static mor_status tokenize_prompt(const mor_tokenizer *tok, const options *o, const char *text, size_t len,
+                                  int32_t **ids, size_t *n, mor_error *err) {
+    mor_status st = mor_tokenize(tok, text, len, !o->no_bos, ids, n, err);
+    if (st || *n > 0) return st;
+    free(*ids);
+    *ids = NULL;
+    return mor_fail(err, MOR_EARG, "the prompt is empty and the tokenizer adds no BOS token");
+}
+
+/* Room for the history of a prompt of n tokens: the prompt and what -n lets
+ * it generate, and never more than the context plus the token sampled from
+ * its last position (-n -1: until EOS or a full context). */
+static size_t history_cap(const options *o, size_t n, int n_ctx) {
+    size_t most = n + (size_t)n_ctx + 1;
+    if (o->n_predict < 0 || n + (size_t)o->n_predict > most) return most;
+    return n + (size_t)o->n_predict + 1;
 }
 
 /* The sampler settings of the options (the seed is set per prompt). */
@@ -373,11 +447,10 @@ static int generate_one(const mor_model *m, mor_context *ctx, const options *o, 
     const mor_tokenizer *tok = mor_model_tokenizer(m);
     int32_t *ids = NULL;
     size_t n = 0;
-    int rc = tokenize_prompt(tok, o, text, len, &ids, &n);
-    if (rc) return rc;
     mor_error err = {0};
-    long cap = (long)n + o->n_predict;
-    int32_t *hist = realloc(ids, sizeof(int32_t) * (size_t)(cap + 1));
+    if (tokenize_prompt(tok, o, text, len, &ids, &n, &err)) return cli_fail(&err);
+    int rc = 0;
+    int32_t *hist = realloc(ids, sizeof(int32_t) * history_cap(o, n, mor_context_n_ctx(ctx)));
     if (!hist) {
         free(ids);
         return cli_usage_error("out of memory");
@@ -412,7 +485,7 @@ static int generate_one(const mor_model *m, mor_context *ctx, const options *o, 
     int32_t eos = mor_tokenizer_eos(tok), prev = hist[n - 1];
     long nh = (long)n;
     FILE *text_out = tr->to_stdout ? NULL : stdout; /* --trace - : stdout carries the trace */
-    for (long g = 0; g < o->n_predict; g++) {
+    for (long g = 0; o->n_predict < 0 || g < o->n_predict; g++) {
         memcpy(logits, mor_context_logits(ctx), sizeof(float) * (size_t)mor_model_vocab_size(m));
         int32_t next = mor_sampler_sample(smp, logits, hist, (int)nh);
         if (next == eos && !o->ignore_eos) break;
@@ -444,7 +517,7 @@ static int generate_one(const mor_model *m, mor_context *ctx, const options *o, 
         if (text_out) fflush(stdout);
         prev = next;
         if (tr->f) continue; /* already run */
-        if (g + 1 == o->n_predict) break; /* the last token needs no forward pass */
+        if (g + 1 == o->n_predict) break; /* the last token needs no forward pass (never at -n -1) */
         if (mor_context_pos(ctx) >= mor_context_n_ctx(ctx)) {
             cli_log("\ncontext of %d tokens is full; stopping", mor_context_n_ctx(ctx));
             break;
@@ -473,9 +546,9 @@ typedef struct {
     int32_t *hist;
     long nh, generated;
     int32_t prev;
-    int done;
+    int done, failed;
     pending text;
-    long index;
+    long index; /* the prompt's line in the file, from 0 */
 } slot;
 
 static void slot_emit(slot *s, const options *o, const char *prompt, size_t plen) {
@@ -510,19 +583,82 @@ static int slot_step(slot *s, const mor_model *m, const options *o, float *logit
     /* keep the text pending (not printed) but cut it at a stop string */
     for (int i = 0; i < o->n_stops; i++)
         if (memmem(s->text.buf, s->text.len, o->stops[i], strlen(o->stops[i]))) s->done = 1;
-    if (s->generated >= o->n_predict || mor_context_pos(s->ctx) >= mor_context_n_ctx(s->ctx)) s->done = 1;
+    if ((o->n_predict >= 0 && s->generated >= o->n_predict) ||
+        mor_context_pos(s->ctx) >= mor_context_n_ctx(s->ctx))
+        s->done = 1;
     return 0;
 }
 
+/* Starts slot s on its prompt (line `index` of the file): tokenizes it,
+ * runs it and samples the first token. A prompt that cannot run (invalid
+ * UTF-8, longer than the context) is reported with its file and line and
+ * leaves the slot failed; *rc is set only for errors that end the run. */
+static void slot_start(slot *s, const mor_model *m, const options *o, const char *prompt,
+                       mor_sampler_params sp, float *logits, timing *tm, int *rc) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    mor_error err = {0};
+    mor_context_reset(s->ctx);
+    s->done = 1; /* until it has run */
+    s->failed = 0;
+    s->generated = 0;
+    s->text.len = 0;
+    mor_status st = tokenize_prompt(mor_model_tokenizer(m), o, prompt, strlen(prompt), &ids, &n, &err);
+    if (!st) {
+        int32_t *h = realloc(ids, sizeof(int32_t) * history_cap(o, n, mor_context_n_ctx(s->ctx)));
+        if (!h) {
+            free(ids);
+            *rc = cli_usage_error("out of memory");
+            return;
+        }
+        free(s->hist);
+        s->hist = h;
+        s->nh = (long)n;
+        s->prev = s->hist[n - 1];
+        sp.seed = o->seed + (uint64_t)s->index; /* per prompt: output independent of --batch */
+        mor_sampler_free(s->smp);
+        s->smp = mor_sampler_new(&sp, mor_model_vocab_size(m));
+        if (!s->smp) {
+            *rc = cli_usage_error("out of memory");
+            return;
+        }
+        st = mor_context_eval(s->ctx, s->hist, (int)n, NULL, &err);
+    }
+    if (st == MOR_EARG) { /* this prompt's fault: the others still run */
+        cli_fail_at(&err, strcmp(o->file, "-") ? o->file : "stdin", s->index + 1);
+        s->failed = 1;
+        return;
+    }
+    if (st) {
+        *rc = cli_fail(&err);
+        return;
+    }
+    tm->prompt_tokens += (long)n;
+    s->done = 0;
+    if (o->n_predict == 0 || mor_context_pos(s->ctx) >= mor_context_n_ctx(s->ctx)) s->done = 1;
+    else *rc = slot_step(s, m, o, logits);
+}
+
+/* Every line of text is a prompt; runs them o->batch at a time and prints one
+ * JSON line per prompt. Prompts that fail are reported and skipped: exit 2
+ * once the others are done. */
 static int generate_batch(const mor_model *m, const options *o, char *text, const mor_context_params *cp,
                           timing *tm) {
     /* split into lines (the buffer is modified in place) */
     size_t n_lines = 0, cap = 64;
     char **lines = malloc(cap * sizeof *lines);
-    for (char *p = text; p && *p;) {
+    for (char *p = text; lines && p && *p;) {
         char *nl = strchr(p, '\n');
         if (nl) *nl = 0;
-        if (n_lines == cap) lines = realloc(lines, (cap *= 2) * sizeof *lines);
+        if (n_lines == cap) {
+            char **more = realloc(lines, (cap *= 2) * sizeof *lines);
+            if (!more) {
+                free(lines);
+                lines = NULL;
+                break;
+            }
+            lines = more;
+        }
         lines[n_lines++] = p;
         p = nl ? nl + 1 : NULL;
     }
@@ -532,7 +668,8 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
     int32_t *toks = calloc((size_t)B, sizeof *toks);
     float *logits = malloc(sizeof(float) * (size_t)mor_model_vocab_size(m));
     mor_error err = {0};
-    int rc = 0;
+    int rc = 0, failed = 0;
+    if (!lines || !slots || !cs || !toks || !logits) rc = cli_usage_error("out of memory");
     for (long b = 0; b < B && !rc; b++)
         if (mor_context_new(m, cp, &slots[b].ctx, &err)) rc = cli_fail(&err);
     mor_sampler_params sp = sampler_params(o);
@@ -540,47 +677,20 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
         long nb = (long)(n_lines - first) < B ? (long)(n_lines - first) : B;
         double t0 = cli_now();
         for (long b = 0; b < nb && !rc; b++) {
-            slot *s = &slots[b];
-            int32_t *ids;
-            size_t n;
-            mor_context_reset(s->ctx);
-            s->index = (long)(first + (size_t)b);
-            s->done = 0;
-            s->generated = 0;
-            s->text.len = 0;
-            if ((rc = tokenize_prompt(mor_model_tokenizer(m), o, lines[s->index], strlen(lines[s->index]),
-                                      &ids, &n)))
-                break;
-            free(s->hist);
-            s->hist = realloc(ids, sizeof(int32_t) * (n + (size_t)o->n_predict + 1));
-            if (!s->hist) {
-                free(ids);
-                rc = cli_usage_error("out of memory");
-                break;
-            }
-            s->nh = (long)n;
-            s->prev = s->hist[n - 1]; /* ids was moved by realloc */
-            sp.seed = o->seed + (uint64_t)s->index; /* per prompt: output independent of --batch */
-            mor_sampler_free(s->smp);
-            s->smp = mor_sampler_new(&sp, mor_model_vocab_size(m));
-            if (mor_context_eval(s->ctx, s->hist, (int)n, NULL, &err)) {
-                rc = cli_fail(&err);
-                break;
-            }
-            tm->prompt_tokens += (long)n;
-            if (o->n_predict == 0 || mor_context_pos(s->ctx) >= mor_context_n_ctx(s->ctx)) s->done = 1;
-            else rc = slot_step(s, m, o, logits);
+            slots[b].index = (long)(first + (size_t)b);
+            slot_start(&slots[b], m, o, lines[slots[b].index], sp, logits, tm, &rc);
+            failed += slots[b].failed;
         }
         double t1 = cli_now();
         tm->prompt_s += t1 - t0;
-        for (;;) {
+        while (!rc) {
             int na = 0;
             for (long b = 0; b < nb; b++)
                 if (!slots[b].done) {
                     cs[na] = slots[b].ctx;
                     toks[na++] = slots[b].hist[slots[b].nh - 1];
                 }
-            if (rc || na == 0) break;
+            if (na == 0) break;
             if (mor_context_eval_batch(cs, toks, na, &err)) {
                 rc = cli_fail(&err);
                 break;
@@ -590,11 +700,12 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
         }
         tm->gen_s += cli_now() - t1;
         for (long b = 0; b < nb && !rc; b++) {
+            if (slots[b].failed) continue;
             tm->gen_tokens += slots[b].generated;
             slot_emit(&slots[b], o, lines[slots[b].index], strlen(lines[slots[b].index]));
         }
     }
-    for (long b = 0; b < B; b++) {
+    for (long b = 0; slots && b < B; b++) {
         mor_context_free(slots[b].ctx);
         mor_sampler_free(slots[b].smp);
         free(slots[b].hist);
@@ -605,6 +716,11 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
     free(toks);
     free(logits);
     free(lines);
+    if (!rc && failed) {
+        fprintf(stderr, "mor-generate: error: %d of %zu prompts failed (no output line for them)\n", failed,
+                n_lines);
+        rc = EXIT_INPUT;
+    }
     return rc;
 }
 
@@ -620,6 +736,8 @@ int main(int argc, char **argv) {
         len = strlen(o.prompt);
     } else if ((rc = cli_read_input(o.file, &text, &len))) {
         return rc;
+    } else if (!o.batch && len > 0 && text[len - 1] == '\n') {
+        text[--len] = 0; /* the newline that ends a file or a line typed on a terminal */
     }
     mor_error err = {0};
     mor_model *m = NULL;
@@ -629,6 +747,12 @@ int main(int argc, char **argv) {
         return cli_fail(&err);
     }
     cli_log("loaded %s in %.2f s", o.model, cli_now() - t0);
+    if ((rc = apply_generation_defaults(&o, m))) {
+        mor_model_free(m);
+        free(text);
+        return rc;
+    }
+    cli_warn_ctx(o.n_ctx, mor_model_max_seq_len(m));
     mor_context_params cp = mor_context_default_params();
     cp.n_ctx = (int)o.n_ctx;
     cp.n_threads = (int)o.threads;
@@ -643,7 +767,7 @@ int main(int argc, char **argv) {
         return rc;
     }
     timing tm = {0};
-    if (!o.seed_set && o.temp > 0) cli_log("seed: %llu", o.seed);
+    if (o.seed_random && o.temp > 0) cli_log("seed: %llu", o.seed);
     if (o.batch) {
         rc = generate_batch(m, &o, text, &cp, &tm);
     } else {

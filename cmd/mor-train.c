@@ -1,6 +1,5 @@
 /* mor-train - trains a vanilla, recursive or MoR model on token shards or
  * text, with resumable checkpoints. See man/mor-train.1. */
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -27,7 +26,8 @@ typedef struct {
     long steps, threads, seed, eval_every, save_every, eval_rows, log_every, batch, max_length;
     double lr, val_fraction;
     int lr_set, seed_set;
-    int split; /* mor_doc_split of text files */
+    int overwrite; /* start over in a run directory that holds checkpoints */
+    int split;     /* mor_doc_split of text files */
 } options;
 
 static void usage(void) {
@@ -44,8 +44,10 @@ static void usage(void) {
             "      --val-fraction F    held-out share of the rows (default 0.05)\n"
             "      --split S           text files: a document is a whole file (default), a line,\n"
             "                          or a blank-line separated paragraph (file|line|blank)\n"
-            "  -o, --output DIR        run directory: step-N.mor, step-N.state, metrics.jsonl\n"
+            "  -o, --output DIR        run directory: step-N.mor, step-N.state, metrics.jsonl; one\n"
+            "                          that holds checkpoints needs --resume or --overwrite\n"
             "      --resume DIR        continue the newest checkpoint of DIR\n"
+            "      --overwrite         start over: remove the checkpoints and metrics of -o first\n"
             "      --steps N           optimizer steps (default: train.steps)\n"
             "      --lr X              peak learning rate (default: train.learning_rate)\n"
             "      --batch N           rows per micro-batch (default: train.batch_size)\n"
@@ -103,6 +105,8 @@ static int parse_args(int argc, char **argv, options *o) {
         } else if (!strcmp(a, "--resume")) {
             if (!VAL()) return EXIT_USAGE;
             o->resume = v;
+        } else if (!strcmp(a, "--overwrite")) {
+            o->overwrite = 1;
         } else if (!strcmp(a, "--steps")) {
             rc = !VAL() || cli_int(a, v, 1, 1L << 30, &o->steps);
         } else if (!strcmp(a, "--lr")) {
@@ -147,25 +151,41 @@ static void on_signal(int sig) { stop_signal = sig; }
 
 /* ---- config and tokenizer ---------------------------------------------------- */
 
-/* Newest step-N.mor of a run directory (for its config and tokenizer). */
+/* The step-N.mor that --resume continues (for its config and tokenizer):
+ * the library's newest complete checkpoint, the one it resumes from. */
 static char *newest_mor(const char *dir) {
-    long best = -1;
-    DIR *dp = opendir(dir);
-    if (dp) {
-        struct dirent *e;
-        while ((e = readdir(dp))) {
-            long s;
-            char tail[8];
-            if (sscanf(e->d_name, "step-%ld.%7s", &s, tail) == 2 && !strcmp(tail, "mor") && s > best)
-                best = s;
-        }
-        closedir(dp);
-    }
+    long best = mor_trainer_newest_step(dir);
     if (best < 0) return NULL;
     size_t k = strlen(dir) + 48;
     char *p = malloc(k);
     if (p) snprintf(p, k, "%s/step-%ld.mor", dir, best);
     return p;
+}
+
+/* Whether two paths name the same directory. */
+static int same_dir(const char *a, const char *b) {
+    struct stat sa, sb;
+    if (stat(a, &sa) || stat(b, &sb)) return !strcmp(a, b);
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* One run per directory: checkpoints of another run in -o would mix with
+ * this one's (and a later --resume would pick the newer of either). They
+ * are continued (--resume of that directory) or removed (--overwrite). */
+static int check_run_dir(const options *o) {
+    int continuing = o->resume && same_dir(o->resume, o->out);
+    if (continuing && o->overwrite)
+        return cli_usage_error("--overwrite would remove the checkpoints --resume %s continues",
+                               o->resume);
+    int n = mor_trainer_count_checkpoints(o->out);
+    if (n && !continuing && !o->overwrite) {
+        fprintf(stderr,
+                "mor-train: error: %s: holds %d checkpoint file%s of another run; continue it with "
+                "--resume %s, start over with --overwrite, or choose another -o\n",
+                o->out, n, n == 1 ? "" : "s", o->out);
+        return EXIT_INPUT;
+    }
+    return 0;
 }
 
 /* Reads config YAML and tokenizer texts from a .mor checkpoint's metadata. */
@@ -207,11 +227,7 @@ static int load_tokenizer_text(const char *path, char **tok, char **tokcfg) {
 
 static int parse_config(const char *text, const char *source, mor_config *c) {
     mor_error err = {0};
-    mor_config_defaults(c);
-    if (mor_config_parse_yaml(text, strlen(text), source, c, &err)) {
-        fprintf(stderr, "mor-train: error: %s\n", err.msg);
-        return EXIT_VALIDATION;
-    }
+    if (mor_config_parse_yaml(text, strlen(text), source, c, &err)) return cli_fail(&err);
     return 0;
 }
 
@@ -296,11 +312,15 @@ int main(int argc, char **argv) {
     memset(&tr, 0, sizeof tr);
     memset(&data, 0, sizeof data);
 
+    if ((rc = check_run_dir(&o))) goto done;
+
     /* config: -c, else the resumed run's, else --init's */
     if (o.resume) {
         resume_mor = newest_mor(o.resume);
         if (!resume_mor) {
-            fprintf(stderr, "mor-train: error: %s: no step-N.mor checkpoint to resume\n", o.resume);
+            fprintf(stderr,
+                    "mor-train: error: %s: no checkpoint to resume (step-N.mor with step-N.state)\n",
+                    o.resume);
             rc = EXIT_INPUT;
             goto done;
         }
@@ -337,9 +357,12 @@ int main(int argc, char **argv) {
     if (mor_tokenizer_vocab_size(tok) > cfg.vocab_size) {
         fprintf(stderr, "mor-train: error: %s has %d tokens but the model vocab_size is %d\n", tok_src,
                 mor_tokenizer_vocab_size(tok), cfg.vocab_size);
-        rc = EXIT_VALIDATION;
+        rc = EXIT_INPUT;
         goto done;
     }
+    if (mor_config_check_special_tokens(&cfg, cfg_src, mor_tokenizer_bos(tok), mor_tokenizer_eos(tok),
+                                        tok_src, &err))
+        cli_log("mor-train: warning: %s", err.msg);
 
     int threads = o.threads > 0 ? (int)o.threads : mor_physical_cores();
     mor_threads_begin(threads);
@@ -370,6 +393,14 @@ int main(int argc, char **argv) {
     }
     char mpath[4096];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o.out);
+    if (o.overwrite) { /* only now that the new run has everything it needs */
+        if (mor_trainer_clear_checkpoints(o.out, &err)) { rc = cli_fail(&err); goto done; }
+        if (remove(mpath) && errno != ENOENT) {
+            fprintf(stderr, "mor-train: error: %s: cannot remove: %s\n", mpath, strerror(errno));
+            rc = EXIT_INPUT;
+            goto done;
+        }
+    }
     mf = open_metrics(mpath, o.resume ? start : -1);
     if (!mf) {
         fprintf(stderr, "mor-train: error: %s: cannot open: %s\n", mpath, strerror(errno));

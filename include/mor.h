@@ -7,7 +7,9 @@
  *   - every call that can fail returns a mor_status and, when given a non-NULL
  *     mor_error, fills it with a message naming the file, field or offset;
  *   - the library never exits, never prints to stdout, and keeps no global
- *     state: two models or contexts never interfere.
+ *     state: two models or contexts never interfere (for the one
+ *     process-wide setting it touches, OpenBLAS's thread count, see
+ *     mor_context_params.n_threads).
  */
 #ifndef MOR_H
 #define MOR_H
@@ -128,7 +130,21 @@ typedef enum { MOR_ROUTE_CAUSAL = 0, MOR_ROUTE_TOPK = 1 } mor_route_mode;
 
 typedef struct mor_context_params {
     int n_ctx;     /* maximum positions; 0 = the model's max_seq_len */
-    int n_threads; /* 0 = physical cores */
+    /* Threads of this context's calls; 0 = physical cores. mor's own
+     * parallel regions take the count per region; OpenBLAS (the attention
+     * products of a prompt, and the weight products of long prompts where
+     * it has a vector sgemm) has one count per process, so an eval call
+     * sets it, and with it the calling thread's OpenMP default, to
+     * n_threads and puts both back before it returns: a caller's
+     * omp_get_max_threads() and openblas_get_num_threads() are the same
+     * after the call as before. While the call runs the setting is the
+     * process's: OpenBLAS calls made meanwhile by other threads run with
+     * n_threads, and concurrent evals with different counts can change each
+     * other's (and so how OpenBLAS splits a product, hence its rounding) and
+     * leave either count behind. When the caller has set both counts to
+     * n_threads, an eval changes neither, even for a moment; do that before
+     * evaluating contexts from several threads at once. */
+    int n_threads;
     int n_batch;   /* prompt tokens per forward chunk; 0 = 256 */
     mor_route_mode routing; /* MoR models only */
 } mor_context_params;

@@ -6,23 +6,57 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "config.h"
+#include "io.h"
+#include "safetensors.h"
 #include "testutil.h"
 
-static mor_config parse_ok(const char *yaml) {
+/* The model shape keys every config must give, with SmolLM-135M's values
+ * (which the partial configs below were written against). */
+static const char *const SHAPE[][2] = {
+    {"vocab_size", "49152"},          {"hidden_size", "576"},
+    {"intermediate_size", "1536"},    {"num_hidden_layers", "30"},
+    {"num_attention_heads", "9"}};
+#define N_SHAPE (sizeof SHAPE / sizeof SHAPE[0])
+
+/* yaml plus the shape keys it leaves out, in a second model mapping after
+ * its text, so the line numbers of its keys stay. Static buffer. */
+static const char *with_shape(const char *yaml) {
+    static char buf[8192];
+    size_t n = (size_t)snprintf(buf, sizeof buf, "%s", yaml);
+    for (size_t i = 0, opened = 0; i < N_SHAPE; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s:", SHAPE[i][0]);
+        if (strstr(yaml, key)) continue;
+        if (!opened++) n += (size_t)snprintf(buf + n, sizeof buf - n, "\nmodel:\n");
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "  %s %s\n", key, SHAPE[i][1]);
+    }
+    assert_true(n < sizeof buf);
+    return buf;
+}
+
+static mor_config parse_ok(const char *text) {
     mor_config c;
     mor_error e = {0};
+    const char *yaml = with_shape(text);
     mor_status st = mor_config_parse_yaml(yaml, strlen(yaml), "t.yaml", &c, &e);
     if (st) fail_msg("unexpected error: %s", e.msg);
     return c;
 }
 
-static void expect_error(const char *yaml, mor_status code, const char *needle) {
+/* The error of parsing yaml as it is. */
+static void expect_raw_error(const char *yaml, mor_status code, const char *needle) {
     mor_config c;
     mor_error e = {0};
     mor_status st = mor_config_parse_yaml(yaml, strlen(yaml), "t.yaml", &c, &e);
-    assert_int_equal(st, code);
+    if (st != code) fail_msg("status %d, expected %d (%s)", st, code, e.msg);
     if (!strstr(e.msg, needle)) fail_msg("message '%s' lacks '%s'", e.msg, needle);
+}
+
+/* The error of parsing text with the shape keys it lacks. */
+static void expect_error(const char *text, mor_status code, const char *needle) {
+    expect_raw_error(with_shape(text), code, needle);
 }
 
 static void test_yaml_basic(void **state) {
@@ -48,7 +82,7 @@ static void test_yaml_errors(void **state) {
     expect_error("model:\n  tie_word_embeddings: maybe\n", MOR_ECONFIG, "expected true or false");
     expect_error("model:\n  hidden_size: -4\n", MOR_ECONFIG, "out of range");
     expect_error("model:\n  hidden_size: [1, 2]\n", MOR_ECONFIG, "expected a scalar");
-    expect_error("model: {hidden_size: 64\n", MOR_ECONFIG, "YAML syntax error");
+    expect_raw_error("model: {hidden_size: 64\n", MOR_ECONFIG, "YAML syntax error");
     expect_error("model:\n  num_attention_heads: 9\n  num_key_value_heads: 4\n", MOR_ECONFIG,
                  "not a multiple of num_key_value_heads");
     expect_error("recursive:\n  enable: true\n  num_recursion: 4\n  sharing: middle_cycle\n"
@@ -452,6 +486,175 @@ static void test_configs_dir(void **state) {
     assert_int_equal(n, 27); /* 9 variants x {360m, 135m, tiny} */
 }
 
+/* The model shape has no default: an empty or partial config is an error
+ * naming the file and the first missing key, not a SmolLM-135M model. */
+static void test_shape_keys_required(void **state) {
+    (void)state;
+    expect_raw_error("", MOR_ECONFIG, "t.yaml: model.vocab_size is missing");
+    expect_raw_error("# nothing but a comment\n", MOR_ECONFIG, "t.yaml: model.vocab_size is missing");
+    expect_raw_error("train:\n  steps: 10\n", MOR_ECONFIG, "model.vocab_size is missing");
+    for (size_t drop = 0; drop < N_SHAPE; drop++) {
+        char yaml[512], needle[128];
+        size_t n = (size_t)snprintf(yaml, sizeof yaml, "model:\n");
+        for (size_t i = 0; i < N_SHAPE; i++)
+            if (i != drop) n += (size_t)snprintf(yaml + n, sizeof yaml - n, "  %s: %s\n", SHAPE[i][0], SHAPE[i][1]);
+        snprintf(needle, sizeof needle, "t.yaml: model.%s is missing", SHAPE[drop][0]);
+        expect_raw_error(yaml, MOR_ECONFIG, needle);
+        /* null is no value either */
+        snprintf(yaml + n, sizeof yaml - n, "  %s: null\n", SHAPE[drop][0]);
+        snprintf(needle, sizeof needle, "t.yaml:%d: model.%s needs a value", (int)N_SHAPE + 1,
+                 SHAPE[drop][0]);
+        expect_raw_error(yaml, MOR_ECONFIG, needle);
+    }
+    /* the five keys are enough; the others keep their defaults */
+    mor_config c = parse_ok("");
+    assert_int_equal(c.n_kv_heads, 3);
+}
+
+/* A derived head_dim is held to the range of an explicit one, so nothing
+ * is written that the loader refuses ("model.head_dim: 1026 is out of range"). */
+static void test_derived_head_dim_range(void **state) {
+    (void)state;
+    expect_error("model:\n  hidden_size: 2052\n  num_attention_heads: 2\n  num_key_value_heads: 1\n",
+                 MOR_ECONFIG,
+                 "t.yaml: model.head_dim: 1026 (hidden_size 2052 / num_attention_heads 2) is out of "
+                 "range [2, 1024]");
+    /* an explicit head_dim that fits makes the same shape valid */
+    mor_config c = parse_ok("model:\n  hidden_size: 2052\n  num_attention_heads: 2\n"
+                            "  num_key_value_heads: 1\n  head_dim: 64\n");
+    assert_int_equal(c.head_dim, 64);
+    /* config.json and programmatic configs go through the same ranges */
+    const char *json = "{\"model_type\": \"llama\", \"vocab_size\": 64, \"hidden_size\": 64, "
+                       "\"intermediate_size\": 128, \"num_hidden_layers\": 2, "
+                       "\"num_attention_heads\": 2, \"max_position_embeddings\": 64, "
+                       "\"head_dim\": 2048}";
+    mor_error e = {0};
+    assert_int_equal(mor_config_from_hf_json(json, strlen(json), "c.json", &c, &e), MOR_ECONFIG);
+    check_msg(&e, "c.json: model.head_dim: 2048 is out of range [2, 1024]");
+    mor_config_defaults(&c);
+    c.train.batch_size = 0;
+    assert_int_equal(mor_config_validate(&c, "s", &e), MOR_ECONFIG);
+    check_msg(&e, "s: train.batch_size: 0 is out of range [1, 1048576]");
+}
+
+/* A mapping nested thousands deep (any .mor can carry one in its config
+ * metadata) is an error at the depth bound, not a stack overflow. */
+static void test_yaml_depth_bound(void **state) {
+    (void)state;
+    const int depth = 100000;
+    size_t cap = (size_t)depth * 5 + 64, n = 0;
+    char *yaml = malloc(cap);
+    for (int i = 0; i < depth; i++) n += (size_t)snprintf(yaml + n, cap - n, "a: {");
+    n += (size_t)snprintf(yaml + n, cap - n, "a: 1");
+    for (int i = 0; i < depth; i++) yaml[n++] = '}';
+    yaml[n++] = '\n';
+    yaml[n] = 0;
+    expect_raw_error(yaml, MOR_ECONFIG, "t.yaml:1: a.a.a.a.a.a.a.a: mappings nested more than 8 deep");
+    free(yaml);
+    /* the schema's own depth (model.rope_scaling.factor) is well inside */
+    parse_ok("model:\n  rope_scaling:\n    factor: 8\n    low_freq_factor: 1\n"
+             "    high_freq_factor: 4\n    original_max_position_embeddings: 64\n");
+}
+
+/* A .mor whose config metadata is `yaml`, with the stories260K tokenizer and
+ * no tensors (the tools read the config before any tensor). */
+static void write_mor_with_config(const char *path, const char *yaml) {
+    char *tok = read_all("tests/data/stories260K-hf/tokenizer.json", NULL);
+    mor_st_writer *w = mor_st_writer_new();
+    mor_error e = {0};
+    FILE *f = fopen(path, "wb");
+    mor_sink sink;
+    assert_non_null(f);
+    if (mor_st_writer_meta(w, MOR_META_FORMAT, MOR_CKPT_FORMAT, &e) ||
+        mor_st_writer_meta(w, MOR_META_VERSION, MOR_CKPT_VERSION, &e) ||
+        mor_st_writer_meta(w, MOR_META_CONFIG, yaml, &e) ||
+        mor_st_writer_meta(w, MOR_META_TOKENIZER, tok, &e) || mor_sink_open(&sink, f, path, 0, &e) ||
+        mor_st_writer_header(w, &sink, &e) || mor_sink_finish(&sink, &e))
+        fail_msg("%s", e.msg);
+    mor_sink_free(&sink);
+    fclose(f);
+    mor_st_writer_free(w);
+    free(tok);
+}
+
+/* The same nesting in a checkpoint's config: mor-inspect and mor-generate
+ * exit 2 naming the checkpoint and the bound (they crashed in the walker). */
+static void test_deep_config_in_checkpoint(void **state) {
+    (void)state;
+    const int depth = 100000;
+    size_t cap = (size_t)depth * 5 + 64, n = 0;
+    char *yaml = malloc(cap);
+    for (int i = 0; i < depth; i++) n += (size_t)snprintf(yaml + n, cap - n, "a: {");
+    n += (size_t)snprintf(yaml + n, cap - n, "a: 1");
+    for (int i = 0; i < depth; i++) yaml[n++] = '}';
+    yaml[n] = 0;
+    const char *path = tmp_path("deep.mor");
+    write_mor_with_config(path, yaml);
+    free(yaml);
+    for (int i = 0; i < 2; i++) {
+        char cmd[1024];
+        if (i == 0) snprintf(cmd, sizeof cmd, "%s %s", tool("mor-inspect"), path);
+        else snprintf(cmd, sizeof cmd, "%s -m %s -p x -n 1 -q", tool("mor-generate"), path);
+        char *err = NULL;
+        int rc = run_cmd(cmd, NULL, &err);
+        if (rc != 2 || !strstr(err, "deep.mor (config):1: a.a.a.a.a.a.a.a: mappings nested more than 8 deep"))
+            fail_msg("%s: exit %d, stderr: %s", cmd, rc, err ? err : "");
+        free(err);
+    }
+}
+
+/* Aliases are never expanded: a billion-laughs file is refused at its first
+ * alias, in time and memory of the text itself. */
+static void test_yaml_alias_bomb(void **state) {
+    (void)state;
+    char yaml[4096];
+    size_t n = (size_t)snprintf(yaml, sizeof yaml, "model:\n  vocab_size: &a 512\n");
+    const char *prev = "a";
+    static const char *names[] = {"b", "c", "d", "e", "f", "g", "h", "i", "j"};
+    for (int level = 0; level < 9; level++) { /* 9^9 copies if expanded */
+        n += (size_t)snprintf(yaml + n, sizeof yaml - n, "  x%s: &%s [", names[level], names[level]);
+        for (int k = 0; k < 9; k++) n += (size_t)snprintf(yaml + n, sizeof yaml - n, "%s*%s", k ? ", " : "", prev);
+        n += (size_t)snprintf(yaml + n, sizeof yaml - n, "]\n");
+        prev = names[level];
+    }
+    snprintf(yaml + n, sizeof yaml - n, "  hidden_size: *%s\n", prev);
+    expect_raw_error(yaml, MOR_ECONFIG, "t.yaml:3: unknown key 'model.xb'");
+    /* the alias itself, where a value is expected */
+    expect_error("model:\n  vocab_size: &v 512\n  num_key_value_heads: *v\n", MOR_ECONFIG,
+                 "t.yaml:3: model.num_key_value_heads: YAML aliases (*name) are not supported");
+    expect_error("mor:\n  capacity: [&c 1.0, *c]\n", MOR_ECONFIG,
+                 "t.yaml:2: mor.capacity: expected a list of numbers");
+}
+
+/* jansson stops at its own nesting depth (2048): a clear error, no crash. */
+static void test_hf_json_deep(void **state) {
+    (void)state;
+    const size_t depth = 100000;
+    char *json = malloc(depth + 64);
+    size_t n = (size_t)sprintf(json, "{\"model_type\": \"llama\", \"x\": ");
+    memset(json + n, '[', depth);
+    json[n + depth] = 0;
+    mor_config c;
+    mor_error e = {0};
+    assert_int_equal(mor_config_from_hf_json(json, strlen(json), "deep.json", &c, &e), MOR_EFORMAT);
+    check_msg(&e, "deep.json:1:");
+    check_msg(&e, "maximum parsing depth reached");
+    free(json);
+}
+
+/* bos/eos of a tokenizer against the config: only ids both define count. */
+static void test_special_tokens(void **state) {
+    (void)state;
+    mor_config c = parse_ok("model:\n  vocab_size: 512\n  bos_token_id: 1\n  eos_token_id: 2\n");
+    mor_error e = {0};
+    assert_int_equal(mor_config_check_special_tokens(&c, "m.yaml", 1, 2, "tok.json", &e), MOR_OK);
+    assert_int_equal(mor_config_check_special_tokens(&c, "m.yaml", -1, -1, "tok.json", &e), MOR_OK);
+    assert_int_equal(mor_config_check_special_tokens(&c, "m.yaml", 1, 0, "tok.json", &e), MOR_ECONFIG);
+    check_msg(&e, "m.yaml: model.eos_token_id is 2 but the tokenizer tok.json has eos id 0");
+    assert_int_equal(mor_config_check_special_tokens(&c, "m.yaml", 3, 2, "tok.json", &e), MOR_ECONFIG);
+    check_msg(&e, "model.bos_token_id is 1 but the tokenizer tok.json has bos id 3");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_yaml_basic),          cmocka_unit_test(test_yaml_errors),
@@ -459,6 +662,10 @@ int main(void) {
         cmocka_unit_test(test_sharing_maps),        cmocka_unit_test(test_mor_keys),
         cmocka_unit_test(test_mor_capacity),        cmocka_unit_test(test_mor_validation),
         cmocka_unit_test(test_round_trip_all_keys), cmocka_unit_test(test_configs_dir),
+        cmocka_unit_test(test_shape_keys_required), cmocka_unit_test(test_derived_head_dim_range),
+        cmocka_unit_test(test_yaml_depth_bound),    cmocka_unit_test(test_deep_config_in_checkpoint),
+        cmocka_unit_test(test_yaml_alias_bomb),
+        cmocka_unit_test(test_hf_json_deep),        cmocka_unit_test(test_special_tokens),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }

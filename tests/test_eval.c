@@ -11,9 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "eval.h"
 #include "layers.h"
 #include "mor.h"
+#include "safetensors.h"
 #include "shard.h"
 #include "stream.h"
 #include "testutil.h"
@@ -221,6 +223,77 @@ static void test_ppl_rules(void **state) {
     json_decref(l);
     json_decref(t);
     json_decref(k);
+}
+
+/* A .mor checkpoint of a tests/fixtures/ref_mor case (its config, the
+ * reference model's tensors as stored, a tokenizer without a vocabulary:
+ * the case is fed as ids). */
+static void write_ref_mor(const char *name, const char *out) {
+    char path[512];
+    snprintf(path, sizeof path, "tests/fixtures/ref_mor/cases/%s/config.yaml", name);
+    char *yaml = read_all(path, NULL);
+    snprintf(path, sizeof path, "tests/fixtures/ref_mor/cases/%s/case.json", name);
+    json_t *cs = read_json(path);
+    snprintf(path, sizeof path, "tests/fixtures/ref_mor/%s",
+             json_string_value(json_object_get(cs, "model")));
+    mor_st_file *st;
+    mor_ckpt_writer w;
+    mor_error e = {0};
+    if (mor_st_open(path, &st, &e)) fail_msg("%s", e.msg);
+    if (mor_ckpt_writer_init(&w, yaml, "{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+                             NULL, &e))
+        fail_msg("%s", e.msg);
+    for (int i = 0; i < st->n_tensors; i++) {
+        const mor_st_tensor *t = &st->tensors[i];
+        if (mor_st_writer_declare(w.st, t->name, t->dtype, t->ndim, t->shape, &e)) fail_msg("%s", e.msg);
+    }
+    if (mor_ckpt_writer_start(&w, out, &e)) fail_msg("%s", e.msg);
+    for (int i = 0; i < st->n_tensors; i++) {
+        const mor_st_tensor *t = &st->tensors[i];
+        if (mor_ckpt_writer_tensor(&w, t->data, t->end - t->begin, &e)) fail_msg("%s", e.msg);
+    }
+    if (mor_ckpt_writer_commit(&w, &e)) fail_msg("%s", e.msg);
+    mor_st_close(st);
+    json_decref(cs);
+    free(yaml);
+}
+
+/* ppl --routing topk on an expert-choice MoR model scores a row as training
+ * does: the top-k of every step is chosen among all the row's tokens, the
+ * last one included (it is only a target), so the NLL is that of the float64
+ * reference's forward pass over the same 16 tokens. */
+static void test_ppl_topk_row(void **state) {
+    (void)state;
+    static const char *cases[] = {"expert_capacity_topk", "expert_mlp_sigmoid_share_topk",
+                                  "expert_linear_tanh_cache_topk", "expert_cycle_topk"};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        char dir[512], path[600], ids_path[600];
+        snprintf(dir, sizeof dir, "tests/fixtures/ref_mor/cases/%s", cases[c]);
+        size_t n, nl;
+        snprintf(path, sizeof path, "%s/tokens.i32", dir);
+        int32_t *tokens = read_i32(path, &n);
+        snprintf(path, sizeof path, "%s/logits.f32", dir);
+        float *logits = read_f32(path, &nl);
+        int V = (int)(nl / n);
+        double want = mean_nll(logits, tokens, (int)n, V);
+        snprintf(path, sizeof path, "%s", tmp_path("ref_topk.mor"));
+        write_ref_mor(cases[c], path);
+        snprintf(ids_path, sizeof ids_path, "%s", tmp_path("ref_topk.ids"));
+        FILE *f = fopen(ids_path, "w");
+        for (size_t i = 0; i < n; i++) fprintf(f, "%d ", tokens[i]);
+        fclose(f);
+        json_t *o = eval_json(0, NULL, "ppl -m %s -c %zu --routing topk --ids -t 1 -q %s", path, n,
+                              ids_path);
+        assert_int_equal(num(last(o), "rows"), 1);
+        assert_int_equal(num(last(o), "tokens"), n - 1);
+        if (getenv("MOR_TEST_VERBOSE"))
+            fprintf(stderr, "  %s: nll %.9f, reference %.9f\n", cases[c], num(last(o), "nll"), want);
+        /* float32 against float64 over 4 to 6 layer passes */
+        assert_rel(num(last(o), "nll"), want, 1e-6, cases[c]);
+        json_decref(o);
+        free(tokens);
+        free(logits);
+    }
 }
 
 /* A token shard (mor-shard.5, from mor-convert tokens, documents joined by
@@ -643,6 +716,21 @@ static char *args(const char *fmt, const char *a) {
     return buf;
 }
 
+/* -c above the model's max_position_embeddings (512) runs, with a warning
+ * naming both numbers, as in mor-generate and llama.cpp. */
+static void test_ctx_warning(void **state) {
+    (void)state;
+    write_file(tmp_path("warn.txt"), "Once upon a time there was a cat.");
+    char *err;
+    json_decref(eval_json(0, &err, "ppl -m %s -c 1024 -t 1 %s", model, tmp_path("warn.txt")));
+    if (!strstr(err, "warning") || !strstr(err, "1024") || !strstr(err, "512"))
+        fail_msg("no warning naming 1024 and 512: %s", err);
+    free(err);
+    json_decref(eval_json(0, &err, "ppl -m %s -c 512 -t 1 %s", model, tmp_path("warn.txt")));
+    assert_null(strstr(err, "warning"));
+    free(err);
+}
+
 static void test_bad_input(void **state) {
     (void)state;
     expect_error(2, "nothere.txt", args("ppl -m MODEL %s -q", tmp_path("nothere.txt")));
@@ -676,7 +764,8 @@ static void test_bad_input(void **state) {
     expect_error(2, "nothere.stream", args("kld -m MODEL --base %s -q", tmp_path("nothere.stream")));
     expect_error(1, "--shots needs --fewshot-from", "mc -m MODEL " FIX "/mc_easy.jsonl --shots 2 -q");
     expect_error(1, "does not apply to 'ppl'", "ppl -m MODEL " FIX "/story.txt --shots 2 -q");
-    expect_error(1, "stride:100 exceeds", "ppl -m MODEL " FIX "/story.txt -c 64 --score stride:100 -q");
+    expect_error(1, "stride:100 exceeds the row length 64",
+                 "ppl -m MODEL " FIX "/story.txt -c 64 --score stride:100 -q");
     expect_error(1, "--shots 20",
                  "mc -m MODEL --shots 20 --fewshot-from " FIX "/mc_norm.jsonl " FIX "/mc_easy.jsonl -q");
     expect_error(1, "unknown format", "convert-task nope " FIX "/story.txt -q");
@@ -693,6 +782,7 @@ int main(void) {
         cmocka_unit_test(test_ppl_equals_training_loss),
         cmocka_unit_test(test_ppl_rules),
         cmocka_unit_test(test_ppl_shard),
+        cmocka_unit_test(test_ppl_topk_row),
         cmocka_unit_test(test_mc_easy),
         cmocka_unit_test(test_mc_acc_norm),
         cmocka_unit_test(test_fewshot),
@@ -703,6 +793,7 @@ int main(void) {
         cmocka_unit_test(test_kld_bf16_and_perturbed),
         cmocka_unit_test(test_convert_task),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_ctx_warning),
     };
     return cmocka_run_group_tests_name("eval", tests, setup, teardown);
 }

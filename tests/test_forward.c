@@ -6,7 +6,9 @@
  * those logits: the whole prompt at once, token by token, in chunks smaller
  * than the prompt, a prompt continued from a non-zero position, and decoding
  * several contexts at once with eval_batch; at 1 and 2 threads. */
+#include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -357,6 +359,67 @@ static void test_truncate(void **state) {
     }
 }
 
+/* A MoR model of tests/fixtures/ref_mor: expert-choice, linear router,
+ * recursion-wise caching (its prompt attention runs on sgemm). */
+static mor_model *open_mor(void) {
+    mor_model *m = calloc(1, sizeof *m);
+    mor_error e = {0};
+    const char *cfg = "tests/fixtures/ref_mor/cases/expert_linear_sigmoid_cache_topk/config.yaml";
+    read_config(cfg, &m->cfg);
+    if (mor_config_validate(&m->cfg, cfg, &e)) fail_msg("%s", e.msg);
+    if (mor_st_open("tests/fixtures/ref_mor/models/mc_linear.safetensors", &m->file, &e))
+        fail_msg("%s", e.msg);
+    if (mor_model_bind(m, &e)) fail_msg("%s", e.msg);
+    return m;
+}
+
+/* A context's n_threads holds for its calls only: the caller's OpenMP
+ * default and OpenBLAS thread count are what they were after a prompt
+ * (sgemm attention, sgemm products where OpenBLAS has a vector kernel), a
+ * decode step and an eval_batch, with the vanilla and the MoR engine, at 1
+ * and 2 threads, from counts the caller set apart (3 and 5). */
+static void test_thread_counts_kept(void **state) {
+    (void)state;
+    mor_model *mor = open_mor();
+    int32_t mor_tokens[16];
+    for (int i = 0; i < 16; i++) mor_tokens[i] = (i * 7 + 3) % mor->cfg.vocab_size;
+    int omp0 = omp_get_max_threads(), blas0 = openblas_get_num_threads();
+    openblas_set_num_threads(5); /* sets the OpenMP default too: OpenMP's count goes second */
+    omp_set_num_threads(3);
+    for (int engine = 0; engine < 2; engine++)
+        for (int nt = 1; nt <= 2; nt++) {
+            const mor_model *m = engine ? mor : &fx[0].m;
+            const int32_t *tokens = engine ? mor_tokens : fx[0].tokens;
+            int T = engine ? 16 : fx[0].T;
+            mor_context_params p = mor_context_default_params();
+            p.n_ctx = 64;
+            p.n_threads = nt;
+            p.routing = MOR_ROUTE_CAUSAL;
+            mor_context *cs[2];
+            mor_error err = {0};
+            for (int j = 0; j < 2; j++)
+                if (mor_context_new(m, &p, &cs[j], &err)) fail_msg("context: %s", err.msg);
+            float *lg = malloc((size_t)T * mor_model_vocab_size(m) * sizeof *lg);
+            const char *what[3] = {"a prompt", "a decode step", "eval_batch"};
+            for (int step = 0; step < 3; step++) {
+                if (step == 0) eval_ok(cs[0], tokens, T - 1, lg);
+                if (step == 1) eval_ok(cs[1], tokens, 1, NULL);
+                if (step == 2 && mor_context_eval_batch(cs, tokens + T - 2, 2, &err))
+                    fail_msg("eval_batch: %s", err.msg);
+                if (omp_get_max_threads() != 3 || openblas_get_num_threads() != 5)
+                    fail_msg("%s engine, %d threads: after %s the OpenMP default is %d (was 3), "
+                             "OpenBLAS's count %d (was 5)",
+                             engine ? "MoR" : "vanilla", nt, what[step], omp_get_max_threads(),
+                             openblas_get_num_threads());
+            }
+            free(lg);
+            for (int j = 0; j < 2; j++) mor_context_free(cs[j]);
+        }
+    openblas_set_num_threads(blas0);
+    omp_set_num_threads(omp0);
+    mor_model_free(mor);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_prompt),
@@ -366,6 +429,7 @@ int main(void) {
         cmocka_unit_test(test_eval_batch),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_truncate),
+        cmocka_unit_test(test_thread_counts_kept),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

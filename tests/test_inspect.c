@@ -158,6 +158,12 @@ static void expect_fail(const char *cmd, int code, const char *needle) {
     free(err);
 }
 
+static size_t count_str(const char *s, const char *needle) {
+    size_t n = 0;
+    for (const char *p = strstr(s, needle); p; p = strstr(p + 1, needle)) n++;
+    return n;
+}
+
 static json_t *parse_json(const char *s) {
     json_error_t je;
     json_t *o = json_loads(s, 0, &je);
@@ -251,6 +257,9 @@ static void test_depths_top(void **state) {
     free(out);
 }
 
+/* The separator that starts every token in colour: U+258F, faint. */
+#define SEP "\033[2m\xe2\x96\x8f\033[22m"
+
 static void test_depths_color(void **state) {
     (void)state;
     const char *jl = make_jsonl("c.jsonl", 0, NULL);
@@ -258,6 +267,20 @@ static void test_depths_color(void **state) {
     assert_non_null(strstr(on, "\033[48;5;"));   /* token backgrounds */
     assert_non_null(strstr(on, "Once\033[0m"));  /* each token closes its colour */
     assert_non_null(strstr(on, "\033[0m\n"));    /* no background across the newline */
+    /* the tokens' text, up to the legend: a separator starts every token, so
+     * neighbours of the same depth stay apart, and the 4 prompt tokens are
+     * underlined as on the HTML page */
+    char *legend = strstr(on, "\nlegend: ");
+    assert_non_null(legend);
+    *legend = 0;
+    assert_int_equal(count_str(on, SEP), NTOK);
+    assert_int_equal(count_str(on, "\033[4m"), 4);
+    assert_non_null(strstr(on, "\033[4m" SEP "Once\033[0m"));
+    assert_non_null(strstr(on, "m" SEP " time\033[0m"));
+    assert_null(strstr(on, "\033[4m" SEP " time"));
+    /* the legend explains both marks */
+    assert_non_null(strstr(legend + 1, "\033[4mprompt\033[24m"));
+    assert_non_null(strstr(legend + 1, SEP " starts a token"));
     free(on);
     char *off = inspect_ok("--color never", jl);
     assert_null(strchr(off, '\033'));
@@ -272,12 +295,6 @@ static void test_depths_color(void **state) {
 }
 
 /* ---- depths --html ------------------------------------------------------------------ */
-
-static size_t count_str(const char *s, const char *needle) {
-    size_t n = 0;
-    for (const char *p = strstr(s, needle); p; p = strstr(p + 1, needle)) n++;
-    return n;
-}
 
 /* Every element the page uses (besides the void <meta>) is closed, in order. */
 static void check_balanced(const char *html) {
@@ -323,6 +340,9 @@ static void test_depths_html(void **state) {
     assert_int_equal(count_str(html, " p\" title="), 3);
     assert_int_equal(count_str(html, " p e\" title="), 1);
     assert_int_equal(count_str(html, "<span class=\"sw d"), 3); /* the legend */
+    /* a thin line starts every token, as the separator does in a terminal */
+    assert_non_null(strstr(html, ".k{border-radius:2px;padding:.1em 0;box-shadow:inset 1px 0 "));
+    assert_non_null(strstr(html, "a thin line starts each token"));
     assert_non_null(strstr(html, "title=\"pos 4, id 104, depth 3/3; scores 0.620, 0.650, 0.680\""));
     assert_non_null(strstr(html, "<table class=\"hist\">"));
     assert_non_null(strstr(html, "<tr><td>1</td><td>6</td><td>42.9%</td>"));
@@ -344,6 +364,131 @@ static void test_depths_html(void **state) {
     free(out);
 }
 
+/* An --html path that cannot be written fails before anything is printed,
+ * and the page is written whole or not at all. */
+static void test_depths_html_path(void **state) {
+    (void)state;
+    const char *jl = make_jsonl("hp.jsonl", 0, NULL);
+    char cmd[2048], page[800], *out, *err;
+    snprintf(page, sizeof page, "%s/no/such/dir/x.html", tmp_dir());
+    const char *modes[] = {"", "--json", "--color=always --top 3"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(cmd, sizeof cmd, "%s depths %s %s --html %s", tool("mor-inspect"), jl, modes[i], page);
+        int rc = run_cmd(cmd, &out, &err);
+        if (rc != 2) fail_msg("'%s' exited %d, expected 2 (%s)", cmd, rc, err);
+        assert_string_equal(out, ""); /* no report before the error */
+        if (!strstr(err, "no/such/dir/x.html: cannot create")) fail_msg("'%s': stderr '%s'", cmd, err);
+        free(out);
+        free(err);
+    }
+    /* a directory is no page: refused before anything is printed or created */
+    snprintf(cmd, sizeof cmd, "%s depths %s --html %s", tool("mor-inspect"), jl, tmp_dir());
+    assert_int_equal(run_cmd(cmd, &out, &err), 2);
+    assert_string_equal(out, "");
+    assert_non_null(strstr(err, ": is a directory; --html expects a file name"));
+    free(out);
+    free(err);
+    /* a page that is written leaves no temporary file behind ... */
+    snprintf(page, sizeof page, "%s", tmp_path("whole.html"));
+    snprintf(cmd, sizeof cmd, "%s --html %s -q", jl, page);
+    free(inspect_ok(cmd, NULL));
+    assert_true(file_exists(page));
+    assert_int_equal(tmp_leftovers(), 0);
+    /* ... and a bad trace writes none */
+    snprintf(page, sizeof page, "%s", tmp_path("never.html"));
+    snprintf(cmd, sizeof cmd, "%s depths %s --html %s", tool("mor-inspect"),
+             make_jsonl("hp_bad.jsonl", 3, "{"), page);
+    expect_fail(cmd, 2, "hp_bad.jsonl: line 3");
+    assert_false(file_exists(page));
+    assert_int_equal(tmp_leftovers(), 0);
+}
+
+/* A trace whose token texts are all empty holds no text bytes at all: BOS
+ * alone, as mor-generate --trace writes for an empty prompt. Every view and
+ * both encodings must cope (clang's UBSan caught NULL + 0 here). */
+static void test_depths_empty_texts(void **state) {
+    (void)state;
+    const char *jl = tmp_path("bos.jsonl");
+    write_file(jl, "{\"trace\":\"mor\",\"version\":1,\"num_recursion\":2,\"n_prompt\":1}\n"
+                   "{\"pos\":0,\"id\":1,\"text\":\"\",\"depth\":2,\"scores\":[0.9,0.1]}\n"
+                   "{\"pos\":1,\"id\":1,\"text\":\"\",\"depth\":1}\n");
+    char args[1200];
+    snprintf(args, sizeof args, "%s --color=always --top 2", jl);
+    char *out = inspect_ok(args, NULL);
+    assert_int_equal(count_str(out, "\xe2\x88\x85"), 2); /* U+2205 for each empty token */
+    char want[128]; /* the top table: the quoted empty text, 1 of 2 at depth 2, mean 1.5 */
+    snprintf(want, sizeof want, "  %4d  %-24s %7d %6d %10.3f\n", 1, "\"\"", 1, 2, 1.5);
+    assert_non_null(strstr(out, want));
+    free(out);
+    snprintf(args, sizeof args, "%s --color=never", jl);
+    out = inspect_ok(args, NULL);
+    assert_non_null(strstr(out, "\n\n[2][1]\n"));
+    free(out);
+    snprintf(args, sizeof args, "%s --json --top 1", jl);
+    out = inspect_ok(args, NULL);
+    assert_non_null(strstr(out, "\"top\":[{\"text\":\"\",\"deepest\":1,\"count\":2,"));
+    free(out);
+    snprintf(args, sizeof args, "%s --html - --top 1", jl);
+    out = inspect_ok(args, NULL);
+    assert_int_equal(count_str(out, "&#8709;</span>"), 2);
+    free(out);
+    /* mor-generate's trace of BOS alone, in both encodings, reads back */
+    char cmd[2048], *err;
+    const char *st = tmp_path("bos.stream");
+    snprintf(cmd, sizeof cmd, "%s -m %s -p '' -n 0 -q --trace -", tool("mor-generate"), mor_path);
+    if (run_cmd(cmd, &out, &err)) fail_msg("'%s' failed: %s", cmd, err);
+    assert_non_null(strstr(out, "\n{\"pos\":0,\"id\":1,\"text\":\"\",\"depth\":"));
+    free(out);
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s -m %s -p '' -n 0 -q --trace %s --trace-format stream",
+             tool("mor-generate"), mor_path, st);
+    if (run_cmd(cmd, &out, &err)) fail_msg("'%s' failed: %s", cmd, err);
+    free(out);
+    free(err);
+    snprintf(args, sizeof args, "%s --color=always --top 1", st);
+    out = inspect_ok(args, NULL);
+    assert_int_equal(count_str(out, "\xe2\x88\x85"), 1);
+    free(out);
+}
+
+/* The header's strings reach the terminal as safely as token texts do. */
+static void test_depths_header_escapes(void **state) {
+    (void)state;
+    const char *jl = tmp_path("esc.jsonl");
+    write_file(jl, "{\"trace\":\"mor\",\"version\":1,\"num_recursion\":1,"
+                   "\"model\":\"m\\u001b]0;owned\\u0007.mor\",\"routing\":\"causal\\u001b[2J\"}\n"
+                   "{\"pos\":0,\"id\":5,\"text\":\"a\",\"depth\":1}\n");
+    char args[1200];
+    snprintf(args, sizeof args, "%s --color=never", jl);
+    char *out = inspect_ok(args, NULL);
+    assert_null(strchr(out, '\033'));
+    assert_null(strchr(out, '\a'));
+    assert_non_null(strstr(out, "routing causal\xef\xbf\xbd[2J, model m\xef\xbf\xbd]0;owned\xef\xbf\xbd.mor)"));
+    free(out);
+}
+
+/* Counts agree with their nouns: "1 token", "2 tokens". */
+static void test_depths_plurals(void **state) {
+    (void)state;
+    const char *one = tmp_path("one.jsonl"), *page = tmp_path("one.html");
+    write_file(one, "{\"trace\":\"mor\",\"version\":1,\"num_recursion\":1,\"routing\":\"causal\"}\n"
+                    "{\"pos\":0,\"id\":5,\"text\":\"a\",\"depth\":1}\n");
+    char args[1500];
+    snprintf(args, sizeof args, "%s --color=never --html %s -q", one, page);
+    char *out = inspect_ok(args, NULL);
+    assert_non_null(strstr(out, " (1 run, 1 token, N_R = 1,"));
+    assert_non_null(strstr(out, "token[d]: the token ran d of the 1 recursion step\n"));
+    free(out);
+    char *html = read_all(page, NULL);
+    assert_non_null(strstr(html, " 1 token in 1 run "));
+    free(html);
+    snprintf(args, sizeof args, "%s --color=never", make_jsonl("many.jsonl", 0, NULL));
+    out = inspect_ok(args, NULL);
+    assert_non_null(strstr(out, " (1 run, 14 tokens, N_R = 3,"));
+    assert_non_null(strstr(out, "token[d]: the token ran d of the 3 recursion steps\n"));
+    free(out);
+}
+
 /* ---- depths: bad traces ---------------------------------------------------------------- */
 
 static void test_depths_bad(void **state) {
@@ -360,7 +505,7 @@ static void test_depths_bad(void **state) {
     expect_fail(cmd, 2, "line 2: depth 0 is outside 1..3");
     snprintf(cmd, sizeof cmd, "%s depths %s", mi,
              make_jsonl("bad4.jsonl", 4, "{\"pos\":0,\"id\":7,\"text\":\"x\",\"depth\":1,\"scores\":[1,2]}"));
-    expect_fail(cmd, 2, "line 4: \"scores\" must be null or an array of 3");
+    expect_fail(cmd, 2, "line 4: \"scores\" must be null or an array of length 3 (num_recursion)");
     snprintf(cmd, sizeof cmd, "%s depths %s", mi,
              make_jsonl("bad5.jsonl", 1, "{\"pos\":0,\"id\":1,\"text\":\"\",\"depth\":1}"));
     expect_fail(cmd, 2, "line 1: a token before the header line");
@@ -370,6 +515,16 @@ static void test_depths_bad(void **state) {
     const char *st = make_stream("cut.stream", -1, 0);
     snprintf(cmd, sizeof cmd, "head -c 300 %s | %s depths", st, mi);
     expect_fail(cmd, 2, "stdin: frame 1 at byte 132: truncated");
+    /* one byte after the second frame's header length: a count without a noun to agree with */
+    snprintf(cmd, sizeof cmd, "head -c 141 %s | %s depths", st, mi);
+    expect_fail(cmd, 2, "frame 1 at byte 132: truncated: header length ");
+    expect_fail(cmd, 2, " exceeds the rest of the input (1)");
+    /* runs of a trace share N_R; the message names the first run's */
+    const char *two = tmp_path("two_runs.jsonl");
+    write_file(two, "{\"trace\":\"mor\",\"version\":1,\"num_recursion\":3}\n"
+                    "{\"trace\":\"mor\",\"version\":1,\"num_recursion\":2}\n");
+    snprintf(cmd, sizeof cmd, "%s depths %s", mi, two);
+    expect_fail(cmd, 2, "line 2: num_recursion 2 differs from the first run's 3");
     write_file(tmp_path("empty.jsonl"), "\n\n");
     snprintf(cmd, sizeof cmd, "%s depths %s", mi, tmp_path("empty.jsonl"));
     expect_fail(cmd, 2, "empty trace");
@@ -620,7 +775,10 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_depths_histogram), cmocka_unit_test(test_depths_top),
         cmocka_unit_test(test_depths_color),     cmocka_unit_test(test_depths_html),
-        cmocka_unit_test(test_depths_bad),       cmocka_unit_test(test_generate_trace),
+        cmocka_unit_test(test_depths_html_path), cmocka_unit_test(test_depths_empty_texts),
+        cmocka_unit_test(test_depths_header_escapes), cmocka_unit_test(test_depths_plurals),
+        cmocka_unit_test(test_depths_bad),
+        cmocka_unit_test(test_generate_trace),
         cmocka_unit_test(test_generate_routing_flags), cmocka_unit_test(test_inspect_mor),
     };
     return cmocka_run_group_tests_name("inspect", tests, setup, NULL);

@@ -95,7 +95,7 @@ static void test_matvec_multi_and_matmul(void **state) {
             free(y2);
         }
         memset(Y, 0, (size_t)n * out * sizeof *Y);
-        int saved = mor_threads_begin(2);
+        mor_thread_counts saved = mor_threads_begin(2);
         mor_matmul(Y, X, W, n, out, in, 2);
         mor_threads_end(saved);
         double e = rel_err(Y, ref, (size_t)n * out);

@@ -429,6 +429,26 @@ static void test_bad_zstd_input(void **state) {
     free(two);
 }
 
+/* Hostile headers that must fail cleanly, without a huge allocation or a
+ * deep recursion: byte counts that overflow, and JSON nested far deeper
+ * than any header needs (jansson stops at depth 2048). */
+static void test_bad_hostile_header(void **state) {
+    (void)state;
+    expect_header_error("{\"w\": {\"dtype\": \"F64\", \"shape\": [4294967296, 4294967296], "
+                        "\"data_offsets\": [0, 8]}}", 8, MOR_EFORMAT, "shape too large (byte size overflows)");
+    expect_header_error("{\"w\": {\"dtype\": \"U8\", \"shape\": [807], "
+                        "\"data_offsets\": [9223372036854775000, 9223372036854775807]}}", 8, MOR_EFORMAT,
+                        "out of range: the data section has 8 bytes");
+    size_t depth = 100000;
+    char *deep = malloc(2 * depth + 64);
+    size_t k = (size_t)sprintf(deep, "{\"__metadata__\": ");
+    for (size_t i = 0; i < depth; i++) deep[k++] = '[';
+    for (size_t i = 0; i < depth; i++) deep[k++] = ']';
+    strcpy(deep + k, "}");
+    expect_header_error(deep, 0, MOR_EFORMAT, "maximum parsing depth");
+    free(deep);
+}
+
 static void test_missing_file(void **state) {
     (void)state;
     expect_open_error(tmp_path("does-not-exist.safetensors"), MOR_EIO, "cannot open");
@@ -624,6 +644,7 @@ int main(void) {
         cmocka_unit_test(test_bad_duplicate_name),
         cmocka_unit_test(test_bad_metadata),
         cmocka_unit_test(test_bad_zstd_input),
+        cmocka_unit_test(test_bad_hostile_header),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_writer_errors),
         cmocka_unit_test(test_ckpt_round_trip),

@@ -303,6 +303,49 @@ static void test_truncated_zstd(void **state) {
     check_msg(&e, p);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Tools                                                                    */
+
+/* The scores of mor-eval ppl's output: everything after the "file" field. */
+static const char *scores(const char *out) {
+    const char *p = strstr(out, "\"nll\"");
+    if (!p) fail_msg("no scores in mor-eval output: %s", out);
+    return p;
+}
+
+/* mor-eval ppl reads a shard (plain or zstd) from standard input as it reads
+ * one by name: told by its magic, not taken for text. */
+static void test_eval_shard_on_stdin(void **state) {
+    (void)state;
+    const char *model = tmp_path("eval.mor"), *shard = tmp_path("story.shard"),
+               *zshard = tmp_path("story.shard.zst");
+    char cmd[4096], *by_name, *out, *errs;
+    snprintf(cmd, sizeof cmd, "%s hf tests/data/stories260K-hf -o %s -q", tool("mor-convert"), model);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    const char *shards[2] = {shard, zshard};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, "%s tokens --tokenizer %s -o %s tests/fixtures/eval/story.txt -q",
+                 tool("mor-convert"), model, shards[i]);
+        assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    }
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s %s -q", tool("mor-eval"), model, shard);
+    assert_int_equal(run_cmd(cmd, &by_name, NULL), 0);
+    for (int i = 0; i < 2; i++) {
+        const char *forms[2] = {"%s ppl -m %s -q < %s", "cat %s | %s ppl -m %s - -q"};
+        for (int f = 0; f < 2; f++) {
+            if (f == 0) snprintf(cmd, sizeof cmd, forms[0], tool("mor-eval"), model, shards[i]);
+            else snprintf(cmd, sizeof cmd, forms[1], shards[i], tool("mor-eval"), model);
+            int rc = run_cmd(cmd, &out, &errs);
+            if (rc != 0) fail_msg("%s: exit %d: %s", cmd, rc, errs);
+            assert_string_equal(scores(out), scores(by_name));
+            assert_non_null(strstr(out, "\"file\": \"stdin\""));
+            free(out);
+            free(errs);
+        }
+    }
+    free(by_name);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_u16_plain),
@@ -318,6 +361,7 @@ int main(void) {
         cmocka_unit_test(test_checksum),
         cmocka_unit_test(test_bad_header_fields),
         cmocka_unit_test(test_truncated_zstd),
+        cmocka_unit_test(test_eval_shard_on_stdin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,11 +1,19 @@
 /* test_stream.c - tensor streams and the byte sinks/sources under them:
  * frame round trips (plain and zstd), `cat` of streams, pipes, truncation,
- * and large zstd payloads read in odd-sized pieces. */
+ * large zstd payloads read in odd-sized pieces, and hostile inputs (zstd
+ * bombs fed to every reader that accepts zstd, header claims larger than
+ * the input) failing with a clear error in bounded memory. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <zstd.h>
 
+#include "checkpoint.h"
 #include "io.h"
+#include "model.h"
+#include "shard.h"
 #include "stream.h"
 #include "testutil.h"
 #include "util.h"
@@ -497,6 +505,297 @@ static void test_source_plain_and_tiny(void **state) {
     mor_sink_free(&s);
 }
 
+static void test_source_peek(void **state) {
+    (void)state;
+    mor_error e = {0};
+    const char *plain = tmp_path("peek.bin"), *packed = tmp_path("peek.bin.zst");
+    const char *text = "MORSHARD and the rest of it";
+    FILE *fp = fopen(plain, "wb");
+    fputs(text, fp);
+    fclose(fp);
+    fp = fopen(packed, "wb");
+    mor_sink s;
+    assert_int_equal(mor_sink_open(&s, fp, packed, 3, &e), MOR_OK);
+    assert_int_equal(mor_sink_write(&s, text, strlen(text), &e), MOR_OK);
+    assert_int_equal(mor_sink_finish(&s, &e), MOR_OK);
+    mor_sink_free(&s);
+    fclose(fp);
+    const char *paths[2] = {plain, packed};
+    for (int k = 0; k < 2; k++) {
+        fp = fopen(paths[k], "rb");
+        mor_source src;
+        assert_int_equal(mor_source_open(&src, fp, paths[k], &e), MOR_OK);
+        char head[MOR_SOURCE_PEEK + 1] = {0}, all[64] = {0};
+        size_t got;
+        /* decompressed bytes, looked at twice, then read as if never seen */
+        assert_int_equal(mor_source_peek(&src, head, 2, &got, &e), MOR_OK);
+        assert_int_equal(mor_source_peek(&src, head, 8, &got, &e), MOR_OK);
+        assert_int_equal(got, 8);
+        assert_memory_equal(head, "MORSHARD", 8);
+        assert_int_equal(src.offset, 0);
+        assert_int_equal(mor_source_peek(&src, head, MOR_SOURCE_PEEK + 1, &got, &e), MOR_EARG);
+        assert_int_equal(mor_source_read(&src, all, 3, &got, &e), MOR_OK);
+        assert_int_equal(mor_source_read(&src, all + 3, sizeof all - 3, &got, &e), MOR_OK);
+        assert_int_equal(3 + got, strlen(text));
+        assert_string_equal(all, text);
+        assert_int_equal(src.offset, strlen(text));
+        mor_source_free(&src);
+        fclose(fp);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Hostile inputs                                                           */
+
+#define BOMB_BYTES ((uint64_t)384 << 20) /* what a bomb expands to: well past the 64 MiB floor */
+
+/* Writes prefix, then `zeros` zero bytes, to path; zstd level 1 when `zstd`:
+ * a few KB that expand to hundreds of MB. */
+static void write_padded(const char *path, const void *prefix, size_t np, uint64_t zeros, int zstd) {
+    mor_error e = {0};
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    mor_sink s;
+    assert_int_equal(mor_sink_open(&s, fp, path, zstd ? 1 : 0, &e), MOR_OK);
+    assert_int_equal(mor_sink_write(&s, prefix, np, &e), MOR_OK);
+    static const uint8_t zero[1 << 16];
+    for (uint64_t left = zeros; left;) {
+        size_t k = left < sizeof zero ? (size_t)left : sizeof zero;
+        assert_int_equal(mor_sink_write(&s, zero, k, &e), MOR_OK);
+        left -= k;
+    }
+    assert_int_equal(mor_sink_finish(&s, &e), MOR_OK);
+    mor_sink_free(&s);
+    fclose(fp);
+}
+
+/* The 8-byte length and JSON header of a safetensors blob holding one U8
+ * tensor of n bytes, with the given __metadata__ object; returns its size. */
+static size_t st_prefix(char *buf, size_t cap, const char *meta_json, uint64_t n) {
+    int k = snprintf(buf + 8, cap - 8,
+                     "{\"__metadata__\":%s,\"x\":{\"dtype\":\"U8\",\"shape\":[%llu],"
+                     "\"data_offsets\":[0,%llu]}}",
+                     meta_json, (unsigned long long)n, (unsigned long long)n);
+    assert_true(k > 0 && (size_t)k < cap - 8);
+    for (int i = 0; i < 8; i++) buf[i] = (char)((uint64_t)k >> (8 * i));
+    return 8 + (size_t)k;
+}
+
+/* A token shard header promising n zero ids (u16, vocab 512); the checksum is
+ * left zero: a reader must fail long before it gets that far. */
+static void shard_prefix(uint8_t *h, uint64_t n) {
+    memset(h, 0, MOR_SHARD_HEADER_SIZE);
+    memcpy(h, MOR_SHARD_MAGIC, 8);
+    h[8] = 1;  /* version */
+    h[12] = 2; /* id_bytes */
+    for (int i = 0; i < 8; i++) h[16 + i] = (uint8_t)(n >> (8 * i));
+    h[25] = 2; /* vocab_size 512 */
+    memset(h + 28, 0xff, 4); /* eos_id -1 */
+}
+
+typedef enum { READ_STREAM, READ_SHARD, READ_ALL, READ_CKPT, READ_MODEL } reader;
+
+typedef struct {
+    reader how;
+    const char *path;
+    int pipe; /* read it through `cat` (size unknown) rather than from the file */
+    mor_status code;
+    const char *needle; /* the error message must contain it */
+} hostile_case;
+
+/* Reads a source to its end, as a text reader (a .jsonl trace) does. */
+static mor_status read_to_end(mor_source *src, mor_error *e) {
+    size_t cap = 1 << 16, len = 0, got;
+    char *buf = malloc(cap);
+    mor_status st;
+    while (!(st = mor_source_read(src, buf + len, cap - len, &got, e)) && len + got == cap) {
+        len = cap;
+        buf = realloc(buf, cap *= 2);
+    }
+    free(buf);
+    return st;
+}
+
+/* Feeds the input to the reader; 0 if it failed with the expected error. */
+static int read_hostile(const void *arg) {
+    const hostile_case *c = arg;
+    mor_error e = {0};
+    mor_status st = MOR_OK;
+    char cmd[1200], name[1200];
+    snprintf(cmd, sizeof cmd, "cat '%s'", c->path);
+    FILE *fp = c->pipe ? popen(cmd, "r") : fopen(c->path, "rb");
+    /* readers that take a path read the pipe by its /dev/fd name */
+    if (c->pipe) snprintf(name, sizeof name, "/dev/fd/%d", fileno(fp));
+    else snprintf(name, sizeof name, "%s", c->path);
+    if (c->how == READ_CKPT || c->how == READ_MODEL) {
+        mor_st_file *f = NULL;
+        mor_model *m = NULL;
+        st = c->how == READ_CKPT ? mor_ckpt_open(name, &f, &e) : mor_model_load(name, &m, &e);
+        mor_st_close(f);
+        mor_model_free(m);
+    } else if (c->how == READ_SHARD) {
+        int32_t *ids;
+        size_t n;
+        if (!(st = mor_shard_load(name, &ids, &n, NULL, &e))) free(ids);
+    } else {
+        mor_source src;
+        if (!(st = mor_source_open(&src, fp, name, &e))) {
+            mor_st_file *fr;
+            if (c->how == READ_ALL) st = read_to_end(&src, &e);
+            else
+                while (!(st = mor_stream_next(&src, &fr, &e)) && fr) mor_st_close(fr);
+        }
+        mor_source_free(&src);
+    }
+    if (c->pipe) pclose(fp);
+    else fclose(fp);
+    if (st == c->code && strstr(e.msg, c->needle) && strstr(e.msg, name)) return 0;
+    fprintf(stderr, "%s: got status %d '%s', expected %d and '%s'\n", name, st, e.msg, c->code,
+            c->needle);
+    return 1;
+}
+
+/* Runs the case in a child process and checks its error there; returns how
+ * many MiB the child's peak resident memory grew (capped at 250). Bounded
+ * memory is asserted this way, never by timing. */
+static int peak_growth_mib(const hostile_case *c) {
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        long before = ru.ru_maxrss; /* KiB; a forked child starts at its parent's size */
+        int bad = read_hostile(c);
+        getrusage(RUSAGE_SELF, &ru);
+        long mib = (ru.ru_maxrss - before) / 1024;
+        _exit(bad ? 255 : mib > 250 ? 250 : (int)mib);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 255) fail_msg("%s: the reader did not fail as expected", c->path);
+    return WEXITSTATUS(status);
+}
+
+/* The error must come, and the memory stay below max_mib. ASan keeps freed
+ * blocks resident (its quarantine), so there only the error is checked. */
+static void expect_bounded(hostile_case c, int max_mib) {
+    int mib = peak_growth_mib(&c);
+#ifndef __SANITIZE_ADDRESS__
+    if (mib >= max_mib)
+        fail_msg("%s%s: peak memory grew %d MiB (bound %d MiB)", c.path, c.pipe ? " (pipe)" : "", mib,
+                 max_mib);
+#else
+    (void)mib;
+    (void)max_mib;
+#endif
+}
+
+static const char *const FILE_BOMB = "may expand to only";     /* the claim is refused up front */
+static const char *const PIPE_BOMB = "expands more than 1024-fold"; /* stopped while decoding */
+
+/* A stream frame whose header truthfully describes 384 MiB of zeros, in a
+ * few KB of zstd: from a file the claim is refused before any data is read;
+ * from a pipe, decoding stops at the 64 MiB floor of the ratio limit. */
+static void test_zstd_bomb_stream(void **state) {
+    (void)state;
+    const char *p = tmp_path("bomb.stream.zst");
+    char h[512];
+    size_t n = st_prefix(h, sizeof h, "{\"kind\":\"logits\"}", BOMB_BYTES);
+    write_padded(p, h, n, BOMB_BYTES, 1);
+    expect_bounded((hostile_case){READ_STREAM, p, 0, MOR_EFORMAT, FILE_BOMB}, 16);
+    expect_bounded((hostile_case){READ_STREAM, p, 1, MOR_EFORMAT, PIPE_BOMB}, 100);
+}
+
+/* Plain zstd of zeros (a .jsonl.zst trace, text for any tool): no header
+ * to check, so the ratio limit alone bounds it. */
+static void test_zstd_bomb_raw(void **state) {
+    (void)state;
+    const char *p = tmp_path("bomb.jsonl.zst");
+    write_padded(p, "", 0, BOMB_BYTES, 1);
+    expect_bounded((hostile_case){READ_ALL, p, 0, MOR_EFORMAT, PIPE_BOMB}, 100);
+}
+
+/* A zstd frame whose header asks for a 128 MiB window (what --long=27 or a
+ * forged header gives) is refused before the decoder allocates it. */
+static void test_zstd_window_cap(void **state) {
+    (void)state;
+    const char *p = tmp_path("wide.jsonl.zst");
+    static const char text[] = "{\"a\": 1}\n";
+    ZSTD_CCtx *z = ZSTD_createCCtx();
+    assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(z, ZSTD_c_windowLog, 27)));
+    char frame[256];
+    ZSTD_outBuffer out = {frame, sizeof frame, 0};
+    ZSTD_inBuffer in = {text, sizeof text - 1, 0};
+    /* fed before the end, so the size is unknown and the header declares
+     * the window instead */
+    assert_false(ZSTD_isError(ZSTD_compressStream2(z, &out, &in, ZSTD_e_continue)));
+    ZSTD_inBuffer none = {NULL, 0, 0};
+    assert_int_equal(ZSTD_compressStream2(z, &out, &none, ZSTD_e_end), 0);
+    ZSTD_freeCCtx(z);
+    FILE *fp = fopen(p, "wb");
+    assert_int_equal(fwrite(frame, 1, out.pos, fp), out.pos);
+    fclose(fp);
+    expect_bounded((hostile_case){READ_ALL, p, 0, MOR_EFORMAT, "window above 32 MiB"}, 16);
+}
+
+/* A shard header promising 192M zero ids (384 MiB), zstd-compressed. */
+static void test_zstd_bomb_shard(void **state) {
+    (void)state;
+    const char *p = tmp_path("bomb.shard.zst");
+    uint8_t h[MOR_SHARD_HEADER_SIZE];
+    shard_prefix(h, BOMB_BYTES / 2);
+    write_padded(p, h, sizeof h, BOMB_BYTES, 1);
+    expect_bounded((hostile_case){READ_SHARD, p, 0, MOR_EFORMAT, FILE_BOMB}, 16);
+    /* from a pipe: 64 MiB of u16 ids become 128 MiB of int32 before it stops */
+    expect_bounded((hostile_case){READ_SHARD, p, 1, MOR_EFORMAT, PIPE_BOMB}, 160);
+}
+
+/* A .mor.zst whose header is no checkpoint's, or whose config is broken, is
+ * refused from the header alone: none of its data is decompressed, even
+ * data below the ratio limit's floor (48 MiB). */
+static void test_zstd_ckpt_header_first(void **state) {
+    (void)state;
+    const char *p = tmp_path("bomb.mor.zst");
+    char h[512];
+    size_t n = st_prefix(h, sizeof h, "{\"note\":\"no format key\"}", (uint64_t)48 << 20);
+    write_padded(p, h, n, (uint64_t)48 << 20, 1);
+    expect_bounded((hostile_case){READ_CKPT, p, 0, MOR_EFORMAT, "not a mor checkpoint"}, 16);
+    expect_bounded((hostile_case){READ_MODEL, p, 0, MOR_EFORMAT, "not a mor checkpoint"}, 16);
+    n = st_prefix(h, sizeof h, "{\"format\":\"mor\",\"mor_version\":\"1\",\"config\":\"hidden_size: [\","
+                               "\"tokenizer\":\"{}\"}", (uint64_t)48 << 20);
+    write_padded(p, h, n, (uint64_t)48 << 20, 1);
+    expect_bounded((hostile_case){READ_MODEL, p, 0, MOR_ECONFIG, "(config)"}, 16);
+}
+
+/* A frame whose header claims 2^62 (or 2^40) data bytes, followed by 100:
+ * the claim is checked against what the input holds, or memory grows only
+ * as bytes arrive; never allocated up front. */
+static void test_claim_beyond_input(void **state) {
+    (void)state;
+    const char *p = tmp_path("claim.stream"), *pz = tmp_path("claim.stream.zst");
+    char h[512];
+    uint64_t claims[2] = {(uint64_t)1 << 62, (uint64_t)1 << 40};
+    for (int i = 0; i < 2; i++) {
+        size_t n = st_prefix(h, sizeof h, "{\"kind\":\"logits\"}", claims[i]);
+        char needle[96];
+        snprintf(needle, sizeof needle, "truncated: expected %llu data bytes, input ends after 100",
+                 (unsigned long long)claims[i]);
+        write_padded(p, h, n, 100, 0);
+        expect_bounded((hostile_case){READ_STREAM, p, 0, MOR_EFORMAT, needle}, 16);
+        expect_bounded((hostile_case){READ_STREAM, p, 1, MOR_EFORMAT, needle}, 16);
+        write_padded(pz, h, n, 100, 1);
+        expect_bounded((hostile_case){READ_STREAM, pz, 0, MOR_EFORMAT, FILE_BOMB}, 16);
+        expect_bounded((hostile_case){READ_STREAM, pz, 1, MOR_EFORMAT, "truncated"}, 16);
+    }
+    /* a header length of 99 MB with 10 bytes behind it, through a pipe */
+    uint8_t len8[18] = {0xc0, 0x9e, 0xe6, 0x05}; /* 99000000 */
+    write_padded(p, len8, sizeof len8, 0, 0);
+    expect_bounded((hostile_case){READ_STREAM, p, 1, MOR_EFORMAT,
+                                  "truncated: input ends after 10 of the 99000000 header bytes"}, 16);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_plain),
@@ -513,6 +812,13 @@ int main(void) {
         cmocka_unit_test(test_live_pipe),
         cmocka_unit_test(test_zstd_large_odd_reads),
         cmocka_unit_test(test_source_plain_and_tiny),
+        cmocka_unit_test(test_source_peek),
+        cmocka_unit_test(test_zstd_bomb_stream),
+        cmocka_unit_test(test_zstd_bomb_raw),
+        cmocka_unit_test(test_zstd_window_cap),
+        cmocka_unit_test(test_zstd_bomb_shard),
+        cmocka_unit_test(test_zstd_ckpt_header_first),
+        cmocka_unit_test(test_claim_beyond_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

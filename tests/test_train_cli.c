@@ -2,7 +2,9 @@
  * model: checkpoints resume bit for bit after SIGKILL and after SIGINT (which
  * writes a checkpoint and exits 128 + 2), metrics.jsonl carries the loss,
  * aux loss, grad norm, lr, speed and router statistics, a resumed run does
- * not duplicate metric lines, and bad input gives the documented exit codes.
+ * not duplicate metric lines, bad input gives the documented exit codes (a
+ * config error is 2, as in mor-convert), a run directory holds one run
+ * (--resume or --overwrite), and --resume reads the checkpoint it resumes.
  * The main runs use one thread; a second pair resumes at two threads, with
  * the aux-router ablation (its own optimizer state travels too). Threads
  * split work statically, so the bits do not depend on the machine's load. */
@@ -268,6 +270,184 @@ static void test_errors(void **s) {
     assert_int_not_equal(run_cmd(cmd, NULL, NULL), 0);
 }
 
+/* A short vanilla run: `steps` steps, a checkpoint after each. Returns the
+ * exit status; stderr into *err when err is not NULL. */
+static int short_run(const char *config, const char *dir, int steps, const char *extra, char **err) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "%s -c %s --tokenizer tests/data/stories260K-hf/tokenizer.json --data " TEXT
+             " --steps %d --batch 2 --max-length 32 --save-every 1 --eval-every 0 -t 1 -q -o %s %s",
+             tool("mor-train"), config, steps, dir, extra);
+    return run_cmd(cmd, NULL, err);
+}
+
+static int resume_run(const char *dir, int steps, const char *extra, char **err) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s --resume %s --data " TEXT " --steps %d -t 1 -q %s",
+             tool("mor-train"), dir, steps, extra);
+    return run_cmd(cmd, NULL, err);
+}
+
+static void copy_file(const char *from, const char *to) {
+    size_t len;
+    char *b = read_all(from, &len);
+    FILE *f = fopen(to, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b, 1, len, f), len);
+    fclose(f);
+    free(b);
+}
+
+/* A run directory holds one run: -o over another run's checkpoints is
+ * refused unless --resume continues them or --overwrite removes them. */
+static void test_run_dir_reuse(void **s) {
+    (void)s;
+    char dir[512], path[600], *err = NULL;
+    snprintf(dir, sizeof dir, "%s/R", tmp_dir());
+    if (short_run("configs/tiny-vanilla.yaml", dir, 2, "", &err)) fail_msg("%s", err);
+    free(err);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    char *metrics = read_all(path, NULL);
+
+    /* again into the same directory: refused, nothing touched */
+    err = NULL;
+    assert_int_equal(short_run("configs/tiny-vanilla.yaml", dir, 1, "", &err), 2);
+    if (!strstr(err, dir) || !strstr(err, "--overwrite") || !strstr(err, "--resume"))
+        fail_msg("message lacks the directory or the way out: %s", err);
+    free(err);
+    char *after = read_all(path, NULL);
+    assert_string_equal(metrics, after);
+    free(after);
+    free(metrics);
+    snprintf(path, sizeof path, "%s/step-2.mor", dir);
+    assert_true(exists(path));
+
+    /* --overwrite starts over: the old checkpoints and metric lines are gone */
+    err = NULL;
+    if (short_run("configs/tiny-vanilla.yaml", dir, 1, "--overwrite", &err)) fail_msg("%s", err);
+    free(err);
+    assert_false(exists(path));
+    snprintf(path, sizeof path, "%s/step-2.state", dir);
+    assert_false(exists(path));
+    snprintf(path, sizeof path, "%s/step-1.mor", dir);
+    assert_true(exists(path));
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    metrics = read_all(path, NULL);
+    assert_null(strstr(metrics, "{\"step\":2,"));
+    free(metrics);
+
+    /* --overwrite of the directory --resume continues: usage error */
+    assert_int_equal(resume_run(dir, 2, "--overwrite", NULL), 1);
+    /* resuming into another directory that holds a run: refused too */
+    char other[512];
+    snprintf(other, sizeof other, "%s/R2", tmp_dir());
+    if (short_run("configs/tiny-vanilla.yaml", other, 1, "", NULL)) fail_msg("run into %s", other);
+    char extra[600];
+    snprintf(extra, sizeof extra, "-o %s", other);
+    assert_int_equal(resume_run(dir, 2, extra, NULL), 2);
+}
+
+/* "Newest checkpoint" is one rule: the config --resume reads comes from the
+ * checkpoint it resumes, so a step-N.mor without its state (here another
+ * model's) is ignored by both. */
+static void test_resume_newest_complete(void **s) {
+    (void)s;
+    char dir[512], other[512], from[600], to[600], *err = NULL;
+    snprintf(dir, sizeof dir, "%s/N", tmp_dir());
+    snprintf(other, sizeof other, "%s/N2", tmp_dir());
+    if (short_run("configs/tiny-vanilla.yaml", dir, 1, "", &err)) fail_msg("%s", err);
+    free(err);
+    err = NULL;
+    if (short_run("configs/tiny-recursive-r2.yaml", other, 1, "", &err)) fail_msg("%s", err);
+    free(err);
+    snprintf(from, sizeof from, "%s/step-1.mor", other);
+    snprintf(to, sizeof to, "%s/step-9.mor", dir);
+    copy_file(from, to);
+    err = NULL;
+    if (resume_run(dir, 3, "", &err)) fail_msg("resume picked step-9.mor (no state): %s", err);
+    free(err);
+    snprintf(to, sizeof to, "%s/step-3.mor", dir);
+    assert_true(exists(to));
+    mor_st_file *f;
+    mor_error e = {0};
+    if (mor_st_open(to, &f, &e)) fail_msg("%s", e.msg);
+    const char *yaml = mor_st_meta_get(f, "config");
+    mor_config c;
+    if (mor_config_parse_yaml(yaml, strlen(yaml), to, &c, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(c.recursive, 0); /* the vanilla run's model */
+    mor_st_close(f);
+}
+
+/* One exit status for one config error in every tool: 2 (bad input). */
+static void test_config_errors_exit_2(void **s) {
+    (void)s;
+    const char *bad[][2] = {
+        {"", "model.vocab_size is missing"},
+        {"model:\n  vocab_size: 512\n  hidden_size: 64\n  intermediate_size: 172\n"
+         "  num_hidden_layers: 2\n  num_attention_heads: 8\n  num_key_value_heads: 3\n",
+         "not a multiple of num_key_value_heads"},
+        {"model:\n  vocab_size: 512\n  hidden_size: 2052\n  intermediate_size: 172\n"
+         "  num_hidden_layers: 2\n  num_attention_heads: 2\n  num_key_value_heads: 1\n",
+         "model.head_dim: 1026 (hidden_size 2052 / num_attention_heads 2) is out of range"},
+    };
+    const char *tok = "tests/data/stories260K-hf/tokenizer.json";
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char cfg[600], cmd[4096];
+        snprintf(cfg, sizeof cfg, "%s/bad%zu.yaml", tmp_dir(), i);
+        FILE *f = fopen(cfg, "w");
+        fputs(bad[i][0], f);
+        fclose(f);
+        for (int t = 0; t < 2; t++) {
+            if (t == 0)
+                snprintf(cmd, sizeof cmd, "%s init --config %s --tokenizer %s -o %s/bad.mor",
+                         tool("mor-convert"), cfg, tok, tmp_dir());
+            else
+                snprintf(cmd, sizeof cmd,
+                         "%s -c %s --tokenizer %s --data " TEXT " --steps 1 -o %s/bad -q",
+                         tool("mor-train"), cfg, tok, tmp_dir());
+            char *err = NULL;
+            int rc = run_cmd(cmd, NULL, &err);
+            if (rc != 2 || !strstr(err, cfg) || !strstr(err, bad[i][1]))
+                fail_msg("%s: exit %d (expected 2 naming %s and '%s'): %s", cmd, rc, cfg, bad[i][1],
+                         err);
+            free(err);
+        }
+    }
+    char path[600];
+    snprintf(path, sizeof path, "%s/bad.mor", tmp_dir());
+    assert_false(exists(path));
+}
+
+/* A tokenizer whose bos/eos ids are not the config's: a warning, not silence. */
+static void test_special_token_warning(void **s) {
+    (void)s;
+    char cfg[600], cmd[4096], *err = NULL;
+    snprintf(cfg, sizeof cfg, "%s/bos0.yaml", tmp_dir());
+    FILE *f = fopen(cfg, "w");
+    fputs("model:\n  vocab_size: 512\n  hidden_size: 64\n  intermediate_size: 172\n"
+          "  num_hidden_layers: 2\n  num_attention_heads: 8\n  num_key_value_heads: 4\n"
+          "  eos_token_id: 7\n  bos_token_id: 1\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "%s init --config %s --tokenizer tests/data/stories260K-hf/tokenizer.json -o %s/bos0.mor",
+             tool("mor-convert"), cfg, tmp_dir());
+    assert_int_equal(run_cmd(cmd, NULL, &err), 0);
+    if (!strstr(err, "warning: ") || !strstr(err, "model.eos_token_id is 7 but the tokenizer"))
+        fail_msg("no warning: %s", err);
+    free(err);
+    err = NULL;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/W", tmp_dir());
+    snprintf(cmd, sizeof cmd,
+             "%s -c %s --tokenizer tests/data/stories260K-hf/tokenizer.json --data " TEXT
+             " --steps 1 --batch 2 --max-length 32 -t 1 -o %s",
+             tool("mor-train"), cfg, dir);
+    assert_int_equal(run_cmd(cmd, NULL, &err), 0);
+    if (!strstr(err, "mor-train: warning: ") || !strstr(err, "model.eos_token_id is 7"))
+        fail_msg("no warning: %s", err);
+    free(err);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_after_sigkill),
@@ -275,6 +455,10 @@ int main(void) {
         cmocka_unit_test(test_sigint_writes_checkpoint),
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_run_dir_reuse),
+        cmocka_unit_test(test_resume_newest_complete),
+        cmocka_unit_test(test_config_errors_exit_2),
+        cmocka_unit_test(test_special_token_warning),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -323,6 +323,25 @@ static mor_status set_key(mor_config *c, const config_key *k, const char *val, c
 
 /* ---- YAML ------------------------------------------------------------- */
 
+/* Mappings a config may nest, the top level included. The schema needs three
+ * (model.rope_scaling.factor); the walker recurses once per level, so the
+ * bound is what keeps a hostile file (a config is metadata of every .mor)
+ * from exhausting the stack. */
+#define MAX_YAML_DEPTH 8
+
+/* The model shape: no default could fit the weights of a file, so a config
+ * that leaves one out is an error rather than a SmolLM-135M-shaped model. */
+static const char *const required_keys[] = {
+    "model.vocab_size", "model.hidden_size", "model.intermediate_size",
+    "model.num_hidden_layers", "model.num_attention_heads"};
+#define N_REQUIRED (sizeof required_keys / sizeof required_keys[0])
+
+static int is_required(const char *path) {
+    for (size_t i = 0; i < N_REQUIRED; i++)
+        if (!strcmp(required_keys[i], path)) return 1;
+    return 0;
+}
+
 typedef struct {
     yaml_parser_t parser;
     const char *source;
@@ -365,8 +384,9 @@ static mor_status read_sequence(yaml_walk *w, const char *path, int line, char *
     }
 }
 
-/* Walks a mapping whose dotted prefix is `prefix` (the start event consumed). */
-static mor_status walk_mapping(yaml_walk *w, const char *prefix) {
+/* Walks a mapping whose dotted prefix is `prefix` (the start event consumed),
+ * `depth` levels below the top (1 for the top-level mapping). */
+static mor_status walk_mapping(yaml_walk *w, const char *prefix, int depth) {
     for (;;) {
         yaml_event_t key;
         mor_status st = yaml_next(w, &key);
@@ -389,11 +409,26 @@ static mor_status walk_mapping(yaml_walk *w, const char *prefix) {
         if ((st = yaml_next(w, &val))) return st;
         if (val.type == YAML_MAPPING_START_EVENT) {
             yaml_event_delete(&val);
-            if ((st = walk_mapping(w, path))) return st;
+            if (depth >= MAX_YAML_DEPTH)
+                return mor_fail(w->err, MOR_ECONFIG,
+                                "%s:%d: %s: mappings nested more than %d deep (the schema has 3 "
+                                "levels)", w->source, line, path, MAX_YAML_DEPTH);
+            if ((st = walk_mapping(w, path, depth + 1))) return st;
             continue;
         }
+        if (val.type == YAML_ALIAS_EVENT) { /* never expanded: no alias bombs */
+            yaml_event_delete(&val);
+            return mor_fail(w->err, MOR_ECONFIG,
+                            "%s:%d: %s: YAML aliases (*name) are not supported; write the value",
+                            w->source, line, path);
+        }
         const config_key *k = find_key(path);
-        if (val.type == YAML_SEQUENCE_START_EVENT && k && k->type == K_CAPACITY) {
+        if (!k) {
+            yaml_event_delete(&val);
+            return mor_fail(w->err, MOR_ECONFIG, "%s:%d: unknown key '%s' (see mor-config(5))",
+                            w->source, line, path);
+        }
+        if (val.type == YAML_SEQUENCE_START_EVENT && k->type == K_CAPACITY) {
             yaml_event_delete(&val);
             char list[1024];
             if ((st = read_sequence(w, path, line, list, sizeof list))) return st;
@@ -409,9 +444,10 @@ static mor_status walk_mapping(yaml_walk *w, const char *prefix) {
         const char *text = (const char *)val.data.scalar.value;
         int is_null = val.data.scalar.plain_implicit &&
                       (!strcmp(text, "null") || !strcmp(text, "~") || !*text);
-        if (!k) {
-            st = mor_fail(w->err, MOR_ECONFIG, "%s:%d: unknown key '%s' (see mor-config(5))",
-                          w->source, line, path);
+        if (is_null && is_required(path)) {
+            st = mor_fail(w->err, MOR_ECONFIG,
+                          "%s:%d: %s needs a value (the model shape has no default)", w->source,
+                          line, path);
         } else if (!is_null) {
             st = set_key(w->c, k, text, w->source, line, w->err);
         } else if (k->type == K_CAPACITY) {
@@ -421,7 +457,7 @@ static mor_status walk_mapping(yaml_walk *w, const char *prefix) {
             for (const enum_name *e = k->names; e->name; e++)
                 if (!strcmp(e->name, "null")) *(int *)((char *)w->c + k->off) = e->value;
         }
-        if (k) w->lines[k - config_keys] = line;
+        w->lines[k - config_keys] = line;
         yaml_event_delete(&val);
         if (st) return st;
     }
@@ -449,7 +485,7 @@ mor_status mor_config_parse_yaml(const char *text, size_t len, const char *sourc
         yaml_event_t ev;
         if ((st = yaml_next(w, &ev))) break;
         switch (ev.type) {
-        case YAML_MAPPING_START_EVENT: st = walk_mapping(w, ""); break;
+        case YAML_MAPPING_START_EVENT: st = walk_mapping(w, "", 1); break;
         case YAML_STREAM_END_EVENT: done = 1; break;
         case YAML_SCALAR_EVENT:
         case YAML_SEQUENCE_START_EVENT:
@@ -461,6 +497,12 @@ mor_status mor_config_parse_yaml(const char *text, size_t len, const char *sourc
         yaml_event_delete(&ev);
     }
     yaml_parser_delete(&w->parser);
+    for (size_t i = 0; i < N_REQUIRED && !st; i++)
+        if (!w->lines[find_key(required_keys[i]) - config_keys])
+            st = mor_fail(err, MOR_ECONFIG,
+                          "%s: %s is missing (the model shape keys vocab_size, hidden_size, "
+                          "intermediate_size, num_hidden_layers and num_attention_heads are "
+                          "required)", source, required_keys[i]);
     if (!st) st = validate_impl(c, source, w->lines, err);
     free(w);
     return st;
@@ -830,6 +872,32 @@ static mor_status validate_mor(mor_config *c, const char *source, const int *lin
 #undef AT
 }
 
+/* Every number within the range of its key, whatever set it (YAML, a
+ * config.json, a derived value, a tool's option), so nothing is written that
+ * the YAML parser would refuse to read back. */
+static mor_status check_ranges(const mor_config *c, const char *source, const int *lines,
+                               mor_error *err) {
+    char at[1100];
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const config_key *k = &config_keys[i];
+        const char *p = (const char *)c + k->off;
+        if (k->type == K_INT) {
+            int v = *(const int *)p;
+            if (v < k->lo || v > k->hi)
+                return mor_fail(err, MOR_ECONFIG, "%s: %s: %d is out of range [%.0f, %.0f]",
+                                where(at, sizeof at, source, lines, k->path), k->path, v, k->lo,
+                                k->hi);
+        } else if (k->type == K_FLOAT) {
+            float v = *(const float *)p;
+            if (!isfinite(v) || v < (float)k->lo || v > (float)k->hi)
+                return mor_fail(err, MOR_ECONFIG, "%s: %s: %g is out of range [%g, %g]",
+                                where(at, sizeof at, source, lines, k->path), k->path, (double)v,
+                                k->lo, k->hi);
+        }
+    }
+    return MOR_OK;
+}
+
 static mor_status validate_impl(mor_config *c, const char *source, const int *lines,
                                 mor_error *err) {
     char at[1100];
@@ -842,8 +910,17 @@ static mor_status validate_impl(mor_config *c, const char *source, const int *li
             return mor_fail(err, MOR_ECONFIG,
                             "%s: hidden_size %d is not divisible by num_attention_heads %d", source,
                             c->dim, c->n_heads);
-        c->head_dim = c->dim / c->n_heads;
+        const config_key *hd = find_key("model.head_dim");
+        int derived = c->dim / c->n_heads;
+        if (derived < hd->lo || derived > hd->hi)
+            return mor_fail(err, MOR_ECONFIG,
+                            "%s: model.head_dim: %d (hidden_size %d / num_attention_heads %d) is "
+                            "out of range [%.0f, %.0f]; set num_attention_heads or head_dim",
+                            source, derived, c->dim, c->n_heads, hd->lo, hd->hi);
+        c->head_dim = derived;
     }
+    mor_status st = check_ranges(c, source, lines, err);
+    if (st) return st;
     if (c->head_dim % 2)
         return mor_fail(err, MOR_ECONFIG, "%s: head_dim %d must be even (RoPE pairs)", source,
                         c->head_dim);
@@ -895,8 +972,7 @@ static mor_status validate_impl(mor_config *c, const char *source, const int *li
                         "true and mor.type: expert",
                         AT("kv_sharing.update_cache"));
     if (c->mor.enable) {
-        mor_status st = validate_mor(c, source, lines, err);
-        if (st) return st;
+        if ((st = validate_mor(c, source, lines, err))) return st;
     } else if (c->mor.expert.untie_attention) {
         return mor_fail(err, MOR_ECONFIG,
                         "%s: mor.expert.untie_attention needs mor.enable: true and mor.type: expert",
@@ -919,6 +995,18 @@ static mor_status validate_impl(mor_config *c, const char *source, const int *li
 mor_status mor_config_validate(const mor_config *cc, const char *source, mor_error *err) {
     /* derived values (head_dim, auto capacities) are filled in here */
     return validate_impl((mor_config *)cc, source, NULL, err);
+}
+
+mor_status mor_config_check_special_tokens(const mor_config *c, const char *source, int bos, int eos,
+                                           const char *tok_source, mor_error *err) {
+    const char *names[2] = {"bos", "eos"};
+    int cfg_id[2] = {c->bos_id, c->eos_id}, tok_id[2] = {bos, eos};
+    for (int i = 0; i < 2; i++)
+        if (cfg_id[i] >= 0 && tok_id[i] >= 0 && cfg_id[i] != tok_id[i])
+            return mor_fail(err, MOR_ECONFIG,
+                            "%s: model.%s_token_id is %d but the tokenizer %s has %s id %d",
+                            source, names[i], cfg_id[i], tok_source, names[i], tok_id[i]);
+    return MOR_OK;
 }
 
 int mor_config_base_depth(const mor_config *c) {

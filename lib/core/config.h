@@ -1,7 +1,7 @@
 /* config.h - the model config: shape, RoPE, and (for recursive/MoR models)
  * sharing, routing and KV strategy, plus the training hyper-parameters.
  * Stored as YAML text in every .mor file; the schema is man/mor-config.5,
- * the algorithms behind each key are /work/shared/mor-spec.md (section 10
+ * the algorithms behind each key are in mor-spec, the MoR reference specification (section 10
  * lists the keys of the reference code). */
 #ifndef MOR_CONFIG_H
 #define MOR_CONFIG_H
@@ -139,6 +139,13 @@ char *mor_config_to_hf_json(const mor_config *c);
 /* Checks ranges and consistency; fills derived values (head_dim when 0,
  * mor.capacity when auto). */
 mor_status mor_config_validate(const mor_config *c, const char *source, mor_error *err);
+
+/* Compares the config's model.bos_token_id / eos_token_id with a tokenizer's
+ * (bos, eos; -1 where it has none). An id both define that differs is
+ * MOR_ECONFIG, the message naming both sources; tools print it as a warning
+ * (the model runs, but stops or starts on other tokens than it was made for). */
+mor_status mor_config_check_special_tokens(const mor_config *c, const char *source, int bos, int eos,
+                                           const char *tok_source, mor_error *err);
 
 /* Number of physical (stored) decoder layers. */
 int mor_config_n_phys_layers(const mor_config *c);

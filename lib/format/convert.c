@@ -28,10 +28,11 @@ static size_t spec_numel(const mor_tensor_spec *s) {
     return (size_t)s->shape[0] * (size_t)(s->ndim > 1 ? s->shape[1] : 1);
 }
 
-/* Writes a .mor with the given config/tokenizer, pulling tensors from read(). */
-static mor_status write_model(const char *out_path, const mor_config *cfg, const char *tok_json,
-                              const char *tok_cfg, tensor_reader read, void *src,
-                              const mor_convert_params *p, mor_error *err) {
+/* Writes a .mor with the given config/tokenizer (and generation config, when
+ * not NULL), pulling tensors from read(). */
+static mor_status write_model_gen(const char *out_path, const mor_config *cfg, const char *tok_json,
+                                  const char *tok_cfg, const char *gen_cfg, tensor_reader read,
+                                  void *src, const mor_convert_params *p, mor_error *err) {
     mor_tensor_spec *specs = NULL;
     int n = mor_model_tensor_specs(cfg, &specs);
     if (n < 0) return mor_fail(err, MOR_ENOMEM, "out of memory");
@@ -42,6 +43,7 @@ static mor_status write_model(const char *out_path, const mor_config *cfg, const
     uint16_t *half = NULL;
     mor_status st = yaml ? mor_ckpt_writer_init(&w, yaml, tok_json, tok_cfg, err)
                          : mor_fail(err, MOR_ENOMEM, "out of memory");
+    if (!st && gen_cfg) st = mor_st_writer_meta(w.st, MOR_META_GENERATION_CONFIG, gen_cfg, err);
     size_t maxn = 0;
     uint64_t total = 0, done = 0;
     for (int i = 0; i < n && !st; i++) {
@@ -77,6 +79,12 @@ static mor_status write_model(const char *out_path, const mor_config *cfg, const
     free(yaml);
     free(specs);
     return st;
+}
+
+static mor_status write_model(const char *out_path, const mor_config *cfg, const char *tok_json,
+                              const char *tok_cfg, tensor_reader read, void *src,
+                              const mor_convert_params *p, mor_error *err) {
+    return write_model_gen(out_path, cfg, tok_json, tok_cfg, NULL, read, src, p, err);
 }
 
 /* ---- Hugging Face ---------------------------------------------------------- */
@@ -243,13 +251,31 @@ static mor_status hf_check_unexpected(const hf_source *h, mor_error *err) {
     return st;
 }
 
+/* generation_config.json of dir, checked, or *text NULL when there is none:
+ * its sampling defaults go into the checkpoint for mor-generate. */
+static mor_status hf_read_generation_config(const char *dir, char **text, mor_error *err) {
+    *text = NULL;
+    char *path = path_join(dir, "generation_config.json");
+    if (!path) return mor_fail(err, MOR_ENOMEM, "out of memory");
+    mor_status st = MOR_OK;
+    size_t len;
+    mor_generation_defaults g;
+    if (file_exists(path) && !(st = mor_read_file(path, text, &len, err)) &&
+        (st = mor_generation_defaults_parse(*text, len, path, &g, err))) {
+        free(*text);
+        *text = NULL;
+    }
+    free(path);
+    return st;
+}
+
 mor_status mor_convert_hf(const char *dir, const char *out_path, const mor_convert_params *p,
                           mor_error *err) {
     hf_source h = {.dir = dir};
     mor_config cfg;
     char *cfg_path = path_join(dir, "config.json"), *tok_path = path_join(dir, "tokenizer.json"),
          *tc_path = path_join(dir, "tokenizer_config.json");
-    char *cfg_text = NULL, *tok = NULL, *tc = NULL;
+    char *cfg_text = NULL, *tok = NULL, *tc = NULL, *gen = NULL;
     size_t len, tok_len, tc_len = 0;
     mor_tokenizer *check = NULL;
     mor_status st = MOR_OK;
@@ -262,6 +288,7 @@ mor_status mor_convert_hf(const char *dir, const char *out_path, const mor_conve
         (st = mor_read_file(tok_path, &tok, &tok_len, err)))
         goto out;
     if (file_exists(tc_path) && (st = mor_read_file(tc_path, &tc, &tc_len, err))) goto out;
+    if ((st = hf_read_generation_config(dir, &gen, err))) goto out;
     /* parse the tokenizer now so a broken one fails before any output */
     if ((st = mor_tokenizer_from_json(tok, tok_len, tc, tc_len, tok_path, &check, err))) goto out;
     if (mor_tokenizer_vocab_size(check) > cfg.vocab_size) {
@@ -271,11 +298,12 @@ mor_status mor_convert_hf(const char *dir, const char *out_path, const mor_conve
     }
     h.cfg = &cfg;
     if ((st = hf_open_weights(&h, err)) || (st = hf_check_unexpected(&h, err))) goto out;
-    st = write_model(out_path, &cfg, tok, tc, hf_read, &h, p, err);
+    st = write_model_gen(out_path, &cfg, tok, tc, gen, hf_read, &h, p, err);
 out:
     for (int i = 0; i < h.n_files; i++) mor_st_close(h.files[i]);
     free(h.files);
     mor_tokenizer_free(check);
+    free(gen);
     free(cfg_text);
     free(tok);
     free(tc);
@@ -519,13 +547,14 @@ mor_status mor_convert_hf_config(const char *dir, const char *config_path, const
     reshape_source r = {.hf = {.dir = dir}};
     mor_config src, cfg;
     char *cfg_path = path_join(dir, "config.json"), *tok_path = path_join(dir, "tokenizer.json");
-    char *text = NULL, *tok = NULL, *tc = NULL;
+    char *text = NULL, *tok = NULL, *tc = NULL, *gen = NULL;
     size_t len;
     mor_status st = MOR_OK;
     if ((st = mor_read_file(cfg_path, &text, &len, err)) ||
         (st = mor_config_from_hf_json(text, len, cfg_path, &src, err)) ||
         (st = read_yaml_config(config_path, &cfg, err)) ||
-        (st = mor_tokenizer_texts(tok_path, &tok, &tc, err)))
+        (st = mor_tokenizer_texts(tok_path, &tok, &tc, err)) ||
+        (st = hf_read_generation_config(dir, &gen, err)))
         goto out;
     if (cfg.dim != src.dim || cfg.hidden_dim != src.hidden_dim || cfg.n_heads != src.n_heads ||
         cfg.n_kv_heads != src.n_kv_heads || cfg.head_dim != src.head_dim || cfg.vocab_size != src.vocab_size ||
@@ -565,12 +594,13 @@ mor_status mor_convert_hf_config(const char *dir, const char *config_path, const
     if (cfg.recursive) choose_source_layers(&r);
     else
         for (int i = 0; i < P; i++) r.pick[i] = i < src.n_layers ? i : src.n_layers - 1;
-    st = write_model(out_path, &cfg, tok, tc, reshape_read, &r, p, err);
+    st = write_model_gen(out_path, &cfg, tok, tc, gen, reshape_read, &r, p, err);
 out:
     for (int i = 0; i < r.hf.n_files; i++) mor_st_close(r.hf.files[i]);
     free(r.hf.files);
     free(r.pick);
     free(r.tmp);
+    free(gen);
     free(text);
     free(tok);
     free(tc);
@@ -657,8 +687,9 @@ mor_status mor_convert_cast(const char *mor_path, const char *out_path, const mo
     const char *yaml = mor_st_meta_get(f, MOR_META_CONFIG);
     st = mor_config_parse_yaml(yaml, strlen(yaml), mor_path, &cfg, err);
     if (!st)
-        st = write_model(out_path, &cfg, mor_st_meta_get(f, MOR_META_TOKENIZER),
-                         mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG), cast_read, f, p, err);
+        st = write_model_gen(out_path, &cfg, mor_st_meta_get(f, MOR_META_TOKENIZER),
+                             mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG),
+                             mor_st_meta_get(f, MOR_META_GENERATION_CONFIG), cast_read, f, p, err);
     mor_st_close(f);
     return st;
 }
@@ -707,9 +738,11 @@ mor_status mor_export_hf(const char *mor_path, const char *out_dir, mor_error *e
     }
     hf = mor_config_to_hf_json(&cfg);
     const char *tc = mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG);
+    const char *gen = mor_st_meta_get(f, MOR_META_GENERATION_CONFIG);
     if ((st = write_text_file(out_dir, "config.json", hf, err)) ||
         (st = write_text_file(out_dir, "tokenizer.json", mor_st_meta_get(f, MOR_META_TOKENIZER), err)) ||
-        (tc && (st = write_text_file(out_dir, "tokenizer_config.json", tc, err))))
+        (tc && (st = write_text_file(out_dir, "tokenizer_config.json", tc, err))) ||
+        (gen && (st = write_text_file(out_dir, "generation_config.json", gen, err))))
         goto out;
     /* tensors verbatim: same names, dtypes and bytes */
     w = mor_st_writer_new();

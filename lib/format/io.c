@@ -9,8 +9,10 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include "util.h"
 
@@ -143,17 +145,37 @@ static ssize_t read_full(int fd, void *buf, size_t n) {
     return (ssize_t)got;
 }
 
+/* What a zstd input of zin compressed bytes may expand to (saturating). */
+static uint64_t zstd_cap(uint64_t zin) {
+    uint64_t r = zin > UINT64_MAX / MOR_ZSTD_MAX_RATIO ? UINT64_MAX : zin * MOR_ZSTD_MAX_RATIO;
+    return r > MOR_ZSTD_FREE_BYTES ? r : MOR_ZSTD_FREE_BYTES;
+}
+
 mor_status mor_source_open(mor_source *s, FILE *f, const char *name, mor_error *err) {
     memset(s, 0, sizeof *s);
     s->f = f;
     s->name = name ? name : "(input)";
-    ssize_t k = read_full(fileno(f), s->peek, 4);
+    s->in_size = UINT64_MAX;
+    /* a regular file says how much it holds, so header claims can be
+     * checked before anything is allocated for them */
+    int fd = fileno(f);
+    struct stat sb;
+    off_t pos;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && (pos = lseek(fd, 0, SEEK_CUR)) >= 0 &&
+        pos <= sb.st_size)
+        s->in_size = (uint64_t)(sb.st_size - pos);
+    ssize_t k = read_full(fd, s->peek, 4);
     if (k < 0) return mor_fail(err, MOR_EIO, "%s: read failed: %s", s->name, strerror(errno));
     s->npeek = (int)k;
     if (s->npeek < 4 || memcmp(s->peek, zstd_magic, 4) != 0) return MOR_OK;
     s->zstd = ZSTD_createDStream();
     s->in_cap = ZSTD_DStreamInSize();
     s->inbuf = malloc(s->in_cap);
+    if (s->zstd &&
+        ZSTD_isError(ZSTD_DCtx_setParameter(s->zstd, ZSTD_d_windowLogMax, MOR_ZSTD_WINDOW_LOG_MAX))) {
+        mor_source_free(s);
+        return mor_fail(err, MOR_ENOMEM, "%s: cannot bound the zstd decoder's window", s->name);
+    }
     if (!s->zstd || !s->inbuf) {
         mor_source_free(s);
         return mor_fail(err, MOR_ENOMEM, "%s: out of memory for the zstd decoder", s->name);
@@ -165,25 +187,19 @@ mor_status mor_source_open(mor_source *s, FILE *f, const char *name, mor_error *
     return MOR_OK;
 }
 
-/* Plain input: the peeked bytes first, then the file. */
 static mor_status read_plain(mor_source *s, uint8_t *buf, size_t n, size_t *got, mor_error *err) {
-    size_t k = 0;
-    while (s->npeek > 0 && k < n) {
-        buf[k++] = s->peek[0];
-        memmove(s->peek, s->peek + 1, (size_t)--s->npeek);
-    }
-    ssize_t r = read_full(fileno(s->f), buf + k, n - k);
-    *got = k + (r > 0 ? (size_t)r : 0);
+    ssize_t r = read_full(fileno(s->f), buf, n);
+    *got = r > 0 ? (size_t)r : 0;
     if (r < 0)
         return mor_fail(err, MOR_EIO, "%s: read failed at byte %llu: %s", s->name,
-                        (unsigned long long)(s->offset + *got), strerror(errno));
+                        (unsigned long long)(s->offset + (uint64_t)s->npeek), strerror(errno));
     return MOR_OK;
 }
 
 static mor_status read_zstd(mor_source *s, uint8_t *buf, size_t n, size_t *got, mor_error *err) {
-    ZSTD_outBuffer out = {buf, n, 0};
+    ZSTD_outBuffer out = {buf, 0, 0};
     *got = 0;
-    while (out.pos < out.size) {
+    while (out.pos < n) {
         /* when the last call filled the output, the decoder may still hold
          * bytes: drain it before asking for more input */
         if (s->in_pos == s->in_len && !s->zpending) {
@@ -197,19 +213,38 @@ static mor_status read_zstd(mor_source *s, uint8_t *buf, size_t n, size_t *got, 
                     return mor_fail(err, MOR_EFORMAT,
                                     "%s: truncated zstd data: the input ends inside a frame "
                                     "(after %llu decompressed bytes)",
-                                    s->name, (unsigned long long)(s->offset + out.pos));
+                                    s->name, (unsigned long long)s->zout);
                 break; /* clean end after a complete frame */
             }
         }
+        /* the decoder may write at most one byte past what the ratio allows,
+         * whatever the caller's buffer: a bomb is stopped right at the limit */
+        uint64_t allow = zstd_cap(s->zin) - s->zout;
+        out.size = n - out.pos <= allow ? n : out.pos + (size_t)allow + 1;
         ZSTD_inBuffer in = {s->inbuf, s->in_len, s->in_pos};
         size_t out_before = out.pos, in_before = in.pos;
         size_t r = ZSTD_decompressStream(s->zstd, &out, &in);
         s->in_pos = in.pos;
+        s->zin += in.pos - in_before;
+        s->zout += out.pos - out_before;
         *got = out.pos;
+        if (ZSTD_getErrorCode(r) == ZSTD_error_frameParameter_windowTooLarge)
+            return mor_fail(err, MOR_EFORMAT,
+                            "%s: a zstd frame asks for a window above %d MiB (written with --long "
+                            "or --ultra?): refused (zstd -d lifts the limit)",
+                            s->name, 1 << (MOR_ZSTD_WINDOW_LOG_MAX - 20));
         if (ZSTD_isError(r))
             return mor_fail(err, MOR_EFORMAT, "%s: zstd: %s (after %llu decompressed bytes)",
-                            s->name, ZSTD_getErrorName(r),
-                            (unsigned long long)(s->offset + out.pos));
+                            s->name, ZSTD_getErrorName(r), (unsigned long long)s->zout);
+        /* the decoder consumes a block before it emits it, so real data never
+         * runs ahead of the ratio; a bomb is stopped here, before the caller
+         * asks for (and allocates) more */
+        if (s->zout > zstd_cap(s->zin))
+            return mor_fail(err, MOR_EFORMAT,
+                            "%s: zstd data expands more than %d-fold (%llu compressed bytes gave "
+                            "%llu): refused as a likely zstd bomb (zstd -d lifts the limit)",
+                            s->name, MOR_ZSTD_MAX_RATIO, (unsigned long long)s->zin,
+                            (unsigned long long)s->zout);
         /* r == 0: a frame just ended; the decoder starts the next one by
          * itself. A call that moved nothing says nothing about frames. */
         if (out.pos != out_before || in.pos != in_before) s->zframe_open = r != 0;
@@ -218,12 +253,88 @@ static mor_status read_zstd(mor_source *s, uint8_t *buf, size_t n, size_t *got, 
     return MOR_OK;
 }
 
+/* Bytes from the input itself, past the read-ahead. */
+static mor_status read_input(mor_source *s, uint8_t *buf, size_t n, size_t *got, mor_error *err) {
+    return s->zstd ? read_zstd(s, buf, n, got, err) : read_plain(s, buf, n, got, err);
+}
+
 mor_status mor_source_read(mor_source *s, void *buf, size_t n, size_t *got, mor_error *err) {
-    size_t k = 0;
-    mor_status st = s->zstd ? read_zstd(s, buf, n, &k, err) : read_plain(s, buf, n, &k, err);
-    s->offset += k;
+    size_t k = (size_t)s->npeek < n ? (size_t)s->npeek : n, more = 0;
+    if (k) { /* the read-ahead first */
+        memcpy(buf, s->peek, k);
+        memmove(s->peek, s->peek + k, (size_t)s->npeek - k);
+        s->npeek -= (int)k;
+    }
+    mor_status st = k < n ? read_input(s, (uint8_t *)buf + k, n - k, &more, err) : MOR_OK;
+    s->offset += k + more;
+    if (got) *got = k + more;
+    return st;
+}
+
+mor_status mor_source_peek(mor_source *s, void *buf, size_t n, size_t *got, mor_error *err) {
+    if (n > MOR_SOURCE_PEEK)
+        return mor_fail(err, MOR_EARG, "%s: cannot look %zu bytes ahead (at most %d)", s->name, n,
+                        MOR_SOURCE_PEEK);
+    mor_status st = MOR_OK;
+    if ((size_t)s->npeek < n) {
+        size_t more = 0;
+        st = read_input(s, s->peek + s->npeek, n - (size_t)s->npeek, &more, err);
+        s->npeek += (int)more;
+    }
+    size_t k = (size_t)s->npeek < n ? (size_t)s->npeek : n;
+    if (k) memcpy(buf, s->peek, k);
     if (got) *got = k;
     return st;
+}
+
+mor_status mor_source_read_all(mor_source *s, char **buf, size_t *len, mor_error *err) {
+    *buf = NULL;
+    *len = 0;
+    size_t cap = 0, n = 0;
+    char *b = NULL;
+    mor_status st = MOR_OK;
+    for (;;) {
+        if (cap - n < 2) {
+            size_t grown_cap = cap ? 2 * cap : 1 << 16;
+            char *grown = grown_cap > cap ? realloc(b, grown_cap) : NULL;
+            if (!grown) {
+                st = mor_fail(err, MOR_ENOMEM, "%s: out of memory after %zu bytes", s->name, n);
+                break;
+            }
+            b = grown;
+            cap = grown_cap;
+        }
+        size_t want = cap - n - 1, got;
+        if ((st = mor_source_read(s, b + n, want, &got, err))) break;
+        n += got;
+        if (got < want) break; /* end of input */
+    }
+    if (st) {
+        free(b);
+        return st;
+    }
+    b[n] = 0;
+    *buf = b;
+    *len = n;
+    return MOR_OK;
+}
+
+uint64_t mor_source_limit(const mor_source *s) {
+    if (s->in_size == UINT64_MAX) return UINT64_MAX;
+    uint64_t total = s->zstd ? zstd_cap(s->in_size) : s->in_size;
+    return total > s->offset ? total - s->offset : 0;
+}
+
+mor_status mor_source_check_claim(const mor_source *s, uint64_t n, const char *label,
+                                  const char *what, mor_error *err) {
+    uint64_t left = mor_source_limit(s);
+    if (n <= left || !s->zstd) return MOR_OK;
+    return mor_fail(err, MOR_EFORMAT,
+                    "%s: %s (%llu bytes), but the input (%llu bytes of zstd data) may expand to "
+                    "only %llu more (the limit is %d-fold, at least %llu MiB; zstd -d lifts it)",
+                    label, what, (unsigned long long)n, (unsigned long long)s->in_size,
+                    (unsigned long long)left, MOR_ZSTD_MAX_RATIO,
+                    (unsigned long long)(MOR_ZSTD_FREE_BYTES >> 20));
 }
 
 void mor_source_free(mor_source *s) {

@@ -115,13 +115,53 @@ static int stays_bf16(const mor_tensor_spec *sp) {
     return sp->role == MOR_T_EMBED || sp->role == MOR_T_HEAD;
 }
 
+/* Presence, dtype and shape of every tensor the config implies, and no
+ * tensor besides: all decided by the header. Alignment is checked once the
+ * data is there (f->data set). *convert_floats = the BF16 router floats to
+ * convert. */
+static mor_status check_tensors(const mor_st_file *f, const mor_tensor_spec *specs, int n,
+                                size_t *convert_floats, mor_error *err) {
+    const char *path = f->path;
+    *convert_floats = 0;
+    for (int i = 0; i < n; i++) {
+        const mor_st_tensor *t = mor_st_find(f, specs[i].name);
+        if (!t) return mor_fail(err, MOR_EFORMAT, "%s: missing tensor '%s'", path, specs[i].name);
+        int shape_ok = t->ndim == specs[i].ndim;
+        for (int d = 0; shape_ok && d < t->ndim; d++) shape_ok = t->shape[d] == specs[i].shape[d];
+        if (!shape_ok)
+            return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has shape [%lld%s%lld], expected [%lld%s%lld]",
+                            path, specs[i].name, (long long)t->shape[0], t->ndim > 1 ? ", " : "",
+                            t->ndim > 1 ? (long long)t->shape[1] : 0LL, (long long)specs[i].shape[0],
+                            specs[i].ndim > 1 ? ", " : "",
+                            specs[i].ndim > 1 ? (long long)specs[i].shape[1] : 0LL);
+        int bf16 = t->dtype == MOR_ST_BF16 && !specs[i].norm;
+        size_t align = bf16 ? 2 : 4; /* of what is used in place */
+        if (!bf16 && t->dtype != MOR_ST_F32)
+            return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has dtype %s, expected F32%s", path,
+                            specs[i].name, mor_st_dtype_name(t->dtype), specs[i].norm ? "" : " or BF16");
+        if (bf16 && !stays_bf16(&specs[i]))
+            *convert_floats += (size_t)mor_st_numel(t);
+        else if (f->data && (uintptr_t)t->data % align)
+            return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' is not %zu-byte aligned", path,
+                            specs[i].name, align);
+    }
+    /* no tensor may be left over: a stray tensor means a config mismatch */
+    for (int j = 0; j < f->n_tensors; j++) {
+        int known = 0;
+        for (int i = 0; i < n && !known; i++) known = !strcmp(f->tensors[j].name, specs[i].name);
+        if (!known)
+            return mor_fail(err, MOR_EFORMAT, "%s: unexpected tensor '%s' for this config", path,
+                            f->tensors[j].name);
+    }
+    return MOR_OK;
+}
+
 mor_status mor_model_bind(mor_model *m, mor_error *err) {
     const mor_config *c = &m->cfg;
     const char *path = m->file->path;
     mor_tensor_spec *specs;
     int n = mor_model_tensor_specs(c, &specs);
     if (n < 0) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
-    mor_status st = MOR_OK;
     const float **ptrs = calloc((size_t)n, sizeof *ptrs);
     const uint16_t **hptrs = calloc((size_t)n, sizeof *hptrs);
     size_t convert_floats = 0;
@@ -131,42 +171,8 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
         free(specs);
         return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
     }
-    /* pass 1: presence, dtype and shape; size the BF16 conversion buffer */
-    for (int i = 0; i < n && !st; i++) {
-        const mor_st_tensor *t = mor_st_find(m->file, specs[i].name);
-        if (!t) {
-            st = mor_fail(err, MOR_EFORMAT, "%s: missing tensor '%s'", path, specs[i].name);
-            break;
-        }
-        int shape_ok = t->ndim == specs[i].ndim;
-        for (int d = 0; shape_ok && d < t->ndim; d++) shape_ok = t->shape[d] == specs[i].shape[d];
-        if (!shape_ok) {
-            st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has shape [%lld%s%lld], expected [%lld%s%lld]",
-                          path, specs[i].name, (long long)t->shape[0], t->ndim > 1 ? ", " : "",
-                          t->ndim > 1 ? (long long)t->shape[1] : 0LL, (long long)specs[i].shape[0],
-                          specs[i].ndim > 1 ? ", " : "",
-                          specs[i].ndim > 1 ? (long long)specs[i].shape[1] : 0LL);
-            break;
-        }
-        int bf16 = t->dtype == MOR_ST_BF16 && !specs[i].norm;
-        size_t align = bf16 ? 2 : 4; /* of what is used in place */
-        if (!bf16 && t->dtype != MOR_ST_F32)
-            st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has dtype %s, expected F32%s", path,
-                          specs[i].name, mor_st_dtype_name(t->dtype), specs[i].norm ? "" : " or BF16");
-        else if (bf16 && !stays_bf16(&specs[i]))
-            convert_floats += (size_t)mor_st_numel(t);
-        else if ((uintptr_t)t->data % align)
-            st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' is not %zu-byte aligned", path,
-                          specs[i].name, align);
-    }
-    /* no tensor may be left over: a stray tensor means a config mismatch */
-    for (int j = 0; !st && j < m->file->n_tensors; j++) {
-        int known = 0;
-        for (int i = 0; i < n && !known; i++) known = !strcmp(m->file->tensors[j].name, specs[i].name);
-        if (!known)
-            st = mor_fail(err, MOR_EFORMAT, "%s: unexpected tensor '%s' for this config", path,
-                          m->file->tensors[j].name);
-    }
+    /* pass 1: presence, dtype, shape and alignment; size the BF16 conversion buffer */
+    mor_status st = check_tensors(m->file, specs, n, &convert_floats, err);
     if (!st && convert_floats) {
         m->converted = mor_alloc_big(convert_floats * sizeof(float));
         if (!m->converted) st = mor_fail(err, MOR_ENOMEM, "%s: out of memory converting BF16", path);
@@ -241,32 +247,45 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
     return st;
 }
 
+/* Config, tokenizer and tensor table: everything the header of a checkpoint
+ * decides, checked before its weights are read (or decompressed). */
+static mor_status model_check_header(const mor_st_file *f, void *user, mor_error *err) {
+    mor_model *m = user;
+    const char *path = f->path;
+    const char *yaml = mor_st_meta_get(f, MOR_META_CONFIG);
+    char src[1200];
+    snprintf(src, sizeof src, "%s (config)", path);
+    mor_status st = mor_config_parse_yaml(yaml, strlen(yaml), src, &m->cfg, err);
+    if (st) return st;
+    if (!(m->config_yaml = strdup(yaml))) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
+    const char *tj = mor_st_meta_get(f, MOR_META_TOKENIZER);
+    const char *tc = mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG);
+    snprintf(src, sizeof src, "%s (tokenizer)", path);
+    if ((st = mor_tokenizer_from_json(tj, strlen(tj), tc, tc ? strlen(tc) : 0, src, &m->tok, err)))
+        return st;
+    if (mor_tokenizer_vocab_size(m->tok) > m->cfg.vocab_size)
+        return mor_fail(err, MOR_EFORMAT, "%s: tokenizer has %d tokens but the model vocab_size is %d",
+                        path, mor_tokenizer_vocab_size(m->tok), m->cfg.vocab_size);
+    mor_tensor_spec *specs;
+    int n = mor_model_tensor_specs(&m->cfg, &specs);
+    if (n < 0) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
+    size_t convert_floats;
+    st = check_tensors(f, specs, n, &convert_floats, err);
+    free(specs);
+    return st;
+}
+
 mor_status mor_model_load(const char *path, mor_model **out, mor_error *err) {
     mor_model *m = calloc(1, sizeof *m);
     if (!m) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
-    mor_status st = mor_ckpt_open(path, &m->file, err);
-    if (st) goto fail;
-    const char *yaml = mor_st_meta_get(m->file, MOR_META_CONFIG);
-    char src[1200];
-    snprintf(src, sizeof src, "%s (config)", path);
-    if ((st = mor_config_parse_yaml(yaml, strlen(yaml), src, &m->cfg, err))) goto fail;
-    m->config_yaml = strdup(yaml);
-    const char *tj = mor_st_meta_get(m->file, MOR_META_TOKENIZER);
-    const char *tc = mor_st_meta_get(m->file, MOR_META_TOKENIZER_CONFIG);
-    snprintf(src, sizeof src, "%s (tokenizer)", path);
-    if ((st = mor_tokenizer_from_json(tj, strlen(tj), tc, tc ? strlen(tc) : 0, src, &m->tok, err)))
-        goto fail;
-    if (mor_tokenizer_vocab_size(m->tok) > m->cfg.vocab_size) {
-        st = mor_fail(err, MOR_EFORMAT, "%s: tokenizer has %d tokens but the model vocab_size is %d",
-                      path, mor_tokenizer_vocab_size(m->tok), m->cfg.vocab_size);
-        goto fail;
+    mor_status st = mor_ckpt_open_checked(path, model_check_header, m, &m->file, err);
+    if (!st) st = mor_model_bind(m, err);
+    if (st) {
+        mor_model_free(m);
+        return st;
     }
-    if ((st = mor_model_bind(m, err))) goto fail;
     *out = m;
     return MOR_OK;
-fail:
-    mor_model_free(m);
-    return st;
 }
 
 void mor_model_free(mor_model *m) {

@@ -307,7 +307,8 @@ static void set_pointers(mor_st_file *f) {
 /* Builds the handle for a whole blob already in memory. On failure base is
  * left to the caller. */
 static mor_status from_buffer(void *base, size_t size, int mapped, const char *label,
-                              mor_st_file **out, mor_error *err) {
+                              mor_st_header_check check, void *user, mor_st_file **out,
+                              mor_error *err) {
     *out = NULL;
     if (size < 8)
         return mor_fail(err, MOR_EFORMAT, "%s: file is %zu bytes, shorter than the 8-byte header length",
@@ -328,6 +329,7 @@ static mor_status from_buffer(void *base, size_t size, int mapped, const char *l
     uint64_t max_end;
     mor_status st = parse_header(f, label, (const char *)base + 8, n, &max_end, err);
     if (!st) st = check_layout(f, label, size - 8 - n, err);
+    if (!st && check) st = check(f, user, err);
     if (st) {
         file_free(f);
         return st;
@@ -344,10 +346,52 @@ static mor_status from_buffer(void *base, size_t size, int mapped, const char *l
 
 mor_status mor_st_parse(const void *buf, size_t len, const char *name, mor_st_file **out,
                         mor_error *err) {
-    return from_buffer((void *)buf, len, -1, name ? name : "(buffer)", out, err);
+    return from_buffer((void *)buf, len, -1, name ? name : "(buffer)", NULL, NULL, out, err);
 }
 
-mor_status mor_st_read(mor_source *src, const char *label, mor_st_file **out, mor_error *err) {
+#define GROW_STEP (1u << 20) /* the first allocation for a claim of unknown truth */
+
+/* Reads the n bytes a header claims into (*buf)[at, at + n), *buf being a
+ * 64-byte aligned allocation of *cap bytes whose first `at` bytes are kept.
+ * When the input's size is known (mor_source_limit) the buffer is sized once,
+ * to at most that; on a pipe it grows (doubling) as the bytes arrive: memory
+ * follows what the input holds, not what a header says.
+ * *got < n: the input ended first. at + n must fit in size_t. */
+static mor_status read_claimed(mor_source *src, const char *label, uint8_t **buf, size_t *cap,
+                               size_t at, uint64_t n, uint64_t *got, mor_error *err) {
+    uint64_t left = mor_source_limit(src);
+    int known = left != UINT64_MAX;
+    /* a plain file shorter than the claim: read what it holds, then report
+     * where it ends */
+    size_t end = at + (size_t)(known && left < n ? left : n);
+    *got = 0;
+    while (*got < n) {
+        size_t have = at + (size_t)*got, want = end;
+        if (!known && *cap < end) {
+            want = *cap * 2 > have + GROW_STEP ? *cap * 2 : have + GROW_STEP;
+            if (want > end || want < *cap) want = end;
+        }
+        if (*cap < want) {
+            /* aligned_alloc wants a multiple of the alignment */
+            uint8_t *grown = aligned_alloc(64, (want + 63) / 64 * 64);
+            if (!grown)
+                return mor_fail(err, MOR_ENOMEM, "%s: out of memory for %zu bytes", label, want);
+            if (have) memcpy(grown, *buf, have);
+            free(*buf);
+            *buf = grown;
+            *cap = want;
+        }
+        size_t k;
+        mor_status st = mor_source_read(src, *buf + have, want - have, &k, err);
+        *got += k;
+        if (st) return st;
+        if (k < want - have || want == end) break; /* end of input, or of what it holds */
+    }
+    return MOR_OK;
+}
+
+static mor_status st_read(mor_source *src, const char *label, mor_st_header_check check,
+                          void *user, mor_st_file **out, mor_error *err) {
     *out = NULL;
     uint8_t len8[8];
     size_t got;
@@ -361,53 +405,41 @@ mor_status mor_st_read(mor_source *src, const char *label, mor_st_file **out, mo
     if (n > MOR_ST_MAX_HEADER)
         return mor_fail(err, MOR_EFORMAT, "%s: header length %llu is absurd (limit %u bytes)", label,
                         (unsigned long long)n, MOR_ST_MAX_HEADER);
-    char *hdr = malloc(n ? n : 1);
-    if (!hdr) return mor_fail(err, MOR_ENOMEM, "%s: out of memory for a %llu-byte header", label,
-                              (unsigned long long)n);
-    if ((st = mor_source_read(src, hdr, n, &got, err))) {
-        free(hdr);
+    if ((st = mor_source_check_claim(src, n, label, "the header length promises a JSON header", err)))
         return st;
-    }
-    if (got < n) {
-        free(hdr);
-        return mor_fail(err, MOR_EFORMAT, "%s: truncated: input ends after %zu of the %llu header bytes",
-                        label, got, (unsigned long long)n);
-    }
+    size_t cap = 64;
+    uint8_t *base = aligned_alloc(64, cap);
     mor_st_file *f = calloc(1, sizeof *f);
-    if (!f || !(f->path = strdup(label))) {
+    if (!base || !f || !(f->path = strdup(label))) {
+        free(base);
         free(f);
-        free(hdr);
         return mor_fail(err, MOR_ENOMEM, "%s: out of memory", label);
     }
-    uint64_t max_end = 0;
-    st = parse_header(f, label, hdr, n, &max_end, err);
-    uint8_t *base = NULL;
-    size_t size = 8 + n + max_end;
+    memcpy(base, len8, 8);
+    uint64_t k, max_end = 0;
+    st = read_claimed(src, label, &base, &cap, 8, n, &k, err);
+    if (!st && k < n)
+        st = mor_fail(err, MOR_EFORMAT, "%s: truncated: input ends after %llu of the %llu header bytes",
+                      label, (unsigned long long)k, (unsigned long long)n);
+    /* everything the header decides is checked before any data is read */
+    if (!st) st = parse_header(f, label, (const char *)base + 8, n, &max_end, err);
     if (!st && max_end > SIZE_MAX - 8 - n - 64)
         st = mor_fail(err, MOR_EFORMAT, "%s: data_offsets reach %llu, beyond addressable memory",
                       label, (unsigned long long)max_end);
-    /* round up: aligned_alloc wants a multiple of the alignment */
-    if (!st && !(base = aligned_alloc(64, (size + 63) / 64 * 64)))
-        st = mor_fail(err, MOR_ENOMEM, "%s: out of memory for %llu data bytes", label,
-                      (unsigned long long)max_end);
-    if (!st) {
-        memcpy(base, len8, 8);
-        memcpy(base + 8, hdr, n);
-        st = mor_source_read(src, base + 8 + n, max_end, &got, err);
-        if (!st && got < max_end)
-            st = mor_fail(err, MOR_EFORMAT,
-                          "%s: truncated: expected %llu data bytes, input ends after %zu", label,
-                          (unsigned long long)max_end, got);
-    }
-    free(hdr);
     if (!st) st = check_layout(f, label, max_end, err);
+    if (!st && check) st = check(f, user, err);
+    if (!st) st = mor_source_check_claim(src, max_end, label, "the data_offsets promise a data section", err);
+    if (!st) st = read_claimed(src, label, &base, &cap, 8 + (size_t)n, max_end, &k, err);
+    if (!st && k < max_end)
+        st = mor_fail(err, MOR_EFORMAT, "%s: truncated: expected %llu data bytes, input ends after %llu",
+                      label, (unsigned long long)max_end, (unsigned long long)k);
     if (st) {
         free(base);
         file_free(f);
         return st;
     }
     f->base = base;
-    f->size = size;
+    f->size = 8 + (size_t)n + (size_t)max_end;
     f->mapped = 0;
     f->data = base + 8 + n;
     f->data_size = max_end;
@@ -416,8 +448,13 @@ mor_status mor_st_read(mor_source *src, const char *label, mor_st_file **out, mo
     return MOR_OK;
 }
 
+mor_status mor_st_read(mor_source *src, const char *label, mor_st_file **out, mor_error *err) {
+    return st_read(src, label, NULL, NULL, out, err);
+}
+
 /* A compressed file or a pipe: decode it whole into memory. */
-static mor_status open_streamed(int fd, const char *path, mor_st_file **out, mor_error *err) {
+static mor_status open_streamed(int fd, const char *path, mor_st_header_check check, void *user,
+                                mor_st_file **out, mor_error *err) {
     FILE *fp = fdopen(fd, "rb");
     if (!fp) {
         close(fd);
@@ -425,7 +462,7 @@ static mor_status open_streamed(int fd, const char *path, mor_st_file **out, mor
     }
     mor_source src;
     mor_status st = mor_source_open(&src, fp, path, err);
-    if (!st) st = mor_st_read(&src, path, out, err);
+    if (!st) st = st_read(&src, path, check, user, out, err);
     if (!st && !*out)
         st = mor_fail(err, MOR_EFORMAT, "%s: file is 0 bytes, shorter than the 8-byte header length", path);
     if (!st) {
@@ -452,6 +489,11 @@ static int has_suffix(const char *s, const char *suf) {
 }
 
 mor_status mor_st_open(const char *path, mor_st_file **out, mor_error *err) {
+    return mor_st_open_checked(path, NULL, NULL, out, err);
+}
+
+mor_status mor_st_open_checked(const char *path, mor_st_header_check check, void *user,
+                               mor_st_file **out, mor_error *err) {
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return mor_fail(err, MOR_EIO, "%s: cannot open: %s", path, strerror(errno));
@@ -464,7 +506,7 @@ mor_status mor_st_open(const char *path, mor_st_file **out, mor_error *err) {
     int zstd = has_suffix(path, ".zst") ||
                (S_ISREG(sb.st_mode) && pread(fd, magic, 4, 0) == 4 &&
                 memcmp(magic, "\x28\xb5\x2f\xfd", 4) == 0);
-    if (zstd || !S_ISREG(sb.st_mode)) return open_streamed(fd, path, out, err);
+    if (zstd || !S_ISREG(sb.st_mode)) return open_streamed(fd, path, check, user, out, err);
     size_t size = (size_t)sb.st_size;
     if (size < 8) {
         close(fd);
@@ -474,7 +516,7 @@ mor_status mor_st_open(const char *path, mor_st_file **out, mor_error *err) {
     void *base = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (base == MAP_FAILED) return mor_fail(err, MOR_EIO, "%s: cannot mmap: %s", path, strerror(errno));
-    mor_status st = from_buffer(base, size, 1, path, out, err);
+    mor_status st = from_buffer(base, size, 1, path, check, user, out, err);
     if (st) munmap(base, size);
     return st;
 }

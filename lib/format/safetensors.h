@@ -59,11 +59,22 @@ typedef struct mor_st_file {
  * bytes), and __metadata__ values that are strings. Duplicate keys are
  * refused. Shapes deeper than MOR_ST_MAX_DIMS are MOR_EUNSUPPORTED. */
 mor_status mor_st_open(const char *path, mor_st_file **out, mor_error *err);
+/* A check of what the header alone decides (the tensor table, the
+ * metadata), made before the data is read: a compressed file or a pipe is
+ * not decompressed for a file the caller would refuse anyway. The handle's
+ * tensors have no data yet (data NULL). */
+typedef mor_status (*mor_st_header_check)(const mor_st_file *f, void *user, mor_error *err);
+/* mor_st_open with such a check (NULL: none). */
+mor_status mor_st_open_checked(const char *path, mor_st_header_check check, void *user,
+                               mor_st_file **out, mor_error *err);
 /* Parses a blob already in memory (borrowed: buf must outlive the handle). */
 mor_status mor_st_parse(const void *buf, size_t len, const char *name, mor_st_file **out,
                         mor_error *err);
 /* Reads one complete blob from a source into memory (a 64-byte aligned
- * buffer, so the data section of a blob mor wrote is aligned too). `label`
+ * buffer, so the data section of a blob mor wrote is aligned too). The
+ * header's claims (its length, the data section) are checked against what
+ * the source can hold (mor_source_check_claim) before they are allocated;
+ * on a pipe the buffer grows as the bytes arrive. `label`
  * prefixes messages (e.g. "x.stream: frame 3 at byte 4096").
  * At a clean end of input (no byte left) *out is NULL and MOR_OK returned;
  * input that ends inside the blob is MOR_EFORMAT ("truncated"). */

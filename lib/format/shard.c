@@ -238,18 +238,27 @@ static mor_status parse_header(const char *path, const uint8_t *h, size_t got, m
     return MOR_OK;
 }
 
-/* Opens path and reads the header; on success the source is positioned at
- * the first id. */
+/* Reads and checks the header from src; on success src is positioned at
+ * the first id, and the ids the header promises fit in what src can hold. */
+static mor_status read_header(mor_source *src, const char *path, mor_shard_info *in, mor_error *err) {
+    uint8_t h[MOR_SHARD_HEADER_SIZE];
+    size_t got = 0;
+    mor_status st = mor_source_read(src, h, sizeof h, &got, err);
+    if (!st) st = parse_header(path, h, got, in, err);
+    if (st) return st;
+    in->compressed = src->zstd != NULL;
+    char what[96];
+    snprintf(what, sizeof what, "the header promises %llu tokens", (unsigned long long)in->n_tokens);
+    return mor_source_check_claim(src, in->n_tokens * in->id_bytes, path, what, err);
+}
+
+/* Opens path and reads the header (read_header). */
 static mor_status open_shard(const char *path, FILE **fp, mor_source *src, mor_shard_info *in,
                              mor_error *err) {
     *fp = fopen(path, "rb");
     if (!*fp) return mor_fail(err, MOR_EIO, "%s: cannot open: %s", path, strerror(errno));
-    uint8_t h[MOR_SHARD_HEADER_SIZE];
-    size_t got = 0;
     mor_status st = mor_source_open(src, *fp, path, err);
-    if (!st) st = mor_source_read(src, h, sizeof h, &got, err);
-    if (!st) st = parse_header(path, h, got, in, err);
-    if (!st) in->compressed = src->zstd != NULL;
+    if (!st) st = read_header(src, path, in, err);
     if (st) {
         mor_source_free(src);
         fclose(*fp);
@@ -268,38 +277,35 @@ mor_status mor_shard_read_info(const char *path, mor_shard_info *info, mor_error
     return MOR_OK;
 }
 
-mor_status mor_shard_load(const char *path, int32_t **ids, size_t *n, mor_shard_info *info,
-                          mor_error *err) {
-    *ids = NULL;
-    *n = 0;
-    FILE *fp;
-    mor_source src;
-    mor_shard_info in;
-    mor_status st = open_shard(path, &fp, &src, &in, err);
-    if (st) return st;
-    const uint32_t ib = in.id_bytes;
-    /* a corrupt count must not cause a huge allocation: grow as ids arrive */
-    size_t cap = in.n_tokens < (1u << 20) ? (size_t)in.n_tokens : (1u << 20);
+/* Reads the ids the header promises, then checks nothing follows them and
+ * the checksum. */
+static mor_status load_ids(mor_source *src, const char *path, const mor_shard_info *in,
+                           int32_t **ids, mor_error *err) {
+    const uint32_t ib = in->id_bytes;
+    mor_status st = MOR_OK;
+    /* a count the input cannot be checked against (a pipe) must not cause a
+     * huge allocation: grow as ids arrive */
+    size_t cap = in->n_tokens < (1u << 20) ? (size_t)in->n_tokens : (1u << 20);
     int32_t *out = malloc(sizeof(int32_t) * (cap ? cap : 1)); // (n_tokens)
     uint8_t *buf = malloc(CHUNK);
     if (!out || !buf) st = mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
     uint64_t done = 0, hash = CK_INIT;
-    while (!st && done < in.n_tokens) {
-        uint64_t want = (in.n_tokens - done) * ib;
+    while (!st && done < in->n_tokens) {
+        uint64_t want = (in->n_tokens - done) * ib;
         size_t k = want < CHUNK ? (size_t)want : CHUNK, got;
-        if ((st = mor_source_read(&src, buf, k, &got, err))) break;
+        if ((st = mor_source_read(src, buf, k, &got, err))) break;
         if (got < k || got % ib) {
             st = mor_fail(err, MOR_EFORMAT,
                           "%s: truncated: the header promises %llu tokens (%llu bytes after the "
                           "%d-byte header), the data ends at byte %llu (token %llu)",
-                          path, (unsigned long long)in.n_tokens, (unsigned long long)(in.n_tokens * ib),
-                          MOR_SHARD_HEADER_SIZE, (unsigned long long)src.offset,
+                          path, (unsigned long long)in->n_tokens, (unsigned long long)(in->n_tokens * ib),
+                          MOR_SHARD_HEADER_SIZE, (unsigned long long)src->offset,
                           (unsigned long long)(done + got / ib));
             break;
         }
         size_t m = got / ib;
         if (done + m > cap) {
-            while (done + m > cap) cap = cap * 2 < in.n_tokens ? cap * 2 : (size_t)in.n_tokens;
+            while (done + m > cap) cap = cap * 2 < in->n_tokens ? cap * 2 : (size_t)in->n_tokens;
             int32_t *grown = realloc(out, sizeof(int32_t) * cap);
             if (!grown) {
                 st = mor_fail(err, MOR_ENOMEM, "%s: out of memory for %zu tokens", path, cap);
@@ -310,11 +316,11 @@ mor_status mor_shard_load(const char *path, int32_t **ids, size_t *n, mor_shard_
         for (size_t i = 0; i < m; i++) {
             const uint8_t *p = buf + i * ib;
             uint32_t v = ib == 2 ? (uint32_t)p[0] | (uint32_t)p[1] << 8 : get32(p);
-            if (v >= in.vocab_size) {
+            if (v >= in->vocab_size) {
                 st = mor_fail(err, MOR_EFORMAT, "%s: token %llu (byte %llu) is %u, not below vocab_size %u",
                               path, (unsigned long long)(done + i),
                               (unsigned long long)(MOR_SHARD_HEADER_SIZE + (done + i) * ib), v,
-                              in.vocab_size);
+                              in->vocab_size);
                 break;
             }
             out[done + i] = (int32_t)v;
@@ -325,28 +331,51 @@ mor_status mor_shard_load(const char *path, int32_t **ids, size_t *n, mor_shard_
     if (!st) {
         uint8_t extra;
         size_t got;
-        st = mor_source_read(&src, &extra, 1, &got, err);
+        st = mor_source_read(src, &extra, 1, &got, err);
         if (!st && got)
             st = mor_fail(err, MOR_EFORMAT, "%s: trailing bytes after the %llu tokens (from byte %llu)",
-                          path, (unsigned long long)in.n_tokens,
-                          (unsigned long long)(MOR_SHARD_HEADER_SIZE + in.n_tokens * ib));
+                          path, (unsigned long long)in->n_tokens,
+                          (unsigned long long)(MOR_SHARD_HEADER_SIZE + in->n_tokens * ib));
     }
-    if (!st && hash != in.checksum)
+    if (!st && hash != in->checksum)
         st = mor_fail(err, MOR_EFORMAT,
                       "%s: checksum mismatch: the header (byte 40) says %016llx, the ids hash to "
                       "%016llx: the data is corrupt",
-                      path, (unsigned long long)in.checksum, (unsigned long long)hash);
+                      path, (unsigned long long)in->checksum, (unsigned long long)hash);
     free(buf);
-    mor_source_free(&src);
-    fclose(fp);
     if (st) {
         free(out);
         return st;
     }
     *ids = out;
+    return MOR_OK;
+}
+
+mor_status mor_shard_load_source(mor_source *src, int32_t **ids, size_t *n, mor_shard_info *info,
+                                 mor_error *err) {
+    *ids = NULL;
+    *n = 0;
+    mor_shard_info in;
+    mor_status st = read_header(src, src->name, &in, err);
+    if (!st) st = load_ids(src, src->name, &in, ids, err);
+    if (st) return st;
     *n = (size_t)in.n_tokens;
     if (info) *info = in;
     return MOR_OK;
+}
+
+mor_status mor_shard_load(const char *path, int32_t **ids, size_t *n, mor_shard_info *info,
+                          mor_error *err) {
+    *ids = NULL;
+    *n = 0;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return mor_fail(err, MOR_EIO, "%s: cannot open: %s", path, strerror(errno));
+    mor_source src;
+    mor_status st = mor_source_open(&src, fp, path, err);
+    if (!st) st = mor_shard_load_source(&src, ids, n, info, err);
+    mor_source_free(&src);
+    fclose(fp);
+    return st;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "io.h"
 #include "mor.h"
 
 #define MOR_SHARD_MAGIC "MORSHARD"
@@ -55,6 +56,10 @@ mor_status mor_shard_read_info(const char *path, mor_shard_info *info, mor_error
  * byte offset or token index. info may be NULL. */
 mor_status mor_shard_load(const char *path, int32_t **ids, size_t *n, mor_shard_info *info,
                           mor_error *err);
+/* The same from an open source (a pipe, standard input), plain or zstd,
+ * positioned at the shard's first byte; messages name src->name. */
+mor_status mor_shard_load_source(mor_source *src, int32_t **ids, size_t *n, mor_shard_info *info,
+                                 mor_error *err);
 
 /* Documents of a text file, as `mor-convert tokens --split` and mor-train cut
  * them before joining them with EOS: the whole file, one per line, or one

@@ -166,7 +166,7 @@ static void forward_layers(const rows *r, const int32_t *tokens) {
 static mor_status llama_eval(mor_context *c, const int32_t *tokens, int n, float *logits,
                              mor_error *err) {
     size_t V = (size_t)c->m->cfg.vocab_size;
-    int saved = mor_threads_begin(c->n_threads);
+    mor_thread_counts saved = mor_threads_begin(c->n_threads);
     int T = 0;
     for (int s = 0; s < n; s += T) {
         T = n - s < c->n_batch ? n - s : c->n_batch;
@@ -189,7 +189,7 @@ static mor_status llama_eval(mor_context *c, const int32_t *tokens, int n, float
 static mor_status llama_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err) {
     mor_context *sc = cs[0];
     size_t V = (size_t)sc->m->cfg.vocab_size;
-    int saved = mor_threads_begin(sc->n_threads);
+    mor_thread_counts saved = mor_threads_begin(sc->n_threads);
     for (int g = 0; g < n; g += sc->batch_rows) {
         int T = n - g < sc->batch_rows ? n - g : sc->batch_rows;
         rows r = {sc, cs + g, T};

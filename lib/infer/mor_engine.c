@@ -574,7 +574,7 @@ static mor_status recur_eval(mor_context *c, const int32_t *tokens, int n, float
     const mor_model *m = c->m;
 
     for (int l = 0; l < m->cfg.n_layers; l++) st->n_start[l] = st->kv.layers[l].n;
-    int saved = mor_threads_begin(c->n_threads);
+    mor_thread_counts saved = mor_threads_begin(c->n_threads);
     mor_status s = forward_call(c, tokens, n);
     if (s) {
         /* forget this call's entries: the context stays as it was */
@@ -681,7 +681,7 @@ static mor_status recur_eval_batch(mor_context **cs, const int32_t *tokens, int 
     const mor_config *cfg = &sc->m->cfg;
     int D = cfg->dim, L = cfg->n_layers;
     size_t V = (size_t)cfg->vocab_size;
-    int saved = mor_threads_begin(sc->n_threads);
+    mor_thread_counts saved = mor_threads_begin(sc->n_threads);
     for (int g = 0; g < n; g += sc->batch_rows) {
         int T = n - g < sc->batch_rows ? n - g : sc->batch_rows;
         mor_context **grp = cs + g;

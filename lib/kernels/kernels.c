@@ -31,17 +31,26 @@
 /* ------------------------------------------------------------------------ */
 /* Threads                                                                  */
 
-int mor_threads_begin(int n_threads) {
-    int saved = omp_get_max_threads();
+mor_thread_counts mor_threads_begin(int n_threads) {
+    mor_thread_counts saved = {omp_get_max_threads(), openblas_get_num_threads()};
     if (n_threads < 1) n_threads = 1;
     /* OpenBLAS keeps its own count and, once it is 1, never looks at the
-     * OpenMP default again; set both. */
-    openblas_set_num_threads(n_threads);
-    omp_set_num_threads(n_threads);
+     * OpenMP default again; its OpenMP build sets the OpenMP default with
+     * its own count and follows that default otherwise: set both. Nothing
+     * to do (the common case of a caller that set them to the context's
+     * count) costs two reads. */
+    if (saved.blas != n_threads || saved.omp != n_threads) {
+        openblas_set_num_threads(n_threads);
+        omp_set_num_threads(n_threads);
+    }
     return saved;
 }
 
-void mor_threads_end(int saved) { omp_set_num_threads(saved > 0 ? saved : 1); }
+void mor_threads_end(mor_thread_counts saved) {
+    /* OpenBLAS first: setting it sets the OpenMP default too */
+    if (saved.blas > 0 && openblas_get_num_threads() != saved.blas) openblas_set_num_threads(saved.blas);
+    if (saved.omp > 0 && omp_get_max_threads() != saved.omp) omp_set_num_threads(saved.omp);
+}
 
 /* ------------------------------------------------------------------------ */
 /* Dot products                                                             */

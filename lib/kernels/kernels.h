@@ -19,11 +19,19 @@
  * a one-row sgemm is slow and small ones spend their time packing W. */
 #define MOR_MATVEC_MAX_ROWS 16
 
-/* Thread counts: sets OpenBLAS (the OpenMP build, which shares libgomp's
- * pool) and the caller's OpenMP default to n_threads, and returns the
- * previous OpenMP default for mor_threads_end to put back. */
-int mor_threads_begin(int n_threads);
-void mor_threads_end(int saved);
+/* Thread counts. mor's own parallel regions take theirs from a
+ * num_threads clause; OpenBLAS has one count for the whole process (its
+ * OpenMP build, which shares libgomp's pool, also follows and sets the
+ * calling thread's OpenMP default). mor_threads_begin sets OpenBLAS's count
+ * and the OpenMP default to n_threads for the sgemm calls of a library call
+ * and returns both as they were; mor_threads_end puts both back. A tool
+ * calls mor_threads_begin alone to set its process's count. */
+typedef struct mor_thread_counts {
+    int omp;  /* omp_get_max_threads() */
+    int blas; /* openblas_get_num_threads() */
+} mor_thread_counts;
+mor_thread_counts mor_threads_begin(int n_threads);
+void mor_threads_end(mor_thread_counts saved);
 
 /* y (out) = W (out, in) x (in). Parallel over output rows. */
 void mor_matvec(float *y, const float *W, const float *x, int out, int in, int n_threads);

@@ -9,11 +9,13 @@
  *   step-N.mor    the model (F32, a normal .mor any tool loads), with the
  *                 effective config (train.steps, learning_rate, seed) and
  *                 the tokenizer.
- * The state is written first, so a step-N.mor always has its state; resume
- * takes the newest N that has both. Nothing else influences a step: the data
+ * The state is written first, so a step-N.mor always has its state; the
+ * newest checkpoint of a run (mor_trainer_newest_step, the one rule every
+ * caller uses) is the newest N that has both. Nothing else influences a step: the data
  * order is a function of (seed, epoch), so with the same thread count a
  * resumed run repeats the uninterrupted one exactly. */
 #include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -225,23 +227,71 @@ static int file_exists(const char *p) {
     return f != NULL;
 }
 
-/* Newest step N of dir with both step-N.mor and step-N.state, or -1. */
-static long newest_step(const char *dir) {
+typedef enum { CK_NONE = 0, CK_MOR, CK_STATE, CK_TEMP } ck_kind;
+
+/* What a file name in a run directory is: step-N.mor, step-N.state, or the
+ * atomic writer's leftover of either (step-N.mor.tmp.XXXXXX); *step = N. */
+static ck_kind checkpoint_name(const char *name, long *step) {
+    if (strncmp(name, "step-", 5) || name[5] < '0' || name[5] > '9') return CK_NONE;
+    char *end;
+    *step = strtol(name + 5, &end, 10);
+    ck_kind kind = !strncmp(end, ".mor", 4) ? CK_MOR : !strncmp(end, ".state", 6) ? CK_STATE : CK_NONE;
+    if (!kind) return CK_NONE;
+    end += kind == CK_MOR ? 4 : 6;
+    if (!*end) return kind;
+    return !strncmp(end, ".tmp.", 5) ? CK_TEMP : CK_NONE;
+}
+
+long mor_trainer_newest_step(const char *dir) {
     DIR *dp = opendir(dir);
     if (!dp) return -1;
-    long best = -1;
+    long best = -1, s;
     struct dirent *e;
     while ((e = readdir(dp))) {
-        long s;
-        char tail[8];
-        if (sscanf(e->d_name, "step-%ld.%7s", &s, tail) != 2 || strcmp(tail, "mor") || s <= best)
-            continue;
+        if (checkpoint_name(e->d_name, &s) != CK_MOR || s <= best) continue;
         char *sp = path_join(dir, s, "state");
         if (sp && file_exists(sp)) best = s;
         free(sp);
     }
     closedir(dp);
     return best;
+}
+
+int mor_trainer_count_checkpoints(const char *dir) {
+    DIR *dp = opendir(dir);
+    if (!dp) return 0;
+    int n = 0;
+    long s;
+    struct dirent *e;
+    while ((e = readdir(dp))) {
+        ck_kind k = checkpoint_name(e->d_name, &s);
+        n += k == CK_MOR || k == CK_STATE;
+    }
+    closedir(dp);
+    return n;
+}
+
+mor_status mor_trainer_clear_checkpoints(const char *dir, mor_error *err) {
+    DIR *dp = opendir(dir);
+    if (!dp) return MOR_OK; /* nothing to clear */
+    mor_status st = MOR_OK;
+    long s;
+    struct dirent *e;
+    while (!st && (e = readdir(dp))) {
+        if (!checkpoint_name(e->d_name, &s)) continue;
+        size_t k = strlen(dir) + strlen(e->d_name) + 2;
+        char *p = malloc(k);
+        if (!p) {
+            st = mor_fail(err, MOR_ENOMEM, "%s: out of memory", dir);
+            break;
+        }
+        snprintf(p, k, "%s/%s", dir, e->d_name);
+        if (remove(p) && errno != ENOENT)
+            st = mor_fail(err, MOR_EIO, "%s: cannot remove: %s", p, strerror(errno));
+        free(p);
+    }
+    closedir(dp);
+    return st;
 }
 
 static mor_status meta_u64(const mor_st_file *f, const char *key, uint64_t *out, mor_error *err) {
@@ -256,7 +306,7 @@ static mor_status meta_u64(const mor_st_file *f, const char *key, uint64_t *out,
 
 mor_status mor_trainer_resume(mor_trainer *t, mor_train_data *d, const char *dir, long *step_out,
                               mor_error *err) {
-    long s = newest_step(dir);
+    long s = mor_trainer_newest_step(dir);
     if (s < 0)
         return mor_fail(err, MOR_EIO, "%s: no checkpoint to resume (step-N.mor with step-N.state)",
                         dir);

@@ -2,7 +2,7 @@
  * and backward pass of vanilla, recursive and MoR models, training data, and
  * the optimizer loop with resumable checkpoints.
  *
- * Layout (llm.c style, see /work/shared/style.md):
+ * Layout (llm.c style):
  *   - every parameter tensor of the checkpoint (mor_param_specs order and
  *     names) lives in ONE float block `params`; tied weights exist once, so a
  *     recursive model stores only its physical layers and every unrolled use
@@ -20,7 +20,7 @@
  * "Packed rows": the rows a step runs on, sequence after sequence; sequence b
  * owns rows [off[b], off[b] + cnt[b]), ascending original positions pos[].
  *
- * Semantics: /work/shared/mor-spec.md §1 (Llama), §2 (sharing), §3
+ * Semantics (mor-spec, the MoR reference specification): §1 (Llama), §2 (sharing), §3
  * (expert-choice: per-step router on the raw hidden state of the candidates,
  * top-k per row, h <- h + g B(h)), §4 (token-choice: one router on h^1,
  * out = h^1 + g B^d(h^1)), §5 (recursion-wise cache: attention among a step's
@@ -337,6 +337,16 @@ double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows
 /* Writes dir/step-N.state then dir/step-N.mor, each atomically. */
 mor_status mor_trainer_save(mor_trainer *t, const mor_train_data *d, const char *dir,
                             mor_error *err);
+/* The newest complete checkpoint of a run directory: the largest N with both
+ * step-N.mor and step-N.state, or -1 (none, or dir unreadable). Resuming and
+ * anything that reads the run's config or tokenizer use this one rule. */
+long mor_trainer_newest_step(const char *dir);
+/* Checkpoint files (step-N.mor, step-N.state, complete or not) in dir; 0
+ * when dir does not exist. */
+int mor_trainer_count_checkpoints(const char *dir);
+/* Removes every checkpoint file of dir, and the atomic writer's leftovers of
+ * them: a run that starts over. */
+mor_status mor_trainer_clear_checkpoints(const char *dir, mor_error *err);
 /* Loads the newest complete step-N.mor + step-N.state of dir. */
 mor_status mor_trainer_resume(mor_trainer *t, mor_train_data *d, const char *dir, long *step_out,
                               mor_error *err);
