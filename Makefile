@@ -13,7 +13,7 @@ OUT     ?= .
 PREFIX  ?= /usr/local
 PKG_CONFIG ?= pkg-config
 
-VERSION   = 0.1.0
+VERSION   := $(shell sed -n 's/^\#define MOR_VERSION "\(.*\)"/\1/p' include/mor.h)
 SOVERSION = 0
 
 # OpenBLAS (the OpenMP build, so OpenBLAS and mor's own kernels share one
@@ -71,6 +71,15 @@ $(OUT)/obj/lib/%.o: lib/%.c
 $(OUT)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Iinclude $(LIB_INC_ALL) -Icmd -c $< -o $@
+
+# --version names the commit the tools were built from; the stamp changes
+# (and cli.o is rebuilt) only when the commit does.
+COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+$(OUT)/obj/commit.stamp: FORCE
+	@mkdir -p $(dir $@)
+	@echo $(COMMIT) | cmp -s - $@ || echo $(COMMIT) > $@
+$(OUT)/obj/cmd/cli.o: $(OUT)/obj/commit.stamp
+$(OUT)/obj/cmd/cli.o: CFLAGS += -DMOR_COMMIT='"$(COMMIT)"'
 
 $(LIBA): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -156,5 +165,5 @@ clean:
     $(TEST_SRC:%.c=$(OUT)/obj/%.o) $(TEST_HELP_OBJ) $(BENCH_SRC:%.c=$(OUT)/obj/%.o) \
     $(LIB_SRC:%.c=$(FUZZ_OUT)/obj/%.o) $(CLI_SRC:%.c=$(FUZZ_OUT)/obj/%.o))
 
-.PHONY: all test tests bench fuzz install clean
+.PHONY: all test tests bench fuzz install clean FORCE
 .SECONDARY:

@@ -20,6 +20,16 @@ void cli_init(const char *prog) {
     const char *slash = strrchr(prog, '/');
     prog_name = slash ? slash + 1 : prog;
 }
+#ifndef MOR_COMMIT
+#define MOR_COMMIT "unknown"
+#endif
+
+int cli_version(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--version") != 0) return 0;
+    printf("%s %s (commit %s)\n", prog_name, MOR_VERSION, MOR_COMMIT);
+    return 1;
+}
+
 void cli_set_quiet(int quiet) { quiet_flag = quiet; }
 int cli_quiet(void) { return quiet_flag; }
 

@@ -12,6 +12,10 @@ enum { EXIT_OK = 0, EXIT_USAGE = 1, EXIT_INPUT = 2, EXIT_VALIDATION = 3 };
 
 /* Tool name for messages, and whether logs are silenced (--quiet). */
 void cli_init(const char *prog);
+/* `prog --version` (the first argument): prints the tool's name, libmor's
+ * version and the commit it was built from on stdout and returns 1 (the
+ * tool then exits 0); else 0. */
+int cli_version(int argc, char **argv);
 void cli_set_quiet(int quiet);
 int cli_quiet(void);
 

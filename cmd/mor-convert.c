@@ -31,7 +31,9 @@ static void usage(void) {
             "      --bos           tokens --ids: add the BOS token to every line\n"
             "      --split S       tokens shard: a document is a whole file (default), a line, or a\n"
             "                      paragraph between blank lines; documents are joined with EOS\n"
-            "  -q, --quiet         no progress or logs on stderr\n");
+            "  -q, --quiet         no progress or logs on stderr\n"
+            "  -h, --help          this help\n"
+            "  --version           version and commit (stdout)\n");
 }
 
 
@@ -231,6 +233,7 @@ static void warn_special_tokens(const options *o) {
 
 int main(int argc, char **argv) {
     cli_init(argv[0]);
+    if (cli_version(argc, argv)) return EXIT_OK;
     options o;
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc;

@@ -44,7 +44,9 @@ static void usage(void) {
         "      --base FILE         kld: the reference stream (from mor-eval logits)\n"
         "      --max-kld X         kld: exit 3 when the mean KL exceeds X\n"
         "      --labels FILE       convert-task piqa: labels file (one 0/1 per line)\n"
-        "  -q, --quiet             no logs or progress on stderr\n");
+        "  -q, --quiet             no logs or progress on stderr\n"
+        "  -h, --help              this help\n"
+        "  --version               version and commit (stdout)\n");
 }
 
 /* Which subcommands each option applies to, so a misplaced one is an error
@@ -385,6 +387,7 @@ static int cmd_ppl(const eval_opts *o) {
 
 int main(int argc, char **argv) {
     cli_init(argv[0]);
+    if (cli_version(argc, argv)) return EXIT_OK;
     eval_opts o;
     int rc = parse_args(argc, argv, &o);
     if (!rc) {

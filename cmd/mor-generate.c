@@ -58,7 +58,9 @@ static void usage(void) {
             "                          scores to FILE (- = stdout, the text then not printed)\n"
             "      --trace-format F    jsonl (default) or stream (a tensor stream; zstd when FILE\n"
             "                          ends in .zst)\n"
-            "  -q, --quiet             no logs or speed summary on stderr\n");
+            "  -q, --quiet             no logs or speed summary on stderr\n"
+            "  -h, --help              this help\n"
+            "  --version               version and commit (stdout)\n");
 }
 
 static int parse_args(int argc, char **argv, options *o) {
@@ -726,6 +728,7 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
 
 int main(int argc, char **argv) {
     cli_init(argv[0]);
+    if (cli_version(argc, argv)) return EXIT_OK;
     options o;
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc;

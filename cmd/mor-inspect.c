@@ -18,6 +18,8 @@ static void usage(void) {
             "  --seq-len N   sequence length the FLOPs per token are averaged over\n"
             "                (default: the config's train.max_length, else max_position_embeddings)\n"
             "  -q, --quiet   no logs on stderr\n"
+            "  -h, --help    this help\n"
+            "  --version     version and commit (stdout)\n"
             "  depths        show the recursion depth of every token of a trace\n"
             "                (mor-inspect depths --help)\n");
 }
@@ -112,6 +114,7 @@ static void print_json(const char *path, const mor_model *m, const mor_config *c
 
 int main(int argc, char **argv) {
     cli_init(argv[0]);
+    if (cli_version(argc, argv)) return EXIT_OK;
     if (argc > 1 && !strcmp(argv[1], "depths")) return inspect_depths_main(argc - 1, argv + 1);
     const char *path = NULL;
     int json = 0;

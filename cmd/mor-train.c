@@ -59,7 +59,9 @@ static void usage(void) {
             "      --save-every N      checkpoint every N steps (default: train.save_every; 0 = end)\n"
             "      --log-every N       plain progress line every N steps (default: ~50 lines)\n"
             "  -t, --threads N         threads (default: physical cores)\n"
-            "  -q, --quiet             no progress or logs on stderr\n");
+            "  -q, --quiet             no progress or logs on stderr\n"
+            "  -h, --help              this help\n"
+            "  --version               version and commit (stdout)\n");
 }
 
 static int parse_args(int argc, char **argv, options *o) {
@@ -298,6 +300,7 @@ static FILE *open_metrics(const char *path, long resumed_step) {
 
 int main(int argc, char **argv) {
     cli_init(argv[0]);
+    if (cli_version(argc, argv)) return EXIT_OK;
     options o;
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc;

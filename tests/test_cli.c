@@ -241,13 +241,34 @@ static void test_tokens(void **state) {
     }
 }
 
+/* Every tool: --version prints "mor-X <version> (commit <id>)" on stdout and
+ * exits 0; -h and --help exit 0. */
+static void test_version_help(void **state) {
+    (void)state;
+    const char *tools[] = {"mor-convert", "mor-generate", "mor-eval", "mor-train", "mor-inspect"};
+    for (size_t i = 0; i < sizeof tools / sizeof *tools; i++) {
+        char cmd[1024], want[128], *out, *err;
+        snprintf(cmd, sizeof cmd, "%s --version", tool(tools[i]));
+        assert_int_equal(run_cmd(cmd, &out, &err), 0);
+        snprintf(want, sizeof want, "%s " MOR_VERSION " (commit ", tools[i]);
+        if (strncmp(out, want, strlen(want)) != 0) fail_msg("'%s' printed '%s'", cmd, out);
+        assert_string_equal(err, "");
+        free(out);
+        free(err);
+        for (int h = 0; h < 2; h++) {
+            snprintf(cmd, sizeof cmd, "%s %s", tool(tools[i]), h ? "--help" : "-h");
+            assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_text),   cmocka_unit_test(test_greedy_ids_cli),
         cmocka_unit_test(test_stdout_is_payload), cmocka_unit_test(test_seed_reproducible),
         cmocka_unit_test(test_stop_string),   cmocka_unit_test(test_batch),
         cmocka_unit_test(test_bad_input),     cmocka_unit_test(test_inspect),
-        cmocka_unit_test(test_tokens),
+        cmocka_unit_test(test_tokens),        cmocka_unit_test(test_version_help),
     };
     return cmocka_run_group_tests_name("cli", tests, setup, NULL);
 }
