@@ -402,6 +402,107 @@ static void test_init_fresh(void **state) {
     mor_st_close(f);
 }
 
+/* ---- the mor-convert command line ------------------------------------------- */
+
+/* Runs `mor-convert ARGS` inside a scratch working directory with TMPDIR set
+ * to a scratch directory of its own; stdout and stderr are captured. */
+static int convert_cli(const char *args, const char *stdout_file, char **errout) {
+    char *bin = realpath(tool("mor-convert"), NULL);
+    assert_non_null(bin);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s/wd' '%s/spool' && cd '%s/wd' && TMPDIR='%s/spool' '%s' %s > '%s'",
+             tmp_dir(), tmp_dir(), tmp_dir(), tmp_dir(), bin, args, stdout_file);
+    free(bin);
+    return run_cmd(cmd, NULL, errout);
+}
+
+/* Nothing left in the working directory (no file named "-") or the spool. */
+static void assert_dirs_empty(void) {
+    char cmd[1200], *out;
+    snprintf(cmd, sizeof cmd, "ls -A '%s/wd' '%s/spool' | grep -v ':$' | grep -c .", tmp_dir(), tmp_dir());
+    run_cmd(cmd, &out, NULL);
+    if (atoi(out) != 0) fail_msg("files left behind: %s", out);
+    free(out);
+}
+
+static void assert_same_file(const char *a, const char *b) {
+    size_t la, lb;
+    char *da = read_all(a, &la), *db = read_all(b, &lb);
+    if (la != lb || memcmp(da, db, la)) fail_msg("%s (%zu bytes) differs from %s (%zu bytes)", a, la, b, lb);
+    free(da);
+    free(db);
+}
+
+/* -o - writes the one output file to stdout, byte for byte what -o FILE writes,
+ * and creates no file named "-"; a failure writes nothing to stdout. */
+static void test_cli_output_stdout(void **state) {
+    (void)state;
+    char args[8192];
+    const char *hf = realpath(HF_DIR, NULL), *l2c = realpath(L2C_BIN, NULL), *tok = realpath(L2C_TOK, NULL);
+    const char *cfg = realpath("configs/tiny-mor-token-r3.yaml", NULL);
+    const char *named = tmp_path("cli_named.out"), *piped = tmp_path("cli_piped.out");
+    const char *model = tmp_path("cli_model.mor"), *txt = tmp_path("cli_docs.txt");
+    assert_int_equal(convert_cli((snprintf(args, sizeof args, "hf '%s' -o '%s' -q", hf, model), args),
+                                 "/dev/null", NULL), 0);
+    FILE *f = fopen(txt, "w");
+    assert_non_null(f);
+    fputs("Once upon a time\nthere was a cat\n", f);
+    fclose(f);
+    char what[6][1200]; /* every subcommand that writes one file */
+    snprintf(what[0], sizeof what[0], "hf '%s'", hf);
+    snprintf(what[1], sizeof what[1], "hf '%s' --config '%s'", hf, cfg);
+    snprintf(what[2], sizeof what[2], "init --config '%s' --tokenizer '%s/tokenizer.json'", cfg, hf);
+    snprintf(what[3], sizeof what[3], "llama2c '%s' --tokenizer '%s' --dtype bf16", l2c, tok);
+    snprintf(what[4], sizeof what[4], "cast '%s' --dtype bf16", model);
+    snprintf(what[5], sizeof what[5], "tokens --tokenizer '%s' --split line '%s'", model, txt);
+    for (int i = 0; i < 6; i++) {
+        char *err;
+        snprintf(args, sizeof args, "%s -o '%s' -q", what[i], named);
+        if (convert_cli(args, "/dev/null", &err)) fail_msg("mor-convert %s: %s", args, err);
+        free(err);
+        /* not quiet: the log goes to stderr, stdout holds the file alone */
+        snprintf(args, sizeof args, "%s -o -", what[i]);
+        if (convert_cli(args, piped, &err)) fail_msg("mor-convert %s: %s", args, err);
+        if (!strstr(err, "stdout")) fail_msg("mor-convert %s: log '%s' does not name stdout", args, err);
+        free(err);
+        assert_same_file(named, piped);
+        assert_dirs_empty();
+    }
+    /* a failure writes nothing to stdout and leaves nothing behind */
+    snprintf(args, sizeof args, "cast '%s/missing.mor' --dtype bf16 -o -", tmp_dir());
+    assert_int_equal(convert_cli(args, piped, NULL), 2);
+    size_t len;
+    free(read_all(piped, &len));
+    assert_int_equal(len, 0);
+    assert_dirs_empty();
+    free((void *)hf);
+    free((void *)l2c);
+    free((void *)tok);
+    free((void *)cfg);
+}
+
+static void test_cli_usage(void **state) {
+    (void)state;
+    char *err;
+    /* an unknown subcommand is named as such, with the list, whatever follows it */
+    const char *unknown[] = {"frobnicate", "frobnicate in.mor -o out.mor", "frobnicate -o out.mor"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(convert_cli(unknown[i], "/dev/null", &err), 1);
+        if (!strstr(err, "unknown subcommand 'frobnicate' (hf, llama2c, init, cast, export or tokens)"))
+            fail_msg("mor-convert %s: '%s'", unknown[i], err);
+        free(err);
+    }
+    /* export writes a directory: -o - is refused, not a directory named "-" */
+    assert_int_equal(convert_cli("export model.mor -o -", "/dev/null", &err), 1);
+    assert_non_null(strstr(err, "export writes a directory"));
+    free(err);
+    /* tokens --ids prints to stdout; an -o beside it is an error, not ignored */
+    assert_int_equal(convert_cli("tokens --tokenizer t.json --ids -o ids.txt", "/dev/null", &err), 1);
+    assert_non_null(strstr(err, "--ids"));
+    free(err);
+    assert_dirs_empty();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hf_greedy),        cmocka_unit_test(test_llama2c_greedy),
@@ -410,6 +511,7 @@ int main(void) {
         cmocka_unit_test(test_sharded_index),
         cmocka_unit_test(test_bad_llama2c),      cmocka_unit_test(test_bad_checkpoint),
         cmocka_unit_test(test_uptrain_init_methods), cmocka_unit_test(test_init_fresh),
+        cmocka_unit_test(test_cli_output_stdout), cmocka_unit_test(test_cli_usage),
     };
     return cmocka_run_group_tests_name("convert", tests, NULL, NULL);
 }
