@@ -238,6 +238,48 @@ static void test_bad_llama2c(void **state) {
     free(bin);
 }
 
+/* A llama2.c file with the given header and `floats` zero weights after it. */
+static const char *l2c_file(const char *name, const int32_t hdr[7], size_t floats) {
+    const char *path = tmp_path(name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fwrite(hdr, 4, 7, f);
+    float zero = 0;
+    for (size_t i = 0; i < floats; i++) fwrite(&zero, 4, 1, f);
+    fclose(f);
+    return path;
+}
+
+static void expect_l2c_failure(const char *bin, const char *needle) {
+    mor_error e = {0};
+    mor_convert_params cp = {.dtype = MOR_DTYPE_F32};
+    const char *out = tmp_path("bad_header.mor");
+    assert_int_equal(mor_convert_llama2c(bin, L2C_TOK, out, &cp, &e), MOR_EFORMAT);
+    check_msg(&e, needle);
+    assert_false(file_exists(out));
+    assert_no_leftovers(tmp_dir());
+}
+
+/* Header fields that cannot be negated or multiplied are refused by name. */
+static void test_llama2c_header_overflow(void **state) {
+    (void)state;
+    /* stories260K's shape (dim 64, hidden 172, 5 layers, 8/4 heads, vocab 512, seq 512) */
+    const int32_t good[7] = {64, 172, 5, 8, 4, 512, 512};
+    int32_t h[7];
+    /* INT32_MIN has no positive counterpart: negating it was undefined */
+    memcpy(h, good, sizeof h);
+    h[5] = INT32_MIN;
+    expect_l2c_failure(l2c_file("vocab_min.bin", h, 16), "vocab_size (byte 20) is -2147483648");
+    memcpy(h, good, sizeof h);
+    h[0] = 0;
+    expect_l2c_failure(l2c_file("dim_zero.bin", h, 16), "dim (byte 0) is 0, expected 1 to 2147483647");
+    /* sizes whose sum of products wraps around 2^64 bytes to exactly this
+     * file's size: 2^30 layers of dim 16 and hidden 2^28 - 22 add 3 * 2^64
+     * bytes, leaving vocab 512 x dim 16 + dim 16 + seq 1 x head_dim 2 floats */
+    const int32_t wrap[7] = {16, (1 << 28) - 22, 1 << 30, 8, 8, 512, 1};
+    expect_l2c_failure(l2c_file("wrap.bin", wrap, 512 * 16 + 16 + 2), "implies more than 2^64 bytes");
+}
+
 static void test_bad_checkpoint(void **state) {
     (void)state;
     mor_error e = {0};
@@ -509,7 +551,8 @@ int main(void) {
         cmocka_unit_test(test_routes_agree),     cmocka_unit_test(test_export_round_trip),
         cmocka_unit_test(test_bf16),             cmocka_unit_test(test_bad_hf_inputs),
         cmocka_unit_test(test_sharded_index),
-        cmocka_unit_test(test_bad_llama2c),      cmocka_unit_test(test_bad_checkpoint),
+        cmocka_unit_test(test_bad_llama2c),      cmocka_unit_test(test_llama2c_header_overflow),
+        cmocka_unit_test(test_bad_checkpoint),
         cmocka_unit_test(test_uptrain_init_methods), cmocka_unit_test(test_init_fresh),
         cmocka_unit_test(test_cli_output_stdout), cmocka_unit_test(test_cli_usage),
     };

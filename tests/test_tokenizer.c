@@ -398,6 +398,10 @@ static void test_llama2c_errors(void **state) {
     assert_int_equal(mor_tokenizer_json_from_llama2c(path, 512, &j, &c, &e), MOR_EFORMAT);
     assert_non_null(strstr(e.msg, "short.bin"));
     assert_non_null(strstr(e.msg, "truncated"));
+    /* a vocab size the file cannot hold is refused before anything is
+     * allocated for it (it was calloc'ed: 32 GiB for INT32_MAX) */
+    assert_int_equal(mor_tokenizer_json_from_llama2c(path, INT32_MAX, &j, &c, &e), MOR_EFORMAT);
+    check_msg(&e, "100 bytes cannot hold 2147483647 tokens");
     free(bin);
 }
 
