@@ -108,10 +108,10 @@ static mor_status hf_read(void *src, const mor_tensor_spec *spec, float *dst, mo
              (spec->ndim < 2 || t->shape[1] == spec->shape[1]);
     if (!ok)
         return mor_fail(err, MOR_EFORMAT,
-                        "%s: tensor '%s' has shape [%lld, %lld] (%d dims), the config implies "
+                        "%s: tensor '%s' has shape [%lld, %lld] (%d dim%s), the config implies "
                         "[%lld, %lld]",
                         f->path, spec->name, (long long)t->shape[0],
-                        t->ndim > 1 ? (long long)t->shape[1] : 0LL, t->ndim,
+                        t->ndim > 1 ? (long long)t->shape[1] : 0LL, t->ndim, t->ndim == 1 ? "" : "s",
                         (long long)spec->shape[0], spec->ndim > 1 ? (long long)spec->shape[1] : 0LL);
     size_t k = spec_numel(spec);
     const uint8_t *b = t->data;
@@ -138,10 +138,11 @@ static mor_status hf_read(void *src, const mor_tensor_spec *spec, float *dst, mo
     return MOR_OK;
 }
 
+/* dir/name, without a second slash when dir ends in one ("out/" names "out/x"). */
 static char *path_join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
+    size_t d = strlen(dir), n = d + strlen(name) + 2;
     char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
+    if (p) snprintf(p, n, "%s%s%s", dir, d && dir[d - 1] == '/' ? "" : "/", name);
     return p;
 }
 
@@ -661,8 +662,8 @@ static mor_status cast_read(void *src, const mor_tensor_spec *spec, float *dst, 
     if (!t) return mor_fail(err, MOR_EFORMAT, "%s: missing tensor '%s'", f->path, spec->name);
     size_t n = spec_numel(spec);
     if ((size_t)mor_st_numel(t) != n)
-        return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has %lld values, the config needs %zu",
-                        f->path, spec->name, (long long)mor_st_numel(t), n);
+        return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has %lld value%s, the config needs %zu",
+                        f->path, spec->name, (long long)mor_st_numel(t), mor_st_numel(t) == 1 ? "" : "s", n);
     if (t->dtype == MOR_ST_F32) {
         memcpy(dst, t->data, n * sizeof *dst);
     } else if (t->dtype == MOR_ST_BF16) {

@@ -194,6 +194,10 @@ static void test_bad_hf_inputs(void **state) {
     char *mod = malloc(len + 64);
 
     expect_hf_failure(tmp_path("nonexistent"), "config.json: cannot open");
+    /* a directory given with a trailing slash is named with one slash */
+    char slash[800];
+    snprintf(slash, sizeof slash, "%s/", tmp_path("nonexistent"));
+    expect_hf_failure(slash, "/nonexistent/config.json: cannot open");
     expect_hf_failure(scratch_hf("h1", "config.json", "{ \"model_type\": ", 16), "invalid JSON");
     /* unsupported architecture */
     strcpy(mod, cfg);
