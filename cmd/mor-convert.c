@@ -25,7 +25,7 @@ static void usage(void) {
             "options:\n"
             "  -o, --output PATH   output file (a name ending in .zst is zstd-compressed; - is stdout)\n"
             "                      or directory (export)\n"
-            "      --dtype D       f32 (default) or bf16 for matrices; norms stay f32\n"
+            "      --dtype D       f32 (default) or bf16 for matrices; norms and routers stay f32\n"
             "      --config FILE   a recursive/MoR model config (mor-config(5))\n"
             "      --init METHOD   shared layers from the source layers: stepwise, average, lower,\n"
             "                      upper or random (default: the config's recursive.initialization)\n"
@@ -217,8 +217,10 @@ static int shard_text(const options *o, const mor_tokenizer *tok, mor_shard_writ
 static int cmd_shard(const options *o, const mor_tokenizer *tok, const char *path) {
     mor_error err = {0};
     mor_shard_writer *w;
-    if (mor_tokenizer_eos(tok) < 0)
-        return cli_usage_error("%s: the tokenizer has no EOS token to join documents with", o->tokenizer);
+    if (mor_tokenizer_eos(tok) < 0) {
+        mor_fail(&err, MOR_EFORMAT, "%s: the tokenizer has no EOS token to join documents with", o->tokenizer);
+        return cli_fail(&err);
+    }
     if (mor_shard_writer_open(path, (uint32_t)mor_tokenizer_vocab_size(tok), mor_tokenizer_eos(tok),
                               MOR_SHARD_ZSTD_AUTO, &w, &err))
         return cli_fail(&err);
