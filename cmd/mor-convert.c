@@ -145,25 +145,17 @@ static int spool_open(stdout_spool *s) {
     return 0;
 }
 
-/* Copies the finished file to stdout. */
-static int spool_copy(const stdout_spool *s) {
-    mor_error err = {0};
-    FILE *f = fopen(s->path, "rb");
-    if (!f) {
-        mor_fail(&err, MOR_EIO, "%s: cannot open: %s", s->path, strerror(errno));
-        return cli_fail(&err);
-    }
+/* Copies the finished file f to stdout. */
+static int spool_copy(FILE *f) {
     static char buf[1 << 16];
     size_t k;
     int bad = 0;
     while (!bad && (k = fread(buf, 1, sizeof buf, f)) > 0) bad = fwrite(buf, 1, k, stdout) != k;
     bad |= ferror(f) || fflush(stdout) != 0;
-    fclose(f);
-    if (bad) {
-        mor_fail(&err, MOR_EIO, "stdout: write failed: %s", strerror(errno));
-        return cli_fail(&err);
-    }
-    return 0;
+    if (!bad) return 0;
+    mor_error err = {0};
+    mor_fail(&err, MOR_EIO, "stdout: write failed: %s", strerror(errno));
+    return cli_fail(&err);
 }
 
 /* The path the library writes for o->output: itself, or a spool file for -o -. */
@@ -176,14 +168,24 @@ static int output_begin(const options *o, stdout_spool *s, const char **path) {
     return rc;
 }
 
-/* After the write (rc): a spooled output goes to stdout if complete, and the
- * spool is removed either way. */
+/* After the write (rc): a spooled output goes to stdout if complete. The
+ * spool is removed first, the open file kept, so that nothing is left behind
+ * even when a reader that stops early ends this process (SIGPIPE). */
 static int output_end(stdout_spool *s, int rc) {
     if (!s->dir[0]) return rc;
-    if (!rc) rc = spool_copy(s);
+    FILE *f = rc ? NULL : fopen(s->path, "rb");
+    int open_errno = errno;
     unlink(s->path); /* absent when the write failed */
     rmdir(s->dir);
     s->dir[0] = 0;
+    if (rc) return rc;
+    if (!f) {
+        mor_error err = {0};
+        mor_fail(&err, MOR_EIO, "%s: cannot open: %s", s->path, strerror(open_errno));
+        return cli_fail(&err);
+    }
+    rc = spool_copy(f);
+    fclose(f);
     return rc;
 }
 

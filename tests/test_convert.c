@@ -514,6 +514,10 @@ static void test_cli_output_stdout(void **state) {
         assert_same_file(named, piped);
         assert_dirs_empty();
     }
+    /* a reader that stops early ends mor-convert (SIGPIPE): nothing is left behind */
+    snprintf(args, sizeof args, "%s -o - | head -c 100", what[0]);
+    assert_int_equal(convert_cli(args, piped, NULL), 0);
+    assert_dirs_empty();
     /* a failure writes nothing to stdout and leaves nothing behind */
     snprintf(args, sizeof args, "cast '%s/missing.mor' --dtype bf16 -o -", tmp_dir());
     assert_int_equal(convert_cli(args, piped, NULL), 2);
