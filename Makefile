@@ -111,8 +111,16 @@ tests: $(TESTS)
 bench: all $(BENCHES)
 
 # Each suite runs from the repository root with MOR_BIN pointing at the tools.
+# Then the structure: no call cycle between library files and none up the
+# layers (check_calls.py).
 test: all $(TESTS)
 	@MOR_BIN=$(OUT)/bin OUT=$(OUT) bash tests/run.sh $(TESTS)
+	@python3 tests/tools/check_calls.py $(OUT)
+
+# Installs into a temporary prefix and builds examples/ against it through
+# pkg-config (tests/tools/check_install.sh).
+check-install: all
+	@bash tests/tools/check_install.sh
 
 # Fuzzing (tests/fuzz/README.md): the library and cmd/ objects built again with
 # clang and coverage for libFuzzer, under ASan + UBSan, out of tree in
@@ -165,5 +173,5 @@ clean:
     $(TEST_SRC:%.c=$(OUT)/obj/%.o) $(TEST_HELP_OBJ) $(BENCH_SRC:%.c=$(OUT)/obj/%.o) \
     $(LIB_SRC:%.c=$(FUZZ_OUT)/obj/%.o) $(CLI_SRC:%.c=$(FUZZ_OUT)/obj/%.o))
 
-.PHONY: all test tests bench fuzz install clean FORCE
+.PHONY: all test tests bench fuzz install check-install clean FORCE
 .SECONDARY:

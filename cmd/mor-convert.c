@@ -1,8 +1,10 @@
 /* mor-convert - checkpoints into and out of the .mor format, and text into
  * token ids or shards. See man/mor-convert.1. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "config.h"
@@ -17,13 +19,14 @@ static void usage(void) {
             "  mor-convert hf DIR --config CONFIG.yaml -o OUT.mor [--init METHOD] [--seed S]\n"
             "  mor-convert init --config CONFIG.yaml --tokenizer T -o OUT.mor [--seed S]\n"
             "  mor-convert llama2c MODEL.bin --tokenizer TOK.bin -o OUT.mor [--dtype f32|bf16]\n"
-            "  mor-convert cast MODEL.mor -o OUT.mor --dtype f32|bf16\n"
+            "  mor-convert cast MODEL.mor -o OUT.mor [--dtype f32|bf16]\n"
             "  mor-convert export MODEL.mor -o DIR\n"
             "  mor-convert tokens --tokenizer T --ids [FILE]        (T: tokenizer.json or .mor)\n"
             "  mor-convert tokens --tokenizer T -o OUT.shard[.zst] [--split file|line|blank] [FILE...]\n"
             "options:\n"
-            "  -o, --output PATH   output file (a name ending in .zst is zstd-compressed) or directory\n"
-            "      --dtype D       f32 (default) or bf16 for matrices; norms stay f32\n"
+            "  -o, --output PATH   output file (a name ending in .zst is zstd-compressed; - is stdout)\n"
+            "                      or directory (export)\n"
+            "      --dtype D       f32 (default) or bf16 for matrices; norms and routers stay f32\n"
             "      --config FILE   a recursive/MoR model config (mor-config(5))\n"
             "      --init METHOD   shared layers from the source layers: stepwise, average, lower,\n"
             "                      upper or random (default: the config's recursive.initialization)\n"
@@ -36,6 +39,8 @@ static void usage(void) {
             "  --version           version and commit (stdout)\n");
 }
 
+static const char *const SUBCOMMANDS[] = {"hf", "llama2c", "init", "cast", "export", "tokens"};
+#define SUBCOMMAND_LIST "hf, llama2c, init, cast, export or tokens"
 
 typedef struct {
     const char *cmd, *input, *output, *tokenizer, *config;
@@ -99,6 +104,10 @@ static int parse_args(int argc, char **argv, options *o) {
         } else if (a[0] == '-' && a[1]) {
             return cli_usage_error("unknown option '%s'", a);
         } else if (!o->cmd) {
+            int known = 0;
+            for (size_t k = 0; k < sizeof SUBCOMMANDS / sizeof *SUBCOMMANDS; k++)
+                known |= !strcmp(a, SUBCOMMANDS[k]);
+            if (!known) return cli_usage_error("unknown subcommand '%s' (" SUBCOMMAND_LIST ")", a);
             o->cmd = a;
         } else if (o->n_inputs < 256) {
             if (!o->input) o->input = a;
@@ -107,11 +116,83 @@ static int parse_args(int argc, char **argv, options *o) {
             return cli_usage_error("too many inputs");
         }
     }
-    if (!o->cmd) return cli_usage_error("missing command (hf, llama2c, export or tokens)");
+    if (!o->cmd) return cli_usage_error("missing subcommand (" SUBCOMMAND_LIST ")");
     if (strcmp(o->cmd, "tokens") && o->n_inputs > 1)
         return cli_usage_error("unexpected argument '%s'", o->inputs[1]);
     return 0;
 }
+
+/* ---- -o -: one output file on stdout -------------------------------------
+ * The library writes named files only, atomically (a checkpoint or a shard is
+ * patched after its data, so it cannot stream). For -o - the file is built in
+ * a private temporary directory and copied to stdout once it is complete, so
+ * a failure writes nothing to stdout. */
+typedef struct {
+    char dir[4096], path[4096 + 16];
+} stdout_spool;
+
+static int is_stdout(const char *path) { return path && !strcmp(path, "-"); }
+
+static int spool_open(stdout_spool *s) {
+    mor_error err = {0};
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp || !*tmp) tmp = "/tmp";
+    int slash = tmp[strlen(tmp) - 1] == '/';
+    if (snprintf(s->dir, sizeof s->dir, "%s%smor-convert.XXXXXX", tmp, slash ? "" : "/") >= (int)sizeof s->dir ||
+        !mkdtemp(s->dir)) {
+        s->dir[0] = 0;
+        mor_fail(&err, MOR_EIO, "%s: cannot create a temporary directory for -o -: %s", tmp, strerror(errno));
+        return cli_fail(&err);
+    }
+    snprintf(s->path, sizeof s->path, "%s/stdout", s->dir);
+    return 0;
+}
+
+/* Copies the finished file f to stdout. */
+static int spool_copy(FILE *f) {
+    static char buf[1 << 16];
+    size_t k;
+    int bad = 0;
+    while (!bad && (k = fread(buf, 1, sizeof buf, f)) > 0) bad = fwrite(buf, 1, k, stdout) != k;
+    bad |= ferror(f) || fflush(stdout) != 0;
+    if (!bad) return 0;
+    mor_error err = {0};
+    mor_fail(&err, MOR_EIO, "stdout: write failed: %s", strerror(errno));
+    return cli_fail(&err);
+}
+
+/* The path the library writes for o->output: itself, or a spool file for -o -. */
+static int output_begin(const options *o, stdout_spool *s, const char **path) {
+    s->dir[0] = 0;
+    *path = o->output;
+    if (!is_stdout(o->output)) return 0;
+    int rc = spool_open(s);
+    *path = s->path;
+    return rc;
+}
+
+/* After the write (rc): a spooled output goes to stdout if complete. The
+ * spool is removed first, the open file kept, so that nothing is left behind
+ * even when a reader that stops early ends this process (SIGPIPE). */
+static int output_end(stdout_spool *s, int rc) {
+    if (!s->dir[0]) return rc;
+    FILE *f = rc ? NULL : fopen(s->path, "rb");
+    int open_errno = errno;
+    unlink(s->path); /* absent when the write failed */
+    rmdir(s->dir);
+    s->dir[0] = 0;
+    if (rc) return rc;
+    if (!f) {
+        mor_error err = {0};
+        mor_fail(&err, MOR_EIO, "%s: cannot open: %s", s->path, strerror(open_errno));
+        return cli_fail(&err);
+    }
+    rc = spool_copy(f);
+    fclose(f);
+    return rc;
+}
+
+static const char *output_name(const options *o) { return is_stdout(o->output) ? "stdout" : o->output; }
 
 static void on_progress(void *user, uint64_t done, uint64_t total) {
     cli_progress_update(user, (double)done / 1e6, (double)total / 1e6);
@@ -138,12 +219,14 @@ static int shard_text(const options *o, const mor_tokenizer *tok, mor_shard_writ
     return 0;
 }
 
-static int cmd_shard(const options *o, const mor_tokenizer *tok) {
+static int cmd_shard(const options *o, const mor_tokenizer *tok, const char *path) {
     mor_error err = {0};
     mor_shard_writer *w;
-    if (mor_tokenizer_eos(tok) < 0)
-        return cli_usage_error("%s: the tokenizer has no EOS token to join documents with", o->tokenizer);
-    if (mor_shard_writer_open(o->output, (uint32_t)mor_tokenizer_vocab_size(tok), mor_tokenizer_eos(tok),
+    if (mor_tokenizer_eos(tok) < 0) {
+        mor_fail(&err, MOR_EFORMAT, "%s: the tokenizer has no EOS token to join documents with", o->tokenizer);
+        return cli_fail(&err);
+    }
+    if (mor_shard_writer_open(path, (uint32_t)mor_tokenizer_vocab_size(tok), mor_tokenizer_eos(tok),
                               MOR_SHARD_ZSTD_AUTO, &w, &err))
         return cli_fail(&err);
     uint64_t docs = 0;
@@ -164,20 +247,25 @@ static int cmd_shard(const options *o, const mor_tokenizer *tok) {
     uint64_t n = mor_shard_writer_n_tokens(w);
     if (mor_shard_writer_commit(w, &err)) return cli_fail(&err);
     double dt = cli_now() - t0;
-    cli_log("%s: %llu tokens in %llu documents, %.2f s (%.0f tokens/s)", o->output, (unsigned long long)n,
-            (unsigned long long)docs, dt, dt > 0 ? (double)n / dt : 0);
+    cli_log("%s: %llu token%s in %llu document%s, %.2f s (%.0f tokens/s)", output_name(o),
+            (unsigned long long)n, n == 1 ? "" : "s", (unsigned long long)docs, docs == 1 ? "" : "s", dt,
+            dt > 0 ? (double)n / dt : 0);
     return 0;
 }
 
 static int cmd_tokens(const options *o) {
     if (!o->tokenizer) return cli_usage_error("tokens needs --tokenizer T");
     if (!o->ids && !o->output) return cli_usage_error("tokens needs --ids or -o OUT.shard");
+    if (o->ids && o->output) return cli_usage_error("tokens --ids prints to stdout; -o is for a shard");
     if (o->ids && o->n_inputs > 1) return cli_usage_error("tokens --ids reads one input");
     mor_error err = {0};
     mor_tokenizer *tok;
     if (mor_tokenizer_load(o->tokenizer, &tok, &err)) return cli_fail(&err);
     if (!o->ids) {
-        int rc = cmd_shard(o, tok);
+        stdout_spool spool;
+        const char *path;
+        int rc = output_begin(o, &spool, &path);
+        if (!rc) rc = output_end(&spool, cmd_shard(o, tok, path));
         mor_tokenizer_free(tok);
         return rc;
     }
@@ -231,47 +319,51 @@ static void warn_special_tokens(const options *o) {
     mor_tokenizer_free(tok);
 }
 
+/* The checkpoint subcommands: one .mor written to path (or a directory for export). */
+static int convert(const options *o, const char *path) {
+    mor_error err = {0};
+    mor_convert_params p = {.dtype = o->dtype, .init = (mor_layer_init)o->init, .seed = o->seed};
+    cli_progress bar;
+    cli_progress_begin(&bar, "writing", "MB");
+    p.progress = on_progress;
+    p.progress_user = &bar;
+    mor_status st;
+    if (!strcmp(o->cmd, "init")) st = mor_model_init(o->config, o->tokenizer, path, &p, &err);
+    else if (!strcmp(o->cmd, "hf") && o->config) st = mor_convert_hf_config(o->input, o->config, path, &p, &err);
+    else if (!strcmp(o->cmd, "hf")) st = mor_convert_hf(o->input, path, &p, &err);
+    else if (!strcmp(o->cmd, "llama2c")) st = mor_convert_llama2c(o->input, o->tokenizer, path, &p, &err);
+    else if (!strcmp(o->cmd, "export")) st = mor_export_hf(o->input, path, &err);
+    else st = mor_convert_cast(o->input, path, &p, &err);
+    cli_progress_end(&bar);
+    return st ? cli_fail(&err) : 0;
+}
+
 int main(int argc, char **argv) {
     cli_init(argv[0]);
     if (cli_version(argc, argv)) return EXIT_OK;
     options o;
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc;
-    mor_error err = {0};
-    mor_convert_params p = {.dtype = o.dtype, .init = (mor_layer_init)o.init, .seed = o.seed};
-    cli_progress bar;
-    cli_progress_begin(&bar, "writing", "MB");
-    p.progress = on_progress;
-    p.progress_user = &bar;
-    mor_status st;
     if (!strcmp(o.cmd, "tokens")) return cmd_tokens(&o);
     if (!o.output) return cli_usage_error("%s needs -o", o.cmd);
-    double t0 = cli_now();
     if (!strcmp(o.cmd, "init")) {
         if (!o.config || !o.tokenizer) return cli_usage_error("init needs --config and --tokenizer");
         if (o.input) return cli_usage_error("unexpected argument '%s'", o.input);
         warn_special_tokens(&o);
-        st = mor_model_init(o.config, o.tokenizer, o.output, &p, &err);
     } else if (!o.input) {
         return cli_usage_error("%s needs an input", o.cmd);
-    } else if (!strcmp(o.cmd, "hf") && o.config) {
-        st = mor_convert_hf_config(o.input, o.config, o.output, &p, &err);
-    } else if (!strcmp(o.cmd, "hf")) {
-        if (o.init != MOR_FROM_CONFIG) return cli_usage_error("--init needs --config");
-        st = mor_convert_hf(o.input, o.output, &p, &err);
-    } else if (!strcmp(o.cmd, "llama2c")) {
-        if (!o.tokenizer) return cli_usage_error("llama2c needs --tokenizer TOK.bin");
-        st = mor_convert_llama2c(o.input, o.tokenizer, o.output, &p, &err);
-    } else if (!strcmp(o.cmd, "export")) {
-        st = mor_export_hf(o.input, o.output, &err);
-    } else if (!strcmp(o.cmd, "cast")) {
-        st = mor_convert_cast(o.input, o.output, &p, &err);
-    } else {
-        return cli_usage_error("unknown command '%s' (hf, llama2c, init, cast, export or tokens)",
-                               o.cmd);
+    } else if (!strcmp(o.cmd, "hf") && !o.config && o.init != MOR_FROM_CONFIG) {
+        return cli_usage_error("--init needs --config");
+    } else if (!strcmp(o.cmd, "llama2c") && !o.tokenizer) {
+        return cli_usage_error("llama2c needs --tokenizer TOK.bin");
+    } else if (!strcmp(o.cmd, "export") && is_stdout(o.output)) {
+        return cli_usage_error("export writes a directory; -o - (stdout) takes one file");
     }
-    cli_progress_end(&bar);
-    if (st) return cli_fail(&err);
-    cli_log("wrote %s in %.2f s", o.output, cli_now() - t0);
+    double t0 = cli_now();
+    stdout_spool spool;
+    const char *path;
+    if ((rc = output_begin(&o, &spool, &path))) return rc;
+    if ((rc = output_end(&spool, convert(&o, path)))) return rc;
+    cli_log("wrote %s in %.2f s", output_name(&o), cli_now() - t0);
     return 0;
 }

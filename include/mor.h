@@ -58,8 +58,9 @@ typedef struct mor_sampler mor_sampler;
 /* ------------------------------------------------------------------------ */
 /* Models                                                                   */
 
-/* Loads a .mor checkpoint (or .mor.zst). F32 tensors are used in place from
- * the mmapped file; BF16 tensors are converted to F32 once, here. */
+/* Loads a .mor checkpoint (or .mor.zst). F32 tensors and BF16 matrices
+ * (embedding, projections, head) are used in place from the mmapped file
+ * (the kernels widen BF16 as they read it); norms and routers must be F32. */
 MOR_API mor_status mor_model_load(const char *path, mor_model **out, mor_error *err);
 MOR_API void mor_model_free(mor_model *m);
 

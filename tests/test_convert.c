@@ -194,6 +194,10 @@ static void test_bad_hf_inputs(void **state) {
     char *mod = malloc(len + 64);
 
     expect_hf_failure(tmp_path("nonexistent"), "config.json: cannot open");
+    /* a directory given with a trailing slash is named with one slash */
+    char slash[800];
+    snprintf(slash, sizeof slash, "%s/", tmp_path("nonexistent"));
+    expect_hf_failure(slash, "/nonexistent/config.json: cannot open");
     expect_hf_failure(scratch_hf("h1", "config.json", "{ \"model_type\": ", 16), "invalid JSON");
     /* unsupported architecture */
     strcpy(mod, cfg);
@@ -236,6 +240,51 @@ static void test_bad_llama2c(void **state) {
     assert_non_null(strstr(e.msg, "implies"));
     assert_false(file_exists(out));
     free(bin);
+}
+
+/* A llama2.c file with the given header and `floats` zero weights after it. */
+static const char *l2c_file(const char *name, const int32_t hdr[7], size_t floats) {
+    const char *path = tmp_path(name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fwrite(hdr, 4, 7, f);
+    float zero = 0;
+    for (size_t i = 0; i < floats; i++) fwrite(&zero, 4, 1, f);
+    fclose(f);
+    return path;
+}
+
+static void expect_l2c_failure(const char *bin, mor_status want, const char *needle) {
+    mor_error e = {0};
+    mor_convert_params cp = {.dtype = MOR_DTYPE_F32};
+    const char *out = tmp_path("bad_header.mor");
+    assert_int_equal(mor_convert_llama2c(bin, L2C_TOK, out, &cp, &e), want);
+    check_msg(&e, needle);
+    assert_false(file_exists(out));
+    assert_no_leftovers(tmp_dir());
+}
+
+/* Header fields that cannot be negated or multiplied are refused by name. */
+static void test_llama2c_header_overflow(void **state) {
+    (void)state;
+    /* stories260K's shape (dim 64, hidden 172, 5 layers, 8/4 heads, vocab 512, seq 512) */
+    const int32_t good[7] = {64, 172, 5, 8, 4, 512, 512};
+    int32_t h[7];
+    /* INT32_MIN has no positive counterpart: negating it was undefined */
+    memcpy(h, good, sizeof h);
+    h[5] = INT32_MIN;
+    expect_l2c_failure(l2c_file("vocab_min.bin", h, 16), MOR_EFORMAT, "vocab_size (byte 20) is -2147483648");
+    memcpy(h, good, sizeof h);
+    h[0] = 0;
+    expect_l2c_failure(l2c_file("dim_zero.bin", h, 16), MOR_EFORMAT, "dim (byte 0) is 0, expected 1 to 2147483647");
+    /* sizes whose sum of products wraps around 2^64 bytes to exactly this
+     * file's size: 2^30 layers of dim 16 and hidden 2^28 - 22 add 3 * 2^64
+     * bytes, leaving vocab 512 x dim 16 + dim 16 + seq 1 x head_dim 2 floats.
+     * The config's ranges refuse such a shape before any size is computed
+     * (the 2^64 check behind them stays as a second line). */
+    const int32_t wrap[7] = {16, (1 << 28) - 22, 1 << 30, 8, 8, 512, 1};
+    expect_l2c_failure(l2c_file("wrap.bin", wrap, 512 * 16 + 16 + 2), MOR_ECONFIG,
+                       "intermediate_size: 268435434 is out of range");
 }
 
 static void test_bad_checkpoint(void **state) {
@@ -402,14 +451,121 @@ static void test_init_fresh(void **state) {
     mor_st_close(f);
 }
 
+/* ---- the mor-convert command line ------------------------------------------- */
+
+/* Runs `mor-convert ARGS` inside a scratch working directory with TMPDIR set
+ * to a scratch directory of its own; stdout and stderr are captured. */
+static int convert_cli(const char *args, const char *stdout_file, char **errout) {
+    char *bin = realpath(tool("mor-convert"), NULL);
+    assert_non_null(bin);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s/wd' '%s/spool' && cd '%s/wd' && TMPDIR='%s/spool' '%s' %s > '%s'",
+             tmp_dir(), tmp_dir(), tmp_dir(), tmp_dir(), bin, args, stdout_file);
+    free(bin);
+    return run_cmd(cmd, NULL, errout);
+}
+
+/* Nothing left in the working directory (no file named "-") or the spool. */
+static void assert_dirs_empty(void) {
+    char cmd[1200], *out;
+    snprintf(cmd, sizeof cmd, "ls -A '%s/wd' '%s/spool' | grep -v ':$' | grep -c .", tmp_dir(), tmp_dir());
+    run_cmd(cmd, &out, NULL);
+    if (atoi(out) != 0) fail_msg("files left behind: %s", out);
+    free(out);
+}
+
+static void assert_same_file(const char *a, const char *b) {
+    size_t la, lb;
+    char *da = read_all(a, &la), *db = read_all(b, &lb);
+    if (la != lb || memcmp(da, db, la)) fail_msg("%s (%zu bytes) differs from %s (%zu bytes)", a, la, b, lb);
+    free(da);
+    free(db);
+}
+
+/* -o - writes the one output file to stdout, byte for byte what -o FILE writes,
+ * and creates no file named "-"; a failure writes nothing to stdout. */
+static void test_cli_output_stdout(void **state) {
+    (void)state;
+    char args[8192];
+    const char *hf = realpath(HF_DIR, NULL), *l2c = realpath(L2C_BIN, NULL), *tok = realpath(L2C_TOK, NULL);
+    const char *cfg = realpath("configs/tiny-mor-token-r3.yaml", NULL);
+    const char *named = tmp_path("cli_named.out"), *piped = tmp_path("cli_piped.out");
+    const char *model = tmp_path("cli_model.mor"), *txt = tmp_path("cli_docs.txt");
+    assert_int_equal(convert_cli((snprintf(args, sizeof args, "hf '%s' -o '%s' -q", hf, model), args),
+                                 "/dev/null", NULL), 0);
+    FILE *f = fopen(txt, "w");
+    assert_non_null(f);
+    fputs("Once upon a time\nthere was a cat\n", f);
+    fclose(f);
+    char what[6][1200]; /* every subcommand that writes one file */
+    snprintf(what[0], sizeof what[0], "hf '%s'", hf);
+    snprintf(what[1], sizeof what[1], "hf '%s' --config '%s'", hf, cfg);
+    snprintf(what[2], sizeof what[2], "init --config '%s' --tokenizer '%s/tokenizer.json'", cfg, hf);
+    snprintf(what[3], sizeof what[3], "llama2c '%s' --tokenizer '%s' --dtype bf16", l2c, tok);
+    snprintf(what[4], sizeof what[4], "cast '%s' --dtype bf16", model);
+    snprintf(what[5], sizeof what[5], "tokens --tokenizer '%s' --split line '%s'", model, txt);
+    for (int i = 0; i < 6; i++) {
+        char *err;
+        snprintf(args, sizeof args, "%s -o '%s' -q", what[i], named);
+        if (convert_cli(args, "/dev/null", &err)) fail_msg("mor-convert %s: %s", args, err);
+        free(err);
+        /* not quiet: the log goes to stderr, stdout holds the file alone */
+        snprintf(args, sizeof args, "%s -o -", what[i]);
+        if (convert_cli(args, piped, &err)) fail_msg("mor-convert %s: %s", args, err);
+        if (!strstr(err, "stdout")) fail_msg("mor-convert %s: log '%s' does not name stdout", args, err);
+        free(err);
+        assert_same_file(named, piped);
+        assert_dirs_empty();
+    }
+    /* a reader that stops early ends mor-convert (SIGPIPE): nothing is left behind */
+    snprintf(args, sizeof args, "%s -o - | head -c 100", what[0]);
+    assert_int_equal(convert_cli(args, piped, NULL), 0);
+    assert_dirs_empty();
+    /* a failure writes nothing to stdout and leaves nothing behind */
+    snprintf(args, sizeof args, "cast '%s/missing.mor' --dtype bf16 -o -", tmp_dir());
+    assert_int_equal(convert_cli(args, piped, NULL), 2);
+    size_t len;
+    free(read_all(piped, &len));
+    assert_int_equal(len, 0);
+    assert_dirs_empty();
+    free((void *)hf);
+    free((void *)l2c);
+    free((void *)tok);
+    free((void *)cfg);
+}
+
+static void test_cli_usage(void **state) {
+    (void)state;
+    char *err;
+    /* an unknown subcommand is named as such, with the list, whatever follows it */
+    const char *unknown[] = {"frobnicate", "frobnicate in.mor -o out.mor", "frobnicate -o out.mor"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(convert_cli(unknown[i], "/dev/null", &err), 1);
+        if (!strstr(err, "unknown subcommand 'frobnicate' (hf, llama2c, init, cast, export or tokens)"))
+            fail_msg("mor-convert %s: '%s'", unknown[i], err);
+        free(err);
+    }
+    /* export writes a directory: -o - is refused, not a directory named "-" */
+    assert_int_equal(convert_cli("export model.mor -o -", "/dev/null", &err), 1);
+    assert_non_null(strstr(err, "export writes a directory"));
+    free(err);
+    /* tokens --ids prints to stdout; an -o beside it is an error, not ignored */
+    assert_int_equal(convert_cli("tokens --tokenizer t.json --ids -o ids.txt", "/dev/null", &err), 1);
+    assert_non_null(strstr(err, "--ids"));
+    free(err);
+    assert_dirs_empty();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hf_greedy),        cmocka_unit_test(test_llama2c_greedy),
         cmocka_unit_test(test_routes_agree),     cmocka_unit_test(test_export_round_trip),
         cmocka_unit_test(test_bf16),             cmocka_unit_test(test_bad_hf_inputs),
         cmocka_unit_test(test_sharded_index),
-        cmocka_unit_test(test_bad_llama2c),      cmocka_unit_test(test_bad_checkpoint),
+        cmocka_unit_test(test_bad_llama2c),      cmocka_unit_test(test_llama2c_header_overflow),
+        cmocka_unit_test(test_bad_checkpoint),
         cmocka_unit_test(test_uptrain_init_methods), cmocka_unit_test(test_init_fresh),
+        cmocka_unit_test(test_cli_output_stdout), cmocka_unit_test(test_cli_usage),
     };
     return cmocka_run_group_tests_name("convert", tests, NULL, NULL);
 }

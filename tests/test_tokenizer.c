@@ -398,6 +398,10 @@ static void test_llama2c_errors(void **state) {
     assert_int_equal(mor_tokenizer_json_from_llama2c(path, 512, &j, &c, &e), MOR_EFORMAT);
     assert_non_null(strstr(e.msg, "short.bin"));
     assert_non_null(strstr(e.msg, "truncated"));
+    /* a vocab size the file cannot hold is refused before anything is
+     * allocated for it (it was calloc'ed: 32 GiB for INT32_MAX) */
+    assert_int_equal(mor_tokenizer_json_from_llama2c(path, INT32_MAX, &j, &c, &e), MOR_EFORMAT);
+    check_msg(&e, "100 bytes cannot hold 2147483647 tokens");
     free(bin);
 }
 
@@ -685,6 +689,33 @@ static void test_errors(void **state) {
     mor_tokenizer_free(t);
 }
 
+/* A regex that PCRE2 gives up on (catastrophic backtracking hits its match
+ * limit) is reported as the regex failure it is, for a Replace normalizer as
+ * for a Split pre-tokenizer, not as running out of memory. */
+static void test_regex_match_limit(void **state) {
+    (void)state;
+    /* (a+)+b backtracks 2^n ways over n a's before the c */
+    char text[64];
+    memset(text, 'a', 40);
+    strcpy(text + 40, "c b");
+    const char *norm = "{\"type\": \"Replace\", \"pattern\": {\"Regex\": \"(a+)+b\"}, \"content\": \"b\"}";
+    const char *pre = "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(a+)+b\"}, \"behavior\": \"Isolated\"}";
+    const char *want[2] = {"test: normalizer Replace regex failed: match limit exceeded (PCRE2 error -47)",
+                           "test: pre-tokenizer Split regex failed: match limit exceeded (PCRE2 error -47)"};
+    for (int k = 0; k < 2; k++) {
+        mor_tokenizer *t = small(k ? NULL : norm, k ? pre : NULL, NULL, NULL, NULL);
+        int32_t *ids;
+        size_t n;
+        mor_error e = {0};
+        assert_int_equal(mor_tokenize(t, text, strlen(text), 0, &ids, &n, &e), MOR_EARG);
+        assert_string_equal(e.msg, want[k]);
+        assert_null(ids);
+        /* the same tokenizer still encodes a text PCRE2 can decide */
+        CHECK_IDS(t, "ca", 3, 1);
+        mor_tokenizer_free(t);
+    }
+}
+
 /* Encoding is not quadratic: a 200 KB single line of one repeated word
  * and a 100 KB run of spaces finish quickly and round-trip. */
 static void test_long_inputs(void **state) {
@@ -725,6 +756,7 @@ int main(void) {
         cmocka_unit_test(test_added_and_normalizers),
         cmocka_unit_test(test_stream_decode),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_regex_match_limit),
         cmocka_unit_test(test_long_inputs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -42,8 +42,9 @@ static mor_tokenizer *load(const char *name) {
 static char *normalize(const mor_tokenizer *t, const char *s, size_t n, size_t *len) {
     tok_scratch sc;
     const char *o;
+    mor_error e = {0};
     assert_true(tok_scratch_init(&sc, t));
-    assert_true(tok_normalize(t, &sc, s, n, &o, len));
+    if (tok_normalize(t, &sc, s, n, &o, len, &e)) fail_msg("%s", e.msg);
     char *r = malloc(*len + 1);
     memcpy(r, o, *len);
     r[*len] = 0;

@@ -116,10 +116,10 @@ static mor_status hf_read(void *src, const mor_tensor_spec *spec, float *dst, mo
              (spec->ndim < 2 || t->shape[1] == spec->shape[1]);
     if (!ok)
         return mor_fail(err, MOR_EFORMAT,
-                        "%s: tensor '%s' has shape [%lld, %lld] (%d dims), the config implies "
+                        "%s: tensor '%s' has shape [%lld, %lld] (%d dim%s), the config implies "
                         "[%lld, %lld]",
                         f->path, spec->name, (long long)t->shape[0],
-                        t->ndim > 1 ? (long long)t->shape[1] : 0LL, t->ndim,
+                        t->ndim > 1 ? (long long)t->shape[1] : 0LL, t->ndim, t->ndim == 1 ? "" : "s",
                         (long long)spec->shape[0], spec->ndim > 1 ? (long long)spec->shape[1] : 0LL);
     size_t k = spec_numel(spec);
     const uint8_t *b = t->data;
@@ -146,10 +146,11 @@ static mor_status hf_read(void *src, const mor_tensor_spec *spec, float *dst, mo
     return MOR_OK;
 }
 
+/* dir/name, without a second slash when dir ends in one ("out/" names "out/x"). */
 static char *path_join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
+    size_t d = strlen(dir), n = d + strlen(name) + 2;
     char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
+    if (p) snprintf(p, n, "%s%s%s", dir, d && dir[d - 1] == '/' ? "" : "/", name);
     return p;
 }
 
@@ -364,6 +365,28 @@ static mor_status l2c_read(void *src, const mor_tensor_spec *spec, float *dst, m
     return MOR_OK;
 }
 
+/* off += a * b * c; 0 when that overflows size_t. */
+static int add_floats(size_t *off, size_t a, size_t b, size_t c) {
+    size_t n;
+    return !__builtin_mul_overflow(a, b, &n) && !__builtin_mul_overflow(n, c, &n) &&
+           !__builtin_add_overflow(*off, n, off);
+}
+
+/* The header's fields must be positive (the vocab size may be negated, which
+ * means an untied classifier; INT32_MIN has no positive counterpart). */
+static mor_status l2c_check_header(const char *path, const int32_t hdr[7], mor_error *err) {
+    static const char *const names[7] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads",
+                                         "vocab_size", "seq_len"};
+    for (int i = 0; i < 7; i++) {
+        if (i == 5 && hdr[i] != 0 && hdr[i] != INT32_MIN) continue;
+        if (hdr[i] <= 0)
+            return mor_fail(err, MOR_EFORMAT, "%s: header field %s (byte %d) is %d, expected 1 to %d%s", path,
+                            names[i], 4 * i, hdr[i], INT32_MAX,
+                            i == 5 ? ", or its negation for an untied classifier" : "");
+    }
+    return MOR_OK;
+}
+
 mor_status mor_convert_llama2c(const char *model_bin, const char *tokenizer_bin, const char *out_path,
                                const mor_convert_params *p, mor_error *err) {
     int fd = open(model_bin, O_RDONLY);
@@ -373,8 +396,8 @@ mor_status mor_convert_llama2c(const char *model_bin, const char *tokenizer_bin,
     size_t size = (size_t)sb.st_size;
     if (size < 28) {
         close(fd);
-        return mor_fail(err, MOR_EFORMAT, "%s: %zu bytes is too short for a llama2.c header (28 bytes)",
-                        model_bin, size);
+        return mor_fail(err, MOR_EFORMAT, "%s: %zu byte%s too short for a llama2.c header (28 bytes)",
+                        model_bin, size, size == 1 ? " is" : "s are");
     }
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
@@ -388,42 +411,51 @@ mor_status mor_convert_llama2c(const char *model_bin, const char *tokenizer_bin,
     cfg.n_layers = hdr[2];
     cfg.n_heads = hdr[3];
     cfg.n_kv_heads = hdr[4];
-    cfg.vocab_size = hdr[5] < 0 ? -hdr[5] : hdr[5];
+    cfg.vocab_size = hdr[5] < 0 && hdr[5] != INT32_MIN ? -hdr[5] : hdr[5];
     cfg.tie_embeddings = hdr[5] > 0; /* llama2.c: a negative vocab size means an untied classifier */
     cfg.max_seq_len = hdr[6];
     cfg.head_dim = 0;
     cfg.bos_id = 1;
     cfg.eos_id = 2;
     char *tok = NULL, *tc = NULL;
-    mor_status st = mor_config_validate(&cfg, model_bin, err);
+    mor_status st = l2c_check_header(model_bin, hdr, err);
+    if (!st) st = mor_config_validate(&cfg, model_bin, err);
     l2c_source s = {.path = model_bin, .w = (const float *)((const char *)map + 28), .cfg = &cfg};
     if (!st) {
+        /* offsets in floats; a header whose sizes overflow is as wrong as
+         * one whose sizes disagree with the file */
         size_t D = (size_t)cfg.dim, F = (size_t)cfg.hidden_dim, L = (size_t)cfg.n_layers,
                V = (size_t)cfg.vocab_size, KV = (size_t)cfg.n_kv_heads * cfg.head_dim,
                HD = (size_t)cfg.head_dim, off = 0;
-        s.off_embed = off; off += V * D;
-        s.off_rms_att = off; off += L * D;
-        s.off_wq = off; off += L * D * D;
-        s.off_wk = off; off += L * KV * D;
-        s.off_wv = off; off += L * KV * D;
-        s.off_wo = off; off += L * D * D;
-        s.off_rms_ffn = off; off += L * D;
-        s.off_w1 = off; off += L * F * D;
-        s.off_w2 = off; off += L * D * F;
-        s.off_w3 = off; off += L * F * D;
-        s.off_rms_final = off; off += D;
-        off += (size_t)cfg.max_seq_len * HD; /* legacy freq_cis_real and freq_cis_imag, unused */
+        int ok = 1;
+        s.off_embed = off; ok = ok && add_floats(&off, V, D, 1);
+        s.off_rms_att = off; ok = ok && add_floats(&off, L, D, 1);
+        s.off_wq = off; ok = ok && add_floats(&off, L, D, D);
+        s.off_wk = off; ok = ok && add_floats(&off, L, KV, D);
+        s.off_wv = off; ok = ok && add_floats(&off, L, KV, D);
+        s.off_wo = off; ok = ok && add_floats(&off, L, D, D);
+        s.off_rms_ffn = off; ok = ok && add_floats(&off, L, D, 1);
+        s.off_w1 = off; ok = ok && add_floats(&off, L, F, D);
+        s.off_w2 = off; ok = ok && add_floats(&off, L, D, F);
+        s.off_w3 = off; ok = ok && add_floats(&off, L, F, D);
+        s.off_rms_final = off; ok = ok && add_floats(&off, D, 1, 1);
+        /* legacy freq_cis_real and freq_cis_imag, unused */
+        ok = ok && add_floats(&off, (size_t)cfg.max_seq_len, HD, 1);
         s.off_wcls = cfg.tie_embeddings ? s.off_embed : off;
-        if (!cfg.tie_embeddings) off += V * D;
+        if (!cfg.tie_embeddings) ok = ok && add_floats(&off, V, D, 1);
+        size_t bytes = 0;
+        ok = ok && add_floats(&bytes, off, 4, 1) && !__builtin_add_overflow(bytes, 28, &bytes);
+        char implied[32] = "more than 2^64 bytes";
+        if (ok) snprintf(implied, sizeof implied, "%zu", bytes);
         if (cfg.n_heads * cfg.head_dim != cfg.dim)
             st = mor_fail(err, MOR_EFORMAT, "%s: dim %d is not n_heads %d x head_dim", model_bin,
                           cfg.dim, cfg.n_heads);
-        else if (28 + off * 4 != size)
+        else if (!ok || bytes != size)
             st = mor_fail(err, MOR_EFORMAT,
                           "%s: file is %zu bytes, but the header (dim %d, hidden %d, layers %d, heads %d, "
-                          "kv heads %d, vocab %d, seq %d) implies %zu",
+                          "kv heads %d, vocab %d, seq %d) implies %s",
                           model_bin, size, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads,
-                          cfg.n_kv_heads, hdr[5], cfg.max_seq_len, 28 + off * 4);
+                          cfg.n_kv_heads, hdr[5], cfg.max_seq_len, implied);
     }
     if (!st) st = mor_tokenizer_json_from_llama2c(tokenizer_bin, cfg.vocab_size, &tok, &tc, err);
     if (!st) st = write_model(out_path, &cfg, tok, tc, l2c_read, &s, p, err);
@@ -660,8 +692,8 @@ static mor_status cast_read(void *src, const mor_tensor_spec *spec, float *dst, 
     if (!t) return mor_fail(err, MOR_EFORMAT, "%s: missing tensor '%s'", f->path, spec->name);
     size_t n = spec_numel(spec);
     if ((size_t)mor_st_numel(t) != n)
-        return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has %lld values, the config needs %zu",
-                        f->path, spec->name, (long long)mor_st_numel(t), n);
+        return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has %lld value%s, the config needs %zu",
+                        f->path, spec->name, (long long)mor_st_numel(t), mor_st_numel(t) == 1 ? "" : "s", n);
     if (t->dtype == MOR_ST_F32) {
         memcpy(dst, t->data, n * sizeof *dst);
     } else if (t->dtype == MOR_ST_BF16) {

@@ -166,9 +166,10 @@ static mor_status build_added(mor_tokenizer *t, mor_error *err) {
             size_t n;
             if (!have_sc && !(have_sc = tok_scratch_init(&sc, t)))
                 return mor_fail(err, MOR_ENOMEM, "%s: out of memory", t->name);
-            if (!tok_normalize(t, &sc, a->content, a->len, &s, &n) || !(a->norm = malloc(n + 1))) {
+            mor_status st = tok_normalize(t, &sc, a->content, a->len, &s, &n, err);
+            if (st || !(a->norm = malloc(n + 1))) {
                 tok_scratch_free(&sc);
-                return mor_fail(err, MOR_ENOMEM, "%s: out of memory", t->name);
+                return st ? st : mor_fail(err, MOR_ENOMEM, "%s: out of memory", t->name);
             }
             memcpy(a->norm, s, n);
             a->norm[n] = 0;
@@ -531,12 +532,11 @@ static mor_status encode_piece(const mor_tokenizer *t, tok_scratch *sc, const ch
                                int first, tok_ids *out, mor_error *err) {
     const char *ns = s;
     size_t nn = n;
-    if (t->n_norm > 0 && !tok_normalize(t, sc, s, n, &ns, &nn))
-        return mor_fail(err, MOR_ENOMEM, "%s: out of memory while normalizing", t->name);
+    mor_status st = t->n_norm > 0 ? tok_normalize(t, sc, s, n, &ns, &nn, err) : MOR_OK;
+    if (st) return st;
     if (t->norm_set.n == 0) return tok_pretokenize_encode(t, sc, ns, nn, first, out, err);
     /* ns lives in the normalizer buffers, which the stages below never touch. */
     segs sg = {0};
-    mor_status st = MOR_OK;
     if (!added_split(t, sc, &t->norm_set, ns, nn, &sg))
         st = mor_fail(err, MOR_ENOMEM, "%s: out of memory", t->name);
     for (size_t i = 0; st == MOR_OK && i < sg.n; i++) {
@@ -549,6 +549,10 @@ static mor_status encode_piece(const mor_tokenizer *t, tok_scratch *sc, const ch
     }
     free(sg.p);
     return st;
+}
+
+static mor_status oom(const mor_tokenizer *t, mor_error *err) {
+    return mor_fail(err, MOR_ENOMEM, "%s: out of memory while tokenizing", t->name);
 }
 
 mor_status mor_tokenize(const mor_tokenizer *t, const char *text, size_t len, int add_special,
@@ -568,19 +572,18 @@ mor_status mor_tokenize(const mor_tokenizer *t, const char *text, size_t len, in
     if (!tok_ids_push(&out, 0)) st = mor_fail(err, MOR_ENOMEM, "%s: out of memory", t->name);
     out.n = 0; /* out.p stays non-NULL for empty results */
     for (int i = 0; st == MOR_OK && add_special && i < t->n_tpl_pre; i++)
-        if (!tok_ids_push(&out, t->tpl_pre[i])) st = MOR_ENOMEM;
-    if (st == MOR_OK && !added_split(t, &sc, &t->raw_set, text, len, &sg)) st = MOR_ENOMEM;
+        if (!tok_ids_push(&out, t->tpl_pre[i])) st = oom(t, err);
+    if (st == MOR_OK && !added_split(t, &sc, &t->raw_set, text, len, &sg)) st = oom(t, err);
     for (size_t i = 0; st == MOR_OK && i < sg.n; i++) {
         seg g = sg.p[i];
         if (g.id >= 0) {
-            if (!tok_ids_push(&out, g.id)) st = MOR_ENOMEM;
+            if (!tok_ids_push(&out, g.id)) st = oom(t, err);
         } else {
             st = encode_piece(t, &sc, text + g.start, g.end - g.start, g.start == 0, &out, err);
         }
     }
     for (int i = 0; st == MOR_OK && add_special && i < t->n_tpl_post; i++)
-        if (!tok_ids_push(&out, t->tpl_post[i])) st = MOR_ENOMEM;
-    if (st == MOR_ENOMEM) mor_fail(err, MOR_ENOMEM, "%s: out of memory while tokenizing", t->name);
+        if (!tok_ids_push(&out, t->tpl_post[i])) st = oom(t, err);
     tok_scratch_free(&sc);
     free(sg.p);
     if (st != MOR_OK) {

@@ -250,9 +250,10 @@ mor_status tok_parse_normalizer(mor_tokenizer *t, struct json_t *j, const char *
 mor_status tok_parse_pretokenizer(mor_tokenizer *t, struct json_t *j, const char *path,
                                   mor_error *err);
 void tok_free_pretok(mor_tokenizer *t);
-/* Normalizes s[0..n) into out (a scratch buffer); returns 0 on a failure. */
-int tok_normalize(const mor_tokenizer *t, tok_scratch *sc, const char *s, size_t n,
-                  const char **out, size_t *out_len);
+/* Normalizes s[0..n) into out (a scratch buffer). Fails on memory or on a
+ * Replace regex that PCRE2 gives up on (match limit). */
+mor_status tok_normalize(const mor_tokenizer *t, tok_scratch *sc, const char *s, size_t n,
+                         const char **out, size_t *out_len, mor_error *err);
 /* Runs the pre-tokenizer on s and the BPE model on every piece, appending
  * ids. first: s starts the original text (Metaspace prepend_scheme first). */
 mor_status tok_pretokenize_encode(const mor_tokenizer *t, tok_scratch *sc, const char *s, size_t n,

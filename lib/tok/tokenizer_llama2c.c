@@ -46,17 +46,25 @@ static mor_status read_pieces(const char *path, int vocab_size, sp_piece **out, 
     size_t len;
     mor_status st = mor_read_file(path, &buf, &len, err);
     if (st) return st;
-    size_t at = 4, cap = vocab_size > 0 ? (size_t)vocab_size : 1024;
-    sp_piece *p = calloc(cap, sizeof *p);
+    /* every token takes 8 bytes at least (score, length), so the file bounds
+     * the count before anything is allocated for it */
+    size_t at = 4, fits = len < 4 ? 0 : (len - 4) / 8;
+    if (len < 4) st = mor_fail(err, MOR_EFORMAT, "%s: shorter than its 4-byte header", path);
+    else if (vocab_size > 0 && (size_t)vocab_size > fits)
+        st = mor_fail(err, MOR_EFORMAT, "%s: truncated: %zu bytes cannot hold %d tokens (8 bytes each at least)",
+                      path, len, vocab_size);
+    size_t cap = vocab_size > 0 ? (size_t)vocab_size : fits < 1024 ? fits + 1 : 1024;
+    sp_piece *p = st ? NULL : calloc(cap, sizeof *p);
     int n = 0;
-    if (!p) st = mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
-    if (!st && len < 4) st = mor_fail(err, MOR_EFORMAT, "%s: shorter than its 4-byte header", path);
+    if (!st && !p) st = mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
     while (!st && (vocab_size > 0 ? n < vocab_size : at < len)) {
         float score;
         int32_t l;
         if (len - at < 8) {
-            st = mor_fail(err, MOR_EFORMAT, "%s: token %d: truncated at byte %zu (expected %d tokens)",
-                          path, n, at, vocab_size);
+            char want[48] = "";
+            if (vocab_size > 0)
+                snprintf(want, sizeof want, " (expected %d token%s)", vocab_size, vocab_size == 1 ? "" : "s");
+            st = mor_fail(err, MOR_EFORMAT, "%s: token %d: truncated at byte %zu%s", path, n, at, want);
             break;
         }
         memcpy(&score, buf + at, 4);

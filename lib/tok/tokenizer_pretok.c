@@ -420,18 +420,31 @@ static int norm_lowercase(const char *s, size_t n, tok_buf *dst) {
     return 1;
 }
 
-int tok_normalize(const mor_tokenizer *t, tok_scratch *sc, const char *s, size_t n,
-                  const char **out, size_t *out_len) {
+static mor_status oom(const mor_tokenizer *t, mor_error *err) {
+    return mor_fail(err, MOR_ENOMEM, "%s: out of memory while tokenizing", t->name);
+}
+
+/* A regex that failed on a text (PCRE2's match or depth limit, say), in
+ * PCRE2's words: the text is the problem, not memory. */
+static mor_status regex_fail(const mor_tokenizer *t, const char *what, int rc, mor_error *err) {
+    char msg[256];
+    if (pcre2_get_error_message(rc, (PCRE2_UCHAR *)msg, sizeof msg) < 0)
+        snprintf(msg, sizeof msg, "unknown error");
+    return mor_fail(err, MOR_EARG, "%s: %s regex failed: %s (PCRE2 error %d)", t->name, what, msg, rc);
+}
+
+mor_status tok_normalize(const mor_tokenizer *t, tok_scratch *sc, const char *s, size_t n,
+                         const char **out, size_t *out_len, mor_error *err) {
     const char *cur = s;
     size_t cn = n;
     for (int k = 0; k < t->n_norm; k++) {
         const norm_op *op = &t->norm[k];
         tok_buf *dst = &sc->norm[k & 1];
         dst->n = 0;
-        if (!tok_buf_reserve(dst, cn)) return 0;
+        if (!tok_buf_reserve(dst, cn)) return oom(t, err);
         if (op->kind == NORM_PREPEND) {
             if (cn > 0 && (!tok_buf_put(dst, op->str, op->str_len) || !tok_buf_put(dst, cur, cn)))
-                return 0;
+                return oom(t, err);
         } else if (op->kind == NORM_REPLACE) {
             size_t pos = 0, prev = 0, ms, me;
             int r;
@@ -439,17 +452,18 @@ int tok_normalize(const mor_tokenizer *t, tok_scratch *sc, const char *s, size_t
                                              pos, &ms, &me)) > 0) {
                 if (me > ms && (!tok_buf_put(dst, cur + prev, ms - prev) ||
                                 !tok_buf_put(dst, op->str, op->str_len)))
-                    return 0;
+                    return oom(t, err);
                 if (me > ms) prev = me;
                 pos = re_advance(cur, cn, ms, me);
             }
-            if (r < 0 || !tok_buf_put(dst, cur + prev, cn - prev)) return 0;
+            if (r < 0) return regex_fail(t, "normalizer Replace", r, err);
+            if (!tok_buf_put(dst, cur + prev, cn - prev)) return oom(t, err);
         } else if (op->kind == NORM_UNICODE) {
-            if (!norm_unicode(op, cur, cn, dst)) return 0;
+            if (!norm_unicode(op, cur, cn, dst)) return oom(t, err);
         } else if (op->kind == NORM_STRIP_ACCENTS) {
-            if (!norm_strip_accents(cur, cn, dst)) return 0;
+            if (!norm_strip_accents(cur, cn, dst)) return oom(t, err);
         } else if (op->kind == NORM_LOWERCASE) {
-            if (!norm_lowercase(cur, cn, dst)) return 0;
+            if (!norm_lowercase(cur, cn, dst)) return oom(t, err);
         } else { /* NORM_STRIP */
             size_t a = 0, b = cn;
             int len;
@@ -461,14 +475,14 @@ int tok_normalize(const mor_tokenizer *t, tok_scratch *sc, const char *s, size_t
                 if (!tok_is_whitespace(tok_utf8_decode(cur + p, b - p, &len))) break;
                 b = p;
             }
-            if (!tok_buf_put(dst, cur + a, b - a)) return 0;
+            if (!tok_buf_put(dst, cur + a, b - a)) return oom(t, err);
         }
         cur = dst->p;
         cn = dst->n;
     }
     *out = cur;
     *out_len = cn;
-    return 1;
+    return MOR_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -476,10 +490,6 @@ int tok_normalize(const mor_tokenizer *t, tok_scratch *sc, const char *s, size_t
 
 static mor_status run_stage(const mor_tokenizer *t, tok_scratch *sc, int level, const char *s,
                             size_t n, int first, tok_ids *out, mor_error *err);
-
-static mor_status oom(const mor_tokenizer *t, mor_error *err) {
-    return mor_fail(err, MOR_ENOMEM, "%s: out of memory while tokenizing", t->name);
-}
 
 /* The split state machine: pieces [a, b) of s arrive in order with is_match;
  * pending holds a piece that may still grow. HF SplitDelimiterBehavior. */
@@ -551,9 +561,7 @@ static mor_status run_split(const mor_tokenizer *t, tok_scratch *sc, int level, 
         prev = me;
         pos = re_advance(s, n, ms, me);
     }
-    if (rc < 0)
-        return mor_fail(err, MOR_EARG, "%s: pre-tokenizer regex failed (PCRE2 error %d)", t->name,
-                        rc);
+    if (rc < 0) return regex_fail(t, "pre-tokenizer Split", rc, err);
     if (n > prev && (r = split_piece(t, sc, level, &ss, s, prev, n, 0, first, out, err))) return r;
     if (ss.have) return split_emit(t, sc, level, s, ss.ps, ss.pe, first, out, err);
     return MOR_OK;
