@@ -402,6 +402,14 @@ static void test_llama2c_errors(void **state) {
      * allocated for it (it was calloc'ed: 32 GiB for INT32_MAX) */
     assert_int_equal(mor_tokenizer_json_from_llama2c(path, INT32_MAX, &j, &c, &e), MOR_EFORMAT);
     check_msg(&e, "100 bytes cannot hold 2147483647 tokens");
+    /* a piece holding a NUL byte: tokenizer.json could not hold it as a
+     * vocabulary key (the converted file used to fail to load) */
+    static const unsigned char nul_tok[] = {8, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 'a', 0, 'b'};
+    f = fopen(path, "wb");
+    fwrite(nul_tok, 1, sizeof nul_tok, f);
+    fclose(f);
+    assert_int_equal(mor_tokenizer_json_from_llama2c(path, 0, &j, &c, &e), MOR_EFORMAT);
+    check_msg(&e, "token 0: a NUL byte at byte 13");
     free(bin);
 }
 

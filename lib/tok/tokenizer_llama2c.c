@@ -83,6 +83,14 @@ static mor_status read_pieces(const char *path, int vocab_size, sp_piece **out, 
                           at - (size_t)l + bad);
             break;
         }
+        /* a vocabulary key of tokenizer.json cannot hold NUL (llama2.c
+         * spells byte 0 as the text "<0x00>") */
+        const char *nul = memchr(s, 0, (size_t)l);
+        if (nul) {
+            st = mor_fail(err, MOR_EFORMAT, "%s: token %d: a NUL byte at byte %zu", path, n,
+                          at - (size_t)l + (size_t)(nul - s));
+            break;
+        }
         if ((size_t)n == cap) {
             sp_piece *q = realloc(p, 2 * cap * sizeof *q);
             if (!q) {
