@@ -1,5 +1,6 @@
 /* bench_mor.c - generation speed and memory of a MoR model next to the
- * vanilla model of the same shape (spec 7, 9.2), on random weights.
+ * vanilla model of the same shape (docs/algorithms.md#depth-wise-batching;
+ * the paper's claims: docs/training.md#efficiency-claims), on random weights.
  *
  *   bench_mor vanilla|mor|recursive THREADS [prompt=64] [decode=256] [config|-] [batch=1]
  *

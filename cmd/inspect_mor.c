@@ -1,7 +1,9 @@
 /* inspect_mor.c - the MoR part of `mor-inspect MODEL.mor`: which physical
- * layer every unrolled position uses (spec 2), the routers (spec 3, 4),
- * unique vs unrolled parameter counts, and forward FLOPs and KV-cache bytes
- * per token under each KV strategy the model could run with (spec 5, Table 2).
+ * layer every unrolled position uses (docs/algorithms.md#sharing-strategies),
+ * the routers (docs/algorithms.md#expert-choice, #token-choice), unique vs
+ * unrolled parameter counts, and forward FLOPs and KV-cache bytes per token
+ * under each KV strategy the model could run with (docs/algorithms.md#kv-bytes,
+ * paper Table 2).
  * Every number comes from lib/mor_cost.h, so the report and the tests of the
  * cost model cannot disagree. */
 #include <math.h>

@@ -759,7 +759,8 @@ int main(int argc, char **argv) {
     mor_context_params cp = mor_context_default_params();
     cp.n_ctx = (int)o.n_ctx;
     cp.n_threads = (int)o.threads;
-    cp.routing = MOR_ROUTE_CAUSAL; /* spec decision 2: generation is always causal */
+    /* decision 2 (docs/algorithms.md#decision-2): generation is always causal */
+    cp.routing = MOR_ROUTE_CAUSAL;
     int n_r = mor_model_num_recursion(m);
     if (n_r > 0) cli_log("routing: causal (MoR, N_R = %d)", n_r);
     tracer tr;

@@ -121,7 +121,8 @@ MOR_API int mor_token_to_bytes(const mor_tokenizer *t, int32_t prev, int32_t id,
 /* ------------------------------------------------------------------------ */
 /* Contexts: the run state of one sequence (KV cache, scratch buffers).     */
 
-/* How a MoR model routes tokens (spec 3.7, decision 2). causal: every token
+/* How a MoR model routes tokens (docs/algorithms.md#causal-routing and
+ * #decision-2). causal: every token
  * decides alone (expert-choice: continue at step r while sigmoid(z_r) >= 0.5,
  * step 1 always runs; token-choice: argmax depth), so incremental decoding
  * equals a full-sequence forward. topk: expert-choice picks the top
@@ -227,7 +228,8 @@ MOR_API int32_t mor_sampler_sample(mor_sampler *s, float *logits, const int32_t 
 typedef enum { MOR_DTYPE_F32 = 0, MOR_DTYPE_BF16 = 1 } mor_out_dtype;
 
 /* How the shared layers of a recursive model are taken from a pretrained
- * model's layers (Relaxed Recursive Transformers' options, spec section 2). */
+ * model's layers (Relaxed Recursive Transformers' options,
+ * docs/algorithms.md#layer-initialisation). */
 typedef enum { MOR_FROM_CONFIG = -1, MOR_LAYERS_RANDOM = 0, MOR_LAYERS_STEPWISE, MOR_LAYERS_AVERAGE,
                MOR_LAYERS_LOWER, MOR_LAYERS_UPPER } mor_layer_init;
 

@@ -1,6 +1,7 @@
 /* test_config.c - YAML schema, HF config.json import/export, validation,
- * the layer-sharing maps of spec section 2, the MoR / kv_sharing / train keys
- * of spec section 10 and every file in configs/. */
+ * the layer-sharing maps (docs/algorithms.md#sharing-strategies), the MoR /
+ * kv_sharing / train keys (docs/algorithms.md#config-keys) and every file in
+ * configs/. */
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,7 +143,7 @@ static void test_hf_json(void **state) {
     }
 }
 
-/* Spec section 2's mapping table for the 360M model. */
+/* The mapping table of docs/algorithms.md#sharing-strategies for the 360M model. */
 static void check_map(mor_sharing s, int L, int R, int n_phys, const int *expect) {
     mor_config c;
     mor_config_defaults(&c);
@@ -198,7 +199,7 @@ static void test_sharing_maps(void **state) {
     check_map(MOR_SHARE_MIDDLE_SEQUENCE, 32, 2, 17, e);
 }
 
-/* ---- MoR, kv_sharing and train keys (spec 10) ---------------------------- */
+/* ---- MoR, kv_sharing and train keys (docs/algorithms.md#config-keys) ----- */
 
 /* Every key set to a value other than its default. */
 static const char *ALL_KEYS =
@@ -258,7 +259,8 @@ static void test_mor_keys(void **state) {
     assert_int_equal(c.train.grad_accum, 8);
     assert_int_equal(c.train.eval_every, 50);
 
-    /* defaults: the paper's final settings, coeff per spec decision 4 */
+    /* defaults: the paper's final settings, coeff per decision 4
+     * (docs/algorithms.md#decision-4) */
     mor_config d = parse_ok("model:\n  num_hidden_layers: 32\nrecursive:\n  enable: true\n"
                             "  num_recursion: 3\n  sharing: middle_cycle\nmor:\n  enable: true\n");
     assert_int_equal(d.mor.type, MOR_ROUTING_EXPERT);
@@ -438,7 +440,8 @@ static void test_round_trip_all_keys(void **state) {
 }
 
 /* Every file in configs/ parses, round-trips and has the shape its name says
- * (spec 1.2 and 2: 360M N_R=4 has 34 layers, 135M N_R=3 has 32). */
+ * (docs/algorithms.md#model-shapes, #sharing-strategies: 360M N_R=4 has 34
+ * layers, 135M N_R=3 has 32). */
 static void test_configs_dir(void **state) {
     (void)state;
     DIR *d = opendir("configs");

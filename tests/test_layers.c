@@ -383,11 +383,13 @@ static void test_attention_fd(void **state) {
     }
 }
 
-/* The subset semantics of spec §5.1: attention over the compacted subset
- * must equal full attention over the whole sequence with the inactive keys
- * masked out, which a full-size run gives when their V rows are irrelevant.
- * Checked directly: each subset query's output is a convex combination of
- * the subset's V rows only, against a double-precision reference. */
+/* The subset semantics of recursion-wise caching
+ * (docs/algorithms.md#recursion-wise-caching): attention over the compacted
+ * subset must equal full attention over the whole sequence with the inactive
+ * keys masked out, which a full-size run gives when their V rows are
+ * irrelevant. Checked directly: each subset query's output is a convex
+ * combination of the subset's V rows only, against a double-precision
+ * reference. */
 static void test_attention_subset_reference(void **state) {
     (void)state;
     const int n = 6, NH = 2, KVH = 1, HD = 4;

@@ -1,6 +1,7 @@
 /* test_mor_cost.c - tensors, parameter counts, FLOPs and KV-cache bytes of
- * lib/mor_cost.c against the spec's invariants (spec 1.2, 2, 3.3, 5.1, 6.3,
- * 11.1 and "Quick invariants"), using the model configs in configs/. */
+ * lib/mor_cost.c against the numbers of docs/algorithms.md (#model-shapes,
+ * #sharing-strategies, #capacity, #kv-bytes, #flops, #attention-tying and the
+ * invariants of #cost-model), using the model configs in configs/. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +26,7 @@ static void revalidate(mor_config *c) {
 static void test_param_counts(void **state) {
     (void)state;
     mor_param_count p;
-    /* spec 1.2: 9,832,320 per layer, 32 layers + final norm */
+    /* docs/algorithms.md#model-shapes: 9,832,320 per layer, 32 layers + final norm */
     mor_config v = load("360m-vanilla");
     mor_cost_params(&v, &p);
     assert_int_equal(p.layer, 9832320);
@@ -51,7 +52,8 @@ static void test_param_counts(void **state) {
     assert_int_equal(p.unique, 17LL * 9832320 + 960 + 2 * 960);
     mor_cost_params(&m4, &p);
     assert_int_equal(p.unique, 10LL * 9832320 + 960 + 4 * 960);
-    /* spec 11.1: per-step attention (the released code) gives ~167M / 204M / 157M */
+    /* docs/algorithms.md#attention-tying: per-step attention (the released code)
+     * gives ~167M / 204M / 157M */
     const int64_t untied[3] = {204016320, 167143680, 157310400};
     mor_config *ms[3] = {&m2, &m3, &m4};
     for (int i = 0; i < 3; i++) {
@@ -169,7 +171,8 @@ static void test_tensor_names(void **state) {
 
 static void test_k_per_step(void **state) {
     (void)state;
-    /* spec 3.3's table, through the FLOP accounting's active counts */
+    /* the table of docs/algorithms.md#capacity, through the FLOP accounting's
+     * active counts */
     const char *names[3] = {"360m-mor-expert-r2", "360m-mor-expert-r3", "360m-mor-expert-r4"};
     const int want[3][4] = {{2048, 1024}, {2048, 1365, 682}, {2048, 1536, 1024, 512}};
     for (int i = 0; i < 3; i++) {
@@ -184,7 +187,7 @@ static void test_k_per_step(void **state) {
 static void test_kv_bytes(void **state) {
     (void)state;
     mor_kv_cost kv;
-    /* spec 5.1, bf16, 360M: 1,280 B per layer per token */
+    /* docs/algorithms.md#kv-bytes, bf16, 360M: 1,280 B per layer per token */
     mor_config v = load("360m-vanilla");
     mor_cost_kv(&v, 2, &kv);
     assert_int_equal(kv.strategy, MOR_KV_VANILLA);
@@ -265,9 +268,9 @@ static void test_flops(void **state) {
     assert_int_equal(f.active[1], 10);
     assert_float_equal(f.routers, 2.0 * 64 * 3, 1e-9);
 
-    /* spec 6.3: the MoR/vanilla step counts of the 16.5e18 runs follow the
-     * per-token cost without the head (the paper's constant is unknown; the
-     * ratios agree within 0.4%) */
+    /* docs/training.md#step-counts: the MoR/vanilla step counts of the 16.5e18
+     * runs follow the per-token cost without the head (docs/algorithms.md#flops;
+     * the paper's constant is unknown; the ratios agree within 0.4%) */
     mor_config v360 = load("360m-vanilla");
     mor_cost_flops(&v360, 2048, &f);
     const char *names[3] = {"360m-mor-expert-r2", "360m-mor-expert-r3", "360m-mor-expert-r4"};

@@ -1,5 +1,6 @@
 /* test_mor_rand.c - inference of expert-choice MoR models trained with
- * mor.rand_router: true (the random-router ablation, spec 10), through
+ * mor.rand_router: true (the random-router ablation,
+ * docs/algorithms.md#random-router), through
  * lib/mor_forward.c.
  *
  * Such a model has no router weights: the score of a candidate at step r

@@ -181,7 +181,8 @@ static void test_schedules(void **state) {
         for (int t = 0; t < 12; t++) got[c * 12 + t] = mor_capacity_warmup(cs[c], t, tw[c]);
     expect_values("capacity", got, cap, 36);
 
-    /* the reference MoR-3 run (spec §6.3): 14161 steps, warm-up 86, decay 2832 */
+    /* the reference MoR-3 run (docs/training.md#step-counts): 14161 steps,
+     * warm-up 86, decay 2832 */
     assert_true(mor_lr_wsd(0, 86, 2832, 14161, peak) == 0.0);
     assert_true(mor_lr_wsd(86, 86, 2832, 14161, peak) == peak);
     assert_true(mor_lr_wsd(14161 - 2832, 86, 2832, 14161, peak) == peak);

@@ -1,7 +1,8 @@
 /* test_router.c - the routing decisions of lib/router.c against hand-made
- * cases: capacities (spec 3.3 table), top-k with ties and short candidate
- * lists, hierarchical filtering over three steps, the causal decode rule,
- * token-choice depths with a balancing bias, router logits and metrics. */
+ * cases: capacities (the table of docs/algorithms.md#capacity), top-k with
+ * ties and short candidate lists, hierarchical filtering over three steps,
+ * the causal decode rule, token-choice depths with a balancing bias, router
+ * logits and metrics. */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -15,7 +16,7 @@
 
 static void test_capacity_k(void **state) {
     (void)state;
-    /* spec 3.3: k per step at n = 2048 */
+    /* docs/algorithms.md#capacity: k per step at n = 2048 */
     const double R2[] = {1.0, 1.0 / 2}, R3[] = {1.0, 2.0 / 3, 1.0 / 3},
                  R4[] = {1.0, 3.0 / 4, 2.0 / 4, 1.0 / 4};
     const int k2[] = {2048, 1024}, k3[] = {2048, 1365, 682}, k4[] = {2048, 1536, 1024, 512};

@@ -98,9 +98,10 @@ static void fixture_data(const fixture *fx, mor_train_data *d) {
     for (size_t i = 0; i < rows; i++) d->perm[i] = (uint32_t)i;
 }
 
-/* Loss of step 1 (the sum over its micro-batches), without gradients. With
- * an aux router (spec 3.5) its BCE reads detached states, so the gradient of
- * every other tensor is that of the loss without it: pass detach = 1. */
+/* Loss of step 1 (the sum over its micro-batches), without gradients. With an
+ * aux router (docs/algorithms.md#aux-router) its BCE reads detached states,
+ * so the gradient of every other tensor is that of the loss without it: pass
+ * detach = 1. */
 static double step1_loss(mor_train_model *m, const fixture *fx, int detach) {
     mor_train_pass p = {.backward = 0, .warmup = 1, .ce_norm = (double)fx->G * fx->B * (fx->n - 1),
                         .aux_scale = fx->G};

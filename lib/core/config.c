@@ -171,7 +171,8 @@ void mor_config_defaults(mor_config *c) {
     c->sharing = MOR_SHARE_NONE;
     c->ln_share = 1;
     c->rec_init = MOR_INIT_RANDOM;
-    /* mor.*: the final paper configs (spec 10), expert coeff per decision 4 */
+    /* mor.*: the paper's final configs (docs/algorithms.md#config-keys), the
+     * expert coeff per decision 4 (docs/algorithms.md#decision-4) */
     c->mor.type = MOR_ROUTING_EXPERT;
     c->mor.capacity_auto = 1;
     c->mor.router_type = MOR_ROUTER_LINEAR;
@@ -192,7 +193,7 @@ void mor_config_defaults(mor_config *c) {
     c->mor.token.coeff = 0.1f;
     c->mor.token.u = 1e-3f;
     c->mor.token.gating = MOR_GATING_WEIGHTED;
-    /* train.*: spec 6.2 */
+    /* train.*: docs/training.md#optimizer */
     c->train.learning_rate = 3e-3f;
     c->train.adam_beta1 = 0.9f;
     c->train.adam_beta2 = 0.95f;
@@ -802,7 +803,7 @@ static mor_status validate_mor(mor_config *c, const char *source, const int *lin
         return mor_fail(err, MOR_ECONFIG,
                         "%s: recursive.sharing: MoR needs cycle or middle_cycle, got %s",
                         AT("recursive.sharing"), enum_to_name(sharing_names, c->sharing));
-    if (!expert && c->sharing == MOR_SHARE_CYCLE) /* spec 11.11 */
+    if (!expert && c->sharing == MOR_SHARE_CYCLE) /* docs/algorithms.md#token-choice */
         return mor_fail(err, MOR_ECONFIG,
                         "%s: mor.type: token-choice routing needs recursive.sharing: middle_cycle "
                         "(it runs on the output of the first unique layer)",

@@ -1,8 +1,8 @@
 /* config.h - the model config: shape, RoPE, and (for recursive/MoR models)
  * sharing, routing and KV strategy, plus the training hyper-parameters.
  * Stored as YAML text in every .mor file; the schema is man/mor-config.5,
- * the algorithms behind each key are in mor-spec, the MoR reference specification (section 10
- * lists the keys of the reference code). */
+ * the algorithms behind each key are explained in docs/algorithms.md
+ * (docs/algorithms.md#config-keys lists the keys of the reference code). */
 #ifndef MOR_CONFIG_H
 #define MOR_CONFIG_H
 
@@ -56,13 +56,13 @@ typedef struct mor_config {
     int ln_share;            /* 0: every use of a shared layer has its own norms */
     mor_rec_init rec_init;   /* recursive.initialization */
 
-    /* kv_sharing.* (spec 5.2) */
+    /* kv_sharing.* (docs/algorithms.md#kv-sharing) */
     struct {
         int enable;          /* steps r >= 2 reuse the first recursion's K/V */
         int update_cache;    /* hybrid: refresh the selected positions (expert only) */
     } kv;
 
-    /* mor.* (spec 3, 4) */
+    /* mor.* (docs/algorithms.md#expert-choice, #token-choice) */
     struct {
         int enable;
         mor_routing type;
@@ -84,8 +84,9 @@ typedef struct mor_config {
             int include_first;           /* logging only */
             mor_gating gating;
             int untie_attention;         /* own q/k/v/o per step (the released code) */
-            /* sampling: aux_router's own AdamW (spec 3.5): lr = scale x the
-             * scheduled lr, its weight decay, its own gradient clipping */
+            /* sampling: aux_router's own AdamW (docs/algorithms.md#aux-router):
+             * lr = scale x the scheduled lr, its weight decay, its own
+             * gradient clipping */
             float aux_lr_scale, aux_weight_decay, aux_max_grad_norm;
         } expert;
         struct {
@@ -99,7 +100,8 @@ typedef struct mor_config {
         } token;
     } mor;
 
-    /* train.* (spec 6.2; read by the trainer, carried along in checkpoints) */
+    /* train.* (docs/training.md#optimizer; read by the trainer, carried along in
+     * checkpoints) */
     struct {
         float learning_rate;     /* peak */
         float adam_beta1, adam_beta2, adam_eps;

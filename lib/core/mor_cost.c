@@ -1,7 +1,8 @@
 /* mor_cost.c - tensors, parameter counts, forward FLOPs and KV-cache bytes of
  * a config (see mor_cost.h). The tensor list is the single definition of the
  * MoR checkpoint names; the parameter counts are sums over it, so the names
- * and the counts the tests check (spec 1.2, 2, 11) cannot drift apart. */
+ * and the counts the tests check (docs/algorithms.md#model-shapes,
+ * #sharing-strategies, #attention-tying) cannot drift apart. */
 #include "mor_cost.h"
 
 #include <math.h>

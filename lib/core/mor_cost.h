@@ -1,7 +1,8 @@
 /* mor_cost.h - what a config costs: its tensors (names and shapes, the MoR
  * checkpoint naming of man/mor-config.5), parameter counts, forward FLOPs per
- * token (spec 6.3 / paper App. D) and KV-cache bytes per token (spec 5). All
- * from the config alone; nothing is loaded. */
+ * token (docs/algorithms.md#flops, paper App. D) and KV-cache bytes per token
+ * (docs/algorithms.md#kv-bytes). All from the config alone; nothing is
+ * loaded. */
 #ifndef MOR_COST_H
 #define MOR_COST_H
 
@@ -73,9 +74,9 @@ void mor_cost_params(const mor_config *c, mor_param_count *out);
 /* ---- forward FLOPs per token -------------------------------------------------- */
 
 /* Kaplan-style forward FLOPs per token, averaged over a sequence of n tokens
- * (spec 6.3, paper App. D): 2 FLOPs per weight per token for every matmul
- * (norms and element-wise ops are not counted); attention QK^T and AV,
- * 2*H*HD FLOPs each per (query, key) pair, over the causal triangle
+ * (docs/algorithms.md#flops, paper App. D): 2 FLOPs per weight per token for
+ * every matmul (norms and element-wise ops are not counted); attention QK^T
+ * and AV, 2*H*HD FLOPs each per (query, key) pair, over the causal triangle
  * including the diagonal. A step that runs on m of the n tokens costs:
  *   matmuls     m/n of a full layer;
  *   attention   recursion-wise cache: m(m+1)/2 pairs (the (k/n)^2 of Table 2);
@@ -116,7 +117,8 @@ typedef struct mor_kv_cost {
 } mor_kv_cost;
 
 mor_kv_strategy mor_cost_kv_strategy(const mor_config *c);
-/* At the nominal capacities (spec 5.1); bytes_per_elem = 2 for bf16. */
+/* At the nominal capacities (docs/algorithms.md#kv-bytes); bytes_per_elem = 2
+ * for bf16. */
 void mor_cost_kv(const mor_config *c, int bytes_per_elem, mor_kv_cost *out);
 
 #endif

@@ -1,4 +1,5 @@
-/* router.c - MoR routing decisions (spec sections 3 and 4); see router.h.
+/* router.c - MoR routing decisions (docs/algorithms.md#expert-choice,
+ * #token-choice); see router.h.
  *
  * The rules here are the ones the reference fixtures
  * (tests/gen/ref_mor.py) implement, so the C forward pass, the trainer and

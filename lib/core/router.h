@@ -1,9 +1,10 @@
 /* router.h - MoR routing decisions as pure functions over plain arrays
- * (spec sections 3 and 4): how many tokens a step keeps, which ones
- * (expert-choice top-k or the causal threshold), the token-choice depth of
- * each token, the loss-free balancing bias, router logits (linear or MLP)
- * and the router health metrics. No allocation, no state: the forward pass,
- * the trainer and the tools share these so they route identically.
+ * (docs/algorithms.md#expert-choice, #token-choice): how many tokens a step
+ * keeps, which ones (expert-choice top-k or the causal threshold), the
+ * token-choice depth of each token, the loss-free balancing bias, router logits
+ * (linear or MLP) and the router health metrics. No allocation, no state: the
+ * forward pass, the trainer and the tools share these so they route
+ * identically.
  *
  * Conventions: positions are 0-based indices into the full sequence of n
  * tokens; steps r are 1-based as in the paper (r = 1..N_R). Matrices are
@@ -18,8 +19,8 @@
 /* ---- capacity -------------------------------------------------------- */
 
 /* Tokens kept per sequence at a step of capacity c: max(1, floor(c*n)) in
- * double, n = the FULL sequence length (spec 3.3, 11.13): floor(2/3 * 2048)
- * = 1365. n <= 0 gives 0. */
+ * double, n = the FULL sequence length (docs/algorithms.md#capacity):
+ * floor(2/3 * 2048) = 1365. n <= 0 gives 0. */
 int mor_route_k(double c, int n);
 /* k_r for every step r = 1..N_R of a config (mor.capacity) into k[r-1]. */
 void mor_route_k_steps(const mor_config *c, int n, int *k /* (N_R) */);
@@ -30,24 +31,24 @@ void mor_route_k_steps(const mor_config *c, int n, int *k /* (N_R) */);
  * (MOR_FUNC_NONE). z is the router output already divided by mor.temp. */
 float mor_route_gate(mor_router_func f, float alpha, float z);
 
-/* Top-k selection of one step (spec 3.3). cand holds the n_cand candidate
- * positions in ascending order (C_1 = 0..n-1, C_r = S_{r-1}); gate[i] is the
- * gate of cand[i]. Keeps the min(k, n_cand) largest gates; equal gates go to
- * the lower position, NaN counts as the smallest. Returns the count m and
- * writes sel[0..m) = the kept candidate INDICES (into cand and gate) in
- * ascending order, which is also ascending position order; pos[0..m) (may
- * be NULL) = the kept positions. sel must have room for n_cand entries: it
- * is the sort workspace. */
+/* Top-k selection of one step (docs/algorithms.md#expert-step). cand holds the
+ * n_cand candidate positions in ascending order (C_1 = 0..n-1, C_r = S_{r-1});
+ * gate[i] is the gate of cand[i]. Keeps the min(k, n_cand) largest gates; equal
+ * gates go to the lower position, NaN counts as the smallest. Returns the count
+ * m and writes sel[0..m) = the kept candidate INDICES (into cand and gate) in
+ * ascending order, which is also ascending position order; pos[0..m) (may be
+ * NULL) = the kept positions. sel must have room for n_cand entries: it is the
+ * sort workspace. */
 int mor_route_topk(int32_t *sel,        /* (n_cand) workspace; out (m) */
                    int32_t *pos,        /* (m) or NULL */
                    const int32_t *cand, /* (n_cand) ascending positions */
                    const float *gate,   /* (n_cand) */
                    int n_cand, int k);
 
-/* The causal (decode) rule of spec 3.7 / decision 2: at step 1 every
- * candidate runs; at step r >= 2 a candidate continues iff z >= 0, which is
- * sigmoid(z) >= 0.5 (and tanh(z) >= 0) without the rounding of sigmoid near
- * 0.5. z = raw logit (divided by temp). */
+/* The causal (decode) rule (docs/algorithms.md#causal-routing, #decision-2): at
+ * step 1 every candidate runs; at step r >= 2 a candidate continues iff z >= 0,
+ * which is sigmoid(z) >= 0.5 (and tanh(z) >= 0) without the rounding of sigmoid
+ * near 0.5. z = raw logit (divided by temp). */
 int mor_route_causal_continues(int r, float z);
 /* Applies that rule to n_cand candidates; same outputs as mor_route_topk. */
 int mor_route_causal(int32_t *sel,        /* (n_cand) out (m) */
@@ -56,10 +57,11 @@ int mor_route_causal(int32_t *sel,        /* (n_cand) out (m) */
                      const float *z,      /* (n_cand) */
                      int n_cand, int r);
 
-/* Random router (mor.rand_router, the ablation of spec 10 / Table 13): the
- * score of a candidate is u in [0, 1), gate alpha*u, chosen by top-k like a
- * learned router's gates. u is a pure function of (seed, a, b, c), so the
- * trainer, the inference engine and the PyTorch reference draw the same
+/* Random router (mor.rand_router, the ablation of paper Table 13;
+ * docs/algorithms.md#random-router): the score of a candidate is u in [0, 1),
+ * gate alpha*u, chosen by top-k like a learned router's gates. u is a pure
+ * function of (seed, a, b, c), so the trainer, the inference engine and the
+ * PyTorch reference draw the same
  * numbers without sharing RNG state:
  *   mix(z) = splitmix64's finaliser; h = mix(seed ^ 0x9e3779b97f4a7c15);
  *   h = mix(h + a); h = mix(h + b); h = mix(h + c); u = (h >> 40) * 2^-24.
@@ -75,7 +77,7 @@ int mor_route_rand_continues(int r, float u, const double *capacity /* (N_R) */)
 
 /* ---- token-choice ------------------------------------------------------ */
 
-/* Depth assignment (spec 4.1), per token t of T:
+/* Depth assignment (docs/algorithms.md#token-choice), per token t of T:
  *   p = alpha*softmax(z_t) (or alpha*sigmoid(z_t) elementwise),
  *   sel = argmax_j (p[j] + bias[j]) (first j on ties), depth = sel + 1,
  *   gate = p[sel] (the UNBIASED probability).
@@ -92,7 +94,8 @@ void mor_route_token_assign(int32_t *depth,    /* (T) 1..K */
 void mor_route_depth_ratio(double *ratio,        /* (K) */
                            const int32_t *depth, /* (T) */
                            int T, int K);
-/* Loss-free balancing after an optimizer step (spec 4.2):
+/* Loss-free balancing after an optimizer step
+ * (docs/algorithms.md#loss-free-balancing):
  * bias[i] += u * sign(mean_j ratio[j] - ratio[i]), sign(0) = 0. */
 void mor_route_bias_update(float *bias,         /* (K) */
                            const double *ratio, /* (K) */
@@ -100,8 +103,9 @@ void mor_route_bias_update(float *bias,         /* (K) */
 
 /* ---- router networks ----------------------------------------------------- */
 
-/* z = W (x / temp) for T rows (spec 3.2): the expert-choice router (K = 1)
- * or the token-choice router (K = N_R). Dot products accumulate in double. */
+/* z = W (x / temp) for T rows (docs/algorithms.md#routers): the expert-choice
+ * router (K = 1) or the token-choice router (K = N_R). Dot products accumulate
+ * in double. */
 void mor_route_linear_logits(float *z,       /* (T, K) */
                              const float *x, /* (T, D) raw residual stream */
                              const float *W, /* (K, D) */
@@ -114,7 +118,7 @@ void mor_route_mlp_logits(float *z,        /* (T, K) */
                           const float *W2, /* (K, 2D) */
                           int T, int D, int K, float temp);
 
-/* ---- metrics (spec 8, 4.2) ----------------------------------------------- */
+/* ---- metrics (docs/algorithms.md#router-metrics) -------------------------- */
 
 /* Dead-token ratio: the fraction of positions p in [0, n) that no sequence
  * of the batch selected at the last step (last_mask[b*n + p] != 0 = selected). */

@@ -532,8 +532,9 @@ static mor_status reshape_read(void *src, const mor_tensor_spec *spec, float *ds
     }
 }
 
-/* Chooses the source layer of every physical layer (spec section 2's
- * initialisation options; -1 = average of the tied positions). */
+/* Chooses the source layer of every physical layer (the initialisation
+ * options of docs/algorithms.md#layer-initialisation; -1 = average of the
+ * tied positions). */
 static void choose_source_layers(reshape_source *r) {
     const mor_config *c = r->target;
     int P = mor_config_n_phys_layers(c), off = mor_config_rec_offset(c), base = mor_config_base_depth(c);

@@ -1,9 +1,10 @@
 /* mor_kv.c - per-layer KV caches that grow in blocks, and attention over
  * them (see mor_forward.h).
  *
- * A MoR model stores a token's K/V only in the layers it reached (spec 5.1),
- * so the deep layers of a recursion block hold fewer entries than the
- * shallow ones. Each layer's cache is a small block table: a block holds
+ * A MoR model stores a token's K/V only in the layers it reached
+ * (docs/algorithms.md#recursion-wise-caching), so the deep layers of a
+ * recursion block hold fewer entries than the shallow ones. Each layer's cache
+ * is a small block table: a block holds
  * `block` consecutive entries (K rows, V rows, original positions) in one
  * allocation, and a new block is allocated only when the layer's last one
  * is full. The memory in use is then the number of tokens that reached each

@@ -63,9 +63,9 @@ int mor_kv_count_upto(const mor_kv *kv, int l, int32_t p);
  * layer l, KV head kvh: softmax(q.k_j * scale) v_j, online over blocks. */
 void mor_kv_attend(float *out, const float *q, const mor_kv *kv, int l, int kvh, int n_kv,
                    float scale);
-/* The same over the union by position of entries 0..n_base-1 of layer
- * l_base and 0..n_over-1 of layer l_over, taking l_over's K/V where both
- * hold a position (KV sharing with update_cache, spec 5.2). */
+/* The same over the union by position of entries 0..n_base-1 of layer l_base
+ * and 0..n_over-1 of layer l_over, taking l_over's K/V where both hold a
+ * position (KV sharing with update_cache, docs/algorithms.md#kv-hybrid). */
 void mor_kv_attend_merged(float *out, const float *q, const mor_kv *kv, int l_base, int n_base,
                           int l_over, int n_over, int kvh, float scale);
 /* att (T, H*HD) for T query rows q (T, H*HD) over layer l, row t seeing

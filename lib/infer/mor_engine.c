@@ -1,5 +1,6 @@
 /* mor_engine.c - the engine of recursive and MoR models: the forward pass
- * over recursion-wise KV caches (spec sections 2-5 and 7; context.h).
+ * over recursion-wise KV caches (docs/algorithms.md, #sharing-strategies to
+ * #kv-caches and #depth-wise-batching; context.h).
  *
  * An eval call runs its n tokens stage by stage. A stage is a run of
  * unrolled layers over a fixed set of the call's tokens:
@@ -31,18 +32,20 @@
  * one at a time or in any chunking gives the same logits as one call. In
  * topk mode each eval call is one sequence for the selection (the eval tools
  * feed whole sequences); its tokens still attend to the cached tokens of
- * earlier calls that reached the same depth. With mor.sampling aux_router
- * the causal rule asks the auxiliary router (spec 3.5), the gate stays the
- * main router's. A top-k capacity c_1 < 1 leaves some tokens at depth 0.
+ * earlier calls that reached the same depth. With mor.sampling aux_router the
+ * causal rule asks the auxiliary router (docs/algorithms.md#aux-router), the
+ * gate stays the main router's. A top-k capacity c_1 < 1 leaves some tokens at
+ * depth 0.
  *
- * KV caches (lib/mor_kv.c): each unrolled layer stores the K/V of the
- * tokens that ran it, at their original positions, and a token attends to
- * the entries at positions <= its own: at step r exactly the tokens that
- * reached r (spec 5.1). Under KV sharing (spec 5.2) a step r >= 2 layer
- * stores nothing and attends to the recursion-1 entries of the same block
- * layer (every token runs step 1); with update_cache (hybrid) it stores its
- * fresh K/V of the tokens that reach it, and those replace the recursion-1
- * ones at their positions, so a later call sees what one long call would. */
+ * KV caches (lib/mor_kv.c): each unrolled layer stores the K/V of the tokens
+ * that ran it, at their original positions, and a token attends to the entries
+ * at positions <= its own: at step r exactly the tokens that reached r
+ * (docs/algorithms.md#recursion-wise-caching). Under KV sharing
+ * (docs/algorithms.md#kv-sharing) a step r >= 2 layer stores nothing and
+ * attends to the recursion-1 entries of the same block layer (every token runs
+ * step 1); with update_cache (hybrid) it stores its fresh K/V of the tokens
+ * that reach it, and those replace the recursion-1 ones at their positions, so
+ * a later call sees what one long call would. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -138,7 +141,7 @@ static mor_status check_model(const mor_model *m, mor_error *err) {
     if (cfg->mor.enable && cfg->mor.rand_router && cfg->mor.type == MOR_ROUTING_TOKEN)
         return mor_fail(err, MOR_EUNSUPPORTED,
                         "mor_context_new: mor.rand_router with mor.type: token: the random router "
-                        "is an expert-choice ablation only (spec 10); token-choice has no rule for it");
+                        "is an expert-choice ablation only; token-choice has no rule for it");
     int R = cfg->num_recursion, base = mor_config_base_depth(cfg), off = mor_config_rec_offset(cfg);
     if (R < 1 || base < 1 || off + R * base > cfg->n_layers)
         return mor_fail(err, MOR_ECONFIG,
@@ -241,8 +244,9 @@ static int layer_step(const struct mor_recur_state *st, int l) {
     return (l - st->off) / st->base + 1;
 }
 
-/* KV sharing's cache slot (spec 5.2): the recursion-1 position of the same
- * block layer, off + (l - off) mod base, for Cycle and Middle-Cycle alike. */
+/* KV sharing's cache slot (docs/algorithms.md#kv-sharing): the recursion-1
+ * position of the same block layer, off + (l - off) mod base, for Cycle and
+ * Middle-Cycle alike. */
 static kv_policy layer_policy(const mor_context *c, int l, int *slot) {
     const struct mor_recur_state *st = c->mor;
     *slot = l;
@@ -419,11 +423,12 @@ static float router_activation(mor_router_func f, float z) {
     return f == MOR_FUNC_SIGMOID ? 1.0f / (1.0f + expf(-z)) : f == MOR_FUNC_TANH ? tanhf(z) : z;
 }
 
-/* mor.rand_router (the random-router ablation of spec 10): candidate j of
- * step r gets the score u = mor_route_rand_score(train.seed, MOR_RAND_INFER,
- * 0, r << 32 | position) in [0, 1) and the gate alpha*u. The score is a pure
- * function of the step and the token's ABSOLUTE position (pos0 + call
- * index), never of the call, so causal mode routes a token the same however
+/* mor.rand_router (the random-router ablation,
+ * docs/algorithms.md#random-router): candidate j of step r gets the score u =
+ * mor_route_rand_score(train.seed, MOR_RAND_INFER, 0, r << 32 | position) in
+ * [0, 1) and the gate alpha*u. The score is a pure function of the step and the
+ * token's ABSOLUTE position (pos0 + call index), never of the call, so causal
+ * mode routes a token the same however
  * the context is fed. Causal mode keeps the candidates with
  * u >= 1 - c_r/c_{r-1} (mor_route_rand_continues: on average the share of
  * candidates top-k keeps); topk mode takes the k_r largest gates of the
@@ -479,7 +484,8 @@ static int expert_select(mor_context *c, int pos0, int n, int nc, int r) {
                 : mor_route_causal(st->sel, NULL, st->cand, st->aux_z, nc, r);
 }
 
-/* Expert-choice recursion steps over the call's n tokens (spec 3.3, 3.7). */
+/* Expert-choice recursion steps over the call's n tokens
+ * (docs/algorithms.md#expert-step, #causal-routing). */
 static mor_status expert_steps(mor_context *c, int pos0, int n) {
     struct mor_recur_state *st = c->mor;
     const mor_config *cfg = &c->m->cfg;
@@ -492,8 +498,9 @@ static mor_status expert_steps(mor_context *c, int pos0, int n) {
         int l0 = st->off + (r - 1) * st->base, l1 = l0 + st->base;
         mor_status s;
         if (cfg->kv.enable && r == 1 && ns < nc) {
-            /* KV sharing needs every token's recursion-1 K/V (spec 5.2: the
-             * reference runs the whole sequence through the block), so with
+            /* KV sharing needs every token's recursion-1 K/V
+             * (docs/algorithms.md#kv-sharing: the reference runs the whole
+             * sequence through the block), so with
              * c_1 < 1 the unselected tokens run step 1 too but keep their h */
             memset(st->keep, 0, (size_t)nc);
             for (int i = 0; i < ns; i++) st->keep[st->sel[i]] = 1;
@@ -518,7 +525,8 @@ static mor_status expert_steps(mor_context *c, int pos0, int n) {
     return MOR_OK;
 }
 
-/* Token-choice: one router on h^1 sets every depth (spec 4.1). */
+/* Token-choice: one router on h^1 sets every depth
+ * (docs/algorithms.md#token-choice). */
 static mor_status token_steps(mor_context *c, int pos0, int n) {
     struct mor_recur_state *st = c->mor;
     const mor_model *m = c->m;
@@ -606,8 +614,9 @@ static mor_status recur_eval(mor_context *c, const int32_t *tokens, int n, float
 
 /* Every recursion step runs once for the contexts whose token reached it:
  * a shared block's weights are read once per step for the whole group
- * instead of once per context (spec 7's depth-wise batching, for one
- * decode step of many sequences). Each token routes exactly as a one-token
+ * instead of once per context (depth-wise batching,
+ * docs/algorithms.md#depth-wise-batching, for one decode step of many
+ * sequences). Each token routes exactly as a one-token
  * call of its own context would, and attends to its own caches. */
 static mor_status batch_forward(mor_context *sc, mor_context **cs, const int32_t *tokens, int T) {
     struct mor_recur_state *ss = sc->mor;

@@ -29,10 +29,10 @@
  *   - Matrices follow the Hugging Face layout: a Linear's weight W is (OUT, IN)
  *     and y = x W^T.
  *
- * The MoR pieces follow /work/shared/mor-spec.md: §3 (expert-choice router,
- * gate, BCE aux loss, z-loss), §4 (token-choice softmax router, balancing
- * loss, z-loss) and §5 (attention over a compacted active subset, or against
- * a shared full-sequence K/V). The linear routers (d->1 and d->N_R) are plain
+ * The MoR pieces follow docs/algorithms.md: #expert-choice (router, gate, BCE
+ * aux loss, z-loss), #token-choice (softmax router, balancing loss, z-loss)
+ * and #kv-caches (attention over a compacted active subset, or against a
+ * shared full-sequence K/V). The linear routers (d->1 and d->N_R) are plain
  * mor_matmul_* calls with OUT = 1 or N_R and no bias. */
 #ifndef MOR_LAYERS_H
 #define MOR_LAYERS_H
@@ -89,7 +89,8 @@ void mor_matmul_backward(float *dinp,       /* (T, IN) */
                          int T, int IN, int OUT);
 
 /* ------------------------------------------------------------------------ */
-/* RoPE, rotate-half layout (dimension i pairs with i + HD/2), spec §1.1     */
+/* RoPE, rotate-half layout (dimension i pairs with i + HD/2)               */
+/* (docs/algorithms.md#base-model)                                          */
 
 /* inv_freq[i] = theta^(-2i/HD) for i < HD/2, in float32 as transformers
  * computes it. Scaled variants (Llama-3) are a different table: the rope
@@ -112,17 +113,18 @@ void mor_rope_backward(float *dinp,           /* (T, NH*HD) */
                        int T, int NH, int HD);
 
 /* ------------------------------------------------------------------------ */
-/* Causal GQA attention of ONE sequence, spec §5                            */
+/* Causal GQA attention of ONE sequence, docs/algorithms.md#kv-caches       */
 /*
  * Query i attends key j iff kpos[j] <= qpos[i]. Both position lists must be
  * ascending; NULL means 0, 1, 2, ... Query head h reads kv head h / (NH/KVH).
  * Scale 1/sqrt(HD). q and k already carry RoPE.
- *   - full causal attention:          qpos = kpos = NULL, Tq = Tk = n;
- *   - recursion-wise cache (§5.1):    the active rows of the sequence, compacted
- *     in original order, qpos = kpos = their original positions, Tq = Tk;
- *   - recursive KV sharing (§5.2):    queries of the active rows with qpos =
- *     their positions, against the first recursion's K/V of the whole sequence
- *     (kpos = NULL, Tk = n).
+ *   - full causal attention: qpos = kpos = NULL, Tq = Tk = n;
+ *   - recursion-wise caching (docs/algorithms.md#recursion-wise-caching): the
+ *     active rows of the sequence, compacted in original order, qpos = kpos =
+ *     their original positions, Tq = Tk;
+ *   - recursive KV sharing (docs/algorithms.md#kv-sharing): queries of the
+ *     active rows with qpos = their positions, against the first recursion's
+ *     K/V of the whole sequence (kpos = NULL, Tk = n).
  * A query with no visible key (cannot happen in the cases above) outputs 0.
  * The probabilities are kept in att, zero where masked, for the backward. */
 void mor_attention_forward(float *out,           /* (Tq, NH*HD) */
@@ -180,7 +182,7 @@ void mor_crossentropy_backward(float *dlogits,        /* (T, V) */
                                int T, int V, float norm, float dloss);
 
 /* ------------------------------------------------------------------------ */
-/* Routers (spec §3.2, §4.1)                                                */
+/* Routers (docs/algorithms.md#routers, #token-choice)                      */
 
 /* MLP router: z = W2 gelu(W1 x), no biases; W1 (2C, C), W2 (K, 2C).
  * pre and act (the GELU input and output) are kept for the backward. */
@@ -225,7 +227,7 @@ void mor_softmax_backward(float *dz,       /* (T, K) */
 /* ------------------------------------------------------------------------ */
 /* Router losses                                                            */
 
-/* BCE with logits on the raw router logits (spec §3.4):
+/* BCE with logits on the raw router logits (docs/algorithms.md#aux-loss):
  * loss = sum_t [max(z,0) - z*y + log(1 + exp(-|z|))] / norm, y in {0, 1}
  * (any value in [0, 1] works). norm = batch * |C_r| gives the mean over the
  * candidates. */
@@ -236,15 +238,15 @@ void mor_bce_logits_backward(float *dz, const float *z, const float *y, size_t N
                              float dloss);
 
 /* Router z-loss: sum_t logsumexp(z_t)^2 / norm over rows of K logits; for
- * K = 1 that is sum z^2 / norm (spec §3.6 and §4.2). */
+ * K = 1 that is sum z^2 / norm (docs/algorithms.md#z-loss). */
 double mor_zloss_forward(const float *z, /* (T, K) */
                          int T, int K, float norm);
 void mor_zloss_backward(float *dz, /* (T, K) */
                         const float *z, int T, int K, float norm, float dloss);
 
-/* Token-choice balancing loss (spec §4.2): sum_i P_i f_i with
- * P_i = sum_t p[t, i] / norm. f is a constant (not differentiated); norm is
- * the micro-batch token count (times the grad-accum factor, if wanted). */
+/* Token-choice balancing loss (docs/algorithms.md#balancing): sum_i P_i f_i
+ * with P_i = sum_t p[t, i] / norm. f is a constant (not differentiated); norm
+ * is the micro-batch token count (times the grad-accum factor, if wanted). */
 double mor_balance_loss_forward(const float *p, /* (T, K) */
                                 const float *f, /* (K) */
                                 int T, int K, float norm);
@@ -256,7 +258,8 @@ void mor_balance_fractions(float *f,            /* (K) */
                            int T, int K);
 
 /* ------------------------------------------------------------------------ */
-/* Active subsets: compaction and the gated scatter back (spec §3.3, §4.1)   */
+/* Active subsets: compaction and the gated scatter back                    */
+/* (docs/algorithms.md#expert-step, #token-choice)                          */
 
 /* Writes the indices of the nonzero mask entries, ascending; returns how many. */
 int mor_mask_to_index(int32_t *idx,          /* (n) at most */

@@ -1,7 +1,7 @@
 /* layers_attn.c - causal GQA attention of one sequence, forward and backward,
- * with the key set chosen by positions (spec §5): full causal, a compacted
- * active subset at its original positions, or active queries against the
- * whole sequence's shared K/V.
+ * with the key set chosen by positions (docs/algorithms.md#kv-caches): full
+ * causal, a compacted active subset at its original positions, or active
+ * queries against the whole sequence's shared K/V.
  *
  * Because both position lists are ascending, the keys that query i sees are
  * always a prefix k[0 .. vis(i)) of the key rows. Every head is computed in

@@ -1,8 +1,9 @@
 /* layers_router.c - the MoR router pieces and their losses, forward and
  * backward: the MLP router, the gate activations, the token-choice softmax,
  * BCE-with-logits (the expert-choice auxiliary loss), the router z-loss and
- * the token-choice balancing loss. Spec §3.2-3.6 and §4.1-4.2; shapes and
- * conventions in layers.h.
+ * the token-choice balancing loss: docs/algorithms.md#expert-choice (#routers
+ * to #z-loss) and #token-choice (with #balancing); shapes and conventions in
+ * layers.h.
  *
  * Router arrays are small (T rows of K <= N_R logits), so these loops run on
  * one thread; the losses sum in double, in row order. */

@@ -1,6 +1,6 @@
 /* optim.h - the optimizer side of training: AdamW, global-norm gradient
  * clipping, learning-rate schedules and the MoR capacity warm-up
- * (spec §6.2, §3.3).
+ * (docs/training.md#optimizer, docs/algorithms.md#capacity-warmup).
  *
  * Parameters, gradients and the two AdamW moments are flat float arrays with
  * the same layout (llm.c style). A table of spans says where each parameter
@@ -55,7 +55,8 @@ void mor_adamw_step(float *params, const float *grads, float *m, float *v,
  * as grad_norm); max_norm 0 only measures. */
 float mor_clip_grad_norm(float *grads, size_t n, float max_norm);
 /* The same over the parameters of a span table only: one optimizer's share
- * of the flat array (the aux routers of spec 3.5 are clipped on their own). */
+ * of the flat array (the aux routers, docs/algorithms.md#aux-router, are
+ * clipped on their own). */
 float mor_clip_grad_norm_spans(float *grads, const mor_param_span *spans, int n_spans,
                                float max_norm);
 
@@ -86,9 +87,9 @@ double mor_lr_cosine(long step, long warmup, long total, double peak, double min
 double mor_lr_cosine_deepspeed(long it, long warmup, long total, double peak,
                                double warmup_min_ratio, double cos_min_ratio, int log_warmup);
 
-/* MoR capacity warm-up (spec §3.3): c(t) = c + (1 - c) * 0.5 * (1 + cos(pi *
- * min(1, t/Tw))), cosine from 1.0 down to c over Tw forward calls; Tw <= 0
- * (the default) returns c. */
+/* MoR capacity warm-up (docs/algorithms.md#capacity-warmup):
+ * c(t) = c + (1 - c) * 0.5 * (1 + cos(pi * min(1, t/Tw))), cosine from 1.0
+ * down to c over Tw forward calls; Tw <= 0 (the default) returns c. */
 double mor_capacity_warmup(double c, long t, long Tw);
 
 #endif

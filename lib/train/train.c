@@ -117,8 +117,9 @@ void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *s
                            .eps = c->train.adam_eps, .weight_decay = c->train.weight_decay};
     st->grad_norm = mor_clip_grad_norm_spans(m->grads, m->spans, m->n_spans, c->train.max_grad_norm);
     if (m->n_aux_spans) {
-        /* spec 3.5: the aux routers are a second optimizer ("sam_optimizer"),
-         * clipped on their own, at a multiple of the same schedule */
+        /* docs/algorithms.md#aux-router: the aux routers are a second optimizer
+         * ("sam_optimizer"), clipped on their own, at a multiple of the same
+         * schedule */
         st->aux_grad_norm = mor_clip_grad_norm_spans(m->grads, m->aux_spans, m->n_aux_spans,
                                                      c->mor.expert.aux_max_grad_norm);
         mor_adamw_params ap = hp;

@@ -20,13 +20,14 @@
  * "Packed rows": the rows a step runs on, sequence after sequence; sequence b
  * owns rows [off[b], off[b] + cnt[b]), ascending original positions pos[].
  *
- * Semantics (mor-spec, the MoR reference specification): §1 (Llama), §2 (sharing), §3
- * (expert-choice: per-step router on the raw hidden state of the candidates,
- * top-k per row, h <- h + g B(h)), §4 (token-choice: one router on h^1,
- * out = h^1 + g B^d(h^1)), §5 (recursion-wise cache: attention among a step's
- * active tokens; KV sharing: steps r >= 2 read recursion 1's K/V, optionally
- * with fresh K/V at the selected positions), §6.4 with decision 4: the CE and
- * every auxiliary loss are means over the whole optimizer step. */
+ * Semantics (docs/algorithms.md): #base-model (Llama), #sharing-strategies,
+ * #expert-choice (per-step router on the raw hidden state of the candidates,
+ * top-k per row, h <- h + g B(h)), #token-choice (one router on h^1,
+ * out = h^1 + g B^d(h^1)), #kv-caches (recursion-wise cache: attention among
+ * a step's active tokens; KV sharing: steps r >= 2 read recursion 1's K/V,
+ * optionally with fresh K/V at the selected positions), #loss-normalisation
+ * with #decision-4: the CE and every auxiliary loss are means over the whole
+ * optimizer step. */
 #ifndef MOR_TRAIN_H
 #define MOR_TRAIN_H
 
@@ -53,7 +54,8 @@ typedef struct train_acts {
     int M;       /* rows per sequence this position can hold */
     int Mk;      /* keys per sequence its attention reads: M, or n when shared */
     int kv_src;  /* position whose K/V the attention reads: itself, or the
-                  * recursion-1 position of the same block layer (§5.2) */
+                  * recursion-1 position of the same block layer
+                  * (docs/algorithms.md#kv-sharing) */
     int is_src;  /* 1 if later positions read this position's K/V */
     float *x;    /* (B*M, C) input; the previous position's out inside a segment */
     float *ln1;  /* (B*M, C) input RMSNorm */
@@ -94,7 +96,8 @@ typedef struct train_seg {
     int ncand;     /* candidates per sequence in this forward (same for every row) */
     int nkept;     /* candidates each sequence keeps in this forward */
     int run_all;   /* 1: the rows are ALL candidates, only the kept ones take the
-                    * output (KV sharing with c_1 < 1, spec 5.2); 0: the kept ones */
+                    * output (KV sharing with c_1 < 1,
+                    * docs/algorithms.md#kv-sharing); 0: the kept ones */
     int32_t *cand; /* (B*Nc) candidate positions, ascending per sequence */
     int32_t *sel;  /* (B*Nc) top-k workspace; first nkept = kept candidate indices */
     float *hin;    /* (B*Nc, C) router input: h / temp */
@@ -109,7 +112,7 @@ typedef struct train_seg {
     int32_t *prev; /* (B*M) each row's row in the previous step's packed rows */
 } train_seg;
 
-/* Router statistics of one micro-batch (spec §8, §4.2). */
+/* Router statistics of one micro-batch (docs/algorithms.md#router-metrics). */
 typedef struct mor_train_router_stats {
     double depth[MOR_MAX_RECURSION]; /* tokens that ran exactly r+1 recursions */
     double acc_hits, acc_count;      /* expert: (z >= 0) == selected, over candidates
@@ -137,7 +140,7 @@ typedef struct mor_train_pass {
     long forward_call;  /* training forward calls before this one (warm-up clock) */
     double ce_norm;     /* CE divisor: target tokens of the whole optimizer step */
     double aux_scale;   /* micro-batches per optimizer step: aux-loss divisors are
-                         * multiplied by it (spec decision 4) */
+                         * multiplied by it (docs/algorithms.md#decision-4) */
 } mor_train_pass;
 
 typedef struct mor_train_model {
@@ -157,7 +160,8 @@ typedef struct mor_train_model {
     size_t rw1[MOR_MAX_RECURSION], rw2[MOR_MAX_RECURSION]; /* routers: linear weight,
                             * or MLP fc1/fc2; token-choice uses index 0 */
     size_t arw1[MOR_MAX_RECURSION], arw2[MOR_MAX_RECURSION]; /* aux routers, same */
-    int aux_router;        /* expert sampling: aux_router (spec 3.5) */
+    int aux_router;        /* expert sampling: aux_router
+                            * (docs/algorithms.md#aux-router) */
     mor_param_span *aux_spans; /* (n_aux_spans) the aux routers: their own AdamW */
     int n_aux_spans;       /* spans[] then holds every other trainable tensor */
     size_t bal_bias;       /* (R) loss-free balancing bias, or SIZE_MAX */
@@ -218,8 +222,9 @@ mor_status mor_train_model_new(mor_train_model *m, const mor_config *cfg, int B,
                                mor_error *err);
 void mor_train_model_free(mor_train_model *m);
 
-/* Hugging Face Llama init (spec 6.2): every matrix and router N(0,
- * initializer_range), RMSNorm weights 1, buffers 0; deterministic in seed. */
+/* Hugging Face Llama init (docs/training.md#initialisation): every matrix and
+ * router N(0, initializer_range), RMSNorm weights 1, buffers 0; deterministic
+ * in seed. */
 void mor_train_model_init_weights(mor_train_model *m, uint64_t seed);
 /* Copies weights from a .mor checkpoint: every tensor of the config must be
  * present with its shape (F32 or BF16), and no other. */
@@ -288,7 +293,7 @@ typedef struct mor_train_data_opts {
 
 /* Reads every file, joins documents with EOS (a text file's documents as
  * o->split cuts them; a shard already holds its separators), and cuts the
- * stream into rows of n tokens with no BOS (spec 6.1). */
+ * stream into rows of n tokens with no BOS (docs/training.md#data). */
 mor_status mor_train_data_load(mor_train_data *d, const mor_train_data_opts *o, mor_error *err);
 void mor_train_data_free(mor_train_data *d);
 /* Copies the next B training rows into rows (B, n); a new epoch reshuffles

@@ -1,11 +1,10 @@
-/* train_data.c - training tokens: token shards (man/mor-shard.5) or UTF-8
- * text tokenized on the fly, packed as the reference does (spec 6.1): each
- * document's ids followed by EOS, concatenated, cut into rows of exactly n
- * tokens, no BOS, positions 0..n-1 in every row. The last val_fraction of
- * the rows (or a separate file) is held out for validation; the training
- * rows are visited in a fresh permutation every epoch, drawn from the seed
- * and the epoch number alone, so a saved (epoch, cursor) is the whole
- * position. */
+/* train_data.c - training tokens: token shards (man/mor-shard.5) or UTF-8 text
+ * tokenized on the fly, packed as the reference does (docs/training.md#data):
+ * each document's ids followed by EOS, concatenated, cut into rows of exactly n
+ * tokens, no BOS, positions 0..n-1 in every row. The last val_fraction of the
+ * rows (or a separate file) is held out for validation; the training rows are
+ * visited in a fresh permutation every epoch, drawn from the seed and the epoch
+ * number alone, so a saved (epoch, cursor) is the whole position. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /* train_layer.c - one Llama decoder layer, forward and backward, over the
- * packed rows of a segment (spec §1.1, §5):
+ * packed rows of a segment (docs/algorithms.md#base-model, #kv-caches):
  *
  *   ln1  = RMSNorm(x)                 q, k, v = ln1 Wq^T, ln1 Wk^T, ln1 Wv^T
  *   q, k = RoPE at the rows' ORIGINAL positions
@@ -9,13 +9,15 @@
  *   out  = res1 + fh Wd^T
  *
  * Keys of a sequence's attention:
- *   - its own rows (vanilla, unique layers, recursion-wise caching §5.1): the
- *     query at position i sees the rows at positions <= i, so a MoR step
- *     attends only among its active tokens;
- *   - KV sharing (§5.2, positions with kv_src != l): the recursion-1 K/V of
- *     the same block layer for all n tokens; this position computes no K/V of
- *     its own, except with update_cache (the hybrid), where its fresh K/V
- *     replace the shared ones at its own rows for this attention only.
+ *   - its own rows (vanilla, unique layers, recursion-wise caching,
+ *     docs/algorithms.md#recursion-wise-caching): the query at position i sees
+ *     the rows at positions <= i, so a MoR step attends only among its active
+ *     tokens;
+ *   - KV sharing (docs/algorithms.md#kv-sharing, positions with kv_src != l):
+ *     the recursion-1 K/V of the same block layer for all n tokens; this
+ *     position computes no K/V of its own, except with update_cache (the
+ *     hybrid), where its fresh K/V replace the shared ones at its own rows for
+ *     this attention only.
  * Gradients to shared K/V accumulate in the source position's dk_acc/dv_acc,
  * which the source's own backward (later, since it ran first) consumes. */
 #include <omp.h>

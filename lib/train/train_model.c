@@ -169,7 +169,7 @@ static mor_status build_segments(mor_train_model *m, mor_error *err) {
     if (!m->segs || !m->acts) return mor_fail(err, MOR_ENOMEM, "trainer: out of memory");
     if (c->mor.enable && c->mor.rand_router && c->mor.type != MOR_ROUTING_EXPERT)
         return mor_fail(err, MOR_EUNSUPPORTED,
-                        "trainer: mor.rand_router is an expert-choice ablation (spec 10); "
+                        "trainer: mor.rand_router is an expert-choice ablation; "
                         "token-choice needs a learned router");
     if (!c->mor.enable) {
         m->segs[0] = (train_seg){.l0 = 0, .nl = L, .step = 0, .M = n};
@@ -189,7 +189,8 @@ static mor_status build_segments(mor_train_model *m, mor_error *err) {
                 /* most candidates: everyone, or what the previous step can keep */
                 int warm = c->mor.expert.cap_warmup_step > 0;
                 s->Nc = r == 1 || warm ? n : k[r - 2];
-                /* KV sharing runs every candidate of step 1 (spec 5.2) */
+                /* KV sharing runs every candidate of step 1
+                 * (docs/algorithms.md#kv-sharing) */
                 if (!warm && !(c->kv.enable && r == 1)) s->M = k[r - 1];
             }
         }

@@ -3,15 +3,16 @@
  * routers), the final norm and the tied head with the cross-entropy.
  *
  * The MoR idea lives in expert_forward / token_forward and their backwards:
- *   expert-choice (spec §3.3): at step r the router scores the candidates
- *     C_r = S_{r-1} on their raw hidden state, each row keeps its top
- *     k_r = max(1, floor(c_r n)) by gate (hierarchical filtering), the shared
- *     block runs on the kept rows only (compacted, at original positions),
- *     and h <- h + g B(h) for them; BCE on the raw logits teaches the router
- *     the top-k decision (the causal decode rule of §3.7);
- *   token-choice (spec §4.1): one router on h^1 picks each token's depth;
- *     step r runs the tokens with depth >= r (no gate in between), and a
- *     token leaving at depth d gets out = h^1 + g B^d(h^1).
+ *   expert-choice (docs/algorithms.md#expert-step): at step r the router
+ *     scores the candidates C_r = S_{r-1} on their raw hidden state, each row
+ *     keeps its top k_r = max(1, floor(c_r n)) by gate (hierarchical
+ *     filtering), the shared block runs on the kept rows only (compacted, at
+ *     original positions), and h <- h + g B(h) for them; BCE on the raw logits
+ *     teaches the router the top-k decision (the causal decode rule,
+ *     docs/algorithms.md#causal-routing);
+ *   token-choice (docs/algorithms.md#token-choice): one router on h^1 picks
+ *     each token's depth; step r runs the tokens with depth >= r (no gate in
+ *     between), and a token leaving at depth d gets out = h^1 + g B^d(h^1).
  * Every loss is a sum divided by its share of the optimizer step (decision
  * 4): CE over the step's targets, each aux loss over the step's tokens or
  * candidates, so summing micro-batches gives the step's mean. */
@@ -89,7 +90,7 @@ static void router_backward(mor_train_model *m, float *dx, const float *dz, cons
 }
 
 /* ======================================================================== */
-/* Expert-choice step (spec §3.3-3.6)                                       */
+/* Expert-choice step (docs/algorithms.md#expert-step to #z-loss)           */
 
 static void expert_forward(mor_train_model *m, int si, int B, const mor_train_pass *p,
                            mor_train_losses *out) {
@@ -171,7 +172,8 @@ static void expert_forward(mor_train_model *m, int si, int B, const mor_train_pa
     }
     /* auxiliary losses over the candidates (means over the optimizer step):
      * the BCE teaches the main router the top-k mask, or under aux_router a
-     * second router fed the detached candidates (spec 3.4, 3.5) */
+     * second router fed the detached candidates (docs/algorithms.md#aux-loss,
+     * #aux-router) */
     float norm = (float)(p->aux_scale * TC);
     const float *zacc = s->z;
     if (m->aux_router) {
@@ -269,7 +271,7 @@ static void expert_backward(mor_train_model *m, int si, int B, const mor_train_p
 }
 
 /* ======================================================================== */
-/* Token-choice block (spec §4.1-4.2)                                       */
+/* Token-choice block (docs/algorithms.md#token-choice, #balancing)         */
 
 static void token_forward(mor_train_model *m, int B, const mor_train_pass *p,
                           mor_train_losses *out) {

@@ -169,8 +169,8 @@ def mor_seeds():
 def text_seeds():
     for y in ["tiny-vanilla", "tiny-recursive-r2", "tiny-mor-expert-r3-kvshare", "tiny-mor-token-r3",
               "train-mor-small"]:
-        with open(f"configs/{y}.yaml", "rb") as f:  # comments naming paths outside the repository dropped
-            put("config_yaml", f"{y}.yaml", b"".join(l for l in f.readlines() if b"mor-spec" not in l))
+        with open(f"configs/{y}.yaml", "rb") as f:  # the "# Schema: ..." pointer comment dropped
+            put("config_yaml", f"{y}.yaml", b"".join(l for l in f.readlines() if not l.startswith(b"# Schema: ")))
     copy("config_hf", "tests/data/stories260K-hf/config.json")
     put("config_hf", "llama3_gqa.json", json.dumps({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 64,

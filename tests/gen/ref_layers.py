@@ -189,10 +189,12 @@ def subset(n, hi):
 def case_attention():
     # full causal, one kv head for two query heads (MQA), positions implicit
     attn_case("attn_full", 12, 12, 2, 1, 8, None, None)
-    # §5.1: compacted active subset at non-contiguous original positions
+    # recursion-wise caching (docs/algorithms.md#recursion-wise-caching):
+    # compacted active subset at non-contiguous original positions
     pos = subset(10, 41)
     attn_case("attn_subset", 10, 10, 4, 2, 8, pos, pos)
-    # §5.2: active queries against the whole sequence's K/V
+    # KV sharing (docs/algorithms.md#kv-sharing): active queries against the
+    # whole sequence's K/V
     attn_case("attn_share", 6, 16, 4, 2, 8, subset(6, 16), None)
     # the same two at sizes that take the sgemm path (Tq*Tk*HD >= 32768)
     pos = subset(48, 100)

@@ -1,34 +1,34 @@
 #!/usr/bin/python3
 """ref_mor.py - reference Mixture-of-Recursions forward passes for tiny models.
 
-Written from /work/shared/mor-spec.md (section 0 decisions first), in plain
-float64 torch; transformers is not imported. For every case it writes what a
-C implementation of the MoR forward pass needs to check itself step by step:
-the config (mor-config(5) YAML), the weights (safetensors, checkpoint tensor
-names), the tokens, the routing decisions and router logits of every step, the
-residual stream entering and leaving the recursion block, and the logits of
-every position. The layout is documented in
-tests/fixtures/ref_mor/README.md.
+Written from docs/algorithms.md (its decisions, docs/algorithms.md#decisions,
+first), in plain float64 torch; transformers is not imported. For every case
+it writes what a C implementation of the MoR forward pass needs to check
+itself step by step: the config (mor-config(5) YAML), the weights
+(safetensors, checkpoint tensor names), the tokens, the routing decisions
+and router logits of every step, the residual stream entering and leaving the
+recursion block, and the logits of every position. The layout is documented
+in tests/fixtures/ref_mor/README.md.
 
-What is modelled (spec section):
-  Llama block, RMSNorm, GQA, rotate-half RoPE .................. 1.1
-  Middle-Cycle / Cycle sharing, per-step norms (ln_share false) . 2
+What is modelled (docs/algorithms.md anchor):
+  Llama block, RMSNorm, GQA, rotate-half RoPE .................. #base-model
+  Middle-Cycle / Cycle sharing, per-step norms (ln_share false) . #sharing-strategies
   expert-choice: one router per step, linear or MLP (exact GELU),
     gate alpha*sigmoid / alpha*tanh, top-k of max(1, floor(c n))
     among the previous step's survivors, ties to the lower
-    position, h <- h + g*B(h) (B includes the residuals) ........ 3.2, 3.3
+    position, h <- h + g*B(h) (B includes the residuals) ........ #routers, #expert-step
   causal mode: step 1 always runs, step r >= 2 continues while
-    the raw logit z >= 0 (sigmoid(z) >= 0.5) ..................... 3.7, decision 2
+    the raw logit z >= 0 (sigmoid(z) >= 0.5) ..................... #causal-routing, #decision-2
   token-choice: one router on h^1, p = alpha*softmax or
     alpha*sigmoid, depth = argmax(p + balance bias) + 1, gate from
-    the unbiased p, out = h^1 + g*B^d(h^1) ....................... 4.1
+    the unbiased p, out = h^1 + g*B^d(h^1) ....................... #token-choice
   recursion-wise KV caching: step r attends among its active
-    tokens only, RoPE at the original positions ................. 5.1
+    tokens only, RoPE at the original positions ................. #recursion-wise-caching
   recursive KV sharing: step r >= 2 queries attend to the
     first-recursion K/V of every earlier token; update_cache
     overwrites the selected positions' K/V with fresh ones for
-    that call only ............................................... 5.2
-  untie_attention: per-step q/k/v/o on the shared layers ........ decision 1
+    that call only ............................................... #kv-sharing, #kv-hybrid
+  untie_attention: per-step q/k/v/o on the shared layers ........ #decision-1
 
 Weights are not N(0, 0.02): with d = 32 that makes every router logit ~0 and
 every selection hinge on 1e-7 differences. Matrices are N(0, 1/in) rounded to
@@ -110,7 +110,7 @@ def is_shared(c, p):
 
 
 def layer_map(c, l):
-    """Physical layer of unrolled position l (spec 2)."""
+    """Physical layer of unrolled position l (docs/algorithms.md#sharing-strategies)."""
     if c["middle"]:
         if l == 0:
             return 0

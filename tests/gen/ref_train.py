@@ -2,13 +2,15 @@
 """ref_train.py - PyTorch reference for tests/test_train.c: whole-model
 gradients and 10 AdamW steps of small vanilla, recursive and MoR models.
 
-The model here is written from /work/shared/mor-spec.md alone (no
-transformers, no lib/ code): Llama layers (§1.1), parameter sharing (§2),
-expert-choice routing with hierarchical top-k, the BCE auxiliary loss, the
-z-loss and the capacity warm-up (§3.3-3.6), token-choice routing with the
-balancing loss, z-loss, loss-free bias and balance warm-up (§4), recursion-wise KV caching, recursive KV sharing and its
-update_cache hybrid (§5), and the normalisation of spec decision 4 (every
-loss a mean over the whole optimizer step, gradient accumulation included).
+The model here is written from docs/algorithms.md alone (no transformers, no
+lib/ code); its anchors: Llama layers (#base-model), parameter sharing
+(#sharing-strategies), expert-choice routing with hierarchical top-k, the BCE
+auxiliary loss, the z-loss and the capacity warm-up (#expert-step to #z-loss,
+#capacity-warmup), token-choice routing with the balancing loss, z-loss,
+loss-free bias and balance warm-up (#token-choice), recursion-wise KV
+caching, recursive KV sharing and its update_cache hybrid (#kv-caches), and
+the normalisation of decision 4 (#decision-4: every loss a mean over the
+whole optimizer step, gradient accumulation included).
 
 Weights are drawn in float32 and written as they are; the reference runs in
 float64 from those values, so the fixtures hold the exact answer for the
@@ -197,7 +199,7 @@ kv_sharing:
 
 
 # ---------------------------------------------------------------------------
-# Structure (spec §2)
+# Structure (docs/algorithms.md#sharing-strategies)
 
 def middle(c):
     return c["sharing"] in ("middle_cycle", "middle_sequence")
@@ -304,7 +306,7 @@ def layer_weights(c, W, l):
 
 
 # ---------------------------------------------------------------------------
-# Layers (spec §1.1)
+# Layers (docs/algorithms.md#base-model)
 
 def rms(x, w, eps):
     return w * (x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps))
@@ -400,7 +402,7 @@ def gate(c, z):
 
 
 # ---------------------------------------------------------------------------
-# The model (spec §3-5)
+# The model (docs/algorithms.md#expert-choice, #token-choice, #kv-caches)
 
 class Margins:
     def __init__(self):
@@ -430,7 +432,7 @@ def run_block(c, W, X, pos, r, K1, first_pos):
 def forward(c, W, tokens, fcall, margins, stats):
     """Total loss of one micro-batch tokens (B, n), normalised over the whole
     optimizer step (G micro-batches): CE, and each aux loss, a mean over the
-    step (spec decision 4)."""
+    step (docs/algorithms.md#decision-4)."""
     B, n, G, R, L = tokens.shape[0], tokens.shape[1], c["G"], c["R"], c["layers"]
     emb = W["model.embed_tokens.weight"]
     ce = 0.0
@@ -488,8 +490,9 @@ def forward(c, W, tokens, fcall, margins, stats):
                     y[kept] = 1.0
                     norm = G * B * Nc
                     if c["sampling"] == "aux_router" and not c["rand_router"]:
-                        # spec 3.5: a second router on the DETACHED candidates
-                        # learns the top-k mask; the main router gets no BCE
+                        # docs/algorithms.md#aux-router: a second router on the
+                        # DETACHED candidates learns the top-k mask; the main
+                        # router gets no BCE
                         za = router(c, W, h[cand].detach(), r - 1, "aux_routers")[:, 0]
                         bce = bce + Fn.binary_cross_entropy_with_logits(za, y, reduction="sum") / norm
                     elif not c["rand_router"]:
@@ -500,7 +503,7 @@ def forward(c, W, tokens, fcall, margins, stats):
                     if c["kv"] and r == 1 and k < Nc:
                         # KV sharing needs recursion 1's K/V of every token:
                         # the whole sequence runs step 1, only the kept rows
-                        # take its output (spec 5.2)
+                        # take its output (docs/algorithms.md#kv-sharing)
                         X = run_block(c, W, h[cand], cand, r, K1, allpos)[kept]
                     else:
                         X = run_block(c, W, h[pos], pos, r, K1, allpos)
@@ -608,8 +611,8 @@ def train(c, W0, tokens):
     if nodecay:
         groups.append({"params": nodecay, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["aeps"])
-    # spec 3.5: the aux routers have their own AdamW (lr x10, weight decay
-    # 0.1, same schedule) and their own clipping to 1.0
+    # docs/algorithms.md#aux-router: the aux routers have their own AdamW (lr
+    # x10, weight decay 0.1, same schedule) and their own clipping to 1.0
     aux = [W[nm] for nm, _ in trainable if is_aux(nm)]
     aux_opt = (torch.optim.AdamW(aux, lr=10 * c["lr"], betas=(c["b1"], c["b2"]), eps=c["aeps"],
                                  weight_decay=0.1) if aux else None)

@@ -12,12 +12,15 @@
 //
 // Run from the repository root:
 //   (cd tests/gen && npm install) && node tests/gen/tokenizer_fixtures.mjs
+// (CORPORA=dir overrides the corpus directory; see below.)
 import fs from "fs";
 import { Tokenizer } from "@huggingface/tokenizers";
 
 const OUT = "tests/fixtures/tokenizer";
-const CORPORA = fs.existsSync("tests/data/corpora/kjv_bible.txt")
-  ? "tests/data/corpora" : "/work/shared/data/corpora";
+// The committed fixtures sample the full corpora; tests/data/corpora holds
+// only their first 2000 lines, so sampling it gives other texts.
+// CORPORA=dir names the directory of the full kjv_bible.txt and jargon.txt.
+const CORPORA = process.env.CORPORA ?? "tests/data/corpora";
 
 // Every step-th line of a corpus (n lines), then n_chunks chunks of 4
 // consecutive lines joined with newlines (blank lines and indents kept).

@@ -29,14 +29,20 @@
 //
 // Run from the repository root:
 //   (cd tests/gen && npm install) && node tests/gen/tokenizer_norm_fixtures.mjs
-// (CORPORA=dir overrides the corpus directory.)
+// with CORPORA=dir naming the directory of the full corpora (see below).
 import fs from "fs";
 import { Tokenizer, LowercaseNormalizer } from "@huggingface/tokenizers";
 
 const OUT = "tests/fixtures/tokenizer_norm";
-// The full corpora (tests/data/corpora holds their first 2000 lines, which
-// lack the pronunciation guides with ´ · and the accented names).
-const CORPORA = process.env.CORPORA ?? "/work/shared/data/corpora";
+// The full corpora, kjv_bible.txt and jargon.txt (tests/data/corpora holds
+// their first 2000 lines, which lack the pronunciation guides with ´ · and the
+// accented names): CORPORA=dir names their directory.
+const CORPORA = process.env.CORPORA;
+if (!CORPORA) {
+  console.error("tokenizer_norm_fixtures: set CORPORA to the directory of the full kjv_bible.txt " +
+                "and jargon.txt (tests/data/corpora has only their first 2000 lines)");
+  process.exit(1);
+}
 const MERGES = 300;
 
 const lowerJs = LowercaseNormalizer.prototype.normalize;
