@@ -112,10 +112,11 @@ bench: all $(BENCHES)
 
 # Each suite runs from the repository root with MOR_BIN pointing at the tools.
 # Then the structure: no call cycle between library files and none up the
-# layers (check_calls.py).
+# layers (check_calls.py), no machine path or notes citation (check_paths.sh).
 test: all $(TESTS)
 	@MOR_BIN=$(OUT)/bin OUT=$(OUT) bash tests/run.sh $(TESTS)
 	@python3 tests/tools/check_calls.py $(OUT)
+	@bash tests/tools/check_paths.sh
 
 # Installs into a temporary prefix and builds examples/ against it through
 # pkg-config (tests/tools/check_install.sh).

@@ -9,7 +9,7 @@ tokens), AdamW and gradient clipping included.
   bench_train.py [steps=3] [threads=2] [size=all|small|large]
 
 MFU = model FLOPs per second (3 x the forward FLOPs, counted exactly as
-lib/mor_cost.c does) over the best rate of torch's own matmul on the model's
+lib/core/mor_cost.c does) over the best rate of torch's own matmul on the model's
 MLP shape (2048 x C) x (C x F)^T, probed between the timed steps. Steps and
 probes are each the best of `steps`, after one warm-up step; with one thread
 they are timed by the thread's CPU clock (as bench_train.c does), so the
@@ -149,7 +149,7 @@ class Model(nn.Module):
 
 
 def model_flops(s, mor, n):
-    """Forward FLOPs per token, as lib/mor_cost.c mor_cost_flops."""
+    """Forward FLOPs per token, as lib/core/mor_cost.c mor_cost_flops."""
     C, F, H, KVH = s["C"], s["F"], s["H"], s["KVH"]
     Pm = 2 * C * H * HD + 2 * C * KVH * HD + 3 * C * F
     pair = 4.0 * H * HD

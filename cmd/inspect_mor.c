@@ -4,7 +4,7 @@
  * unrolled parameter counts, and forward FLOPs and KV-cache bytes per token
  * under each KV strategy the model could run with (docs/algorithms.md#kv-bytes,
  * paper Table 2).
- * Every number comes from lib/mor_cost.h, so the report and the tests of the
+ * Every number comes from lib/core/mor_cost.h, so the report and the tests of the
  * cost model cannot disagree. */
 #include <math.h>
 #include <stdio.h>

@@ -2,7 +2,7 @@
  * hand-made routing traces in both encodings (histogram counts, --top order,
  * colour escapes, the HTML page's structure, clear failures on bad traces),
  * mor-generate --trace on a freshly initialised MoR model, and the MoR
- * section of `mor-inspect MODEL.mor` checked against lib/mor_cost.h. */
+ * section of `mor-inspect MODEL.mor` checked against lib/core/mor_cost.h. */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>

@@ -1,4 +1,4 @@
-/* test_layers.c - the training layers of lib/layers.h, two ways:
+/* test_layers.c - the training layers of lib/train/layers.h, two ways:
  *
  *  1. against PyTorch (tests/gen/ref_layers.py, fixtures in
  *     tests/fixtures/layers/<case>/): outputs within rel_err 1e-5, gradients

@@ -1,5 +1,5 @@
 /* test_mor_cost.c - tensors, parameter counts, FLOPs and KV-cache bytes of
- * lib/mor_cost.c against the numbers of docs/algorithms.md (#model-shapes,
+ * lib/core/mor_cost.c against the numbers of docs/algorithms.md (#model-shapes,
  * #sharing-strategies, #capacity, #kv-bytes, #flops, #attention-tying and the
  * invariants of #cost-model), using the model configs in configs/. */
 #include <math.h>

@@ -1,4 +1,4 @@
-/* test_mor_forward.c - the recursive / MoR forward pass (lib/mor_forward.c)
+/* test_mor_forward.c - the recursive / MoR forward pass (lib/infer/mor_engine.c)
  * against the PyTorch reference of tests/gen/ref_mor.py.
  *
  * Every case of tests/fixtures/ref_mor (expert-choice linear/MLP routers,

@@ -1,7 +1,7 @@
 /* test_mor_rand.c - inference of expert-choice MoR models trained with
  * mor.rand_router: true (the random-router ablation,
  * docs/algorithms.md#random-router), through
- * lib/mor_forward.c.
+ * lib/infer/mor_engine.c.
  *
  * Such a model has no router weights: the score of a candidate at step r
  * (1-based) and absolute position t is u = mor_route_rand_score(train.seed,

@@ -1,4 +1,4 @@
-/* test_optim.c - lib/optim.h against PyTorch: 10 AdamW steps with two weight
+/* test_optim.c - lib/train/optim.h against PyTorch: 10 AdamW steps with two weight
  * decay groups and a changing lr (torch.optim.AdamW), global-norm clipping
  * (torch.nn.utils.clip_grad_norm_), the lr each update runs at under the HF
  * schedules driven by torch's LambdaLR, DeepSpeed's WarmupCosineLR ratio and

@@ -1,4 +1,4 @@
-/* test_router.c - the routing decisions of lib/router.c against hand-made
+/* test_router.c - the routing decisions of lib/core/router.c against hand-made
  * cases: capacities (the table of docs/algorithms.md#capacity), top-k with
  * ties and short candidate lists, hierarchical filtering over three steps,
  * the causal decode rule, token-choice depths with a balancing bias, router
@@ -394,7 +394,7 @@ static void check_token_case(const mor_config *c, json_t *tok, const mor_st_file
 }
 
 /* Every reference case: its config parses, its checkpoint has the tensors the
- * config implies, and lib/router.c makes the reference's routing decisions
+ * config implies, and lib/core/router.c makes the reference's routing decisions
  * from the reference's router logits (whose first step it recomputes). */
 static void test_reference_fixtures(void **state) {
     (void)state;

@@ -116,7 +116,7 @@ static double step1_loss(mor_train_model *m, const fixture *fx, int detach) {
 }
 
 /* The trained weights, saved and loaded in the inference engine
- * (lib/forward.c, lib/mor_forward.c: written apart from the trainer), give
+ * (lib/infer/llama_engine.c, lib/infer/mor_engine.c: written apart from the trainer), give
  * the trainer's evaluation loss on every row of step 1 (top-k routing, as
  * the trainer evaluates). */
 static void check_engine(const char *name, mor_train_model *m, const fixture *fx) {

@@ -3,8 +3,8 @@
  * seconds on bundled public-domain text (Genesis, KJV) must bring the
  * held-out loss well below the unigram entropy of the text, i.e. learn more
  * than token frequencies; a vanilla model trained the same way must too, and
- * the checkpoints must load in the inference engine (lib/forward.c,
- * lib/mor_forward.c, written independently) and give the same loss on a
+ * the checkpoints must load in the inference engine (lib/infer/llama_engine.c,
+ * lib/infer/mor_engine.c, written independently) and give the same loss on a
  * held-out row (MoR in the engine's top-k routing mode). One thread, so the machine's load cannot change the bits. */
 #include <math.h>
 #include <stdio.h>

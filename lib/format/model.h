@@ -70,7 +70,7 @@ static inline void mor_embed_row(const mor_model *m, int32_t tok, float *x) {
 }
 
 /* The tensors a config implies, in checkpoint order, with where each binds.
- * Names and shapes come from mor_param_specs (lib/mor_cost.h, the layout of
+ * Names and shapes come from mor_param_specs (lib/core/mor_cost.h, the layout of
  * man/mor-checkpoint.5); `norm` marks tensors always stored as F32 (norms,
  * routers, the balance bias). */
 typedef struct mor_tensor_spec {

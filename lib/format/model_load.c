@@ -34,7 +34,7 @@ static int router_field(const char *suffix) {
          : !strcmp(suffix, "fc2.weight") ? 2 : -1;
 }
 
-/* The names and shapes come from mor_param_specs (lib/mor_cost.c), the one
+/* The names and shapes come from mor_param_specs (lib/core/mor_cost.c), the one
  * definition of the checkpoint layout; here each is given the place it binds. */
 int mor_model_tensor_specs(const mor_config *c, mor_tensor_spec **specs) {
     int n = mor_param_specs(c, NULL, 0);

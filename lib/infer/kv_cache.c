@@ -1,5 +1,5 @@
-/* mor_kv.c - per-layer KV caches that grow in blocks, and attention over
- * them (see mor_forward.h).
+/* kv_cache.c - per-layer KV caches that grow in blocks, and attention over
+ * them (see kv_cache.h).
  *
  * A MoR model stores a token's K/V only in the layers it reached
  * (docs/algorithms.md#recursion-wise-caching), so the deep layers of a

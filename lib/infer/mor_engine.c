@@ -37,7 +37,7 @@
  * gate stays the main router's. A top-k capacity c_1 < 1 leaves some tokens at
  * depth 0.
  *
- * KV caches (lib/mor_kv.c): each unrolled layer stores the K/V of the tokens
+ * KV caches (lib/infer/kv_cache.c): each unrolled layer stores the K/V of the tokens
  * that ran it, at their original positions, and a token attends to the entries
  * at positions <= its own: at step r exactly the tokens that reached r
  * (docs/algorithms.md#recursion-wise-caching). Under KV sharing

@@ -1,4 +1,4 @@
-/* tokenizer_impl.h - the insides of mor_tokenizer, shared by lib/tokenizer*.c.
+/* tokenizer_impl.h - the insides of mor_tokenizer, shared by lib/tok/tokenizer*.c.
  *
  * A Hugging Face tokenizer.json runs, per text:
  *   added-token split (raw text) -> normalizer -> added-token split (normalized

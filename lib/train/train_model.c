@@ -2,7 +2,7 @@
  * pointer table, the segments (unique layers and recursion steps), the one
  * activation allocation, weight init, and .mor load/save. See train.h.
  *
- * Parameter order and names are mor_param_specs' (lib/mor_cost.h), the
+ * Parameter order and names are mor_param_specs' (lib/core/mor_cost.h), the
  * single definition of checkpoint names, so a trained checkpoint loads in
  * every tool that reads that list. */
 #include <math.h>

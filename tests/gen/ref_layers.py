@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """ref_layers.py - PyTorch references for tests/test_layers.c and tests/test_optim.c.
 
-Every layer kind of lib/layers.h runs on small random inputs. The inputs are
+Every layer kind of lib/train/layers.h runs on small random inputs. The inputs are
 rounded to float32 and written as they are; the reference outputs and the
 gradients of L = sum(out * dout) (dout random) are computed by autograd in
 float64 from those float32 values, then rounded to float32. So the fixtures

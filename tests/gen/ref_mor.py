@@ -121,7 +121,7 @@ def layer_map(c, l):
 
 
 def tensor_list(c):
-    """(name, shape, kind) in checkpoint order: lib/mor_cost.c mor_param_specs."""
+    """(name, shape, kind) in checkpoint order: lib/core/mor_cost.c mor_param_specs."""
     d = DIMS
     D, Q, KV, F = d["D"], d["H"] * d["HD"], d["KVH"] * d["HD"], d["F"]
     R = c["R"]

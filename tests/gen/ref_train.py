@@ -22,7 +22,7 @@ the C code (about 1e-6 here) cannot flip one.
 
 Output, one safetensors file per case, tests/fixtures/ref_train/<case>.safetensors:
   metadata  config (YAML, man/mor-config.5), steps, grad_accum, batch, n
-  w.<name>  initial weights (F32), names as lib/mor_cost.h mor_param_specs
+  w.<name>  initial weights (F32), names as lib/core/mor_cost.h mor_param_specs
   g.<name>  gradients of step 1 (summed over its micro-batches, before clipping)
   p.<name>  weights after 10 steps
   tokens    I32 (steps, grad_accum, batch, n)
@@ -385,7 +385,7 @@ def mix64(z):
 
 
 def rand_score(seed, a, b, c):
-    """u in [0, 1) of the random router (lib/router.h mor_route_rand_score)."""
+    """u in [0, 1) of the random router (lib/core/router.h mor_route_rand_score)."""
     h = mix64(seed ^ 0x9e3779b97f4a7c15)
     for v in (a, b, c):
         h = mix64((h + v) & M64)

@@ -9,7 +9,7 @@ if git rev-parse --git-dir >/dev/null 2>&1; then
 else
     list() { find . -type f -not -path './.git/*' -print0; }
 fi
-hits=$(list | xargs -0 grep -nIE -e '\.\./shared|/work/|/home/[a-z]|/root/|mor-spec' \
+hits=$(list | xargs -0 grep -niIE -e '\.\./shared|/work/|/home/[a-z]|/root/|mor-spec' \
            -e '\bspec (§ ?|section |sections )?[0-9]' -e '\bspec decision' -- 2>/dev/null |
        grep -v '^tests/tools/check_paths.sh:')
 if [ -n "$hits" ]; then
