@@ -41,7 +41,6 @@ struct mor_model {
     mor_config cfg;
     char *config_yaml;
     mor_st_file *file;       /* the mapped checkpoint; F32 weights point into it */
-    float *converted;        /* one allocation for router weights converted from BF16 */
     const float *embed;      /* (V, D), or NULL when BF16 (embed_h) */
     const float *final_norm; /* (D) */
     const float *lm_head;    /* (V, D); == embed when tied; NULL when BF16 (lm_head_h) */
@@ -92,8 +91,8 @@ enum { MOR_F_ATTN_NORM, MOR_F_WQ, MOR_F_WK, MOR_F_WV, MOR_F_WO, MOR_F_MLP_NORM, 
 /* Fills *specs (malloc'ed) and returns the count, or -1 on allocation failure. */
 int mor_model_tensor_specs(const mor_config *c, mor_tensor_spec **specs);
 
-/* Binds the tensors of m->file to the weight pointers (converting BF16 to F32
- * once, into m->converted). Fails on missing, unexpected or mis-shaped tensors. */
+/* Points the weight pointers into m->file: F32 tensors and BF16 matrices in
+ * place. Fails on missing, unexpected, mis-shaped or mis-typed tensors. */
 mor_status mor_model_bind(mor_model *m, mor_error *err);
 
 /* The tokenizer.json and tokenizer_config.json texts (malloc'ed; the config

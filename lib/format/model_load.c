@@ -1,7 +1,7 @@
 /* model_load.c - opening a .mor checkpoint into a mor_model: config, tokenizer
  * and weights. F32 weights are used in place from the mapping, and so are
- * BF16 matrices (kernels.h reads them directly); BF16 router weights
- * are converted once into one allocation (never per matmul). */
+ * BF16 matrices (kernels.h reads them directly); norms and routers are F32
+ * (mor-checkpoint(5)), so nothing is converted at load time. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,21 +108,14 @@ static const uint16_t **layer_field_h(mor_layer_weights *w, int f) {
     return fields[f];
 }
 
-/* Tensors a BF16 checkpoint keeps in place: the layer matrices, the
- * embedding and the head; routers (small) are converted to F32. */
-static int stays_bf16(const mor_tensor_spec *sp) {
-    if (sp->role == MOR_T_LAYER || sp->role == MOR_T_UNROLLED) return sp->field != 0 && sp->field != 5;
-    return sp->role == MOR_T_EMBED || sp->role == MOR_T_HEAD;
-}
-
 /* Presence, dtype and shape of every tensor the config implies, and no
- * tensor besides: all decided by the header. Alignment is checked once the
- * data is there (f->data set). *convert_floats = the BF16 router floats to
- * convert. */
+ * tensor besides: all decided by the header. A matrix may be F32 or BF16
+ * (used in place either way); a tensor the specs mark `norm` (norms,
+ * routers, the balance bias) must be F32. Alignment is checked once the
+ * data is there (f->data set). */
 static mor_status check_tensors(const mor_st_file *f, const mor_tensor_spec *specs, int n,
-                                size_t *convert_floats, mor_error *err) {
+                                mor_error *err) {
     const char *path = f->path;
-    *convert_floats = 0;
     for (int i = 0; i < n; i++) {
         const mor_st_tensor *t = mor_st_find(f, specs[i].name);
         if (!t) return mor_fail(err, MOR_EFORMAT, "%s: missing tensor '%s'", path, specs[i].name);
@@ -139,9 +132,7 @@ static mor_status check_tensors(const mor_st_file *f, const mor_tensor_spec *spe
         if (!bf16 && t->dtype != MOR_ST_F32)
             return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has dtype %s, expected F32%s", path,
                             specs[i].name, mor_st_dtype_name(t->dtype), specs[i].norm ? "" : " or BF16");
-        if (bf16 && !stays_bf16(&specs[i]))
-            *convert_floats += (size_t)mor_st_numel(t);
-        else if (f->data && (uintptr_t)t->data % align)
+        if (f->data && (uintptr_t)t->data % align)
             return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' is not %zu-byte aligned", path,
                             specs[i].name, align);
     }
@@ -164,39 +155,21 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
     if (n < 0) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
     const float **ptrs = calloc((size_t)n, sizeof *ptrs);
     const uint16_t **hptrs = calloc((size_t)n, sizeof *hptrs);
-    size_t convert_floats = 0;
     if (!ptrs || !hptrs) {
         free(ptrs);
         free(hptrs);
         free(specs);
         return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
     }
-    /* pass 1: presence, dtype, shape and alignment; size the BF16 conversion buffer */
-    mor_status st = check_tensors(m->file, specs, n, &convert_floats, err);
-    if (!st && convert_floats) {
-        m->converted = mor_alloc_big(convert_floats * sizeof(float));
-        if (!m->converted) st = mor_fail(err, MOR_ENOMEM, "%s: out of memory converting BF16", path);
-    }
-    /* pass 2: point or convert */
-    size_t used = 0;
+    /* pass 1: presence, dtype, shape and alignment */
+    mor_status st = check_tensors(m->file, specs, n, err);
+    /* pass 2: point F32 tensors into ptrs, BF16 matrices into hptrs */
     for (int i = 0; i < n && !st; i++) {
         const mor_st_tensor *t = mor_st_find(m->file, specs[i].name);
-        if (t->dtype == MOR_ST_F32) {
+        if (t->dtype == MOR_ST_F32)
             ptrs[i] = t->data;
-        } else if (stays_bf16(&specs[i])) {
+        else
             hptrs[i] = t->data;
-        } else {
-            size_t k = (size_t)mor_st_numel(t);
-            float *dst = m->converted + used;
-            const uint8_t *src = t->data;
-            for (size_t e = 0; e < k; e++) {
-                uint16_t h;
-                memcpy(&h, src + 2 * e, 2);
-                dst[e] = mor_bf16_to_f32(h);
-            }
-            ptrs[i] = dst;
-            used += k;
-        }
     }
     int P = mor_config_n_phys_layers(c), L = c->n_layers;
     if (!st) {
@@ -269,8 +242,7 @@ static mor_status model_check_header(const mor_st_file *f, void *user, mor_error
     mor_tensor_spec *specs;
     int n = mor_model_tensor_specs(&m->cfg, &specs);
     if (n < 0) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
-    size_t convert_floats;
-    st = check_tensors(f, specs, n, &convert_floats, err);
+    st = check_tensors(f, specs, n, err);
     free(specs);
     return st;
 }
@@ -292,7 +264,6 @@ void mor_model_free(mor_model *m) {
     if (!m) return;
     mor_tokenizer_free(m->tok);
     if (m->file) mor_st_close(m->file);
-    mor_free_big(m->converted);
     free(m->layers);
     free(m->unrolled);
     free(m->layer_map);
