@@ -96,8 +96,4 @@ int mor_model_tensor_specs(const mor_config *c, mor_tensor_spec **specs);
  * once, into m->converted). Fails on missing, unexpected or mis-shaped tensors. */
 mor_status mor_model_bind(mor_model *m, mor_error *err);
 
-/* The tokenizer.json and tokenizer_config.json texts (malloc'ed; the config
- * may be NULL) of a tokenizer.json path or a .mor checkpoint. */
-mor_status mor_tokenizer_texts(const char *path, char **json, char **config_json, mor_error *err);
-
 #endif
