@@ -67,7 +67,12 @@ $(OUT)/obj/lib/%.o: lib/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(INC) -c $< -o $@
 
-# Tools, tests and benchmarks (tests and benchmarks may reach inside the library).
+# The tools see the installed headers only (include/), as a program built
+# against an installed libmor would; tests and benchmarks may reach inside.
+$(OUT)/obj/cmd/%.o: cmd/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Iinclude -Icmd -c $< -o $@
+
 $(OUT)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Iinclude $(LIB_INC_ALL) -Icmd -c $< -o $@

@@ -110,13 +110,13 @@ static double sgemm_rate(int M, int N, int K, int reps) {
 static void run(const shape *s, int mor, int steps, int threads, int rows) {
     int n = 2048 / rows;
     mor_config c = make_config(s, mor, rows, n);
-    mor_trainer t;
+    mor_trainer *t;
     mor_error err;
-    if (mor_trainer_new(&t, &c, steps + 2, "{}", NULL, &err)) {
+    if (mor_trainer_new(&c, steps + 2, threads, "{}", NULL, &t, &err)) {
         fprintf(stderr, "bench_train: %s\n", err.msg);
         exit(1);
     }
-    mor_train_model_init_weights(&t.model, 1);
+    mor_train_model_init_weights(&t->model, 1);
     mor_train_data d;
     memset(&d, 0, sizeof d);
     d.n = n;
@@ -130,10 +130,10 @@ static void run(const shape *s, int mor, int steps, int threads, int rows) {
     }
     for (size_t i = 0; i < d.n_train_rows; i++) d.perm[i] = (uint32_t)i;
     mor_flops fl;
-    mor_cost_flops(&t.model.cfg, n, &fl);
+    mor_cost_flops(&t->model.cfg, n, &fl);
     double step_flops = 3.0 * fl.total * 2048;
     mor_train_step_stats st;
-    mor_trainer_step(&t, &d, &st); /* warm-up */
+    mor_trainer_step(t, &d, &st); /* warm-up */
     /* probes and steps interleaved, best of each: load from other jobs
      * comes and goes, and hits both alike */
     double best = 1e30, gemm = 0, head = 0;
@@ -142,7 +142,7 @@ static void run(const shape *s, int mor, int steps, int threads, int rows) {
         gemm = g > gemm ? g : gemm;
         head = h > head ? h : head;
         double t0 = now();
-        mor_trainer_step(&t, &d, &st);
+        mor_trainer_step(t, &d, &st);
         double dt = now() - t0;
         if (dt < best) best = dt;
     }
@@ -153,7 +153,7 @@ static void run(const shape *s, int mor, int steps, int threads, int rows) {
     fflush(stdout);
     free(d.train);
     free(d.perm);
-    mor_trainer_free(&t);
+    mor_trainer_free(t);
 }
 
 int main(int argc, char **argv) {

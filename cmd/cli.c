@@ -11,8 +11,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "util.h"
-
 static const char *prog_name = "mor";
 static int quiet_flag;
 
@@ -261,4 +259,33 @@ void cli_json_string(FILE *f, const char *s, size_t n) {
         i += k;
     }
     fputc('"', f);
+}
+
+mor_status cli_set_error(mor_error *err, mor_status code, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+void cli_sb_add(cli_strbuf *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *p = realloc(b->s, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->s = p;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = 0;
 }

@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "mor.h"
 
@@ -23,6 +24,11 @@ int cli_quiet(void);
 void cli_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* "prog: message" on stderr, always. Returns EXIT_USAGE. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Fills err (if non-NULL) with code and the formatted message and returns
+ * code: what the tools' own functions report through a mor_error, as the
+ * library's do. */
+mor_status cli_set_error(mor_error *err, mor_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Prints err->msg and returns the exit code for its status. */
 int cli_fail(const mor_error *err);
 /* The same for an error in one line of an input file: "prog: error: FILE:LINE: msg". */
@@ -64,5 +70,15 @@ double cli_now(void);
 /* Writes s[0..n) as a JSON string literal (quotes included); bytes that are
  * not valid UTF-8 become U+FFFD so the output always parses. */
 void cli_json_string(FILE *f, const char *s, size_t n);
+
+/* A growable NUL-terminated string: start from {0}, append, free(s). An
+ * allocation failure sets oom and makes later appends no-ops. */
+typedef struct cli_strbuf {
+    char *s;
+    size_t len, cap;
+    int oom;
+} cli_strbuf;
+void cli_sb_add(cli_strbuf *b, const char *s, size_t n);
+static inline void cli_sb_cat(cli_strbuf *b, const char *s) { cli_sb_add(b, s, strlen(s)); }
 
 #endif

@@ -10,8 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "eval.h"
-#include "util.h"
+#include "mor_train.h"
 
 /* Logits of this many positions are computed per forward call, which bounds
  * the (chunk, V) buffer (51 MB for V = 50k) whatever the context size. */
@@ -132,7 +131,7 @@ mor_status eval_encode_pair(const eval_runner *r, int bos, const char *ctx, size
     size_t keep = ctx_len;
     while (keep > 0 && isspace((unsigned char)ctx[keep - 1])) keep--;
     char *whole = malloc(ctx_len + cont_len + 1);
-    if (!whole) return mor_fail(err, MOR_ENOMEM, "out of memory");
+    if (!whole) return cli_set_error(err, MOR_ENOMEM, "out of memory");
     memcpy(whole, ctx, ctx_len);
     memcpy(whole + ctx_len, cont, cont_len);
     int32_t *w = NULL, *c = NULL;
@@ -143,25 +142,25 @@ mor_status eval_encode_pair(const eval_runner *r, int bos, const char *ctx, size
     free(whole);
     if (st) goto out;
     if (nw <= nc) {
-        st = mor_fail(err, MOR_EARG, "the continuation adds no token to the context");
+        st = cli_set_error(err, MOR_EARG, "the continuation adds no token to the context");
         goto out;
     }
     int32_t prefix = -1; /* a token before the context: --bos, or the stand-in for an empty one */
     if (bos || nc == 0) prefix = mor_tokenizer_bos(r->tok);
     if (nc == 0 && prefix < 0) prefix = mor_tokenizer_eos(r->tok);
     if (nc == 0 && prefix < 0) {
-        st = mor_fail(err, MOR_EARG, "an empty context needs a BOS or EOS token to condition on");
+        st = cli_set_error(err, MOR_EARG, "an empty context needs a BOS or EOS token to condition on");
         goto out;
     }
     int total = (int)nw + (prefix >= 0), nk = (int)(nw - nc);
     if (nk > r->n_ctx) {
-        st = mor_fail(err, MOR_EARG, "the continuation's %d tokens do not fit the context of %d", nk,
-                      r->n_ctx);
+        st = cli_set_error(err, MOR_EARG, "the continuation's %d tokens do not fit the context of %d",
+                           nk, r->n_ctx);
         goto out;
     }
     int32_t *s = malloc(sizeof *s * (size_t)total);
     if (!s) {
-        st = mor_fail(err, MOR_ENOMEM, "out of memory");
+        st = cli_set_error(err, MOR_ENOMEM, "out of memory");
         goto out;
     }
     int k = 0;

@@ -11,9 +11,8 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "eval.h"
 #include "eval_common.h"
-#include "stream.h"
+#include "mor_train.h"
 
 /* ------------------------------------------------------------------------ */
 /* logits                                                                   */

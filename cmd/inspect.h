@@ -11,9 +11,8 @@
 
 #include <stdio.h>
 
-#include "config.h"
-#include "inspect_trace.h"
 #include "mor.h"
+#include "mor_train.h"
 
 /* ---- checkpoints (inspect_mor.c) ------------------------------------------- */
 
@@ -52,7 +51,7 @@ typedef struct inspect_summary {
 } inspect_summary;
 
 /* 0, or -1 when out of memory. top_n: how many texts to keep (0 = none). */
-int inspect_summarize(const trace *t, long top_n, inspect_summary *s);
+int inspect_summarize(const mor_trace *t, long top_n, inspect_summary *s);
 void inspect_summary_free(inspect_summary *s);
 
 /* The colour of depth d (1..n_r), from pale yellow (1) to dark red (n_r). */
@@ -66,7 +65,7 @@ int inspect_dark_text(const unsigned char rgb[3]);
  * one span per token (tooltip: position, id, depth, scores; prompt tokens
  * underlined), the legend, the histogram, the steps run and, with --top, the
  * top tokens. */
-void inspect_html_write(FILE *f, const char *trace_name, const trace *t, const inspect_summary *s);
+void inspect_html_write(FILE *f, const char *trace_name, const mor_trace *t, const inspect_summary *s);
 
 /* ---- the subcommand (inspect_depths.c) -------------------------------------- */
 

@@ -13,7 +13,7 @@
 
 #include "cli.h"
 #include "inspect.h"
-#include "util.h"
+#include "mor_train.h"
 
 /* ======================================================================== */
 /* the terminal view                                                        */
@@ -77,16 +77,16 @@ typedef struct depths_opts {
 /* The text, token by token: in colour each on its depth's background after
  * a separator, prompt tokens underlined; without colour as token[d], which
  * marks the boundaries as well and stays easy to parse. */
-static void print_tokens(FILE *f, const trace *t, int color) {
+static void print_tokens(FILE *f, const mor_trace *t, int color) {
     char on[80];
     for (int r = 0; r < t->n_runs; r++) {
-        const trace_run *run = &t->runs[r];
+        const mor_trace_run *run = &t->runs[r];
         if (t->n_runs > 1) fprintf(f, "%s-- run %d --\n", r ? "\n" : "", r + 1);
         for (size_t i = run->first; i < run->first + run->n; i++) {
             size_t n;
-            const char *s = trace_text(t, i, &n);
+            const char *s = mor_trace_text(t, i, &n);
             if (color) {
-                depth_escape(on, sizeof on, t->depth[i], t->num_recursion, trace_in_prompt(run, i));
+                depth_escape(on, sizeof on, t->depth[i], t->num_recursion, mor_trace_in_prompt(run, i));
                 fputs(on, f);
                 fputs(TOKEN_SEP, f);
                 if (n) put_term_text(f, s, n, on);
@@ -116,9 +116,9 @@ static void print_bar(FILE *f, long count, long max, int d, int n_r, int color) 
 
 static double pct(long a, long b) { return b > 0 ? 100.0 * (double)a / (double)b : 0; }
 
-static void print_report(FILE *f, const char *name, const trace *t, const inspect_summary *s, int color) {
+static void print_report(FILE *f, const char *name, const mor_trace *t, const inspect_summary *s, int color) {
     int R = s->n_r;
-    const trace_run *r0 = &t->runs[0];
+    const mor_trace_run *r0 = &t->runs[0];
     const char *routing = r0->routing[0] ? r0->routing : "unknown";
     fprintf(f, "trace: %s (%d run%s, %ld token%s, N_R = %d, routing ", name, t->n_runs,
             inspect_plural(t->n_runs), s->total, inspect_plural(s->total), R);
@@ -180,7 +180,7 @@ static void print_report(FILE *f, const char *name, const trace *t, const inspec
     }
 }
 
-static void print_json(FILE *f, const char *name, const trace *t, const inspect_summary *s) {
+static void print_json(FILE *f, const char *name, const mor_trace *t, const inspect_summary *s) {
     int R = s->n_r;
     fprintf(f, "{\"trace\":");
     cli_json_string(f, name, strlen(name));
@@ -273,14 +273,15 @@ static int open_page(const char *path, mor_atomic_file *page) {
     mor_error err = {0};
     struct stat sb;
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        mor_fail(&err, MOR_EIO, "%s: is a directory; --html expects a file name", path);
+        cli_set_error(&err, MOR_EIO, "%s: is a directory; --html expects a file name", path);
     else
         mor_atomic_open(page, path, &err);
     return err.code ? cli_fail(&err) : 0;
 }
 
 /* The report (text, JSON or none) on stdout, then the page. */
-static int write_outputs(const depths_opts *o, const char *name, const trace *t, const inspect_summary *s) {
+static int write_outputs(const depths_opts *o, const char *name, const mor_trace *t,
+                         const inspect_summary *s) {
     int page_file = o->html && strcmp(o->html, "-");
     mor_atomic_file page;
     int rc = page_file ? open_page(o->html, &page) : 0;
@@ -292,7 +293,7 @@ static int write_outputs(const depths_opts *o, const char *name, const trace *t,
     mor_error err = {0};
     if (!page_file) {
         if (fflush(stdout) == 0) return 0;
-        mor_fail(&err, MOR_EIO, "stdout: write failed");
+        cli_set_error(&err, MOR_EIO, "stdout: write failed");
         return cli_fail(&err);
     }
     if (mor_atomic_commit(&page, &err)) return cli_fail(&err);
@@ -304,17 +305,18 @@ int inspect_depths_main(int argc, char **argv) {
     depths_opts o;
     int rc = parse_depths_args(argc, argv, &o);
     if (rc) return rc;
-    trace t;
-    if ((rc = trace_read(o.path, &t))) return rc;
+    mor_trace t;
+    mor_error err = {0};
+    if (mor_trace_read(o.path, &t, &err)) return cli_fail(&err);
     const char *name = o.path && strcmp(o.path, "-") ? o.path : "stdin";
     inspect_summary s;
     if (inspect_summarize(&t, o.top, &s)) {
-        trace_free(&t);
+        mor_trace_free(&t);
         fprintf(stderr, "mor-inspect: error: out of memory\n");
         return EXIT_INPUT;
     }
     rc = write_outputs(&o, name, &t, &s);
     inspect_summary_free(&s);
-    trace_free(&t);
+    mor_trace_free(&t);
     return rc;
 }

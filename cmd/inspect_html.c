@@ -12,7 +12,7 @@
 
 #include "cli.h"
 #include "inspect.h"
-#include "util.h"
+#include "mor_train.h"
 
 static const char page_css[] =
     "body{font:15px/1.5 system-ui,-apple-system,\"Segoe UI\",sans-serif;color:#1d1d1f;background:#fafafa;"
@@ -75,7 +75,7 @@ static void put_depth_classes(FILE *f, int n_r) {
 }
 
 /* The tooltip: "pos 3, id 42, depth 2/3, prompt; scores 0.981, 0.612, -". */
-static void put_title(FILE *f, const trace *t, size_t i, int prompt) {
+static void put_title(FILE *f, const mor_trace *t, size_t i, int prompt) {
     int R = t->num_recursion;
     fprintf(f, "pos %d, id %d, depth %d/%d%s; scores", t->pos[i], t->id[i], t->depth[i], R,
             prompt ? ", prompt" : "");
@@ -86,9 +86,9 @@ static void put_title(FILE *f, const trace *t, size_t i, int prompt) {
     }
 }
 
-static void put_tokens(FILE *f, const trace *t) {
+static void put_tokens(FILE *f, const mor_trace *t) {
     for (int r = 0; r < t->n_runs; r++) {
-        const trace_run *run = &t->runs[r];
+        const mor_trace_run *run = &t->runs[r];
         fprintf(f, "<div class=\"run\">");
         if (t->n_runs > 1) {
             fprintf(f, "<h3>run %d", r + 1);
@@ -100,8 +100,8 @@ static void put_tokens(FILE *f, const trace *t) {
         }
         for (size_t i = run->first; i < run->first + run->n; i++) {
             size_t n;
-            const char *s = trace_text(t, i, &n);
-            int prompt = trace_in_prompt(run, i);
+            const char *s = mor_trace_text(t, i, &n);
+            int prompt = mor_trace_in_prompt(run, i);
             fprintf(f, "<span class=\"k d%d%s%s\" title=\"", t->depth[i], prompt ? " p" : "", n ? "" : " e");
             put_title(f, t, i, prompt);
             fprintf(f, "\">");
@@ -125,9 +125,9 @@ static void put_bar(FILE *f, long count, long max, int d) {
 
 static double share(long a, long b) { return b > 0 ? 100.0 * (double)a / (double)b : 0; }
 
-void inspect_html_write(FILE *f, const char *trace_name, const trace *t, const inspect_summary *s) {
+void inspect_html_write(FILE *f, const char *trace_name, const mor_trace *t, const inspect_summary *s) {
     int R = s->n_r;
-    const trace_run *r0 = &t->runs[0];
+    const mor_trace_run *r0 = &t->runs[0];
     fprintf(f, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
                "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>");
     fprintf(f, "Recursion depths: ");

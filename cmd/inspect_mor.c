@@ -13,7 +13,7 @@
 
 #include "cli.h"
 #include "inspect.h"
-#include "mor_cost.h"
+#include "mor_train.h"
 
 static const char *sharing_name(mor_sharing s) {
     static const char *n[] = {"none", "cycle", "sequence", "middle_cycle", "middle_sequence"};

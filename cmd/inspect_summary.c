@@ -38,7 +38,7 @@ static int cmp_top(const void *pa, const void *pb) {
     return cmp_bytes(a->text, a->len, b->text, b->len);
 }
 
-int inspect_summarize(const trace *t, long top_n, inspect_summary *s) {
+int inspect_summarize(const mor_trace *t, long top_n, inspect_summary *s) {
     memset(s, 0, sizeof *s);
     s->n_r = t->num_recursion;
     s->total = (long)t->n;
@@ -59,7 +59,7 @@ int inspect_summarize(const trace *t, long top_n, inspect_summary *s) {
         return -1;
     }
     for (size_t i = 0; i < t->n; i++) {
-        occ[i].text = trace_text(t, i, &occ[i].len);
+        occ[i].text = mor_trace_text(t, i, &occ[i].len);
         occ[i].depth = t->depth[i];
     }
     qsort(occ, t->n, sizeof *occ, cmp_occurrence);

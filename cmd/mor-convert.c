@@ -7,10 +7,8 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "config.h"
 #include "mor.h"
-#include "shard.h"
-#include "util.h"
+#include "mor_train.h"
 
 static void usage(void) {
     fprintf(stderr,
@@ -141,7 +139,8 @@ static int spool_open(stdout_spool *s) {
     if (snprintf(s->dir, sizeof s->dir, "%s%smor-convert.XXXXXX", tmp, slash ? "" : "/") >= (int)sizeof s->dir ||
         !mkdtemp(s->dir)) {
         s->dir[0] = 0;
-        mor_fail(&err, MOR_EIO, "%s: cannot create a temporary directory for -o -: %s", tmp, strerror(errno));
+        cli_set_error(&err, MOR_EIO, "%s: cannot create a temporary directory for -o -: %s", tmp,
+                      strerror(errno));
         return cli_fail(&err);
     }
     snprintf(s->path, sizeof s->path, "%s/stdout", s->dir);
@@ -157,7 +156,7 @@ static int spool_copy(FILE *f) {
     bad |= ferror(f) || fflush(stdout) != 0;
     if (!bad) return 0;
     mor_error err = {0};
-    mor_fail(&err, MOR_EIO, "stdout: write failed: %s", strerror(errno));
+    cli_set_error(&err, MOR_EIO, "stdout: write failed: %s", strerror(errno));
     return cli_fail(&err);
 }
 
@@ -184,7 +183,7 @@ static int output_end(stdout_spool *s, int rc) {
     if (rc) return rc;
     if (!f) {
         mor_error err = {0};
-        mor_fail(&err, MOR_EIO, "%s: cannot open: %s", s->path, strerror(open_errno));
+        cli_set_error(&err, MOR_EIO, "%s: cannot open: %s", s->path, strerror(open_errno));
         return cli_fail(&err);
     }
     rc = spool_copy(f);
@@ -223,7 +222,8 @@ static int cmd_shard(const options *o, const mor_tokenizer *tok, const char *pat
     mor_error err = {0};
     mor_shard_writer *w;
     if (mor_tokenizer_eos(tok) < 0) {
-        mor_fail(&err, MOR_EFORMAT, "%s: the tokenizer has no EOS token to join documents with", o->tokenizer);
+        cli_set_error(&err, MOR_EFORMAT, "%s: the tokenizer has no EOS token to join documents with",
+                      o->tokenizer);
         return cli_fail(&err);
     }
     if (mor_shard_writer_open(path, (uint32_t)mor_tokenizer_vocab_size(tok), mor_tokenizer_eos(tok),

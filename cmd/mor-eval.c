@@ -12,10 +12,9 @@
 #include <string.h>
 
 #include "cli.h"
-#include "eval.h"
 #include "eval_common.h"
 #include "mor.h"
-#include "shard.h"
+#include "mor_train.h"
 
 static void usage(void) {
     fprintf(

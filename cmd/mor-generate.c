@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
 #include "cli.h"
 #include "inspect.h"
 #include "mor.h"
+#include "mor_train.h"
 
 #define MAX_STOPS 16
 #define TRACE_ZSTD_LEVEL 3 /* --trace FILE.zst, as for checkpoints */
@@ -262,7 +262,7 @@ static int flush_pending(pending *p, const options *o, FILE *out, int final) {
 /* Records the depth and router scores of every token the model runs: the
  * prompt's after its forward pass, each generated token's after its own. */
 typedef struct tracer {
-    trace t;
+    mor_trace t;
     FILE *f; /* NULL when not tracing */
     mor_sink sink; /* over f; zstd when the name ends in .zst */
     FILE *line;    /* jsonl: the line being written, in line_buf */
@@ -339,10 +339,10 @@ static int tracer_put_line(tracer *tr) {
 /* Starts the run once the prompt's length is known. */
 static int tracer_begin(tracer *tr, const char *model, int n_prompt) {
     if (!tr->f) return 0;
-    if (trace_begin_run(&tr->t, tr->n_r, model, "causal", tr->type, n_prompt))
+    if (mor_trace_begin_run(&tr->t, tr->n_r, model, "causal", tr->type, n_prompt))
         return cli_usage_error("out of memory");
     if (tr->stream) return 0;
-    trace_write_header(tr->line, &tr->t, 0);
+    mor_trace_write_header(tr->line, &tr->t, 0);
     return tracer_put_line(tr);
 }
 
@@ -362,10 +362,10 @@ static int tracer_token(tracer *tr, const mor_context *ctx, int i, int32_t pos, 
     size_t keep = utf8_complete_prefix(buf, n);
     tr->ncarry = (int)(n - keep);
     memcpy(tr->carry, buf + keep, n - keep);
-    if (trace_add(&tr->t, pos, id, buf, keep, depth, tr->scores))
+    if (mor_trace_add(&tr->t, pos, id, buf, keep, depth, tr->scores))
         return cli_usage_error("out of memory");
     if (tr->stream) return 0;
-    trace_write_token(tr->line, &tr->t, tr->t.n - 1);
+    mor_trace_write_token(tr->line, &tr->t, tr->t.n - 1);
     return tracer_put_line(tr);
 }
 
@@ -380,7 +380,7 @@ static int tracer_close(tracer *tr, int rc) {
     }
     mor_error err = {0};
     mor_status st = MOR_OK;
-    if (!rc && tr->stream && tr->t.n_runs > 0) st = trace_write_frame(&tr->sink, &tr->t, 0, &err);
+    if (!rc && tr->stream && tr->t.n_runs > 0) st = mor_trace_write_frame(&tr->sink, &tr->t, 0, &err);
     /* jsonl: the lines so far make a complete file (a whole zstd frame) even
      * after an error */
     if (!st && tr->sink.f && (!rc || !tr->stream)) st = mor_sink_finish(&tr->sink, &err);
@@ -400,7 +400,7 @@ static int tracer_close(tracer *tr, int rc) {
         cli_log("%s; mean %.3f", line, s.mean);
         inspect_summary_free(&s);
     }
-    trace_free(&tr->t);
+    mor_trace_free(&tr->t);
     free(tr->scores);
     return rc;
 }
@@ -415,7 +415,7 @@ static mor_status tokenize_prompt(const mor_tokenizer *tok, const options *o, co
     if (st || *n > 0) return st;
     free(*ids);
     *ids = NULL;
-    return mor_fail(err, MOR_EARG, "the prompt is empty and the tokenizer adds no BOS token");
+    return cli_set_error(err, MOR_EARG, "the prompt is empty and the tokenizer adds no BOS token");
 }
 
 /* Room for the history of a prompt of n tokens: the prompt and what -n lets

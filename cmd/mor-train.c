@@ -9,13 +9,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
 #include "cli.h"
-#include "kernels.h"
 #include "mor.h"
-#include "mor_cost.h"
-#include "train.h"
-#include "util.h"
+#include "mor_train.h"
 
 #define MAX_DATA 256
 
@@ -204,26 +200,10 @@ static int from_checkpoint(const char *path, char **yaml, char **tok, char **tok
     return 0;
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t n = strlen(s), k = strlen(suf);
-    return n >= k && !strcmp(s + n - k, suf);
-}
-
 /* tokenizer.json text (+ tokenizer_config.json beside it) or a .mor's. */
 static int load_tokenizer_text(const char *path, char **tok, char **tokcfg) {
-    if (ends_with(path, ".mor") || ends_with(path, ".mor.zst"))
-        return from_checkpoint(path, NULL, tok, tokcfg);
-    size_t len;
-    if (cli_read_input(path, tok, &len)) return EXIT_INPUT;
-    const char *slash = strrchr(path, '/');
-    size_t dl = slash ? (size_t)(slash - path + 1) : 0;
-    char *cp = malloc(dl + 32);
-    memcpy(cp, path, dl);
-    strcpy(cp + dl, "tokenizer_config.json");
-    mor_error err;
-    *tokcfg = NULL;
-    if (mor_read_file(cp, tokcfg, &len, &err)) *tokcfg = NULL;
-    free(cp);
+    mor_error err = {0};
+    if (mor_tokenizer_texts(path, tok, tokcfg, &err)) return cli_fail(&err);
     return 0;
 }
 
@@ -309,11 +289,9 @@ int main(int argc, char **argv) {
     size_t len;
     mor_config cfg;
     mor_tokenizer *tok = NULL;
-    mor_trainer tr;
-    mor_train_data data;
+    mor_trainer *tr = NULL;
+    mor_train_data *data = NULL;
     FILE *mf = NULL;
-    memset(&tr, 0, sizeof tr);
-    memset(&data, 0, sizeof data);
 
     if ((rc = check_run_dir(&o))) goto done;
 
@@ -367,27 +345,29 @@ int main(int argc, char **argv) {
                                         tok_src, &err))
         cli_log("mor-train: warning: %s", err.msg);
 
-    int threads = o.threads > 0 ? (int)o.threads : mor_physical_cores();
-    mor_threads_begin(threads);
-    if (mor_trainer_new(&tr, &cfg, steps, tok_json, tok_cfg, &err)) { rc = cli_fail(&err); goto done; }
-    const mor_config *c = &tr.model.cfg;
+    if (mor_trainer_new(&cfg, steps, (int)o.threads, tok_json, tok_cfg, &tr, &err)) {
+        rc = cli_fail(&err);
+        goto done;
+    }
+    const mor_config *c = mor_trainer_config(tr);
+    const int seq_len = mor_trainer_seq_len(tr);
 
     int32_t eos = mor_tokenizer_eos(tok);
     if (eos < 0) eos = c->eos_id;
     mor_train_data_opts dopt = {.paths = o.data, .n_paths = o.n_data, .val_path = o.val,
-                                .val_fraction = o.val_fraction, .n = tr.model.n, .tok = tok,
+                                .val_fraction = o.val_fraction, .n = seq_len, .tok = tok,
                                 .vocab_size = c->vocab_size, .eos_id = eos,
                                 .split = (mor_doc_split)o.split, .seed = (uint64_t)c->train.seed};
-    if (mor_train_data_load(&data, &dopt, &err)) { rc = cli_fail(&err); goto done; }
+    if (mor_train_data_load(&dopt, &data, &err)) { rc = cli_fail(&err); goto done; }
 
     long start = 0;
     if (o.resume) {
-        if (mor_trainer_resume(&tr, &data, o.resume, &start, &err)) { rc = cli_fail(&err); goto done; }
+        if (mor_trainer_resume(tr, data, o.resume, &start, &err)) { rc = cli_fail(&err); goto done; }
         cli_log("resumed %s at step %ld", o.resume, start);
     } else if (o.init) {
-        if (mor_train_model_load(&tr.model, o.init, &err)) { rc = cli_fail(&err); goto done; }
+        if (mor_trainer_load_weights(tr, o.init, &err)) { rc = cli_fail(&err); goto done; }
     } else {
-        mor_train_model_init_weights(&tr.model, (uint64_t)c->train.seed);
+        mor_trainer_init_weights(tr, (uint64_t)c->train.seed);
     }
     if (mkdir(o.out, 0755) && errno != EEXIST) {
         fprintf(stderr, "mor-train: error: %s: cannot create: %s\n", o.out, strerror(errno));
@@ -413,15 +393,15 @@ int main(int argc, char **argv) {
 
     mor_param_count pc;
     mor_cost_params(c, &pc);
-    long tok_step = (long)c->train.batch_size * c->train.grad_accum * tr.model.n;
+    long tok_step = (long)c->train.batch_size * c->train.grad_accum * seq_len;
     cli_log("model: %lld params (%lld non-embedding), %d unrolled layers%s", (long long)pc.total,
             (long long)pc.unique, c->n_layers,
             c->mor.enable ? (c->mor.type == MOR_ROUTING_EXPERT ? ", MoR expert-choice (top-k)"
                                                                : ", MoR token-choice")
                           : c->recursive ? ", recursive" : "");
     cli_log("data: %zu tokens, %zu train rows + %zu validation rows of %d; %ld tokens/step, %ld steps, "
-            "%d threads", data.n_tokens, data.n_train_rows, data.n_val_rows, tr.model.n, tok_step,
-            steps, threads);
+            "%d threads", mor_train_data_n_tokens(data), mor_train_data_n_train_rows(data),
+            mor_train_data_n_val_rows(data), seq_len, tok_step, steps, mor_trainer_n_threads(tr));
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -431,7 +411,7 @@ int main(int argc, char **argv) {
 
     long eval_every = c->train.eval_every;
     long log_every = o.log_every > 0 ? o.log_every : (steps >= 50 ? steps / 50 : 1);
-    size_t eval_rows = o.eval_rows >= 0 ? (size_t)o.eval_rows : (size_t)8 * tr.model.B;
+    size_t eval_rows = o.eval_rows >= 0 ? (size_t)o.eval_rows : (size_t)8 * mor_trainer_batch_rows(tr);
     cli_progress bar;
     char label[160];
     cli_progress_begin(&bar, label, "tok");
@@ -439,60 +419,62 @@ int main(int argc, char **argv) {
     double t_start = cli_now();
     double val = NAN;
     mor_train_step_stats st;
-    while (tr.step < steps && !stop_signal) {
+    long step = mor_trainer_steps_done(tr);
+    while (step < steps && !stop_signal) {
         double t0 = cli_now();
-        mor_trainer_step(&tr, &data, &st);
+        mor_trainer_step(tr, data, &st);
+        step = mor_trainer_steps_done(tr);
         double dt = cli_now() - t0;
         double tok_s = tok_step / dt;
-        metrics_step(mf, tr.step, c, &st, tok_s);
+        metrics_step(mf, step, c, &st, tok_s);
         if (!isfinite(st.loss)) {
             cli_progress_end(&bar);
             fprintf(stderr, "mor-train: error: the loss is %g at step %ld; stopping\n", st.loss,
-                    tr.step);
+                    step);
             rc = EXIT_VALIDATION;
             goto done;
         }
-        snprintf(label, sizeof label, "step %ld/%ld loss %.4f lr %.2e", tr.step, steps, st.loss,
+        snprintf(label, sizeof label, "step %ld/%ld loss %.4f lr %.2e", step, steps, st.loss,
                  st.lr);
-        cli_progress_update(&bar, (double)(tr.step - start) * tok_step,
+        cli_progress_update(&bar, (double)(step - start) * tok_step,
                             (double)(steps - start) * tok_step);
-        if (!bar.active && (tr.step % log_every == 0 || tr.step == steps)) {
-            double el = cli_now() - t_start, eta = el / (tr.step - start) * (steps - tr.step);
-            cli_log("step %ld/%ld loss %.4f lr %.3e grad %.3f %.0f tok/s ETA %02d:%02d", tr.step, steps,
-                    st.loss, st.lr, st.grad_norm, tok_step * (tr.step - start) / el, (int)(eta / 60),
+        if (!bar.active && (step % log_every == 0 || step == steps)) {
+            double el = cli_now() - t_start, eta = el / (step - start) * (steps - step);
+            cli_log("step %ld/%ld loss %.4f lr %.3e grad %.3f %.0f tok/s ETA %02d:%02d", step, steps,
+                    st.loss, st.lr, st.grad_norm, tok_step * (step - start) / el, (int)(eta / 60),
                     (int)eta % 60);
         }
-        if (eval_every && tr.step % eval_every == 0 && tr.step < steps && data.n_val_rows) {
-            val = mor_trainer_eval(&tr, &data, eval_rows);
-            metrics_val(mf, tr.step, val);
+        if (eval_every && step % eval_every == 0 && step < steps && mor_train_data_n_val_rows(data)) {
+            val = mor_trainer_eval(tr, data, eval_rows);
+            metrics_val(mf, step, val);
             cli_progress_end(&bar);
-            cli_log("step %ld: validation loss %.4f", tr.step, val);
+            cli_log("step %ld: validation loss %.4f", step, val);
             cli_progress_begin(&bar, label, "tok");
         }
-        if (c->train.save_every > 0 && tr.step % c->train.save_every == 0 && tr.step < steps) {
-            if (mor_trainer_save(&tr, &data, o.out, &err)) { rc = cli_fail(&err); goto done; }
+        if (c->train.save_every > 0 && step % c->train.save_every == 0 && step < steps) {
+            if (mor_trainer_save(tr, data, o.out, &err)) { rc = cli_fail(&err); goto done; }
         }
     }
     cli_progress_end(&bar);
-    if (data.n_val_rows && !stop_signal) {
-        val = mor_trainer_eval(&tr, &data, 0);
-        metrics_val(mf, tr.step, val);
+    if (mor_train_data_n_val_rows(data) && !stop_signal) {
+        val = mor_trainer_eval(tr, data, 0);
+        metrics_val(mf, step, val);
     }
-    if (mor_trainer_save(&tr, &data, o.out, &err)) { rc = cli_fail(&err); goto done; }
+    if (mor_trainer_save(tr, data, o.out, &err)) { rc = cli_fail(&err); goto done; }
     double el = cli_now() - t_start;
     if (stop_signal) {
-        cli_log("interrupted (signal %d) at step %ld; wrote %s/step-%ld.mor", (int)stop_signal, tr.step,
-                o.out, tr.step);
+        cli_log("interrupted (signal %d) at step %ld; wrote %s/step-%ld.mor", (int)stop_signal, step,
+                o.out, step);
     } else {
         cli_log("done: %ld steps in %.1f s (%.0f tok/s); final train loss %.4f, validation loss %.4f",
                 steps - start, el, el > 0 ? tok_step * (steps - start) / el : 0.0, st.loss, val);
-        cli_log("wrote %s/step-%ld.mor", o.out, tr.step);
+        cli_log("wrote %s/step-%ld.mor", o.out, step);
     }
     rc = stop_signal ? 128 + (int)stop_signal : EXIT_OK;
 done:
     if (mf) fclose(mf);
-    mor_train_data_free(&data);
-    mor_trainer_free(&tr);
+    mor_train_data_free(data);
+    mor_trainer_free(tr);
     mor_tokenizer_free(tok);
     free(yaml);
     free(tok_json);

@@ -70,6 +70,26 @@ MOR_API int mor_model_max_seq_len(const mor_model *m);
 /* The model config as YAML text (owned by the model). */
 MOR_API const char *mor_model_config_yaml(const mor_model *m);
 
+/* The sampling defaults of a Hugging Face generation_config.json that mor
+ * uses; has_* says whether the file sets the value (null counts as unset). */
+typedef struct mor_generation_defaults {
+    int has_do_sample, do_sample; /* do_sample false: greedy decoding */
+    int has_temperature, has_top_k, has_top_p;
+    double temperature; /* [0, 100] */
+    long top_k;         /* [0, 2^24], 0 = off */
+    double top_p;       /* [0, 1] */
+} mor_generation_defaults;
+
+/* Parses generation_config.json text; other keys are ignored. name (the file,
+ * or the checkpoint's metadata key) is used in messages, which name the field
+ * and the range expected. */
+MOR_API mor_status mor_generation_defaults_parse(const char *json, size_t len, const char *name,
+                                                 mor_generation_defaults *out, mor_error *err);
+/* The defaults stored in a loaded model's checkpoint; all unset when it has
+ * no generation_config. path names the checkpoint in messages. */
+MOR_API mor_status mor_model_generation_defaults(const mor_model *m, const char *path,
+                                                 mor_generation_defaults *out, mor_error *err);
+
 typedef struct mor_tensor_info {
     const char *name;
     const char *dtype; /* "F32", "BF16", ... as stored in the file */
@@ -117,6 +137,11 @@ MOR_API mor_status mor_detokenize(const mor_tokenizer *t, const int32_t *ids, si
  * character may be returned; the caller concatenates. Returns the number of
  * bytes written to buf (at most cap), or -1 if cap is too small. */
 MOR_API int mor_token_to_bytes(const mor_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t cap);
+
+/* Length of the valid UTF-8 character at s[0..n) (1..4), or 0 if it is
+ * invalid, overlong, a surrogate, beyond U+10FFFF or cut off by n (n >= 1):
+ * where the bytes of a streamed decode complete a character. */
+MOR_API size_t mor_utf8_char_len(const unsigned char *s, size_t n);
 
 /* ------------------------------------------------------------------------ */
 /* Contexts: the run state of one sequence (KV cache, scratch buffers).     */

@@ -10,6 +10,7 @@
  *     gradient coordinate of several tensors;
  * plus checkpoint save/load, parameter sharing and the data packing. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,8 +88,10 @@ static size_t numel(const mor_param_spec *s) {
 }
 
 /* A data set holding exactly the fixture's rows, read in order. */
-static void fixture_data(const fixture *fx, mor_train_data *d) {
-    memset(d, 0, sizeof *d);
+/* The fixture's rows in order, as a data set mor_train_data_free releases. */
+static mor_train_data *fixture_data(const fixture *fx) {
+    mor_train_data *d = calloc(1, sizeof *d);
+    assert_non_null(d);
     size_t rows = (size_t)fx->steps * fx->G * fx->B;
     d->n = fx->n;
     d->n_train_rows = rows;
@@ -96,6 +99,7 @@ static void fixture_data(const fixture *fx, mor_train_data *d) {
     memcpy(d->train, fx->tokens, rows * fx->n * sizeof(int32_t));
     d->perm = malloc(rows * sizeof(uint32_t));
     for (size_t i = 0; i < rows; i++) d->perm[i] = (uint32_t)i;
+    return d;
 }
 
 /* Loss of step 1 (the sum over its micro-batches), without gradients. With an
@@ -160,9 +164,11 @@ static void check_case(const char *name) {
     fixture fx;
     open_fixture(&fx, name);
     mor_error err = {0};
-    mor_trainer t;
-    if (mor_trainer_new(&t, &fx.cfg, fx.steps, "{}", NULL, &err)) fail_msg("%s: %s", name, err.msg);
-    mor_train_model *m = &t.model;
+    mor_trainer *t;
+    /* the thread count the test set for the process (mor_threads_begin) */
+    if (mor_trainer_new(&fx.cfg, fx.steps, omp_get_max_threads(), "{}", NULL, &t, &err))
+        fail_msg("%s: %s", name, err.msg);
+    mor_train_model *m = &t->model;
     if (force_parallel) m->par_min_work = 0;
     assert_int_equal(m->B, fx.B);
     assert_int_equal(m->n, fx.n);
@@ -219,13 +225,12 @@ static void check_case(const char *name) {
 
     /* 10 optimizer steps */
     load_tensors(&fx, m, "w", m->params);
-    mor_train_data d;
-    fixture_data(&fx, &d);
+    mor_train_data *d = fixture_data(&fx);
     const mor_st_tensor *lt = tensor(&fx, "losses");
     const double *losses = lt->data;
     for (int s = 0; s < fx.steps; s++) {
         mor_train_step_stats st;
-        mor_trainer_step(&t, &d, &st);
+        mor_trainer_step(t, d, &st);
         double e = fabs(st.loss - losses[s]) / fabs(losses[s]);
         if (verbose() && (s == 0 || s == fx.steps - 1))
             fprintf(stderr, "  %-14s step %d loss %.6f ref %.6f (rel %.1e)\n", name, s + 1, st.loss,
@@ -246,8 +251,8 @@ static void check_case(const char *name) {
     check_engine(name, m, &fx);
     free(grad);
     free(want);
-    mor_train_data_free(&d);
-    mor_trainer_free(&t);
+    mor_train_data_free(d);
+    mor_trainer_free(t);
     mor_st_close(fx.f);
 }
 
@@ -365,35 +370,35 @@ static void test_data_packing(void **s) {
     }
     assert_true(mor_train_data_is_shard(p1));
     const char *paths[2] = {p1, p2};
-    mor_train_data d;
+    mor_train_data *d;
     mor_train_data_opts o = {.paths = paths, .n_paths = 2, .val_fraction = 0.25, .n = 4,
                              .vocab_size = 100, .eos_id = 99, .seed = 5};
-    if (mor_train_data_load(&d, &o, &err)) fail_msg("%s", err.msg);
-    assert_int_equal(d.n_tokens, 40);
-    assert_int_equal(d.n_train_rows + d.n_val_rows, 10);
-    assert_int_equal(d.n_val_rows, 3); /* round(0.25 * 10) */
+    if (mor_train_data_load(&o, &d, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(d->n_tokens, 40);
+    assert_int_equal(d->n_train_rows + d->n_val_rows, 10);
+    assert_int_equal(d->n_val_rows, 3); /* round(0.25 * 10) */
     /* row 2 = ids 8, EOS, 10, 11: documents joined by the shard's EOS */
-    assert_int_equal(d.train[8], 8);
-    assert_int_equal(d.train[9], 99);
-    assert_int_equal(d.train[10], 10);
+    assert_int_equal(d->train[8], 8);
+    assert_int_equal(d->train[9], 99);
+    assert_int_equal(d->train[10], 10);
     /* validation = the last 3 rows; row 7 starts at token 28 = id 48 */
-    assert_int_equal(d.val[0], 48);
+    assert_int_equal(d->val[0], 48);
     /* an epoch visits every training row once, in a seeded order */
     int seen[16] = {0};
     int32_t row[4];
     uint32_t first[7];
-    for (size_t i = 0; i < d.n_train_rows; i++) {
-        mor_train_data_next(&d, row, 1);
-        for (size_t j = 0; j < d.n_train_rows; j++)
-            if (!memcmp(row, d.train + j * 4, sizeof row)) seen[j]++;
-        first[i] = d.perm[i];
+    for (size_t i = 0; i < d->n_train_rows; i++) {
+        mor_train_data_next(d, row, 1);
+        for (size_t j = 0; j < d->n_train_rows; j++)
+            if (!memcmp(row, d->train + j * 4, sizeof row)) seen[j]++;
+        first[i] = d->perm[i];
     }
-    for (size_t i = 0; i < d.n_train_rows; i++) assert_int_equal(seen[i], 1);
+    for (size_t i = 0; i < d->n_train_rows; i++) assert_int_equal(seen[i], 1);
     /* seek reproduces the order */
-    mor_train_data_seek(&d, 0, 3);
-    mor_train_data_next(&d, row, 1);
-    assert_memory_equal(row, d.train + (size_t)first[3] * 4, sizeof row);
-    mor_train_data_free(&d);
+    mor_train_data_seek(d, 0, 3);
+    mor_train_data_next(d, row, 1);
+    assert_memory_equal(row, d->train + (size_t)first[3] * 4, sizeof row);
+    mor_train_data_free(d);
 }
 
 /* Text files cut into documents (--split): each document is tokenized on
@@ -430,14 +435,14 @@ static void test_text_documents(void **s) {
             want[nw++] = 2;
             free(ids);
         }
-        mor_train_data dt;
+        mor_train_data *dt;
         mor_train_data_opts o = {.paths = paths, .n_paths = 1, .val_fraction = 0, .n = 2,
                                  .tok = tok, .vocab_size = 512, .eos_id = 2,
                                  .split = (mor_doc_split)sp, .seed = 1};
-        if (mor_train_data_load(&dt, &o, &err)) fail_msg("%s", err.msg);
-        assert_int_equal(dt.n_tokens, nw);
-        assert_memory_equal(dt.train, want, (nw / 2 * 2) * sizeof *want);
-        mor_train_data_free(&dt);
+        if (mor_train_data_load(&o, &dt, &err)) fail_msg("%s", err.msg);
+        assert_int_equal(dt->n_tokens, nw);
+        assert_memory_equal(dt->train, want, (nw / 2 * 2) * sizeof *want);
+        mor_train_data_free(dt);
     }
     mor_tokenizer_free(tok);
 }

@@ -7,6 +7,7 @@
  * lib/infer/mor_engine.c, written independently) and give the same loss on a
  * held-out row (MoR in the engine's top-k routing mode). One thread, so the machine's load cannot change the bits. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,44 +59,44 @@ static void train(const char *config, int steps, double out[3], const char *save
     if (mor_tokenizer_load(TOKENIZER, &tok, &err)) fail_msg("%s", err.msg);
     size_t jl;
     char *json = read_all(TOKENIZER, &jl);
-    mor_trainer t;
-    if (mor_trainer_new(&t, &c, steps, json, NULL, &err)) fail_msg("%s", err.msg);
+    mor_trainer *t;
+    if (mor_trainer_new(&c, steps, omp_get_max_threads(), json, NULL, &t, &err)) fail_msg("%s", err.msg);
     const char *paths[1] = {TEXT};
-    mor_train_data d;
-    mor_train_data_opts o = {.paths = paths, .n_paths = 1, .val_fraction = 0.05, .n = t.model.n,
+    mor_train_data *d;
+    mor_train_data_opts o = {.paths = paths, .n_paths = 1, .val_fraction = 0.05, .n = t->model.n,
                              .tok = tok, .vocab_size = c.vocab_size, .eos_id = mor_tokenizer_eos(tok),
                              .seed = 1};
-    if (mor_train_data_load(&d, &o, &err)) fail_msg("%s", err.msg);
-    mor_train_model_init_weights(&t.model, 1);
-    out[0] = mor_trainer_eval(&t, &d, 0);
+    if (mor_train_data_load(&o, &d, &err)) fail_msg("%s", err.msg);
+    mor_train_model_init_weights(&t->model, 1);
+    out[0] = mor_trainer_eval(t, d, 0);
     mor_train_step_stats st;
     for (int s = 0; s < steps; s++) {
-        mor_trainer_step(&t, &d, &st);
+        mor_trainer_step(t, d, &st);
         if (!isfinite(st.loss)) fail_msg("%s: loss %g at step %d", config, st.loss, s + 1);
     }
-    out[1] = mor_trainer_eval(&t, &d, 0);
-    out[2] = unigram_entropy(&d, c.vocab_size);
+    out[1] = mor_trainer_eval(t, d, 0);
+    out[2] = unigram_entropy(d, c.vocab_size);
     if (getenv("MOR_TEST_VERBOSE"))
         fprintf(stderr, "  %s: validation %.4f -> %.4f after %d steps; unigram entropy %.4f\n", config,
                 out[0], out[1], steps, out[2]);
     if (save) {
-        if (mor_train_model_save(&t.model, save, json, NULL, &err)) fail_msg("%s", err.msg);
+        if (mor_train_model_save(&t->model, save, json, NULL, &err)) fail_msg("%s", err.msg);
         /* the engine's loss on the first held-out row equals the trainer's */
         mor_model *m;
         if (mor_model_load(save, &m, &err)) fail_msg("%s", err.msg);
         mor_context *ctx;
         mor_context_params cp = mor_context_default_params();
-        cp.n_ctx = d.n;
+        cp.n_ctx = d->n;
         cp.n_threads = 1;
         cp.routing = MOR_ROUTE_TOPK; /* the trainer's routing: top-k of the row */
         if (mor_context_new(m, &cp, &ctx, &err)) fail_msg("%s", err.msg);
-        int V = c.vocab_size, n = d.n;
+        int V = c.vocab_size, n = d->n;
         float *logits = malloc(sizeof(float) * (size_t)n * V);
-        if (mor_context_eval(ctx, d.val, n, logits, &err)) fail_msg("%s", err.msg);
-        double nll = mean_nll(logits, d.val, n, V);
+        if (mor_context_eval(ctx, d->val, n, logits, &err)) fail_msg("%s", err.msg);
+        double nll = mean_nll(logits, d->val, n, V);
         mor_train_pass p = {.backward = 0, .warmup = 0, .ce_norm = 1, .aux_scale = 1};
         mor_train_losses ls;
-        mor_train_forward_backward(&t.model, d.val, 1, &p, &ls);
+        mor_train_forward_backward(&t->model, d->val, 1, &p, &ls);
         double mine = ls.ce_sum / ls.ce_count;
         if (getenv("MOR_TEST_VERBOSE"))
             fprintf(stderr, "  engine loss on a held-out row %.6f, trainer %.6f\n", nll, mine);
@@ -104,8 +105,8 @@ static void train(const char *config, int steps, double out[3], const char *save
         mor_context_free(ctx);
         mor_model_free(m);
     }
-    mor_train_data_free(&d);
-    mor_trainer_free(&t);
+    mor_train_data_free(d);
+    mor_trainer_free(t);
     mor_tokenizer_free(tok);
     free(json);
 }

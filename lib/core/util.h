@@ -7,25 +7,12 @@
 #include <string.h>
 
 #include "mor.h"
+#include "mor_train.h" /* mor_read_file, mor_atomic_file */
 
 /* Sets err (if non-NULL) and returns code, so callers can write
  * `return mor_fail(err, MOR_EFORMAT, "%s: ...", path);` */
 mor_status mor_fail(mor_error *err, mor_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-/* Reads a whole file into a NUL-terminated malloc'ed buffer. */
-mor_status mor_read_file(const char *path, char **buf, size_t *len, mor_error *err);
-
-/* Atomic output: open `path.tmp.XXXXXX` beside path, write, then
- * mor_atomic_commit (fflush + fsync + rename) or mor_atomic_abort (unlink). */
-typedef struct mor_atomic_file {
-    FILE *f;
-    char *path;
-    char *tmp_path;
-} mor_atomic_file;
-mor_status mor_atomic_open(mor_atomic_file *a, const char *path, mor_error *err);
-mor_status mor_atomic_commit(mor_atomic_file *a, mor_error *err);
-void mor_atomic_abort(mor_atomic_file *a);
 
 /* Number formats. */
 static inline float mor_bf16_to_f32(uint16_t h) {
@@ -52,9 +39,6 @@ int mor_physical_cores(void);
 /* 1 if s[0..n) is valid UTF-8; else 0 and *bad_offset = offset of the first
  * invalid byte. */
 int mor_utf8_valid(const char *s, size_t n, size_t *bad_offset);
-/* Length of the valid UTF-8 character at s[0..n) (1..4), or 0 if it is
- * invalid, overlong, a surrogate, beyond U+10FFFF or cut off by n (n >= 1). */
-size_t mor_utf8_char_len(const unsigned char *s, size_t n);
 
 /* Allocation of large float buffers: 64-byte aligned, huge-page advised. */
 void *mor_alloc_big(size_t bytes);

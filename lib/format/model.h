@@ -95,8 +95,4 @@ int mor_model_tensor_specs(const mor_config *c, mor_tensor_spec **specs);
  * place. Fails on missing, unexpected, mis-shaped or mis-typed tensors. */
 mor_status mor_model_bind(mor_model *m, mor_error *err);
 
-/* The tokenizer.json and tokenizer_config.json texts (malloc'ed; the config
- * may be NULL) of a tokenizer.json path or a .mor checkpoint. */
-mor_status mor_tokenizer_texts(const char *path, char **json, char **config_json, mor_error *err);
-
 #endif

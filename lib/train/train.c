@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "kernels.h"
 #include "router.h"
 #include "train.h"
 #include "util.h"
@@ -30,13 +31,16 @@
 #define STATE_FORMAT "mor-train-state"
 #define STATE_VERSION "1"
 
-mor_status mor_trainer_new(mor_trainer *t, const mor_config *cfg, long total_steps,
-                           const char *tok_json, const char *tok_cfg, mor_error *err) {
-    memset(t, 0, sizeof *t);
+/* The trainer's fields, filled in by mor_trainer_new. */
+static mor_status trainer_init(mor_trainer *t, const mor_config *cfg, long total_steps,
+                               const char *tok_json, const char *tok_cfg, mor_error *err) {
     if (total_steps < 1) return mor_fail(err, MOR_EARG, "trainer: %ld steps: need at least 1", total_steps);
     if (!tok_json) return mor_fail(err, MOR_EARG, "trainer: a tokenizer is required (checkpoints carry it)");
     int n = cfg->train.max_length > 0 ? cfg->train.max_length : cfg->max_seq_len;
+    /* the activations' attention scratch is sized for the thread count */
+    mor_thread_counts saved = mor_threads_begin(t->n_threads);
     mor_status st = mor_train_model_new(&t->model, cfg, cfg->train.batch_size, n, err);
+    mor_threads_end(saved);
     if (st) return st;
     mor_config *c = &t->model.cfg;
     c->train.steps = (int)total_steps;
@@ -53,23 +57,37 @@ mor_status mor_trainer_new(mor_trainer *t, const mor_config *cfg, long total_ste
     t->batch = malloc((size_t)t->model.B * n * sizeof(int32_t));
     t->tok_json = strdup(tok_json);
     t->tok_cfg = tok_cfg ? strdup(tok_cfg) : NULL;
-    if (!t->adam_m || !t->adam_v || !t->batch || !t->tok_json || (tok_cfg && !t->tok_cfg)) {
-        mor_trainer_free(t);
+    if (!t->adam_m || !t->adam_v || !t->batch || !t->tok_json || (tok_cfg && !t->tok_cfg))
         return mor_fail(err, MOR_ENOMEM, "trainer: out of memory");
-    }
     memset(t->adam_m, 0, nf * sizeof(float));
     memset(t->adam_v, 0, nf * sizeof(float));
     return MOR_OK;
 }
 
+mor_status mor_trainer_new(const mor_config *cfg, long total_steps, int n_threads, const char *tok_json,
+                           const char *tok_cfg, mor_trainer **out, mor_error *err) {
+    *out = NULL;
+    mor_trainer *t = calloc(1, sizeof *t);
+    if (!t) return mor_fail(err, MOR_ENOMEM, "trainer: out of memory");
+    t->n_threads = n_threads > 0 ? n_threads : mor_physical_cores();
+    mor_status st = trainer_init(t, cfg, total_steps, tok_json, tok_cfg, err);
+    if (st) {
+        mor_trainer_free(t);
+        return st;
+    }
+    *out = t;
+    return MOR_OK;
+}
+
 void mor_trainer_free(mor_trainer *t) {
+    if (!t) return;
     mor_train_model_free(&t->model);
     mor_free_big(t->adam_m);
     mor_free_big(t->adam_v);
     free(t->batch);
     free(t->tok_json);
     free(t->tok_cfg);
-    memset(t, 0, sizeof *t);
+    free(t);
 }
 
 double mor_trainer_lr(const mor_trainer *t, long step) {
@@ -80,7 +98,7 @@ double mor_trainer_lr(const mor_trainer *t, long step) {
     return mor_lr_wsd(step, t->warmup, t->decay, t->total_steps, peak);
 }
 
-void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *st) {
+static void trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *st) {
     mor_train_model *m = &t->model;
     const mor_config *c = &m->cfg;
     const int G = c->train.grad_accum, B = m->B, n = m->n, R = c->num_recursion;
@@ -137,7 +155,7 @@ void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *s
     t->step++;
 }
 
-double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows) {
+static double trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows) {
     mor_train_model *m = &t->model;
     size_t rows = d->n_val_rows;
     if (max_rows && max_rows < rows) rows = max_rows;
@@ -153,6 +171,35 @@ double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows
         count += ls.ce_count;
     }
     return count ? sum / (double)count : NAN;
+}
+
+/* The public calls that compute run with the trainer's thread count and put
+ * the process's counts back (mor_train.h). */
+void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *st) {
+    mor_thread_counts saved = mor_threads_begin(t->n_threads);
+    trainer_step(t, d, st);
+    mor_threads_end(saved);
+}
+
+double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows) {
+    mor_thread_counts saved = mor_threads_begin(t->n_threads);
+    double ce = trainer_eval(t, d, max_rows);
+    mor_threads_end(saved);
+    return ce;
+}
+
+const mor_config *mor_trainer_config(const mor_trainer *t) { return &t->model.cfg; }
+int mor_trainer_batch_rows(const mor_trainer *t) { return t->model.B; }
+int mor_trainer_seq_len(const mor_trainer *t) { return t->model.n; }
+int mor_trainer_n_threads(const mor_trainer *t) { return t->n_threads; }
+long mor_trainer_steps_done(const mor_trainer *t) { return t->step; }
+
+void mor_trainer_init_weights(mor_trainer *t, uint64_t seed) {
+    mor_train_model_init_weights(&t->model, seed);
+}
+
+mor_status mor_trainer_load_weights(mor_trainer *t, const char *path, mor_error *err) {
+    return mor_train_model_load(&t->model, path, err);
 }
 
 /* ======================================================================== */

@@ -1,6 +1,7 @@
-/* train.h - the trainer (internal): model state for training, the forward
- * and backward pass of vanilla, recursive and MoR models, training data, and
- * the optimizer loop with resumable checkpoints.
+/* train.h - the trainer's insides (its public calls are in mor_train.h):
+ * model state for training, the forward and backward pass of vanilla,
+ * recursive and MoR models, training data, and the optimizer loop with
+ * resumable checkpoints.
  *
  * Layout (llm.c style):
  *   - every parameter tensor of the checkpoint (mor_param_specs order and
@@ -28,14 +29,15 @@
  * optionally with fresh K/V at the selected positions), #loss-normalisation
  * with #decision-4: the CE and every auxiliary loss are means over the whole
  * optimizer step. */
-#ifndef MOR_TRAIN_H
-#define MOR_TRAIN_H
+#ifndef MOR_TRAIN_INTERNAL_H
+#define MOR_TRAIN_INTERNAL_H
 
 #include <stddef.h>
 #include <stdint.h>
 
 #include "config.h"
 #include "mor.h"
+#include "mor_train.h"
 #include "mor_cost.h"
 #include "optim.h"
 #include "shard.h"
@@ -111,17 +113,6 @@ typedef struct train_seg {
     /* token-choice */
     int32_t *prev; /* (B*M) each row's row in the previous step's packed rows */
 } train_seg;
-
-/* Router statistics of one micro-batch (docs/algorithms.md#router-metrics). */
-typedef struct mor_train_router_stats {
-    double depth[MOR_MAX_RECURSION]; /* tokens that ran exactly r+1 recursions */
-    double acc_hits, acc_count;      /* expert: (z >= 0) == selected, over candidates
-                                      * (z of the aux router under aux_router) */
-    double topk_hits, topk_count;    /* aux_router: kept tokens the aux router's own
-                                      * top-k would keep too */
-    double dead;                     /* expert: dead-token ratio at the last step */
-    double maxvio, entropy;          /* token-choice */
-} mor_train_router_stats;
 
 /* Losses of one micro-batch. ce, bce, zloss, bal are normalised by the pass
  * (so summing them over the micro-batches of a step gives the step's means);
@@ -265,7 +256,7 @@ void mor_train_layer_backward(mor_train_model *m, int l, const train_seg *s, int
 /* ======================================================================== */
 /* Training data (train_data.c)                                             */
 
-typedef struct mor_train_data {
+struct mor_train_data {
     int n;                  /* tokens per row */
     int32_t *train;         /* (n_train_rows, n) */
     int32_t *val;           /* (n_val_rows, n); inside train's allocation unless val_owned */
@@ -275,27 +266,8 @@ typedef struct mor_train_data {
     uint64_t seed;
     uint32_t *perm;         /* (n_train_rows) row order of the current epoch */
     uint64_t epoch, cursor; /* position: next row is perm[cursor] of this epoch */
-} mor_train_data;
+};
 
-typedef struct mor_train_data_opts {
-    const char *const *paths; /* token shards (mor-shard.5) or UTF-8 text files */
-    int n_paths;
-    const char *val_path;     /* validation file, or NULL: hold out val_fraction */
-    double val_fraction;      /* of the rows, from the end (0.05) */
-    int n;                    /* row length (train.max_length) */
-    const mor_tokenizer *tok; /* for text files (may be NULL if only shards) */
-    int vocab_size;           /* ids must lie below it */
-    int32_t eos_id;           /* appended after every text document; -1 = none */
-    mor_doc_split split;      /* documents of a text file: the file, lines or blank-line
-                               * separated runs (MOR_SPLIT_FILE = 0, the default) */
-    uint64_t seed;            /* row order */
-} mor_train_data_opts;
-
-/* Reads every file, joins documents with EOS (a text file's documents as
- * o->split cuts them; a shard already holds its separators), and cuts the
- * stream into rows of n tokens with no BOS (docs/training.md#data). */
-mor_status mor_train_data_load(mor_train_data *d, const mor_train_data_opts *o, mor_error *err);
-void mor_train_data_free(mor_train_data *d);
 /* Copies the next B training rows into rows (B, n); a new epoch reshuffles
  * (deterministically from seed and the epoch number). */
 void mor_train_data_next(mor_train_data *d, int32_t *rows, int B);
@@ -307,7 +279,7 @@ int mor_train_data_is_shard(const char *path);
 /* ======================================================================== */
 /* The training loop (train.c)                                              */
 
-typedef struct mor_trainer {
+struct mor_trainer {
     mor_train_model model;
     long total_steps;     /* optimizer steps of the run */
     long warmup, decay;   /* schedule lengths */
@@ -317,43 +289,10 @@ typedef struct mor_trainer {
     int32_t *batch;       /* (B, n) */
     char *tok_json, *tok_cfg; /* tokenizer text written into every checkpoint */
     uint64_t seed;
-} mor_trainer;
+    int n_threads;        /* of every call that computes (mor_threads_begin) */
+};
 
-/* Statistics of one optimizer step. */
-typedef struct mor_train_step_stats {
-    double loss, ce, bce, zloss, bal; /* means over the step */
-    double grad_norm, lr;
-    double aux_grad_norm;             /* aux routers, before their own clipping */
-    mor_train_router_stats rs;        /* summed over the micro-batches (depth) or averaged */
-} mor_train_step_stats;
-
-/* cfg validated; total_steps > 0. Takes copies of the tokenizer texts. */
-mor_status mor_trainer_new(mor_trainer *t, const mor_config *cfg, long total_steps,
-                           const char *tok_json, const char *tok_cfg, mor_error *err);
-void mor_trainer_free(mor_trainer *t);
-/* The learning rate of update number `step` (0-based). */
-double mor_trainer_lr(const mor_trainer *t, long step);
-/* One optimizer step: grad_accum micro-batches, clipping, AdamW, the
- * loss-free bias update. */
-void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *st);
-/* Mean validation CE over up to max_rows held-out rows (0 = all), with the
- * routing of evaluation (top-k without warm-up). Returns NAN without rows. */
-double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows);
-/* Writes dir/step-N.state then dir/step-N.mor, each atomically. */
-mor_status mor_trainer_save(mor_trainer *t, const mor_train_data *d, const char *dir,
-                            mor_error *err);
-/* The newest complete checkpoint of a run directory: the largest N with both
- * step-N.mor and step-N.state, or -1 (none, or dir unreadable). Resuming and
- * anything that reads the run's config or tokenizer use this one rule. */
-long mor_trainer_newest_step(const char *dir);
-/* Checkpoint files (step-N.mor, step-N.state, complete or not) in dir; 0
- * when dir does not exist. */
-int mor_trainer_count_checkpoints(const char *dir);
-/* Removes every checkpoint file of dir, and the atomic writer's leftovers of
- * them: a run that starts over. */
-mor_status mor_trainer_clear_checkpoints(const char *dir, mor_error *err);
-/* Loads the newest complete step-N.mor + step-N.state of dir. */
-mor_status mor_trainer_resume(mor_trainer *t, mor_train_data *d, const char *dir, long *step_out,
-                              mor_error *err);
+/* The trainer's calls (mor_trainer_new, _step, _eval, _save, _resume, ...)
+ * are declared in mor_train.h. */
 
 #endif

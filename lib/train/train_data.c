@@ -128,7 +128,15 @@ static void shuffle(mor_train_data *d) {
 /* ======================================================================== */
 /* Loading                                                                  */
 
-mor_status mor_train_data_load(mor_train_data *d, const mor_train_data_opts *o, mor_error *err) {
+/* Frees what a loaded (or half-loaded) data set holds. */
+static void data_release(mor_train_data *d) {
+    free(d->train);
+    if (d->val_owned) free(d->val);
+    free(d->perm);
+    memset(d, 0, sizeof *d);
+}
+
+static mor_status data_load(mor_train_data *d, const mor_train_data_opts *o, mor_error *err) {
     memset(d, 0, sizeof *d);
     d->n = o->n;
     d->seed = o->seed;
@@ -151,7 +159,7 @@ mor_status mor_train_data_load(mor_train_data *d, const mor_train_data_opts *o, 
         d->val_owned = 1;
         d->n_val_rows = va.n / n;
         if (d->n_val_rows == 0) {
-            mor_train_data_free(d);
+            data_release(d);
             return mor_fail(err, MOR_EARG, "%s: %zu tokens, fewer than one row of %zu", o->val_path,
                             va.n, n);
         }
@@ -168,7 +176,7 @@ mor_status mor_train_data_load(mor_train_data *d, const mor_train_data_opts *o, 
         d->val = d->train + d->n_train_rows * n;
     }
     if (d->n_train_rows == 0) {
-        mor_train_data_free(d);
+        data_release(d);
         return mor_fail(err, MOR_EARG,
                         "%s: %zu tokens give no training row of %zu tokens (use more text or a "
                         "smaller train.max_length)",
@@ -176,19 +184,35 @@ mor_status mor_train_data_load(mor_train_data *d, const mor_train_data_opts *o, 
     }
     d->perm = malloc(d->n_train_rows * sizeof(uint32_t));
     if (!d->perm) {
-        mor_train_data_free(d);
+        data_release(d);
         return mor_fail(err, MOR_ENOMEM, "out of memory");
     }
     shuffle(d);
     return MOR_OK;
 }
 
-void mor_train_data_free(mor_train_data *d) {
-    free(d->train);
-    if (d->val_owned) free(d->val);
-    free(d->perm);
-    memset(d, 0, sizeof *d);
+mor_status mor_train_data_load(const mor_train_data_opts *o, mor_train_data **out, mor_error *err) {
+    *out = NULL;
+    mor_train_data *d = malloc(sizeof *d);
+    if (!d) return mor_fail(err, MOR_ENOMEM, "out of memory");
+    mor_status st = data_load(d, o, err);
+    if (st) {
+        free(d);
+        return st;
+    }
+    *out = d;
+    return MOR_OK;
 }
+
+void mor_train_data_free(mor_train_data *d) {
+    if (!d) return;
+    data_release(d);
+    free(d);
+}
+
+size_t mor_train_data_n_tokens(const mor_train_data *d) { return d->n_tokens; }
+size_t mor_train_data_n_train_rows(const mor_train_data *d) { return d->n_train_rows; }
+size_t mor_train_data_n_val_rows(const mor_train_data *d) { return d->n_val_rows; }
 
 void mor_train_data_seek(mor_train_data *d, uint64_t epoch, uint64_t cursor) {
     d->epoch = epoch;

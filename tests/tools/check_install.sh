@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs mor into a temporary prefix and checks what a program linking it
 # sees: libmor.so exports exactly the functions the installed headers declare
-# (MOR_API), and examples/generate.c builds with `pkg-config --cflags --libs
-# mor` and runs without LD_LIBRARY_PATH, giving stories260K's greedy text.
+# (MOR_API), examples/generate.c builds with `pkg-config --cflags --libs
+# mor` and runs without LD_LIBRARY_PATH, giving stories260K's greedy text,
+# and every tool of cmd/ builds the same way against the installed headers
+# and libmor.so alone.
 # Exit 3 when a check fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,5 +32,15 @@ if [ "$got" != "$want" ]; then
     printf 'check_install: examples/generate printed\n%s\nexpected\n%s\n' "$got" "$want" >&2
     exit 3
 fi
+# The tools use jansson and libm themselves, besides libmor.
+for src in cmd/mor-*.c; do
+    tool=$(basename "$src" .c)
+    cc -O1 -std=c11 -D_GNU_SOURCE "$src" $(ls cmd/*.c | grep -v '/mor-') -Icmd \
+        $(pkg-config --cflags --libs mor) -ljansson -lm -o "$prefix/$tool" ||
+        { echo "check_install: $src does not build against the installed libmor" >&2; exit 3; }
+    env -u LD_LIBRARY_PATH "$prefix/$tool" --version >/dev/null ||
+        { echo "check_install: $tool built against the installed libmor does not run" >&2; exit 3; }
+done
 echo "check_install: $(echo "$exported" | wc -l) exported functions = declared ($soname);" \
-     "examples/generate via pkg-config reproduces the greedy text" >&2
+     "examples/generate via pkg-config reproduces the greedy text; the tools build against" \
+     "the installed headers and library" >&2

@@ -1,7 +1,6 @@
-/* inspect_trace.c - MoR routing traces in memory, their two encodings (JSON
- * lines and a tensor stream) and the reader that detects which one it got.
- * The format is man/mor-trace.5; see inspect_trace.h. */
-#include "inspect_trace.h"
+/* trace.c - MoR routing traces in memory, their two encodings (JSON lines
+ * and a tensor stream) and the reader that detects which one it got. The
+ * format is man/mor-trace.5; the calls are declared in mor_train.h. */
 
 #include <jansson.h>
 #include <limits.h>
@@ -9,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
 #include "config.h"
+#include "io.h"
 #include "safetensors.h"
 #include "stream.h"
 #include "util.h"
@@ -20,13 +19,13 @@
 
 static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
 
-int trace_begin_run(trace *t, int num_recursion, const char *model, const char *routing,
+int mor_trace_begin_run(mor_trace *t, int num_recursion, const char *model, const char *routing,
                     const char *type, int n_prompt) {
     if (num_recursion < 1 || num_recursion > MOR_MAX_RECURSION) return -1;
     if (t->n_runs > 0 && t->num_recursion != num_recursion) return -1;
     if (t->n_runs == t->runs_cap) {
         int cap = t->runs_cap ? 2 * t->runs_cap : 4;
-        trace_run *r = realloc(t->runs, sizeof *r * (size_t)cap);
+        mor_trace_run *r = realloc(t->runs, sizeof *r * (size_t)cap);
         if (!r) return -1;
         t->runs = r;
         t->runs_cap = cap;
@@ -38,21 +37,21 @@ int trace_begin_run(trace *t, int num_recursion, const char *model, const char *
         if (!(t->text = malloc(256))) return -1;
         t->text_cap = 256;
     }
-    trace_run *r = &t->runs[t->n_runs];
+    mor_trace_run *r = &t->runs[t->n_runs];
     r->model = dup_or_empty(model);
     r->routing = dup_or_empty(routing);
     r->type = dup_or_empty(type);
     r->n_prompt = n_prompt;
     r->first = t->n;
     r->n = 0;
-    t->n_runs++; /* counted first so trace_free releases the strings */
+    t->n_runs++; /* counted first so mor_trace_free releases the strings */
     if (!r->model || !r->routing || !r->type) return -1;
     t->num_recursion = num_recursion;
     return 0;
 }
 
 /* Grows the token arrays to hold one more token. */
-static int grow_tokens(trace *t) {
+static int grow_tokens(mor_trace *t) {
     if (t->n < t->cap) return 0;
     size_t cap = t->cap ? 2 * t->cap : 256, R = (size_t)t->num_recursion;
     int32_t *pos = realloc(t->pos, cap * sizeof *pos);
@@ -70,7 +69,7 @@ static int grow_tokens(trace *t) {
     return 0;
 }
 
-int trace_add(trace *t, int32_t pos, int32_t id, const char *text, size_t len, int depth,
+int mor_trace_add(mor_trace *t, int32_t pos, int32_t id, const char *text, size_t len, int depth,
               const float *scores) {
     if (t->n_runs == 0 || grow_tokens(t)) return -1;
     if (t->text_len + len > t->text_cap) {
@@ -92,7 +91,7 @@ int trace_add(trace *t, int32_t pos, int32_t id, const char *text, size_t len, i
     return 0;
 }
 
-void trace_free(trace *t) {
+void mor_trace_free(mor_trace *t) {
     for (int r = 0; r < t->n_runs; r++) {
         free(t->runs[r].model);
         free(t->runs[r].routing);
@@ -111,11 +110,36 @@ void trace_free(trace *t) {
 /* ======================================================================== */
 /* writing                                                                  */
 
-static void put_json_str(FILE *f, const char *s) { cli_json_string(f, s, strlen(s)); }
+/* s[0..n) as a JSON string literal (quotes included); bytes that are not
+ * valid UTF-8 become U+FFFD so the line always parses. */
+static void put_json(FILE *f, const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    fputc('"', f);
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t k = mor_utf8_char_len(u + i, n - i);
+        if (k == 0) {
+            fputs("\\ufffd", f);
+            i++;
+            continue;
+        }
+        if (c == '"') fputs("\\\"", f);
+        else if (c == '\\') fputs("\\\\", f);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\r') fputs("\\r", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fwrite(u + i, 1, k, f);
+        i += k;
+    }
+    fputc('"', f);
+}
 
-void trace_write_header(FILE *f, const trace *t, int run) {
-    const trace_run *r = &t->runs[run];
-    fprintf(f, "{\"trace\":\"mor\",\"version\":%d,\"model\":", TRACE_VERSION);
+static void put_json_str(FILE *f, const char *s) { put_json(f, s, strlen(s)); }
+
+void mor_trace_write_header(FILE *f, const mor_trace *t, int run) {
+    const mor_trace_run *r = &t->runs[run];
+    fprintf(f, "{\"trace\":\"mor\",\"version\":%d,\"model\":", MOR_TRACE_VERSION);
     put_json_str(f, r->model);
     fprintf(f, ",\"num_recursion\":%d,\"routing\":", t->num_recursion);
     put_json_str(f, r->routing);
@@ -124,11 +148,11 @@ void trace_write_header(FILE *f, const trace *t, int run) {
     fprintf(f, ",\"n_prompt\":%d}\n", r->n_prompt);
 }
 
-void trace_write_token(FILE *f, const trace *t, size_t i) {
+void mor_trace_write_token(FILE *f, const mor_trace *t, size_t i) {
     size_t len;
-    const char *text = trace_text(t, i, &len);
+    const char *text = mor_trace_text(t, i, &len);
     fprintf(f, "{\"pos\":%d,\"id\":%d,\"text\":", t->pos[i], t->id[i]);
-    cli_json_string(f, text, len);
+    put_json(f, text, len);
     fprintf(f, ",\"depth\":%d,\"scores\":[", t->depth[i]);
     for (int r = 0; r < t->num_recursion; r++) {
         float s = t->scores[i * (size_t)t->num_recursion + (size_t)r];
@@ -139,11 +163,11 @@ void trace_write_token(FILE *f, const trace *t, size_t i) {
     fputs("]}\n", f);
 }
 
-mor_status trace_write_frame(mor_sink *s, const trace *t, int run, mor_error *err) {
-    const trace_run *r = &t->runs[run];
+mor_status mor_trace_write_frame(mor_sink *s, const mor_trace *t, int run, mor_error *err) {
+    const mor_trace_run *r = &t->runs[run];
     size_t n = r->n, R = (size_t)t->num_recursion, b0 = t->text_off[r->first];
     int32_t *off = malloc((n + 1) * sizeof *off); /* (n + 1) relative to the run's text */
-    mor_frame *f = mor_frame_new(TRACE_KIND);
+    mor_frame *f = mor_frame_new(MOR_TRACE_KIND);
     if (!off || !f) {
         free(off);
         mor_frame_free(f);
@@ -191,7 +215,7 @@ static const char *get_str(json_t *o, const char *key) {
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-static mor_status parse_header_line(json_t *o, const char *name, size_t line, trace *t,
+static mor_status parse_header_line(json_t *o, const char *name, size_t line, mor_trace *t,
                                     mor_error *err) {
     long long version, nr, np = -1;
     const char *tr = get_str(o, "trace");
@@ -201,9 +225,9 @@ static mor_status parse_header_line(json_t *o, const char *name, size_t line, tr
     if (rv)
         return mor_fail(err, MOR_EFORMAT, "%s: line %zu: \"version\" must be a positive integer",
                         name, line);
-    if (version > TRACE_VERSION)
+    if (version > MOR_TRACE_VERSION)
         return mor_fail(err, MOR_EUNSUPPORTED, "%s: line %zu: trace version %lld is newer than this "
-                        "reader's (%d)", name, line, version, TRACE_VERSION);
+                        "reader's (%d)", name, line, version, MOR_TRACE_VERSION);
     if (get_int(o, "num_recursion", 1, MOR_MAX_RECURSION, &nr))
         return mor_fail(err, MOR_EFORMAT, "%s: line %zu: \"num_recursion\" must be an integer in "
                         "1..%d", name, line, MOR_MAX_RECURSION);
@@ -213,13 +237,13 @@ static mor_status parse_header_line(json_t *o, const char *name, size_t line, tr
     if (get_int(o, "n_prompt", -1, INT32_MAX, &np) < 0)
         return mor_fail(err, MOR_EFORMAT, "%s: line %zu: \"n_prompt\" must be an integer >= -1",
                         name, line);
-    if (trace_begin_run(t, (int)nr, get_str(o, "model"), get_str(o, "routing"), get_str(o, "type"),
+    if (mor_trace_begin_run(t, (int)nr, get_str(o, "model"), get_str(o, "routing"), get_str(o, "type"),
                         (int)np))
         return mor_fail(err, MOR_ENOMEM, "%s: out of memory", name);
     return MOR_OK;
 }
 
-static mor_status parse_token_line(json_t *o, const char *name, size_t line, trace *t,
+static mor_status parse_token_line(json_t *o, const char *name, size_t line, mor_trace *t,
                                    mor_error *err) {
     long long pos, id, depth;
     int R = t->num_recursion;
@@ -254,13 +278,13 @@ static mor_status parse_token_line(json_t *o, const char *name, size_t line, tra
                                 "null", name, line, r);
         }
     }
-    if (trace_add(t, (int32_t)pos, (int32_t)id, json_string_value(text), json_string_length(text),
+    if (mor_trace_add(t, (int32_t)pos, (int32_t)id, json_string_value(text), json_string_length(text),
                   (int)depth, sc))
         return mor_fail(err, MOR_ENOMEM, "%s: out of memory", name);
     return MOR_OK;
 }
 
-static mor_status parse_jsonl(const char *buf, size_t len, const char *name, trace *t,
+static mor_status parse_jsonl(const char *buf, size_t len, const char *name, mor_trace *t,
                               mor_error *err) {
     size_t line = 0;
     for (size_t at = 0; at < len;) {
@@ -339,11 +363,11 @@ static int32_t get_i32(const mor_st_tensor *t, size_t i) {
     return v;
 }
 
-static mor_status parse_frame(const mor_st_file *f, const char *label, trace *t, mor_error *err) {
+static mor_status parse_frame(const mor_st_file *f, const char *label, mor_trace *t, mor_error *err) {
     const char *v = mor_st_meta_get(f, "version"), *nrs = mor_st_meta_get(f, "num_recursion");
     const char *nps = mor_st_meta_get(f, "n_prompt");
     if (v && strcmp(v, "1"))
-        return mor_fail(err, MOR_EUNSUPPORTED, "%s: trace version %s is not %d", label, v, TRACE_VERSION);
+        return mor_fail(err, MOR_EUNSUPPORTED, "%s: trace version %s is not %d", label, v, MOR_TRACE_VERSION);
     char *end;
     long R = nrs ? strtol(nrs, &end, 10) : 0;
     if (!nrs || *end || R < 1 || R > MOR_MAX_RECURSION)
@@ -368,7 +392,7 @@ static mor_status parse_frame(const mor_st_file *f, const char *label, trace *t,
         return mor_fail(err, MOR_EFORMAT, "%s: shapes disagree: pos (%lld), expected id and depth "
                         "(%lld), scores (%lld, %ld), text_offsets (%lld)", label, (long long)n,
                         (long long)n, (long long)n, R, (long long)n + 1);
-    if (trace_begin_run(t, (int)R, mor_st_meta_get(f, "model"), mor_st_meta_get(f, "routing"),
+    if (mor_trace_begin_run(t, (int)R, mor_st_meta_get(f, "model"), mor_st_meta_get(f, "routing"),
                         mor_st_meta_get(f, "type"), (int)np))
         return mor_fail(err, MOR_ENOMEM, "%s: out of memory", label);
     if (get_i32(off, 0) != 0 || get_i32(off, (size_t)n) != text->shape[0])
@@ -384,14 +408,14 @@ static mor_status parse_frame(const mor_st_file *f, const char *label, trace *t,
                             (long long)i + 1, b, a, (long long)text->shape[0]);
         float sc[MOR_MAX_RECURSION];
         memcpy(sc, (const uint8_t *)scores->data + (size_t)i * (size_t)R * 4, (size_t)R * 4);
-        if (trace_add(t, get_i32(pos, (size_t)i), get_i32(id, (size_t)i),
+        if (mor_trace_add(t, get_i32(pos, (size_t)i), get_i32(id, (size_t)i),
                       (const char *)text->data + a, (size_t)(b - a), d, sc))
             return mor_fail(err, MOR_ENOMEM, "%s: out of memory", label);
     }
     return MOR_OK;
 }
 
-static mor_status parse_stream(const char *buf, size_t len, const char *name, trace *t,
+static mor_status parse_stream(const char *buf, size_t len, const char *name, mor_trace *t,
                                mor_error *err) {
     char label[1024];
     int index = 0;
@@ -405,7 +429,7 @@ static mor_status parse_stream(const char *buf, size_t len, const char *name, tr
         const char *kind = mor_st_meta_get(f, MOR_STREAM_KIND);
         if (!kind || !kind[0])
             st = mor_fail(err, MOR_EFORMAT, "%s: __metadata__ has no \"kind\"", label);
-        else if (!strcmp(kind, TRACE_KIND))
+        else if (!strcmp(kind, MOR_TRACE_KIND))
             st = parse_frame(f, label, t, err);
         mor_st_close(f); /* frames of other kinds are skipped */
         if (st) return st;
@@ -415,7 +439,7 @@ static mor_status parse_stream(const char *buf, size_t len, const char *name, tr
     return MOR_OK;
 }
 
-mor_status trace_parse(const char *buf, size_t len, const char *name, trace *t, mor_error *err) {
+mor_status mor_trace_parse(const char *buf, size_t len, const char *name, mor_trace *t, mor_error *err) {
     memset(t, 0, sizeof *t);
     size_t k = 0;
     while (k < len && (buf[k] == ' ' || buf[k] == '\t' || buf[k] == '\r' || buf[k] == '\n')) k++;
@@ -424,40 +448,37 @@ mor_status trace_parse(const char *buf, size_t len, const char *name, trace *t, 
      * bytes are zero; JSON text never holds a NUL byte. */
     mor_status st = len >= 8 && memchr(buf, 0, 8) ? parse_stream(buf, len, name, t, err)
                                                   : parse_jsonl(buf, len, name, t, err);
-    if (st) trace_free(t);
+    if (st) mor_trace_free(t);
     return st;
 }
 
-int trace_read(const char *path, trace *t) {
+mor_status mor_trace_read(const char *path, mor_trace *t, mor_error *err) {
+    memset(t, 0, sizeof *t);
     int std = !path || !strcmp(path, "-");
     const char *name = std ? "stdin" : path;
-    mor_error err = {0};
     FILE *f = std ? stdin : fopen(path, "rb");
-    if (!f) {
-        mor_fail(&err, MOR_EIO, "%s: cannot open", name);
-        return cli_fail(&err);
-    }
+    if (!f) return mor_fail(err, MOR_EIO, "%s: cannot open", name);
     mor_source src;
     char *buf = NULL;
     size_t len = 0, cap = 0;
-    mor_status st = mor_source_open(&src, f, name, &err);
+    mor_status st = mor_source_open(&src, f, name, err);
     while (!st) {
         if (cap - len < 65536) {
             char *b = realloc(buf, cap = 2 * cap + 65536);
             if (!b) {
-                st = mor_fail(&err, MOR_ENOMEM, "%s: out of memory", name);
+                st = mor_fail(err, MOR_ENOMEM, "%s: out of memory", name);
                 break;
             }
             buf = b;
         }
         size_t want = cap - len, got;
-        st = mor_source_read(&src, buf + len, want, &got, &err);
+        st = mor_source_read(&src, buf + len, want, &got, err);
         len += got;
         if (got < want) break; /* end of input */
     }
     mor_source_free(&src); /* safe after a failed open: it clears src first */
     if (!std) fclose(f);
-    if (!st) st = trace_parse(buf ? buf : "", len, name, t, &err);
+    if (!st) st = mor_trace_parse(buf ? buf : "", len, name, t, err);
     free(buf);
-    return st ? cli_fail(&err) : 0;
+    return st;
 }
