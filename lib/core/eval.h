@@ -23,9 +23,6 @@ double mor_eval_logprob(const float *logits, /* (V) */
 int32_t mor_eval_argmax(const float *logits, /* (V) */
                         int V);
 
-/* logsumexp of the row, in double. */
-double mor_eval_logsumexp(const float *logits, /* (V) */
-                          int V);
 
 /* KL(P || Q) = sum_v P_v (log P_v - log Q_v) with P = softmax(base) and
  * Q = softmax(model), in nats. Mathematically >= 0; rounding can make it a
@@ -46,8 +43,6 @@ typedef struct mor_eval_acc {
 void mor_eval_acc_add(mor_eval_acc *a, double x);
 /* a <- a and b together (Chan et al.'s parallel update). */
 void mor_eval_acc_merge(mor_eval_acc *a, const mor_eval_acc *b);
-/* Sample variance (n - 1 denominator); NaN when n < 2. */
-double mor_eval_acc_var(const mor_eval_acc *a);
 /* Standard error of the mean, sqrt(var / n); NaN when n < 2. */
 double mor_eval_acc_stderr(const mor_eval_acc *a);
 

@@ -18,7 +18,6 @@ typedef enum { MOR_ST_F32 = 0, MOR_ST_F16, MOR_ST_BF16, MOR_ST_F64, MOR_ST_I64, 
 
 const char *mor_st_dtype_name(mor_st_dtype t);
 size_t mor_st_dtype_size(mor_st_dtype t);
-int mor_st_dtype_parse(const char *name, mor_st_dtype *out); /* 1 if known */
 
 #define MOR_ST_MAX_DIMS 8
 /* The safetensors library refuses longer headers; so do we. */

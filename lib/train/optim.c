@@ -13,8 +13,9 @@
 /* ======================================================================== */
 /* AdamW                                                                    */
 
-void mor_adamw_update(float *param, const float *grad, float *m, float *v, size_t n, long t,
-                      double lr, double beta1, double beta2, double eps, double weight_decay) {
+/* One AdamW update of n elements (the formula in optim.h). */
+static void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, long t,
+                         double lr, double beta1, double beta2, double eps, double weight_decay) {
     /* torch forms these in Python doubles, then each tensor op rounds its
      * scalar to float; doing the same keeps the update bit-close to torch. */
     const float decay = (float)(1.0 - lr * weight_decay);
@@ -41,7 +42,7 @@ void mor_adamw_step(float *params, const float *grads, float *m, float *v,
                     const mor_param_span *spans, int n_spans, long t, const mor_adamw_params *p) {
     for (int s = 0; s < n_spans; s++) {
         size_t o = spans[s].offset;
-        mor_adamw_update(params + o, grads + o, m + o, v + o, spans[s].n, t, p->lr, p->beta1,
+        adamw_update(params + o, grads + o, m + o, v + o, spans[s].n, t, p->lr, p->beta1,
                          p->beta2, p->eps, spans[s].decay ? p->weight_decay : 0.0);
     }
 }

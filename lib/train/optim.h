@@ -30,20 +30,13 @@ typedef struct mor_param_span {
     int decay; /* 1: decoupled weight decay applies; 0: not (norms, biases) */
 } mor_param_span;
 
-/* One AdamW update of n elements, exactly as torch.optim.AdamW (1.13,
- * amsgrad off): p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
- * p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
- * t counts updates including this one (1 for the first). Scalars are formed
- * in double and rounded to float as torch does; the arrays are float32. */
-void mor_adamw_update(float *param,      /* (n) */
-                      const float *grad, /* (n) */
-                      float *m,          /* (n) first moment, zero at t = 1 */
-                      float *v,          /* (n) second moment, zero at t = 1 */
-                      size_t n, long t, double lr, double beta1, double beta2, double eps,
-                      double weight_decay);
-
-/* mor_adamw_update over every span of the flat arrays, with weight_decay
- * applied to the spans that ask for it. */
+/* One AdamW update of every span of the flat arrays, exactly as
+ * torch.optim.AdamW (1.13, amsgrad off), with weight_decay applied to the
+ * spans that ask for it: p *= 1 - lr*wd; m = b1 m + (1-b1) g;
+ * v = b2 v + (1-b2) g^2; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
+ * t counts updates including this one (1 for the first; m and v are zero
+ * then). Scalars are formed in double and rounded to float as torch does;
+ * the arrays are float32. */
 void mor_adamw_step(float *params, const float *grads, float *m, float *v,
                     const mor_param_span *spans, int n_spans, long t,
                     const mor_adamw_params *p);

@@ -331,8 +331,6 @@ typedef struct mor_train_step_stats {
 mor_status mor_trainer_new(mor_trainer *t, const mor_config *cfg, long total_steps,
                            const char *tok_json, const char *tok_cfg, mor_error *err);
 void mor_trainer_free(mor_trainer *t);
-/* The learning rate of update number `step` (0-based). */
-double mor_trainer_lr(const mor_trainer *t, long step);
 /* One optimizer step: grad_accum micro-batches, clipping, AdamW, the
  * loss-free bias update. */
 void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *st);
