@@ -713,13 +713,6 @@ static char *build_header(const mor_st_writer *w, size_t *len) {
     return b.s;
 }
 
-uint64_t mor_st_writer_total_size(const mor_st_writer *w) {
-    size_t n;
-    char *h = build_header(w, &n);
-    free(h);
-    return h ? 8 + n + w->data_size : 0;
-}
-
 int mor_st_writer_pending(const mor_st_writer *w) { return w->next < 0 ? w->n : w->n - w->next; }
 
 mor_status mor_st_writer_header(mor_st_writer *w, mor_sink *s, mor_error *err) {
