@@ -21,27 +21,18 @@
  * one warm-up step: on a shared machine other jobs only slow runs down. */
 #include <cblas.h>
 #include <stdio.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_util.h"
 #include "kernels.h"
 #include "mor_cost.h"
 #include "router.h"
 #include "train.h"
 #include "util.h"
 
-/* With one thread every parallel region and sgemm runs on the caller, so its
- * own CPU clock leaves out the time the scheduler gives other jobs on a
- * shared machine; two threads meet at barriers, so only the wall clock
- * means anything there. */
 static int n_threads = 2;
-static double now(void) {
-    if (n_threads > 1) return mor_now();
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double now(void) { return bench_now(n_threads); }
 
 typedef struct shape {
     const char *name;

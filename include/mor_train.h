@@ -386,10 +386,6 @@ MOR_API double mor_eval_logprob(const float *logits, /* (V) */
 MOR_API int32_t mor_eval_argmax(const float *logits, /* (V) */
                                 int V);
 
-/* logsumexp of the row, in double. */
-MOR_API double mor_eval_logsumexp(const float *logits, /* (V) */
-                                  int V);
-
 /* KL(P || Q) = sum_v P_v (log P_v - log Q_v) with P = softmax(base) and
  * Q = softmax(model), in nats. Mathematically >= 0; rounding can make it a
  * few ulps negative, which is returned as 0. */
@@ -409,8 +405,6 @@ typedef struct mor_eval_acc {
 MOR_API void mor_eval_acc_add(mor_eval_acc *a, double x);
 /* a <- a and b together (Chan et al.'s parallel update). */
 MOR_API void mor_eval_acc_merge(mor_eval_acc *a, const mor_eval_acc *b);
-/* Sample variance (n - 1 denominator); NaN when n < 2. */
-MOR_API double mor_eval_acc_var(const mor_eval_acc *a);
 /* Standard error of the mean, sqrt(var / n); NaN when n < 2. */
 MOR_API double mor_eval_acc_stderr(const mor_eval_acc *a);
 
@@ -500,8 +494,6 @@ typedef enum { MOR_ST_F32 = 0, MOR_ST_F16, MOR_ST_BF16, MOR_ST_F64, MOR_ST_I64, 
 MOR_API const char *mor_st_dtype_name(mor_st_dtype t);
 /* Bytes per element. */
 MOR_API size_t mor_st_dtype_size(mor_st_dtype t);
-/* 1 and *out set if name is a known dtype, else 0. */
-MOR_API int mor_st_dtype_parse(const char *name, mor_st_dtype *out);
 
 #define MOR_ST_MAX_DIMS 8
 
@@ -844,8 +836,6 @@ MOR_API void mor_trainer_init_weights(mor_trainer *t, uint64_t seed);
  * present with its shape (F32 or BF16), and no other. */
 MOR_API mor_status mor_trainer_load_weights(mor_trainer *t, const char *path, mor_error *err);
 
-/* The learning rate of update number `step` (0-based). */
-MOR_API double mor_trainer_lr(const mor_trainer *t, long step);
 /* One optimizer step: grad_accum micro-batches, clipping, AdamW, the
  * loss-free bias update. */
 MOR_API void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *st);

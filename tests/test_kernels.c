@@ -43,7 +43,7 @@ static void test_matvec_odd_sizes(void **state) {
             ref_matmul(ref, x, W, 1, out, in);
             for (int nt = 1; nt <= 2; nt++) {
                 memset(y, 0, (size_t)out * sizeof *y);
-                mor_matvec(y, W, x, out, in, nt);
+                mor_matvec_multi(y, W, x, 1, out, in, nt);
                 double e = rel_err(y, ref, (size_t)out);
                 if (e > 1e-6) fail_msg("matvec %dx%d threads %d: rel_err %g", out, in, nt, e);
             }
@@ -61,14 +61,15 @@ static void test_matvec_parallel(void **state) {
     float *y1 = malloc(out * sizeof(float)), *y2 = malloc(out * sizeof(float)),
           *ref = malloc(out * sizeof(float));
     ref_matmul(ref, x, W, 1, out, in);
-    mor_matvec(y1, W, x, out, in, 1);
-    mor_matvec(y2, W, x, out, in, 2);
+    mor_matvec_multi(y1, W, x, 1, out, in, 1);
+    mor_matvec_multi(y2, W, x, 1, out, in, 2);
     assert_true(rel_err(y1, ref, out) < 1e-6);
     assert_memory_equal(y1, y2, out * sizeof(float));
     free(W), free(x), free(y1), free(y2), free(ref);
 }
 
-/* Several vectors at once (matvec_multi) and through sgemm (mor_matmul). */
+/* Several vectors at once (matvec_multi) and through mor_matmul_w, which
+ * takes sgemm past MOR_MATVEC_MAX_ROWS rows. */
 static void test_matvec_multi_and_matmul(void **state) {
     (void)state;
     static const int ns[] = {1, 2, 3, 4, 5, 9, 16, 17, 20};
@@ -82,9 +83,9 @@ static void test_matvec_multi_and_matmul(void **state) {
         mor_matvec_multi(Y, W, X, n, out, in, 2);
         assert_true(rel_err(Y, ref, (size_t)n * out) < 1e-6);
         /* a vector left over from the triples and pairs is summed as
-         * mor_matvec sums it */
+         * a single vector is summed */
         float *y = malloc((size_t)out * sizeof *y);
-        mor_matvec(y, W, X + (size_t)(n - 1) * in, out, in, 1);
+        mor_matvec_multi(y, W, X + (size_t)(n - 1) * in, 1, out, in, 1);
         if (n % 3 == 1) assert_memory_equal(y, Y + (size_t)(n - 1) * out, (size_t)out * sizeof *y);
         /* triples and pairs sum alike: the first two vectors of n >= 3 (a
          * triple) give the bits of a call on those two alone (a pair) */
@@ -96,7 +97,7 @@ static void test_matvec_multi_and_matmul(void **state) {
         }
         memset(Y, 0, (size_t)n * out * sizeof *Y);
         mor_thread_counts saved = mor_threads_begin(2);
-        mor_matmul(Y, X, W, n, out, in, 2);
+        mor_matmul_w(Y, X, W, NULL, n, out, in, 2);
         mor_threads_end(saved);
         double e = rel_err(Y, ref, (size_t)n * out);
         if (e > 1e-6) fail_msg("matmul n=%d: rel_err %g", n, e);

@@ -1,4 +1,7 @@
-/* test_layers.c - the training layers of lib/train/layers.h, two ways:
+/* test_layers.c - the training layers of lib/train/layers.h, the trainer's
+ * fused kernels (mor_train_swiglu_*, mor_train_ce: train_math.c) and the
+ * token-choice probabilities it routes with (mor_route_token_assign), two
+ * ways:
  *
  *  1. against PyTorch (tests/gen/ref_layers.py, fixtures in
  *     tests/fixtures/layers/<case>/): outputs within rel_err 1e-5, gradients
@@ -19,7 +22,10 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "kernels.h"
 #include "layers.h"
+#include "router.h"
+#include "train.h"
 
 #define FWD_TOL 1e-5
 #define BWD_TOL 1e-4
@@ -245,11 +251,19 @@ static double rope_loss(void *p) {
     return dot_out(c->out, c->R, (size_t)c->T * c->NH * c->HD);
 }
 
+/* The trainer's table: mor_rope_freqs of a config without rope scaling. */
+static void rope_inv_freq(float *inv_freq, int HD, float theta) {
+    mor_config cfg = {0};
+    cfg.head_dim = HD;
+    cfg.rope_theta = theta;
+    mor_rope_freqs(inv_freq, &cfg);
+}
+
 static void test_rope(void **state) {
     (void)state;
     const int T = 7, NH = 3, HD = 16, N = T * NH * HD;
     float inv[8];
-    mor_rope_inv_freq(inv, HD, 10000.0f);
+    rope_inv_freq(inv, HD, 10000.0f);
     expect_close("rope inv_freq", inv, fx("rope", "inv_freq", HD / 2), HD / 2, 1e-6);
     int32_t *pos = fi("rope", "pos", T);
     float *x = fx("rope", "x", N), *dout = fx("rope", "dout", N), *want = fx("rope", "out", N);
@@ -265,7 +279,7 @@ static void test_rope(void **state) {
     /* head_dim 256 crosses the 64-frequency chunks of the implementation */
     int32_t p2[5] = {1, 2, 9, 300, 301};
     float inv2[128];
-    mor_rope_inv_freq(inv2, 256, 500000.0f);
+    rope_inv_freq(inv2, 256, 500000.0f);
     rope_ctx c = {5,    2, 256, randn(5 * 2 * 256, 1), zeros(5 * 2 * 256), randn(5 * 2 * 256, 1),
                   inv2, p2};
     float *g = zeros(5 * 2 * 256);
@@ -460,7 +474,7 @@ typedef struct {
 static double ew_loss(void *p) {
     ew_ctx *c = p;
     if (c->kind == 0)
-        mor_swiglu_forward(c->out, c->a, c->b, c->N);
+        mor_train_swiglu_forward(c->out, c->a, c->b, c->N);
     else
         mor_gelu_forward(c->out, c->a, c->N);
     return dot_out(c->out, c->R, c->N);
@@ -471,26 +485,30 @@ static void test_swiglu_gelu(void **state) {
     const size_t N = 120, G = 50;
     float *gate = fx("swiglu", "gate", N), *up = fx("swiglu", "up", N);
     float *out = zeros(N), *dg = filled(N, ACC0), *du = filled(N, ACC0);
-    mor_swiglu_forward(out, gate, up, N);
+    mor_train_swiglu_forward(out, gate, up, N);
     expect_close("swiglu out", out, fx("swiglu", "out", N), N, FWD_TOL);
-    mor_swiglu_backward(dg, du, fx("swiglu", "dout", N), gate, up, N);
+    mor_train_swiglu_backward(dg, du, fx("swiglu", "dout", N), gate, up, N);
     expect_grad("swiglu dgate", dg, fx("swiglu", "dgate", N), N);
     expect_grad("swiglu dup", du, fx("swiglu", "dup", N), N);
 
     float *x = fx("gelu", "x", G), *gout = zeros(G), *dx = filled(G, ACC0);
     mor_gelu_forward(gout, x, G);
     expect_close("gelu out", gout, fx("gelu", "out", G), G, FWD_TOL);
-    mor_gelu_backward(dx, fx("gelu", "dout", G), x, G);
-    expect_grad("gelu dx", dx, fx("gelu", "dx", G), G);
+    mor_gelu_backward(dx, fx("gelu", "dout", G), x, G); /* writes, no += */
+    expect_close("gelu dx", dx, fx("gelu", "dx", G), G, BWD_TOL);
+    float *inplace = copy(fx("gelu", "dout", G), G); /* dinp may alias dout */
+    mor_gelu_backward(inplace, inplace, x, G);
+    expect_close("gelu dx in place", inplace, fx("gelu", "dx", G), G, BWD_TOL);
 
-    ew_ctx c = {200, randn(200, 2), randn(200, 1), zeros(200), randn(200, 1), 0};
-    float *ga = zeros(200), *gb = zeros(200);
+    /* 203: the vector loop and the scalar tail of the trainer's kernel */
+    ew_ctx c = {203, randn(203, 2), randn(203, 1), zeros(203), randn(203, 1), 0};
+    float *ga = zeros(203), *gb = zeros(203);
     ew_loss(&c);
-    mor_swiglu_backward(ga, gb, c.R, c.a, c.b, c.N);
+    mor_train_swiglu_backward(ga, gb, c.R, c.a, c.b, c.N);
     fd_check("swiglu gate", ew_loss, &c, c.a, ga, c.N);
     fd_check("swiglu up", ew_loss, &c, c.b, gb, c.N);
     c.kind = 1;
-    memset(ga, 0, 200 * sizeof(float));
+    memset(ga, 0, 203 * sizeof(float));
     ew_loss(&c);
     mor_gelu_backward(ga, c.R, c.a, c.N);
     fd_check("gelu x", ew_loss, &c, c.a, ga, c.N);
@@ -500,16 +518,40 @@ static void test_swiglu_gelu(void **state) {
 /* ======================================================================== */
 /* Cross-entropy                                                            */
 
+/* The trainer's LM-head cross-entropy, forward and backward fused: the loss
+ * is mor_train_ce's sum of row losses divided by norm; called with
+ * scale = dloss / norm it also replaces the logits by dloss * dL/dlogits. */
 typedef struct {
     int T, V;
-    float *logits, *lse;
+    float *logits, *rows;
     int32_t *targets;
     float norm, dloss;
 } ce_ctx;
 static double ce_loss(void *p) {
     ce_ctx *c = p;
-    return c->dloss *
-           mor_crossentropy_forward(c->lse, NULL, c->logits, c->targets, c->T, c->V, c->norm);
+    long count = 0;
+    return c->dloss * mor_train_ce(c->logits, c->rows, c->targets, c->T, c->V, 0.0f, &count) /
+           c->norm;
+}
+
+/* Loss and dlogits in double, the reference for long rows. */
+static double ref_ce(float *dlogits, const float *logits, const int32_t *targets, int T, int V,
+                     double scale) {
+    double total = 0;
+    for (int t = 0; t < T; t++) {
+        const float *l = logits + (size_t)t * V;
+        float *d = dlogits + (size_t)t * V;
+        if (targets[t] < 0) {
+            memset(d, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        double mx = l[0], sum = 0;
+        for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+        for (int j = 0; j < V; j++) sum += exp(l[j] - mx);
+        total += mx + log(sum) - l[targets[t]];
+        for (int j = 0; j < V; j++) d[j] = (float)(scale * (exp(l[j] - mx) / sum - (j == targets[t])));
+    }
+    return total;
 }
 
 static void test_crossentropy(void **state) {
@@ -517,24 +559,36 @@ static void test_crossentropy(void **state) {
     const int T = 8, V = 50;
     float *logits = fx("crossentropy", "logits", T * V);
     int32_t *targets = fi("crossentropy", "targets", T);
-    float *lse = zeros(T), *losses = zeros(T), *dl = filled(T * V, 9.0f);
-    float loss = (float)mor_crossentropy_forward(lse, losses, logits, targets, T, V, 10.0f);
+    float *losses = zeros(T), *dl = copy(logits, T * V);
+    long count = 0, want_count = 0;
+    for (int t = 0; t < T; t++) want_count += targets[t] >= 0;
+    float loss = (float)(mor_train_ce(logits, losses, targets, T, V, 0.0f, &count) / 10.0);
+    assert_int_equal(count, want_count);
     expect_close("ce loss", &loss, fx("crossentropy", "loss", 1), 1, FWD_TOL);
-    expect_close("ce lse", lse, fx("crossentropy", "lse", T), T, FWD_TOL);
     expect_close("ce losses", losses, fx("crossentropy", "losses", T), T, FWD_TOL);
-    mor_crossentropy_backward(dl, logits, lse, targets, T, V, 10.0f, 0.7f); /* writes, no += */
-    float *want = fx("crossentropy", "dlogits", T * V);
-    expect_close("ce dlogits", dl, want, T * V, BWD_TOL);
-    float *alias = copy(logits, T * V); /* dlogits may alias logits */
-    mor_crossentropy_backward(alias, alias, lse, targets, T, V, 10.0f, 0.7f);
-    expect_close("ce dlogits in place", alias, want, T * V, BWD_TOL);
+    /* logits untouched at scale 0; with scale 0.7 / 10 the same loss and dlogits */
+    expect_close("ce logits kept", logits, dl, (size_t)T * V, 0);
+    float fused = (float)(mor_train_ce(dl, losses, targets, T, V, 0.7f / 10.0f, &count) / 10.0);
+    assert_int_equal(count, 2 * want_count);
+    expect_close("ce loss fused", &fused, &loss, 1, 1e-6);
+    expect_close("ce dlogits", dl, fx("crossentropy", "dlogits", T * V), T * V, BWD_TOL);
+
+    /* rows of 1100 logits: the float partial sums over blocks of 512 and the
+     * scalar tail, against double */
+    const int T2 = 3, V2 = 1100;
+    int32_t tg2[3] = {1099, -1, 517};
+    float *l2 = randn((size_t)T2 * V2, 3), *d2 = copy(l2, (size_t)T2 * V2);
+    float *want2 = zeros((size_t)T2 * V2), *rows2 = zeros(T2);
+    float got2 = (float)mor_train_ce(d2, rows2, tg2, T2, V2, 0.25f, &count);
+    float ref2 = (float)ref_ce(want2, l2, tg2, T2, V2, 0.25);
+    expect_close("ce long rows loss", &got2, &ref2, 1, FWD_TOL);
+    expect_close("ce long rows dlogits", d2, want2, (size_t)T2 * V2, BWD_TOL);
 
     /* few classes, so that no probability is tiny next to the float noise of L */
     int32_t tg[5] = {3, -1, 0, 8, 8};
     ce_ctx c = {5, 9, randn(5 * 9, 1), zeros(5), tg, 4.5f, 1.3f};
-    float *g = zeros(5 * 9);
-    ce_loss(&c);
-    mor_crossentropy_backward(g, c.logits, c.lse, tg, c.T, c.V, c.norm, c.dloss);
+    float *g = copy(c.logits, 5 * 9);
+    mor_train_ce(g, c.rows, tg, c.T, c.V, c.dloss / c.norm, &count);
     fd_check("ce logits", ce_loss, &c, c.logits, g, 5 * 9);
     free_all();
 }
@@ -593,6 +647,15 @@ typedef struct {
     mor_gate_fn fn;
     float alpha, norm, dloss;
 } r_ctx;
+/* The token-choice probabilities p = alpha * softmax(z) as the trainer forms
+ * them: mor_route_token_assign, whose depth and gate are not needed here. */
+static void token_probs(float *p, const float *z, int T, int K, float alpha) {
+    int32_t depth[64];
+    float gate[64];
+    assert_true(T <= 64);
+    mor_route_token_assign(depth, gate, p, z, NULL, T, K, MOR_FUNC_SOFTMAX, alpha);
+}
+
 /* kind: 0 gate, 1 softmax, 2 bce, 3 zloss, 4 balance (over p = z here) */
 static double r_loss(void *p) {
     r_ctx *c = p;
@@ -601,7 +664,7 @@ static double r_loss(void *p) {
         mor_gate_forward(c->out, c->z, c->N, c->fn, c->alpha);
         return dot_out(c->out, c->R, c->N);
     case 1:
-        mor_softmax_forward(c->out, c->z, c->T, c->K, c->alpha);
+        token_probs(c->out, c->z, c->T, c->K, c->alpha);
         return dot_out(c->out, c->R, c->N);
     case 2: return c->dloss * mor_bce_logits_forward(c->z, c->y, c->N, c->norm);
     case 3: return c->dloss * mor_zloss_forward(c->z, c->T, c->K, c->norm);
@@ -666,7 +729,7 @@ static void test_router_losses_ref(void **state) {
     const int T = 9, K = 3;
     const char *cs = "softmax_balance";
     float *zt = fx(cs, "z", T * K), *p = zeros(T * K), *f = zeros(K);
-    mor_softmax_forward(p, zt, T, K, 0.5f);
+    token_probs(p, zt, T, K, 0.5f);
     expect_close("softmax p", p, fx(cs, "p", T * K), T * K, FWD_TOL);
     float *dzs = filled(T * K, ACC0);
     mor_softmax_backward(dzs, fx(cs, "dp", T * K), zt, T, K, 0.5f);
@@ -736,10 +799,15 @@ static void test_gather_scatter(void **state) {
     const char *cs = "gather_scatter";
     const int T = 9, C = 6, n = 4;
     int32_t *idx = fi(cs, "idx", n);
+    /* the fixture's indices are those of the generator's mask */
     uint8_t mask[9] = {0, 1, 1, 0, 0, 1, 0, 0, 1};
-    int32_t idx2[9];
-    assert_int_equal(mor_mask_to_index(idx2, mask, T), n);
-    for (int i = 0; i < n; i++) assert_int_equal(idx2[i], idx[i]);
+    int k = 0;
+    for (int t = 0; t < T; t++)
+        if (mask[t]) {
+            assert_true(k < n);
+            assert_int_equal(idx[k++], t);
+        }
+    assert_int_equal(k, n);
 
     float *x = fx(cs, "x", T * C), *xs = zeros(n * C), *dx = filled(T * C, ACC0);
     mor_gather_rows(xs, x, idx, n, C);

@@ -13,7 +13,7 @@ int32_t mor_eval_argmax(const float *logits, int V) {
 
 /* The max is subtracted before exp so no term overflows; the sum is in
  * double so 50k terms of very different sizes keep their small ones. */
-double mor_eval_logsumexp(const float *logits, int V) {
+static double logsumexp(const float *logits, int V) {
     double mx = logits[mor_eval_argmax(logits, V)], s = 0;
     for (int v = 0; v < V; v++) s += exp((double)logits[v] - mx);
     return mx + log(s);
@@ -28,7 +28,7 @@ double mor_eval_logprob(const float *logits, int V, int32_t target, int *is_argm
 }
 
 double mor_eval_kl(const float *base, const float *model, int V) {
-    double lse_p = mor_eval_logsumexp(base, V), lse_q = mor_eval_logsumexp(model, V), kl = 0;
+    double lse_p = logsumexp(base, V), lse_q = logsumexp(model, V), kl = 0;
     for (int v = 0; v < V; v++) {
         double lp = (double)base[v] - lse_p, lq = (double)model[v] - lse_q;
         double p = exp(lp);
@@ -60,10 +60,11 @@ void mor_eval_acc_merge(mor_eval_acc *a, const mor_eval_acc *b) {
     a->n += b->n;
 }
 
-double mor_eval_acc_var(const mor_eval_acc *a) { return a->n < 2 ? NAN : a->m2 / (double)(a->n - 1); }
+/* Sample variance (n - 1 denominator); NaN when n < 2. */
+static double acc_var(const mor_eval_acc *a) { return a->n < 2 ? NAN : a->m2 / (double)(a->n - 1); }
 
 double mor_eval_acc_stderr(const mor_eval_acc *a) {
-    return a->n < 2 ? NAN : sqrt(mor_eval_acc_var(a) / (double)a->n);
+    return a->n < 2 ? NAN : sqrt(acc_var(a) / (double)a->n);
 }
 
 double mor_eval_binom_stderr(double p, int64_t n) {

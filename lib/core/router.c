@@ -102,7 +102,7 @@ int mor_route_rand_continues(int r, float u, const double *capacity) {
     return (double)u >= 1.0 - keep;
 }
 
-int mor_route_causal_continues(int r, float z) {
+static int causal_continues(int r, float z) {
     return r <= 1 || z >= 0.0f;
 }
 
@@ -110,7 +110,7 @@ int mor_route_causal(int32_t *sel, int32_t *pos, const int32_t *cand, const floa
                      int r) {
     int m = 0;
     for (int i = 0; i < n_cand; i++)
-        if (mor_route_causal_continues(r, z[i])) {
+        if (causal_continues(r, z[i])) {
             if (pos) pos[m] = cand[i];
             sel[m++] = i;
         }
@@ -153,16 +153,6 @@ void mor_route_token_assign(int32_t *depth, float *gate, float *p, const float *
             for (int j = 0; j < K; j++)
                 p[(size_t)t * K + j] = row[j];
     }
-}
-
-void mor_route_depth_ratio(double *ratio, const int32_t *depth, int T, int K) {
-    for (int j = 0; j < K; j++)
-        ratio[j] = 0;
-    if (T <= 0) return;
-    for (int t = 0; t < T; t++)
-        if (depth[t] >= 1 && depth[t] <= K) ratio[depth[t] - 1] += 1;
-    for (int j = 0; j < K; j++)
-        ratio[j] /= T;
 }
 
 void mor_route_bias_update(float *bias, const double *ratio, int K, float u) {
@@ -218,26 +208,6 @@ void mor_route_mlp_logits(float *z, float *hidden, const float *x, const float *
 
 /* ======================================================================== */
 /* metrics                                                                  */
-
-double mor_route_dead_ratio(const uint8_t *last_mask, int B, int n) {
-    if (n <= 0) return 0;
-    int dead = 0;
-    for (int p = 0; p < n; p++) {
-        int alive = 0;
-        for (int b = 0; b < B && !alive; b++)
-            alive = last_mask[(size_t)b * n + p] != 0;
-        dead += !alive;
-    }
-    return (double)dead / n;
-}
-
-double mor_route_sampling_accuracy(const float *z, const uint8_t *y, int N) {
-    if (N <= 0) return 1.0;
-    int hit = 0;
-    for (int i = 0; i < N; i++)
-        hit += (z[i] >= 0.0f) == (y[i] != 0);
-    return (double)hit / N;
-}
 
 double mor_route_maxvio(const double *load, int K) {
     double mean = 0, mx = 0;

@@ -45,12 +45,11 @@ int mor_route_topk(int32_t *sel,        /* (n_cand) workspace; out (m) */
                    const float *gate,   /* (n_cand) */
                    int n_cand, int k);
 
-/* The causal (decode) rule (docs/algorithms.md#causal-routing, #decision-2): at
- * step 1 every candidate runs; at step r >= 2 a candidate continues iff z >= 0,
- * which is sigmoid(z) >= 0.5 (and tanh(z) >= 0) without the rounding of sigmoid
- * near 0.5. z = raw logit (divided by temp). */
-int mor_route_causal_continues(int r, float z);
-/* Applies that rule to n_cand candidates; same outputs as mor_route_topk. */
+/* The causal (decode) rule (docs/algorithms.md#causal-routing, #decision-2)
+ * over n_cand candidates, same outputs as mor_route_topk: at step 1 every
+ * candidate runs; at step r >= 2 a candidate continues iff z >= 0, which is
+ * sigmoid(z) >= 0.5 (and tanh(z) >= 0) without the rounding of sigmoid near
+ * 0.5. z = raw logit (divided by temp). */
 int mor_route_causal(int32_t *sel,        /* (n_cand) out (m) */
                      int32_t *pos,        /* (m) or NULL */
                      const int32_t *cand, /* (n_cand) ascending positions */
@@ -90,10 +89,6 @@ void mor_route_token_assign(int32_t *depth,    /* (T) 1..K */
                             const float *bias, /* (K) or NULL */
                             int T, int K, mor_router_func f, float alpha);
 
-/* Fraction of tokens at each depth: ratio[d-1] = #{t : depth[t] == d} / T. */
-void mor_route_depth_ratio(double *ratio,        /* (K) */
-                           const int32_t *depth, /* (T) */
-                           int T, int K);
 /* Loss-free balancing after an optimizer step
  * (docs/algorithms.md#loss-free-balancing):
  * bias[i] += u * sign(mean_j ratio[j] - ratio[i]), sign(0) = 0. */
@@ -120,13 +115,6 @@ void mor_route_mlp_logits(float *z,        /* (T, K) */
 
 /* ---- metrics (docs/algorithms.md#router-metrics) -------------------------- */
 
-/* Dead-token ratio: the fraction of positions p in [0, n) that no sequence
- * of the batch selected at the last step (last_mask[b*n + p] != 0 = selected). */
-double mor_route_dead_ratio(const uint8_t *last_mask, /* (B, n) */
-                            int B, int n);
-/* Sampling accuracy: mean over N candidates of [(z >= 0) == (y != 0)],
- * z = raw logits, y = the top-k mask. 1.0 when N == 0. */
-double mor_route_sampling_accuracy(const float *z, const uint8_t *y, int N);
 /* MaxVio = (max_i load_i - mean load) / mean load over K depths (0 when all
  * loads are 0). */
 double mor_route_maxvio(const double *load, int K);

@@ -30,9 +30,6 @@ static inline uint16_t mor_f32_to_bf16(float f) { /* round to nearest even, NaN 
 }
 float mor_f16_to_f32(uint16_t h);
 
-/* Seconds from a monotonic clock. */
-double mor_now(void);
-
 /* Number of physical cores (used as the default thread count). */
 int mor_physical_cores(void);
 

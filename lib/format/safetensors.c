@@ -42,7 +42,7 @@ const char *mor_st_dtype_name(mor_st_dtype t) {
 
 size_t mor_st_dtype_size(mor_st_dtype t) { return (unsigned)t < MOR_ST_NDTYPES ? dtypes[t].size : 0; }
 
-int mor_st_dtype_parse(const char *name, mor_st_dtype *out) {
+static int dtype_parse(const char *name, mor_st_dtype *out) {
     for (int i = 0; i < MOR_ST_NDTYPES; i++)
         if (strcmp(name, dtypes[i].name) == 0) {
             *out = (mor_st_dtype)i;
@@ -141,7 +141,7 @@ static mor_status parse_tensor(mor_st_tensor *t, const char *label, const char *
         return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s': missing \"%s\"", label, name, missing);
     if (!json_is_string(dt))
         return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s': \"dtype\" is not a string", label, name);
-    if (!mor_st_dtype_parse(json_string_value(dt), &t->dtype))
+    if (!dtype_parse(json_string_value(dt), &t->dtype))
         return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s': unknown dtype \"%s\"", label, name,
                         json_string_value(dt));
     if (!json_is_array(sh))
@@ -711,13 +711,6 @@ static char *build_header(const mor_st_writer *w, size_t *len) {
     }
     *len = b.len;
     return b.s;
-}
-
-uint64_t mor_st_writer_total_size(const mor_st_writer *w) {
-    size_t n;
-    char *h = build_header(w, &n);
-    free(h);
-    return h ? 8 + n + w->data_size : 0;
 }
 
 int mor_st_writer_pending(const mor_st_writer *w) { return w->next < 0 ? w->n : w->n - w->next; }

@@ -51,8 +51,6 @@ mor_status mor_st_writer_declare(mor_st_writer *w, const char *name, mor_st_dtyp
 mor_status mor_st_writer_header(mor_st_writer *w, mor_sink *s, mor_error *err);
 mor_status mor_st_writer_data(mor_st_writer *w, mor_sink *s, const void *bytes, size_t n,
                               mor_error *err);
-/* Total size of the blob once complete (header + data). */
-uint64_t mor_st_writer_total_size(const mor_st_writer *w);
 /* Declared tensors whose bytes have not been written yet. */
 int mor_st_writer_pending(const mor_st_writer *w);
 

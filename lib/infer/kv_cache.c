@@ -44,7 +44,8 @@ mor_status mor_kv_init(mor_kv *kv, int n_layers, int n_kv_heads, int head_dim, i
     return MOR_OK;
 }
 
-void mor_kv_clear(mor_kv *kv) {
+/* Forgets every entry and frees every block. */
+static void kv_clear(mor_kv *kv) {
     if (!kv->layers) return;
     for (int l = 0; l < kv->n_layers; l++) {
         mor_kv_layer *ly = &kv->layers[l];
@@ -70,7 +71,7 @@ void mor_kv_truncate(mor_kv *kv, int32_t pos) {
 }
 
 void mor_kv_free(mor_kv *kv) {
-    mor_kv_clear(kv);
+    kv_clear(kv);
     if (kv->layers)
         for (int l = 0; l < kv->n_layers; l++) free(kv->layers[l].blocks);
     free(kv->layers);

@@ -37,8 +37,6 @@ typedef struct mor_kv {
 mor_status mor_kv_init(mor_kv *kv, int n_layers, int n_kv_heads, int head_dim, int n_ctx,
                        int block);
 void mor_kv_free(mor_kv *kv);
-/* Forgets every entry and frees every block. */
-void mor_kv_clear(mor_kv *kv);
 /* Drops the entries at positions >= pos from every layer and frees the
  * blocks that then hold none. */
 void mor_kv_truncate(mor_kv *kv, int32_t pos);

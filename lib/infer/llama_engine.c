@@ -7,12 +7,11 @@
  *     (the prompt in chunks, or one token when decoding);
  *   - mor_context_eval_batch: one token from each of T contexts, so the
  *     weights are read once for all of them.
- * Products with the weights go through mor_matmul (mor_matmul_w: F32 or
- * BF16 weights): the streaming
- * matrix-vector kernel for up to 16 rows, sgemm for longer prompt chunks
- * (kernels.h). Attention reads each row's own context cache; a prompt chunk
- * of 8 or more rows uses two sgemms per head, shorter ones and eval_batch
- * one query at a time.
+ * Products with the weights go through mor_matmul_w (F32 or BF16
+ * weights): the streaming matrix-vector kernel for up to 16 rows, sgemm for
+ * longer prompt chunks (kernels.h). Attention reads each row's own context
+ * cache; a prompt chunk of 8 or more rows uses two sgemms per head, shorter
+ * ones and eval_batch one query at a time.
  *
  * Layer l (unrolled) uses the physical weights m->layers[m->layer_map[l]]
  * and its own KV cache slice, as in HF LlamaForCausalLM:

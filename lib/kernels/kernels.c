@@ -255,16 +255,12 @@ void mor_matvec_multi(float *Y, const float *W, const float *X, int n, int out, 
     for (int b = 0; b < n_blocks; b++) matvec_block(Y, W, X, n, out, in, b, 0);
 }
 
-void mor_matvec_multi_bf16(float *Y, const uint16_t *W, const float *X, int n, int out, int in,
-                           int n_threads) {
+static void matvec_multi_bf16(float *Y, const uint16_t *W, const float *X, int n, int out,
+                              int in, int n_threads) {
     int n_blocks = (out + 3) / 4;
     int par = n_threads > 1 && (size_t)out * (size_t)in >= PARALLEL_MIN_WEIGHTS;
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (par)
     for (int b = 0; b < n_blocks; b++) matvec_block(Y, W, X, n, out, in, b, 1);
-}
-
-void mor_matvec(float *y, const float *W, const float *x, int out, int in, int n_threads) {
-    mor_matvec_multi(y, W, x, 1, out, in, n_threads);
 }
 
 /* 1 when OpenBLAS runs one of its AVX2 or AVX-512 sgemm kernels. It picks
@@ -281,7 +277,8 @@ static int sgemm_is_vectorised(void) {
     return 0;
 }
 
-void mor_matmul(float *Y, const float *X, const float *W, int n, int out, int in, int n_threads) {
+static void matmul_f32(float *Y, const float *X, const float *W, int n, int out, int in,
+                       int n_threads) {
     if (n <= MOR_MATVEC_MAX_ROWS || !sgemm_is_vectorised()) {
         mor_matvec_multi(Y, W, X, n, out, in, n_threads);
         return;
@@ -293,9 +290,9 @@ void mor_matmul(float *Y, const float *X, const float *W, int n, int out, int in
 void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, int n, int out,
                   int in, int n_threads) {
     if (Wh)
-        mor_matvec_multi_bf16(Y, Wh, X, n, out, in, n_threads);
+        matvec_multi_bf16(Y, Wh, X, n, out, in, n_threads);
     else
-        mor_matmul(Y, X, W, n, out, in, n_threads);
+        matmul_f32(Y, X, W, n, out, in, n_threads);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -15,7 +15,7 @@
 #include "config.h"
 
 /* Up to this many rows (a decode step, an eval_batch group, a short chunk)
- * mor_matmul uses mor_matvec_multi, which reads W once at memory speed;
+ * mor_matmul_w uses mor_matvec_multi, which reads W once at memory speed;
  * a one-row sgemm is slow and small ones spend their time packing W. */
 #define MOR_MATVEC_MAX_ROWS 16
 
@@ -33,24 +33,18 @@ typedef struct mor_thread_counts {
 mor_thread_counts mor_threads_begin(int n_threads);
 void mor_threads_end(mor_thread_counts saved);
 
-/* y (out) = W (out, in) x (in). Parallel over output rows. */
-void mor_matvec(float *y, const float *W, const float *x, int out, int in, int n_threads);
 /* Y (n, out) = X (n, in) W^T, reading each row of W from memory once for
  * all n vectors. Parallel over output rows. */
 void mor_matvec_multi(float *Y, const float *W, const float *X, int n, int out, int in,
                       int n_threads);
-/* Y (n, out) = X (n, in) W^T: mor_matvec_multi for n <= MOR_MATVEC_MAX_ROWS,
- * else cblas_sgemm (threads from mor_threads_begin) if OpenBLAS runs an
- * AVX2/AVX-512 kernel; with its SSE3 fallback mor_matvec_multi is faster
- * at every n. Not inside a parallel region. */
-void mor_matmul(float *Y, const float *X, const float *W, int n, int out, int in, int n_threads);
-/* The same for W given as bfloat16 bit patterns (a BF16 checkpoint used in
- * place: half the bytes per decoded token), always through mor's own tiles,
- * which widen each weight exactly: the result has the bits mor_matvec_multi
- * gives for the float32 copy of W. */
-void mor_matvec_multi_bf16(float *Y, const uint16_t *W, const float *X, int n, int out, int in,
-                           int n_threads);
-/* mor_matvec_multi_bf16 when Wh is set, else mor_matmul with W. */
+/* Y (n, out) = X (n, in) W^T. W float32: mor_matvec_multi for
+ * n <= MOR_MATVEC_MAX_ROWS, else cblas_sgemm (threads from mor_threads_begin)
+ * if OpenBLAS runs an AVX2/AVX-512 kernel; with its SSE3 fallback
+ * mor_matvec_multi is faster at every n. Wh set: W given as bfloat16 bit
+ * patterns (a BF16 checkpoint used in place: half the bytes per decoded
+ * token), always through mor's own tiles, which widen each weight exactly:
+ * the result has the bits mor_matvec_multi gives for the float32 copy of W.
+ * Not inside a parallel region. */
 void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, int n, int out,
                   int in, int n_threads);
 

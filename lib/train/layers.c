@@ -1,7 +1,7 @@
 /* layers.c - forward and backward of the dense layers: embedding, RMSNorm,
- * linear (sgemm), RoPE, SwiGLU, GELU and cross-entropy, plus the row
- * gather/scatter that compacts an active subset and adds the gated block
- * output back. Attention lives in layers_attn.c, the router pieces in
+ * linear (sgemm), RoPE and GELU, plus the row gather/scatter that compacts an
+ * active subset and adds the gated block output back (SwiGLU and the LM-head
+ * cross-entropy are the trainer's fused kernels, train_math.c). Attention lives in layers_attn.c, the router pieces in
  * layers_router.c. Shapes and conventions: layers.h. */
 #include "layers.h"
 
@@ -107,10 +107,6 @@ void mor_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout
 /* ======================================================================== */
 /* RoPE                                                                     */
 
-void mor_rope_inv_freq(float *inv_freq, int HD, float theta) {
-    for (int i = 0; i < HD / 2; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)HD);
-}
-
 /* cos/sin of pos * inv_freq[i], the angle rounded to float32 first as HF does. */
 static void rope_cos_sin(float *c, float *s, int32_t pos, const float *inv_freq, int half) {
     for (int i = 0; i < half; i++) {
@@ -168,26 +164,7 @@ void mor_rope_backward(float *dinp, const float *dout, const int32_t *pos, const
 }
 
 /* ======================================================================== */
-/* SwiGLU and GELU                                                          */
-
-void mor_swiglu_forward(float *out, const float *gate, const float *up, size_t N) {
-#pragma omp parallel for if (N >= PAR_MIN)
-    for (size_t i = 0; i < N; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
-    }
-}
-
-void mor_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                         const float *up, size_t N) {
-#pragma omp parallel for if (N >= PAR_MIN)
-    for (size_t i = 0; i < N; i++) {
-        float g = gate[i], sg = 1.0f / (1.0f + expf(-g));
-        float silu = g * sg;
-        dgate[i] += dout[i] * up[i] * (sg * (1.0f + g * (1.0f - sg)));
-        dup[i] += dout[i] * silu;
-    }
-}
+/* GELU                                                                     */
 
 void mor_gelu_forward(float *out, const float *inp, size_t N) {
 #pragma omp parallel for if (N >= PAR_MIN)
@@ -204,58 +181,12 @@ void mor_gelu_backward(float *dinp, const float *dout, const float *inp, size_t 
         float x = inp[i];
         float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
         float pdf = inv_sqrt_2pi * expf(-0.5f * x * x);
-        dinp[i] += dout[i] * (cdf + x * pdf);
-    }
-}
-
-/* ======================================================================== */
-/* Cross-entropy                                                            */
-
-double mor_crossentropy_forward(float *lse, float *losses, const float *logits,
-                                const int32_t *targets, int T, int V, float norm) {
-#pragma omp parallel for if ((long)T * V >= PAR_MIN)
-    for (int t = 0; t < T; t++) {
-        const float *l = logits + (size_t)t * V;
-        float mx = l[0];
-        for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
-        double sum = 0;
-        for (int j = 0; j < V; j++) sum += expf(l[j] - mx);
-        lse[t] = mx + (float)log(sum);
-        if (losses) losses[t] = targets[t] >= 0 ? lse[t] - l[targets[t]] : 0.0f;
-    }
-    /* The total is summed in row order, after the parallel part. */
-    double total = 0;
-    for (int t = 0; t < T; t++)
-        if (targets[t] >= 0) total += (double)lse[t] - logits[(size_t)t * V + targets[t]];
-    return total / norm;
-}
-
-void mor_crossentropy_backward(float *dlogits, const float *logits, const float *lse,
-                               const int32_t *targets, int T, int V, float norm, float dloss) {
-    float scale = dloss / norm;
-#pragma omp parallel for if ((long)T * V >= PAR_MIN)
-    for (int t = 0; t < T; t++) {
-        const float *l = logits + (size_t)t * V;
-        float *d = dlogits + (size_t)t * V;
-        if (targets[t] < 0) {
-            memset(d, 0, (size_t)V * sizeof(float));
-            continue;
-        }
-        float m = lse[t];
-        for (int j = 0; j < V; j++) d[j] = expf(l[j] - m) * scale;
-        d[targets[t]] -= scale;
+        dinp[i] = dout[i] * (cdf + x * pdf);
     }
 }
 
 /* ======================================================================== */
 /* Active subsets                                                           */
-
-int mor_mask_to_index(int32_t *idx, const uint8_t *mask, int n) {
-    int k = 0;
-    for (int i = 0; i < n; i++)
-        if (mask[i]) idx[k++] = i;
-    return k;
-}
 
 void mor_gather_rows(float *out, const float *inp, const int32_t *idx, int n, int C) {
 #pragma omp parallel for if ((long)n * C >= PAR_MIN)

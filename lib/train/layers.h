@@ -10,8 +10,8 @@
  *     (+=) into every gradient buffer, so a tensor used several times (tied
  *     weights, the residual stream) just sums its uses; the caller zeroes the
  *     gradients once per optimizer step. Exceptions are said explicitly
- *     (mor_crossentropy_backward writes dlogits). A gradient pointer documented
- *     as "may be NULL" skips that gradient.
+ *     (mor_gelu_backward writes dinp). A gradient pointer documented as
+ *     "may be NULL" skips that gradient.
  *   - What a backward needs from its forward (rstd, softmax probabilities,
  *     pre-activations, logsumexp) is written by the forward into a buffer the
  *     caller keeps, as llm.c keeps its activations.
@@ -92,12 +92,8 @@ void mor_matmul_backward(float *dinp,       /* (T, IN) */
 /* RoPE, rotate-half layout (dimension i pairs with i + HD/2)               */
 /* (docs/algorithms.md#base-model)                                          */
 
-/* inv_freq[i] = theta^(-2i/HD) for i < HD/2, in float32 as transformers
- * computes it. Scaled variants (Llama-3) are a different table: the rope
- * functions take any table. */
-void mor_rope_inv_freq(float *inv_freq, /* (HD/2) */
-                       int HD, float theta);
-/* Rotates every head of every row by the angle pos[t] * inv_freq[i]
+/* inv_freq is mor_rope_freqs's table (kernels.h), any scaling included.
+ * Rotates every head of every row by the angle pos[t] * inv_freq[i]
  * (computed in float32, like HF). pos holds ORIGINAL positions, so a compacted
  * subset keeps its true relative distances. out may equal inp. */
 void mor_rope_forward(float *out,            /* (T, NH*HD) */
@@ -150,36 +146,13 @@ void mor_attention_backward(float *dq,            /* (Tq, NH*HD) */
                             int Tq, int Tk, int NH, int KVH, int HD);
 
 /* ------------------------------------------------------------------------ */
-/* Elementwise activations (N = number of elements)                         */
+/* GELU, N elements (SwiGLU and the LM-head cross-entropy are the           */
+/* trainer's fused kernels: mor_train_swiglu_*, mor_train_ce in train.h)    */
 
-/* SwiGLU: out = silu(gate) * up, silu(x) = x * sigmoid(x). */
-void mor_swiglu_forward(float *out, const float *gate, const float *up, size_t N);
-void mor_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                         const float *up, size_t N);
 /* Exact GELU: out = x * 0.5 * (1 + erf(x / sqrt(2))) (torch's default). */
 void mor_gelu_forward(float *out, const float *inp, size_t N);
+/* WRITES (does not accumulate) dinp = dout * gelu'(inp); dinp may alias dout. */
 void mor_gelu_backward(float *dinp, const float *dout, const float *inp, size_t N);
-
-/* ------------------------------------------------------------------------ */
-/* Cross-entropy over V classes                                             */
-
-/* loss = sum over rows with targets[t] >= 0 of (lse_t - logits[t, targets[t]]),
- * divided by norm (e.g. the number of counted tokens of the whole optimizer
- * step). Rows with target -1 are ignored. lse receives each row's logsumexp
- * for the backward; losses (may be NULL) each row's unnormalized loss (0 for
- * ignored rows). Returns the normalized loss (double). */
-double mor_crossentropy_forward(float *lse,            /* (T) */
-                                float *losses,         /* (T) or NULL */
-                                const float *logits,   /* (T, V) */
-                                const int32_t *targets, /* (T) */
-                                int T, int V, float norm);
-/* WRITES (does not accumulate) dlogits = dloss/norm * (softmax - onehot); rows
- * with target -1 get 0. dlogits may alias logits, which saves a (T, V) buffer. */
-void mor_crossentropy_backward(float *dlogits,        /* (T, V) */
-                               const float *logits,   /* (T, V) */
-                               const float *lse,      /* (T) */
-                               const int32_t *targets, /* (T) */
-                               int T, int V, float norm, float dloss);
 
 /* ------------------------------------------------------------------------ */
 /* Routers (docs/algorithms.md#routers, #token-choice)                      */
@@ -214,11 +187,9 @@ void mor_gate_forward(float *g, const float *z, size_t N, mor_gate_fn fn, float 
 void mor_gate_backward(float *dz, const float *dg, const float *z, size_t N, mor_gate_fn fn,
                        float alpha);
 
-/* Token-choice probabilities p = alpha * softmax(z) over each row's K logits. */
-void mor_softmax_forward(float *p,       /* (T, K) */
-                         const float *z, /* (T, K) */
-                         int T, int K, float alpha);
-/* Recomputes the softmax from z (K is small), so alpha may be anything. */
+/* The backward of the token-choice probabilities p = alpha * softmax(z) over
+ * each row's K logits, which mor_route_token_assign (router.h) forms.
+ * Recomputes the softmax from z (K is small), so alpha may be anything. */
 void mor_softmax_backward(float *dz,       /* (T, K) */
                           const float *dp, /* (T, K) */
                           const float *z,  /* (T, K) */
@@ -261,10 +232,6 @@ void mor_balance_fractions(float *f,            /* (K) */
 /* Active subsets: compaction and the gated scatter back                    */
 /* (docs/algorithms.md#expert-step, #token-choice)                          */
 
-/* Writes the indices of the nonzero mask entries, ascending; returns how many. */
-int mor_mask_to_index(int32_t *idx,          /* (n) at most */
-                      const uint8_t *mask,   /* (n) */
-                      int n);
 /* out[i] = inp[idx[i]]. */
 void mor_gather_rows(float *out,          /* (n, C) */
                      const float *inp,    /* (T, C) */

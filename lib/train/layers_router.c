@@ -1,5 +1,6 @@
 /* layers_router.c - the MoR router pieces and their losses, forward and
- * backward: the MLP router, the gate activations, the token-choice softmax,
+ * backward: the MLP router, the gate activations, the token-choice softmax
+ * (its backward: the forward is mor_route_token_assign, router.h),
  * BCE-with-logits (the expert-choice auxiliary loss), the router z-loss and
  * the token-choice balancing loss: docs/algorithms.md#expert-choice (#routers
  * to #z-loss) and #token-choice (with #balancing); shapes and conventions in
@@ -28,13 +29,7 @@ void mor_router_mlp_backward(float *dx, float *dW1, float *dW2, float *scratch, 
     size_t n = (size_t)T * 2 * C;
     memset(scratch, 0, n * sizeof(float));
     mor_matmul_backward(scratch, dW2, NULL, dz, act, W2, T, 2 * C, K); /* scratch = d act */
-    /* scratch <- d pre = d act * gelu'(pre), in place */
-    const float inv_sqrt_2pi = 0.3989422804014327f;
-    for (size_t i = 0; i < n; i++) {
-        float u = pre[i];
-        float cdf = 0.5f * (1.0f + erff(u * (float)M_SQRT1_2));
-        scratch[i] *= cdf + u * inv_sqrt_2pi * expf(-0.5f * u * u);
-    }
+    mor_gelu_backward(scratch, scratch, pre, n); /* d pre, in place */
     mor_matmul_backward(dx, dW1, NULL, scratch, x, W1, T, C, 2 * C);
 }
 
@@ -79,14 +74,6 @@ static double row_lse(const float *z, int K) {
     double sum = 0;
     for (int j = 0; j < K; j++) sum += exp((double)z[j] - mx);
     return mx + log(sum);
-}
-
-void mor_softmax_forward(float *p, const float *z, int T, int K, float alpha) {
-    for (int t = 0; t < T; t++) {
-        const float *zt = z + (size_t)t * K;
-        double lse = row_lse(zt, K);
-        for (int j = 0; j < K; j++) p[(size_t)t * K + j] = (float)(alpha * exp(zt[j] - lse));
-    }
 }
 
 void mor_softmax_backward(float *dz, const float *dp, const float *z, int T, int K, float alpha) {

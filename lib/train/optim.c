@@ -13,8 +13,9 @@
 /* ======================================================================== */
 /* AdamW                                                                    */
 
-void mor_adamw_update(float *param, const float *grad, float *m, float *v, size_t n, long t,
-                      double lr, double beta1, double beta2, double eps, double weight_decay) {
+/* One AdamW update of n elements (the formula in optim.h). */
+static void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, long t,
+                         double lr, double beta1, double beta2, double eps, double weight_decay) {
     /* torch forms these in Python doubles, then each tensor op rounds its
      * scalar to float; doing the same keeps the update bit-close to torch. */
     const float decay = (float)(1.0 - lr * weight_decay);
@@ -41,7 +42,7 @@ void mor_adamw_step(float *params, const float *grads, float *m, float *v,
                     const mor_param_span *spans, int n_spans, long t, const mor_adamw_params *p) {
     for (int s = 0; s < n_spans; s++) {
         size_t o = spans[s].offset;
-        mor_adamw_update(params + o, grads + o, m + o, v + o, spans[s].n, t, p->lr, p->beta1,
+        adamw_update(params + o, grads + o, m + o, v + o, spans[s].n, t, p->lr, p->beta1,
                          p->beta2, p->eps, spans[s].decay ? p->weight_decay : 0.0);
     }
 }
@@ -74,11 +75,6 @@ static double sum_squares(const float *grads, size_t n) {
 static void scale(float *grads, size_t n, float coef) {
 #pragma omp parallel for if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) grads[i] *= coef;
-}
-
-float mor_clip_grad_norm(float *grads, size_t n, float max_norm) {
-    mor_param_span all = {0, n, 1};
-    return mor_clip_grad_norm_spans(grads, &all, 1, max_norm);
 }
 
 float mor_clip_grad_norm_spans(float *grads, const mor_param_span *spans, int n_spans,
@@ -115,19 +111,6 @@ double mor_lr_cosine(long step, long warmup, long total, double peak, double min
     double progress = (double)(step - warmup) / (double)(span > 1 ? span : 1);
     double factor = 0.5 * (1.0 + cos(M_PI * progress));
     return peak * maxd(0.0, factor * (1.0 - min_ratio) + min_ratio);
-}
-
-double mor_lr_cosine_deepspeed(long it, long warmup, long total, double peak,
-                               double warmup_min_ratio, double cos_min_ratio, int log_warmup) {
-    if (it < 0) return 0.0;
-    long w = warmup > 2 ? warmup : 2;
-    if (it < w) {
-        double r = log_warmup ? log((double)(it + 1)) / log((double)w) : (double)it / (double)w;
-        return peak * (warmup_min_ratio + r * (1.0 - warmup_min_ratio));
-    }
-    double x = (double)(it - w + 1) / (double)(total - w);
-    double r = (1.0 + cos(M_PI * x)) / 2.0;
-    return peak * maxd(0.0, cos_min_ratio + (1.0 - cos_min_ratio) * r);
 }
 
 double mor_capacity_warmup(double c, long t, long Tw) {

@@ -30,33 +30,25 @@ typedef struct mor_param_span {
     int decay; /* 1: decoupled weight decay applies; 0: not (norms, biases) */
 } mor_param_span;
 
-/* One AdamW update of n elements, exactly as torch.optim.AdamW (1.13,
- * amsgrad off): p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
- * p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
- * t counts updates including this one (1 for the first). Scalars are formed
- * in double and rounded to float as torch does; the arrays are float32. */
-void mor_adamw_update(float *param,      /* (n) */
-                      const float *grad, /* (n) */
-                      float *m,          /* (n) first moment, zero at t = 1 */
-                      float *v,          /* (n) second moment, zero at t = 1 */
-                      size_t n, long t, double lr, double beta1, double beta2, double eps,
-                      double weight_decay);
-
-/* mor_adamw_update over every span of the flat arrays, with weight_decay
- * applied to the spans that ask for it. */
+/* One AdamW update of every span of the flat arrays, exactly as
+ * torch.optim.AdamW (1.13, amsgrad off), with weight_decay applied to the
+ * spans that ask for it: p *= 1 - lr*wd; m = b1 m + (1-b1) g;
+ * v = b2 v + (1-b2) g^2; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
+ * t counts updates including this one (1 for the first; m and v are zero
+ * then). Scalars are formed in double and rounded to float as torch does;
+ * the arrays are float32. */
 void mor_adamw_step(float *params, const float *grads, float *m, float *v,
                     const mor_param_span *spans, int n_spans, long t,
                     const mor_adamw_params *p);
 
-/* torch.nn.utils.clip_grad_norm_: norm = ||grads|| (summed in double in
- * fixed-size chunks added in order: the same bits for any number of
- * threads); if max_norm > 0 the gradients are scaled by min(1, max_norm /
- * (norm + 1e-6)). Returns the norm before clipping (what the reference logs
- * as grad_norm); max_norm 0 only measures. */
-float mor_clip_grad_norm(float *grads, size_t n, float max_norm);
-/* The same over the parameters of a span table only: one optimizer's share
- * of the flat array (the aux routers, docs/algorithms.md#aux-router, are
- * clipped on their own). */
+/* torch.nn.utils.clip_grad_norm_ over the parameters of a span table: one
+ * optimizer's share of the flat array (the aux routers,
+ * docs/algorithms.md#aux-router, are clipped on their own). norm = the norm
+ * of the spans' gradients (summed in double in fixed-size chunks added in
+ * order: the same bits for any number of threads); if max_norm > 0 they are
+ * scaled by min(1, max_norm / (norm + 1e-6)). Returns the norm before
+ * clipping (what the reference logs as grad_norm); max_norm 0 only
+ * measures. */
 float mor_clip_grad_norm_spans(float *grads, const mor_param_span *spans, int n_spans,
                                float max_norm);
 
@@ -77,15 +69,6 @@ double mor_lr_wsd(long step, long warmup, long decay, long total, double peak);
  * progress = (step - warmup)/(total - warmup); after `total` the cosine goes
  * back up, as HF's does (callers stop at total). */
 double mor_lr_cosine(long step, long warmup, long total, double peak, double min_ratio);
-
-/* DeepSpeed WarmupCosineLR (the cosine ablation config), as its
- * get_lr_ratio() at last_batch_iteration = it, times peak. Differences from
- * mor_lr_cosine: warm-up is max(2, warmup) steps, either linear (it/warmup)
- * or log (log(it+1)/log(warmup)) from warmup_min_ratio to 1; the cosine phase
- * uses (it - warmup + 1)/(total - warmup) and clamps at the floor
- * cos_min_ratio. it < 0 gives 0 (DeepSpeed's lr before its first step). */
-double mor_lr_cosine_deepspeed(long it, long warmup, long total, double peak,
-                               double warmup_min_ratio, double cos_min_ratio, int log_warmup);
 
 /* MoR capacity warm-up (docs/algorithms.md#capacity-warmup):
  * c(t) = c + (1 - c) * 0.5 * (1 + cos(pi * min(1, t/Tw))), cosine from 1.0

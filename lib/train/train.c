@@ -90,7 +90,8 @@ void mor_trainer_free(mor_trainer *t) {
     free(t);
 }
 
-double mor_trainer_lr(const mor_trainer *t, long step) {
+/* The learning rate of update number `step` (0-based). */
+static double trainer_lr(const mor_trainer *t, long step) {
     const mor_config *c = &t->model.cfg;
     double peak = c->train.learning_rate;
     if (c->train.lr_scheduler == MOR_LR_COSINE)
@@ -130,7 +131,7 @@ static void trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats
     st->rs.acc_count = acc_count;
     st->rs.topk_hits = topk_hits;
     st->rs.topk_count = topk_count;
-    st->lr = mor_trainer_lr(t, t->step);
+    st->lr = trainer_lr(t, t->step);
     mor_adamw_params hp = {.lr = st->lr, .beta1 = c->train.adam_beta1, .beta2 = c->train.adam_beta2,
                            .eps = c->train.adam_eps, .weight_decay = c->train.weight_decay};
     st->grad_norm = mor_clip_grad_norm_spans(m->grads, m->spans, m->n_spans, c->train.max_grad_norm);

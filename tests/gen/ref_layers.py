@@ -307,18 +307,6 @@ def cosine_min_lambda(step, W, total, min_rate):
     return max(0, factor * (1 - min_rate) + min_rate)
 
 
-def deepspeed_ratio(it, W, total, warmup_min, cos_min, log_warmup):
-    """DeepSpeed WarmupCosineLR.get_lr_ratio at last_batch_iteration = it."""
-    if it < 0:
-        return 0.0
-    W = max(2, W)
-    if it < W:
-        r = (1.0 / math.log(W)) * math.log(it + 1) if log_warmup else it / W
-        return warmup_min + r * (1.0 - warmup_min)
-    r = (1 + math.cos(math.pi * (it - W + 1) / (total - W))) / 2
-    return max(0.0, cos_min + (1.0 - cos_min) * r)
-
-
 def lrs_used(lam, n, peak):
     """The lr each of n updates runs at under LambdaLR, stepped after each update."""
     p = torch.nn.Parameter(torch.zeros(1))
@@ -384,9 +372,6 @@ def case_sched():
     # warmup 5, decay 6, total 20: steps 0..24 (past the end too)
     save("sched", "wsd@64", lrs_used(lambda s: wsd_lambda(s, 5, 6, 20), 25, peak))
     save("sched", "cosine@64", lrs_used(lambda s: cosine_min_lambda(s, 4, 20, 0.1), 21, peak))
-    ds = [[peak * deepspeed_ratio(it, 5, 20, wm, 0.1, lg) for it in range(-1, 21)]
-          for wm, lg in ((0.0, 0), (0.0, 1), (0.2, 0))]
-    save("sched", "deepspeed@64", torch.tensor(ds, dtype=torch.float64))
     cap = [[c + (1 - c) * 0.5 * (1 + math.cos(math.pi * min(1.0, t / Tw))) if Tw > 0 else c
             for t in range(12)] for c, Tw in ((0.5, 8), (1.0 / 3.0, 5), (0.25, 0))]
     save("sched", "capacity@64", torch.tensor(cap, dtype=torch.float64))
