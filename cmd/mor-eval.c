@@ -85,7 +85,7 @@ static int parse_args(int argc, char **argv, eval_opts *o) {
             found = 1;
         }
     if (!found)
-        return cli_usage_error("unknown command '%s' (ppl, mc, cloze, logits, kld or convert-task)",
+        return cli_usage_error("unknown subcommand '%s' (ppl, mc, cloze, logits, kld or convert-task)",
                                argv[1]);
     o->files = malloc(sizeof *o->files * (size_t)argc);
     if (!o->files) return cli_usage_error("out of memory");

@@ -99,6 +99,9 @@ static int parse_args(int argc, char **argv, options *o) {
             rc = !VAL() || cli_float(a, v, 0, 0.5, &o->val_fraction);
         } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
             if (!VAL()) return EXIT_USAGE;
+            if (!strcmp(v, "-"))
+                return cli_usage_error("-o names a run directory (checkpoints, metrics); '-' (stdout) "
+                                       "cannot hold one");
             o->out = v;
         } else if (!strcmp(a, "--resume")) {
             if (!VAL()) return EXIT_USAGE;

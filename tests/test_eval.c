@@ -769,7 +769,7 @@ static void test_bad_input(void **state) {
     expect_error(1, "--shots 20",
                  "mc -m MODEL --shots 20 --fewshot-from " FIX "/mc_norm.jsonl " FIX "/mc_easy.jsonl -q");
     expect_error(1, "unknown format", "convert-task nope " FIX "/story.txt -q");
-    expect_error(1, "unknown command", "perplexity -m MODEL");
+    expect_error(1, "unknown subcommand 'perplexity'", "perplexity -m MODEL");
     write_file(tmp_path("wg.jsonl"),
                "{\"sentence\": \"a _ b\", \"option1\": \"x\", \"option2\": \"y\", \"answer\": \"\"}\n");
     expect_error(2, "wg.jsonl:1: winogrande \"answer\"",

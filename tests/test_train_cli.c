@@ -255,6 +255,18 @@ static void test_errors(void **s) {
     assert_int_equal(run_cmd(cmd, NULL, &uerr), 1);
     assert_non_null(strstr(uerr, "'words'"));
     free(uerr);
+    /* -o - : a run directory cannot be stdout (it made a directory named '-') */
+    char *oerr = NULL, root[512], bin[1024];
+    assert_non_null(getcwd(root, sizeof root));
+    assert_non_null(realpath(tool("mor-train"), bin));
+    snprintf(cmd, sizeof cmd,
+             "cd %s && %s -c %s/configs/tiny-vanilla.yaml --tokenizer "
+             "%s/tests/data/stories260K-hf/tokenizer.json --data %s/" TEXT " -o - -q",
+             tmp_dir(), bin, root, root, root);
+    assert_int_equal(run_cmd(cmd, NULL, &oerr), 1);
+    assert_non_null(strstr(oerr, "run directory"));
+    assert_false(file_exists(tmp_path("-")));
+    free(oerr);
     /* nothing to resume */
     snprintf(cmd, sizeof cmd, "%s --resume %s --data " TEXT " -q", tool("mor-train"), tmp_dir());
     assert_int_equal(run_cmd(cmd, NULL, NULL), 2);
