@@ -174,7 +174,7 @@ typedef struct mor_config {
             int cap_warmup_step;         /* capacity cosine warm-up, forward calls; 0 = off */
             int include_first;           /* logging only */
             mor_gating gating;
-            int untie_attention;         /* own q/k/v/o per step (the released code) */
+            int untie_attention;         /* own q/k/v/o per step (the first code release's bug) */
             /* sampling: aux_router's own AdamW (docs/algorithms.md#aux-router):
              * lr = scale x the scheduled lr, its weight decay, its own
              * gradient clipping */
