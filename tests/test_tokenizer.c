@@ -665,6 +665,14 @@ static void test_errors(void **state) {
                       " \"merges\": []}}",
                       MOR_EUNSUPPORTED, "pre_tokenizer.pattern: regex");
     expect_load_error("[1, 2]", MOR_EFORMAT, "expected a JSON object");
+    /* an id far beyond the vocabulary's size: refused before arrays of that
+     * many ids are allocated (fuzzing found 888 MB asked by a tiny file) */
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 222222222},"
+                      " \"merges\": []}}",
+                      MOR_EFORMAT, "model.vocab: id 222222222 is far beyond the 2 entries");
+    expect_load_error("{\"added_tokens\": [{\"id\": 5000000, \"content\": \"<x>\"}], \"model\":"
+                      " {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}",
+                      MOR_EFORMAT, "model.vocab: id 5000000 is far beyond the 2 entries");
     {
         const char *ok = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}";
         mor_tokenizer *t = NULL;

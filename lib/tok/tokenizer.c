@@ -71,6 +71,15 @@ static mor_status build_vocab(mor_tokenizer *t, json_t *vocab, mor_error *err) {
     }
     for (int i = 0; i < t->n_added; i++)
         if (t->added[i].id > max_id) max_id = t->added[i].id;
+    /* Ids index arrays (~40 bytes an id): a vocabulary may leave gaps, but
+     * its largest id must stay within a small multiple of its entries, so
+     * memory is bounded by the input (a 30-byte file once asked for 888 MB) */
+    size_t n_entries = json_object_size(vocab) + (size_t)t->n_added;
+    if (max_id >= 0 && (uint64_t)max_id >= 16 * (uint64_t)n_entries + 256)
+        return mor_fail(err, MOR_EFORMAT,
+                        "%s: model.vocab: id %lld is far beyond the %zu entries (at most 16 x "
+                        "entries + 256: ids are expected to be nearly dense)",
+                        t->name, (long long)max_id, n_entries);
     t->n_vocab = (int)(max_id + 1);
     size_t nv = t->n_vocab ? (size_t)t->n_vocab : 1;
     t->arena = malloc(bytes + 1);
