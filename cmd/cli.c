@@ -238,29 +238,6 @@ int cli_read_input(const char *path, char **buf, size_t *len) {
     return 0;
 }
 
-void cli_json_string(FILE *f, const char *s, size_t n) {
-    const unsigned char *u = (const unsigned char *)s;
-    fputc('"', f);
-    for (size_t i = 0; i < n;) {
-        unsigned c = u[i];
-        size_t k = mor_utf8_char_len(u + i, n - i);
-        if (k == 0) {
-            fputs("\\ufffd", f);
-            i++;
-            continue;
-        }
-        if (c == '"') fputs("\\\"", f);
-        else if (c == '\\') fputs("\\\\", f);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c == '\r') fputs("\\r", f);
-        else if (c == '\t') fputs("\\t", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fwrite(u + i, 1, k, f);
-        i += k;
-    }
-    fputc('"', f);
-}
-
 mor_status cli_set_error(mor_error *err, mor_status code, const char *fmt, ...) {
     if (err) {
         va_list ap;

@@ -67,9 +67,6 @@ int cli_read_input(const char *path, char **buf, size_t *len);
 /* Seconds from a monotonic clock. */
 double cli_now(void);
 
-/* Writes s[0..n) as a JSON string literal (quotes included); bytes that are
- * not valid UTF-8 become U+FFFD so the output always parses. */
-void cli_json_string(FILE *f, const char *s, size_t n);
 
 /* A growable NUL-terminated string: start from {0}, append, free(s). An
  * allocation failure sets oom and makes later appends no-ops. */

@@ -168,7 +168,7 @@ static void print_report(FILE *f, const char *name, const mor_trace *t, const in
             size_t qn = 0;
             FILE *m = open_memstream(&q, &qn);
             if (m) {
-                cli_json_string(m, g->text, g->len);
+                mor_json_string(m, g->text, g->len);
                 fclose(m);
                 put_term_text(f, q, qn, NULL);
                 for (size_t k = qn; k < 24; k++) fputc(' ', f);
@@ -183,9 +183,9 @@ static void print_report(FILE *f, const char *name, const mor_trace *t, const in
 static void print_json(FILE *f, const char *name, const mor_trace *t, const inspect_summary *s) {
     int R = s->n_r;
     fprintf(f, "{\"trace\":");
-    cli_json_string(f, name, strlen(name));
+    mor_json_string(f, name, strlen(name));
     fprintf(f, ",\"num_recursion\":%d,\"routing\":", R);
-    cli_json_string(f, t->runs[0].routing, strlen(t->runs[0].routing));
+    mor_json_string(f, t->runs[0].routing, strlen(t->runs[0].routing));
     fprintf(f, ",\"runs\":%d,\"tokens\":%ld,\"mean_depth\":%.6g,\"histogram\":[", t->n_runs, s->total,
             s->mean);
     for (int d = 1; d <= R; d++)
@@ -198,7 +198,7 @@ static void print_json(FILE *f, const char *name, const mor_trace *t, const insp
     fprintf(f, "],\"top\":[");
     for (size_t i = 0; i < s->n_top; i++) {
         fprintf(f, "%s{\"text\":", i ? "," : "");
-        cli_json_string(f, s->top[i].text, s->top[i].len);
+        mor_json_string(f, s->top[i].text, s->top[i].len);
         fprintf(f, ",\"deepest\":%ld,\"count\":%ld,\"mean_depth\":%.6g}", s->top[i].deepest, s->top[i].count,
                 s->top[i].mean);
     }

@@ -59,7 +59,7 @@ static void put_json_str_html(FILE *f, const char *s, size_t n) {
     size_t qn = 0;
     FILE *m = open_memstream(&q, &qn);
     if (!m) return;
-    cli_json_string(m, s, n);
+    mor_json_string(m, s, n);
     fclose(m);
     html_escape(f, q, qn);
     free(q);

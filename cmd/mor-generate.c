@@ -559,9 +559,9 @@ static void slot_emit(slot *s, const options *o, const char *prompt, size_t plen
         if (hit) s->text.len = (size_t)(hit - s->text.buf);
     }
     printf("{\"index\":%ld,\"prompt\":", s->index);
-    cli_json_string(stdout, prompt, plen);
+    mor_json_string(stdout, prompt, plen);
     printf(",\"text\":");
-    cli_json_string(stdout, s->text.buf ? s->text.buf : "", s->text.len);
+    mor_json_string(stdout, s->text.buf ? s->text.buf : "", s->text.len);
     printf(",\"tokens\":%ld}\n", s->generated);
     fflush(stdout);
 }

@@ -90,9 +90,9 @@ static void print_json(const char *path, const mor_model *m, const mor_config *c
     const mor_tokenizer *tok = mor_model_tokenizer(m);
     counts c = count_params(m);
     printf("{\"path\":");
-    cli_json_string(stdout, path, strlen(path));
+    mor_json_string(stdout, path, strlen(path));
     printf(",\"config_yaml\":");
-    cli_json_string(stdout, mor_model_config_yaml(m), strlen(mor_model_config_yaml(m)));
+    mor_json_string(stdout, mor_model_config_yaml(m), strlen(mor_model_config_yaml(m)));
     printf(",\"tokenizer\":{\"vocab_size\":%d,\"bos\":%d,\"eos\":%d,\"add_bos\":%s}",
            mor_tokenizer_vocab_size(tok), mor_tokenizer_bos(tok), mor_tokenizer_eos(tok),
            mor_tokenizer_add_bos(tok) ? "true" : "false");
@@ -101,7 +101,7 @@ static void print_json(const char *path, const mor_model *m, const mor_config *c
         mor_tensor_info t;
         mor_model_tensor_info(m, i, &t);
         printf("%s{\"name\":", i ? "," : "");
-        cli_json_string(stdout, t.name, strlen(t.name));
+        mor_json_string(stdout, t.name, strlen(t.name));
         printf(",\"dtype\":\"%s\",\"shape\":[", t.dtype);
         for (int d = 0; d < t.ndim; d++) printf(d ? ",%lld" : "%lld", (long long)t.shape[d]);
         printf("],\"bytes\":%zu}", t.nbytes);

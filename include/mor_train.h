@@ -44,6 +44,11 @@ MOR_API mor_status mor_atomic_open(mor_atomic_file *a, const char *path, mor_err
 MOR_API mor_status mor_atomic_commit(mor_atomic_file *a, mor_error *err);
 MOR_API void mor_atomic_abort(mor_atomic_file *a);
 
+/* Writes s[0..n) to f as a JSON string literal (quotes included); bytes that
+ * are not valid UTF-8 become U+FFFD, so a JSON line always parses (traces,
+ * and the tools' JSON output). */
+MOR_API void mor_json_string(FILE *f, const char *s, size_t n);
+
 /* ------------------------------------------------------------------------ */
 /* Random numbers: the one generator behind every seed of libmor and its    */
 /* tools, xoshiro256** seeded through splitmix64. Plain state in a struct   */

@@ -110,9 +110,7 @@ void mor_trace_free(mor_trace *t) {
 /* ======================================================================== */
 /* writing                                                                  */
 
-/* s[0..n) as a JSON string literal (quotes included); bytes that are not
- * valid UTF-8 become U+FFFD so the line always parses. */
-static void put_json(FILE *f, const char *s, size_t n) {
+void mor_json_string(FILE *f, const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
     fputc('"', f);
     for (size_t i = 0; i < n;) {
@@ -135,7 +133,7 @@ static void put_json(FILE *f, const char *s, size_t n) {
     fputc('"', f);
 }
 
-static void put_json_str(FILE *f, const char *s) { put_json(f, s, strlen(s)); }
+static void put_json_str(FILE *f, const char *s) { mor_json_string(f, s, strlen(s)); }
 
 void mor_trace_write_header(FILE *f, const mor_trace *t, int run) {
     const mor_trace_run *r = &t->runs[run];
@@ -152,7 +150,7 @@ void mor_trace_write_token(FILE *f, const mor_trace *t, size_t i) {
     size_t len;
     const char *text = mor_trace_text(t, i, &len);
     fprintf(f, "{\"pos\":%d,\"id\":%d,\"text\":", t->pos[i], t->id[i]);
-    put_json(f, text, len);
+    mor_json_string(f, text, len);
     fprintf(f, ",\"depth\":%d,\"scores\":[", t->depth[i]);
     for (int r = 0; r < t->num_recursion; r++) {
         float s = t->scores[i * (size_t)t->num_recursion + (size_t)r];
