@@ -68,14 +68,5 @@ int cli_read_input(const char *path, char **buf, size_t *len);
 double cli_now(void);
 
 
-/* A growable NUL-terminated string: start from {0}, append, free(s). An
- * allocation failure sets oom and makes later appends no-ops. */
-typedef struct cli_strbuf {
-    char *s;
-    size_t len, cap;
-    int oom;
-} cli_strbuf;
-void cli_sb_add(cli_strbuf *b, const char *s, size_t n);
-static inline void cli_sb_cat(cli_strbuf *b, const char *s) { cli_sb_add(b, s, strlen(s)); }
 
 #endif

@@ -26,18 +26,18 @@ static void strip_span(const char *s, size_t *b, size_t *e) {
 }
 
 /* Python's s.replace(from, to): non-overlapping, left to right. */
-static void replace_all(cli_strbuf *out, const char *s, const char *from, const char *to) {
+static void replace_all(mor_strbuf *out, const char *s, const char *from, const char *to) {
     size_t fl = strlen(from);
     out->len = 0;
-    cli_sb_add(out, "", 0);
+    mor_sb_add(out, "", 0);
     for (const char *p = s;;) {
         const char *hit = strstr(p, from);
         if (!hit) {
-            cli_sb_cat(out, p);
+            mor_sb_cat(out, p);
             return;
         }
-        cli_sb_add(out, p, (size_t)(hit - p));
-        cli_sb_cat(out, to);
+        mor_sb_add(out, p, (size_t)(hit - p));
+        mor_sb_cat(out, to);
         p = hit + fl;
     }
 }
@@ -52,11 +52,11 @@ static char *hs_preprocess(const char *text) {
     if (!t) return NULL;
     memcpy(t, text + b, e - b);
     t[e - b] = 0;
-    cli_strbuf a = {0}, c = {0}, d = {0};
+    mor_strbuf a = {0}, c = {0}, d = {0};
     replace_all(&a, t, " [title]", ". ");
     free(t);
     if (a.oom) return NULL;
-    cli_sb_add(&c, "", 0);
+    mor_sb_add(&c, "", 0);
     for (size_t i = 0; i < a.len;) {
         if (a.s[i] == '[') {
             size_t j = i + 1;
@@ -66,7 +66,7 @@ static char *hs_preprocess(const char *text) {
                 continue;
             }
         }
-        cli_sb_add(&c, a.s + i, 1);
+        mor_sb_add(&c, a.s + i, 1);
         i++;
     }
     free(a.s);
@@ -113,9 +113,9 @@ static int get_int(json_t *o, const char *key, long *out) {
 #define BAD(...) (eval_input_error(__VA_ARGS__), (json_t *)NULL)
 
 static json_t *choice_with_space(const char *s) {
-    cli_strbuf b = {0};
-    cli_sb_cat(&b, " ");
-    cli_sb_cat(&b, s);
+    mor_strbuf b = {0};
+    mor_sb_cat(&b, " ");
+    mor_sb_cat(&b, s);
     json_t *j = b.oom ? NULL : json_string(b.s);
     free(b.s);
     return j;
@@ -139,12 +139,12 @@ static json_t *conv_hellaswag(json_t *o, const char *path, int line) {
     if (get_int(o, "label", &gold) || gold < 0 || gold >= (long)json_array_size(endings))
         return BAD("%s:%d: hellaswag \"label\" is missing or out of range", path, line);
     char *cap = capitalize(b);
-    cli_strbuf q = {0};
-    cli_sb_cat(&q, act);
-    cli_sb_cat(&q, ": ");
-    cli_sb_cat(&q, a);
-    cli_sb_cat(&q, " ");
-    cli_sb_cat(&q, cap ? cap : "");
+    mor_strbuf q = {0};
+    mor_sb_cat(&q, act);
+    mor_sb_cat(&q, ": ");
+    mor_sb_cat(&q, a);
+    mor_sb_cat(&q, " ");
+    mor_sb_cat(&q, cap ? cap : "");
     free(cap);
     char *query = q.oom ? NULL : hs_preprocess(q.s);
     free(q.s);
@@ -166,10 +166,10 @@ static json_t *conv_hellaswag(json_t *o, const char *path, int line) {
 }
 
 static json_t *question_item(const char *question, json_t *choices, long gold) {
-    cli_strbuf c = {0};
-    cli_sb_cat(&c, "Question: ");
-    cli_sb_cat(&c, question);
-    cli_sb_cat(&c, "\nAnswer:");
+    mor_strbuf c = {0};
+    mor_sb_cat(&c, "Question: ");
+    mor_sb_cat(&c, question);
+    mor_sb_cat(&c, "\nAnswer:");
     json_t *j = mc_item(c.oom ? "" : c.s, choices, gold);
     free(c.s);
     return j;
@@ -255,13 +255,13 @@ static json_t *conv_winogrande(json_t *o, const char *path, int line) {
     if (!blank) return BAD("%s:%d: winogrande sentence has no '_' blank", path, line);
     size_t pre = (size_t)(blank - s), b, e;
     strip_span(blank + 1, &b, &e);
-    cli_strbuf c1 = {0}, c2 = {0}, k = {0};
-    cli_sb_add(&c1, s, pre);
-    cli_sb_cat(&c1, o1);
-    cli_sb_add(&c2, s, pre);
-    cli_sb_cat(&c2, o2);
-    cli_sb_cat(&k, " ");
-    cli_sb_add(&k, blank + 1 + b, e - b);
+    mor_strbuf c1 = {0}, c2 = {0}, k = {0};
+    mor_sb_add(&c1, s, pre);
+    mor_sb_cat(&c1, o1);
+    mor_sb_add(&c2, s, pre);
+    mor_sb_cat(&c2, o2);
+    mor_sb_cat(&k, " ");
+    mor_sb_add(&k, blank + 1 + b, e - b);
     json_t *j = NULL;
     if (!c1.oom && !c2.oom && !k.oom) {
         j = json_object();

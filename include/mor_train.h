@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "mor.h"
 
@@ -43,6 +44,17 @@ typedef struct mor_atomic_file {
 MOR_API mor_status mor_atomic_open(mor_atomic_file *a, const char *path, mor_error *err);
 MOR_API mor_status mor_atomic_commit(mor_atomic_file *a, mor_error *err);
 MOR_API void mor_atomic_abort(mor_atomic_file *a);
+
+/* A growable NUL-terminated string: start from {0}, append, free(s). An
+ * allocation failure sets oom and makes later appends no-ops. */
+typedef struct mor_strbuf {
+    char *s;
+    size_t len, cap;
+    int oom;
+} mor_strbuf;
+
+MOR_API void mor_sb_add(mor_strbuf *b, const char *s, size_t n);
+static inline void mor_sb_cat(mor_strbuf *b, const char *s) { mor_sb_add(b, s, strlen(s)); }
 
 /* Writes s[0..n) to f as a JSON string literal (quotes included); bytes that
  * are not valid UTF-8 become U+FFFD, so a JSON line always parses (traces,

@@ -41,15 +41,6 @@ int mor_utf8_valid(const char *s, size_t n, size_t *bad_offset);
 void *mor_alloc_big(size_t bytes);
 void mor_free_big(void *p);
 
-/* A growable NUL-terminated string: start from {0}, append, free(s). An
- * allocation failure sets oom and makes later appends no-ops. */
-typedef struct mor_strbuf {
-    char *s;
-    size_t len, cap;
-    int oom;
-} mor_strbuf;
-
-void mor_sb_add(mor_strbuf *b, const char *s, size_t n);
-static inline void mor_sb_cat(mor_strbuf *b, const char *s) { mor_sb_add(b, s, strlen(s)); }
+/* mor_strbuf and mor_sb_add are public: mor_train.h. */
 
 #endif
