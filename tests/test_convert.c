@@ -418,6 +418,126 @@ static void test_uptrain_init_methods(void **state) {
     assert_false(file_exists(tmp_path("bad.mor")));
 }
 
+/* A scratch HF model shaped like stories260K but with n_layers layers, every
+ * weight of layer l holding the value l + 1: a converted layer names the
+ * source layer it was taken from. */
+static const char *numbered_layers_hf(int n_layers) {
+    char name[64], cfg[1024];
+    snprintf(name, sizeof name, "numbered%d", n_layers);
+    size_t len;
+    char *orig = read_all(HF_DIR "/config.json", &len);
+    const char *key = "\"num_hidden_layers\": 5";
+    char *at = strstr(orig, key);
+    assert_non_null(at);
+    snprintf(cfg, sizeof cfg, "%.*s\"num_hidden_layers\": %d%s", (int)(at - orig), orig, n_layers,
+             at + strlen(key));
+    free(orig);
+    const char *dir = scratch_hf(name, "config.json", cfg, strlen(cfg));
+    char path[800];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    mor_error e = {0};
+    mor_st_file *src;
+    assert_int_equal(mor_st_open(HF_DIR "/model.safetensors", &src, &e), MOR_OK);
+    mor_st_writer *w = mor_st_writer_new();
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    mor_sink sink;
+    assert_int_equal(mor_sink_open(&sink, f, path, 0, &e), MOR_OK);
+    /* pass 0 declares, pass 1 writes, in the same order */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) assert_int_equal(mor_st_writer_header(w, &sink, &e), MOR_OK);
+        for (int i = 0; i < src->n_tensors; i++) {
+            const mor_st_tensor *t = &src->tensors[i];
+            assert_int_equal(t->dtype, MOR_ST_F32);
+            const char *layer0 = "model.layers.0.";
+            if (strncmp(t->name, "model.layers.", 13) != 0) { /* embedding, final norm: as they are */
+                mor_status st = pass == 0 ? mor_st_writer_declare(w, t->name, t->dtype, t->ndim, t->shape, &e)
+                                          : mor_st_writer_data(w, &sink, t->data, t->end - t->begin, &e);
+                assert_int_equal(st, MOR_OK);
+                continue;
+            }
+            if (strncmp(t->name, layer0, strlen(layer0)) != 0) continue; /* layer 0 gives every layer's shapes */
+            size_t n = (t->end - t->begin) / sizeof(float);
+            float *v = malloc(n * sizeof *v);
+            for (int l = 0; l < n_layers; l++) {
+                char nm[128];
+                snprintf(nm, sizeof nm, "model.layers.%d.%s", l, t->name + strlen(layer0));
+                if (pass == 0) {
+                    assert_int_equal(mor_st_writer_declare(w, nm, t->dtype, t->ndim, t->shape, &e), MOR_OK);
+                    continue;
+                }
+                for (size_t k = 0; k < n; k++) v[k] = (float)(l + 1);
+                assert_int_equal(mor_st_writer_data(w, &sink, v, n * sizeof *v, &e), MOR_OK);
+            }
+            free(v);
+        }
+    }
+    assert_int_equal(mor_sink_finish(&sink, &e), MOR_OK);
+    mor_sink_free(&sink);
+    fclose(f);
+    mor_st_writer_free(w);
+    mor_st_close(src);
+    return dir;
+}
+
+/* --init stepwise takes round(linspace(first, last, base)) of the source
+ * layers the shared block may use (1..L-2 for the middle strategies, 0..L-1
+ * otherwise), with numpy's float arithmetic and Python's round (halves to
+ * even); shared slot i takes the i-th. The lists are worked out by hand. */
+static void test_uptrain_stepwise_linspace(void **state) {
+    (void)state;
+    static const struct {
+        int src_layers, layers, recursion;
+        const char *sharing;
+        int base, want[16];
+    } cases[] = {
+        /* linspace(1, 30, 10) = 1, 4.22, 7.44, 10.67, ..., 26.78, 30 */
+        {32, 32, 3, "middle_cycle", 10, {1, 4, 7, 11, 14, 17, 20, 24, 27, 30}},
+        {32, 32, 3, "middle_sequence", 10, {1, 4, 7, 11, 14, 17, 20, 24, 27, 30}},
+        /* linspace(0, 29, 10) = 0, 3.22, 6.44, 9.67, ..., 25.78, 29 */
+        {30, 30, 3, "cycle", 10, {0, 3, 6, 10, 13, 16, 19, 23, 26, 29}},
+        {30, 30, 3, "sequence", 10, {0, 3, 6, 10, 13, 16, 19, 23, 26, 29}},
+        /* ties: linspace(0, 5, 3) = 0, 2.5, 5; linspace(0, 7, 3) = 0, 3.5, 7 */
+        {6, 6, 2, "cycle", 3, {0, 2, 5}},
+        {8, 6, 2, "cycle", 3, {0, 4, 7}},
+        /* 7 * 29/14 is 14.5, but in double 7 * (29/14) is 14.500000000000002: 15 */
+        {30, 30, 2, "cycle", 15, {0, 2, 4, 6, 8, 10, 12, 15, 17, 19, 21, 23, 25, 27, 29}},
+    };
+    mor_error e = {0};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        const char *hf = numbered_layers_hf(cases[c].src_layers);
+        char yaml[1024];
+        snprintf(yaml, sizeof yaml,
+                 "model:\n  vocab_size: 512\n  hidden_size: 64\n  intermediate_size: 172\n"
+                 "  num_hidden_layers: %d\n  num_attention_heads: 8\n  num_key_value_heads: 4\n"
+                 "  head_dim: 8\n  tie_word_embeddings: true\n"
+                 "recursive:\n  enable: true\n  num_recursion: %d\n  sharing: %s\n  initialization: stepwise\n",
+                 cases[c].layers, cases[c].recursion, cases[c].sharing);
+        const char *cfg = tmp_path("stepwise.yaml");
+        FILE *f = fopen(cfg, "w");
+        assert_non_null(f);
+        fputs(yaml, f);
+        fclose(f);
+        const char *out = tmp_path("stepwise.mor");
+        mor_convert_params params = {.dtype = MOR_DTYPE_F32, .init = MOR_FROM_CONFIG};
+        if (mor_convert_hf_config(hf, cfg, out, &params, &e)) fail_msg("case %zu: %s", c, e.msg);
+        mor_st_file *m;
+        assert_int_equal(mor_st_open(out, &m, &e), MOR_OK);
+        int middle = !strncmp(cases[c].sharing, "middle", 6), base = cases[c].base;
+        for (int p = 0; p < base + 2 * middle; p++) {
+            char nm[96];
+            snprintf(nm, sizeof nm, "model.layers.%d.mlp.up_proj.weight", p);
+            int got = (int)tensor(m, nm)[0] - 1;
+            int want = middle && p == 0 ? 0 : middle && p == base + 1 ? cases[c].src_layers - 1
+                                                                    : cases[c].want[p - middle];
+            if (got != want)
+                fail_msg("%d source layers, %s N_R=%d: layer %d took source layer %d, expected %d",
+                         cases[c].src_layers, cases[c].sharing, cases[c].recursion, p, got, want);
+        }
+        mor_st_close(m);
+    }
+}
+
 static void test_init_fresh(void **state) {
     (void)state;
     mor_error e = {0};
@@ -564,7 +684,8 @@ int main(void) {
         cmocka_unit_test(test_sharded_index),
         cmocka_unit_test(test_bad_llama2c),      cmocka_unit_test(test_llama2c_header_overflow),
         cmocka_unit_test(test_bad_checkpoint),
-        cmocka_unit_test(test_uptrain_init_methods), cmocka_unit_test(test_init_fresh),
+        cmocka_unit_test(test_uptrain_init_methods), cmocka_unit_test(test_uptrain_stepwise_linspace),
+        cmocka_unit_test(test_init_fresh),
         cmocka_unit_test(test_cli_output_stdout), cmocka_unit_test(test_cli_usage),
     };
     return cmocka_run_group_tests_name("convert", tests, NULL, NULL);

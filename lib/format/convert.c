@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -532,13 +533,28 @@ static mor_status reshape_read(void *src, const mor_tensor_spec *spec, float *ds
     }
 }
 
+/* round(linspace(lo, hi, n)[i]) as the reference computes it with numpy and
+ * Python: the point is lo + i*step in double with step = (hi - lo)/(n - 1),
+ * the last one exactly hi, then rounded half to even (rint in the default
+ * rounding mode). Float ties come out as numpy's do: linspace(0, 29, 15)[7]
+ * is 14.500000000000002 and picks 15. */
+static int linspace_rounded(int lo, int hi, int n, int i) {
+    if (n <= 1) return lo;
+    if (i == n - 1) return hi;
+    double step = (double)(hi - lo) / (n - 1);
+    double scaled = (double)i * step; /* a statement of its own: never a fused multiply-add */
+    return (int)rint(scaled + lo);
+}
+
 /* Chooses the source layer of every physical layer (the initialisation
  * options of docs/algorithms.md#layer-initialisation; -1 = average of the
- * tied positions). */
+ * tied positions). Shared slot i (physical layer off + i) takes the i-th
+ * choice, whatever the sharing. */
 static void choose_source_layers(reshape_source *r) {
     const mor_config *c = r->target;
     int P = mor_config_n_phys_layers(c), off = mor_config_rec_offset(c), base = mor_config_base_depth(c);
     int span = r->src_layers - 2 * off; /* source layers available to the shared block */
+    int first = off, last = r->src_layers - 1 - off; /* its first and last */
     int random_pick[MOR_MAX_RECURSION * 64];
     if (r->init == MOR_LAYERS_RANDOM && base <= (int)(sizeof random_pick / sizeof *random_pick)) {
         /* a sorted random subset of `base` source layers of the span */
@@ -555,13 +571,14 @@ static void choose_source_layers(reshape_source *r) {
         }
         int i = p - off; /* slot within the recursion block */
         switch (r->init) {
-        case MOR_LAYERS_STEPWISE: r->pick[p] = off + (int)((long)i * span / base); break;
+        case MOR_LAYERS_STEPWISE: r->pick[p] = linspace_rounded(first, last, base, i); break;
         case MOR_LAYERS_LOWER: r->pick[p] = off + i; break;
         case MOR_LAYERS_UPPER: r->pick[p] = off + span - base + i; break;
         case MOR_LAYERS_AVERAGE: r->pick[p] = -1; break;
         default: r->pick[p] = random_pick[i]; break;
         }
         if (r->pick[p] >= r->src_layers) r->pick[p] = r->src_layers - 1;
+        if (r->pick[p] < 0 && r->init != MOR_LAYERS_AVERAGE) r->pick[p] = 0;
     }
 }
 
