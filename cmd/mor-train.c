@@ -402,6 +402,17 @@ int main(int argc, char **argv) {
             c->mor.enable ? (c->mor.type == MOR_ROUTING_EXPERT ? ", MoR expert-choice (top-k)"
                                                                : ", MoR token-choice")
                           : c->recursive ? ", recursive" : "");
+    if (c->mor.enable && c->mor.type == MOR_ROUTING_EXPERT && !c->mor.rand_router) {
+        /* what the BCE coefficient weighs (docs/algorithms.md#decision-4) */
+        double coeff = c->mor.expert.coeff;
+        if (c->mor.expert.aux_loss_scale == MOR_AUX_SCALE_MICRO_BATCH)
+            cli_log("aux loss: BCE coeff %g on each micro-batch's mean, effectively %g on the step's "
+                    "(mor.expert.aux_loss_scale: micro_batch, %d micro-batches)",
+                    coeff, coeff * c->train.grad_accum, c->train.grad_accum);
+        else
+            cli_log("aux loss: BCE coeff %g on the optimizer step's mean (mor.expert.aux_loss_scale: step)",
+                    coeff);
+    }
     cli_log("data: %zu tokens, %zu train rows + %zu validation rows of %d; %ld tokens/step, %ld steps, "
             "%d threads", mor_train_data_n_tokens(data), mor_train_data_n_train_rows(data),
             mor_train_data_n_val_rows(data), seq_len, tok_step, steps, mor_trainer_n_threads(tr));

@@ -132,6 +132,11 @@ typedef enum { MOR_ROUTER_LINEAR = 0, MOR_ROUTER_MLP, MOR_ROUTER_WIDE_MLP } mor_
 typedef enum { MOR_FUNC_SIGMOID = 0, MOR_FUNC_TANH = 1, MOR_FUNC_NONE = 2,
                MOR_FUNC_SOFTMAX = 3 } mor_router_func;
 typedef enum { MOR_SAMPLING_AUX_LOSS = 0, MOR_SAMPLING_AUX_ROUTER } mor_sampling;
+/* mor.expert.aux_loss_scale: what mor.expert.coeff weighs. step: the BCE's
+ * mean over the optimizer step's candidates; micro_batch: each micro-batch's
+ * own mean, summed over the step as the released trainer does (effective
+ * weight coeff x train.grad_accum). docs/algorithms.md#decision-4 */
+typedef enum { MOR_AUX_SCALE_STEP = 0, MOR_AUX_SCALE_MICRO_BATCH } mor_aux_loss_scale;
 /* weighted: h + g*B(h); additive: h + B(h) (the un-gated ablation). */
 typedef enum { MOR_GATING_WEIGHTED = 0, MOR_GATING_ADDITIVE } mor_gating;
 typedef enum { MOR_BALANCE_LOSS = 0, MOR_BALANCE_LOSS_FREE } mor_balancing;
@@ -188,6 +193,7 @@ typedef struct mor_config {
             float alpha;                 /* gate scale */
             mor_sampling sampling;
             float coeff;                 /* BCE aux-loss (or aux-router) coefficient */
+            mor_aux_loss_scale aux_loss_scale; /* per step (default) or per micro-batch */
             int cap_warmup_step;         /* capacity cosine warm-up, forward calls; 0 = off */
             int include_first;           /* logging only */
             mor_gating gating;

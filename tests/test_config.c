@@ -215,7 +215,7 @@ static const char *ALL_KEYS =
     "mor:\n  enable: true\n  type: expert\n  capacity: [1.0, 0.7, 0.2]\n  rand_router: true\n"
     "  router_type: mlp\n  temp: 2.0\n  z_loss: true\n  z_coeff: 0.0002\n"
     "  expert:\n    router_func: tanh\n    alpha: 0.3\n    sampling: aux_router\n    coeff: 0.016\n"
-    "    cap_warmup_step: 100\n    include_first: false\n    gating: additive\n"
+    "    aux_loss_scale: micro_batch\n    cap_warmup_step: 100\n    include_first: false\n    gating: additive\n"
     "    untie_attention: true\n"
     "  token:\n    router_func: sigmoid\n    alpha: 0.5\n    balancing: loss_free\n    coeff: 0.01\n"
     "    u: 0.01\n    bal_warmup_step: 5\n    gating: additive\n"
@@ -243,6 +243,7 @@ static void test_mor_keys(void **state) {
     assert_int_equal(c.mor.expert.router_func, MOR_FUNC_TANH);
     assert_true(c.mor.expert.alpha == 0.3f && c.mor.expert.coeff == 0.016f);
     assert_int_equal(c.mor.expert.sampling, MOR_SAMPLING_AUX_ROUTER);
+    assert_int_equal(c.mor.expert.aux_loss_scale, MOR_AUX_SCALE_MICRO_BATCH);
     assert_int_equal(c.mor.expert.cap_warmup_step, 100);
     assert_int_equal(c.mor.expert.include_first, 0);
     assert_int_equal(c.mor.expert.gating, MOR_GATING_ADDITIVE);
@@ -267,6 +268,7 @@ static void test_mor_keys(void **state) {
     assert_int_equal(d.mor.router_type, MOR_ROUTER_LINEAR);
     assert_int_equal(d.mor.expert.router_func, MOR_FUNC_SIGMOID);
     assert_true(d.mor.expert.alpha == 0.1f && d.mor.expert.coeff == 0.001f);
+    assert_int_equal(d.mor.expert.aux_loss_scale, MOR_AUX_SCALE_STEP);
     assert_true(d.mor.token.coeff == 0.1f && d.mor.token.alpha == 1.0f);
     assert_true(d.train.learning_rate == 3e-3f && d.train.adam_beta2 == 0.95f);
     assert_int_equal(d.train.warmup_steps, -1);
@@ -368,6 +370,10 @@ static void test_mor_validation(void **state) {
                       "expected softmax or sigmoid");
     expect_mor3_error("  token:\n    balancing: none\n", "expected loss or loss_free");
     expect_mor3_error("  expert:\n    gating: mul\n", "expected weighted or additive");
+    expect_mor3_error("  expert:\n    aux_loss_scale: token\n",
+                      "mor.expert.aux_loss_scale: expected step or micro_batch, got 'token'");
+    assert_int_equal(parse_mor3("  expert:\n    aux_loss_scale: step\n").mor.expert.aux_loss_scale,
+                     MOR_AUX_SCALE_STEP);
     expect_mor3_error("  temp: 0\n", "out of range");
     expect_mor3_error("  expert:\n    alpha: 0\n", "mor.expert.alpha must be positive");
     expect_mor3_error("  expert:\n    cap_warmup_step: -1\n", "out of range");
@@ -391,6 +397,10 @@ static void test_mor_validation(void **state) {
     mor_error e = {0};
     assert_int_equal(mor_config_validate(&c, "s", &e), MOR_ECONFIG);
     assert_non_null(strstr(e.msg, "s: mor.capacity must be non-increasing"));
+    c = parse_mor3("");
+    c.mor.expert.aux_loss_scale = (mor_aux_loss_scale)2;
+    assert_int_equal(mor_config_validate(&c, "s", &e), MOR_ECONFIG);
+    assert_non_null(strstr(e.msg, "s: mor.expert.aux_loss_scale: unknown value 2"));
 }
 
 static void round_trip(const mor_config *a) {
@@ -410,6 +420,7 @@ static void test_round_trip_all_keys(void **state) {
     char *y = mor_config_to_yaml(&a);
     /* every key of the table is written (all differ from their defaults) */
     const char *leaves[] = {"untie_attention: true",
+                            "aux_loss_scale: micro_batch",
                             "balancing: loss_free",
                             "capacity: [1, 0.69999999999999996, 0.20000000000000001]",
                             "initialization: stepwise",

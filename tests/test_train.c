@@ -281,6 +281,93 @@ static void test_parallel_attention(void **s) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* mor.expert.aux_loss_scale (docs/algorithms.md#decision-4)                 */
+
+/* Runs G micro-batches of the expert fixture as one optimizer step with the
+ * given BCE coefficient and weighting; returns the step's coefficient-weighted
+ * BCE and z-loss terms and leaves the gradients in m->grads. */
+static void aux_step(mor_train_model *m, const fixture *fx, int G, float coeff, mor_aux_loss_scale scale,
+                     double *bce_term, double *z_term, double *bce_mean) {
+    m->cfg.mor.expert.coeff = coeff;
+    m->cfg.mor.expert.aux_loss_scale = scale;
+    memset(m->grads, 0, m->n_floats * sizeof(float));
+    mor_train_pass p = {.backward = 1, .warmup = 1, .ce_norm = (double)G * fx->B * (fx->n - 1),
+                        .aux_scale = G};
+    *bce_term = *z_term = *bce_mean = 0;
+    for (int g = 0; g < G; g++) {
+        mor_train_losses ls;
+        p.forward_call = g;
+        mor_train_forward_backward(m, fx->tokens + (size_t)g * fx->B * fx->n, fx->B, &p, &ls);
+        *z_term += m->cfg.mor.z_coeff * ls.zloss;
+        *bce_term += ls.total - ls.ce - m->cfg.mor.z_coeff * ls.zloss;
+        *bce_mean += ls.bce;
+    }
+}
+
+/* micro_batch weighs each micro-batch's own mean BCE by coeff, as the
+ * released trainer does: with G = 4 micro-batches the BCE term of the loss
+ * and its share of the router-weight gradient are 4 x those of step, while
+ * the BCE itself (a mean over the step), the z-loss and the CE part stay. */
+static void test_aux_loss_scale(void **s) {
+    (void)s;
+    fixture fx;
+    open_fixture(&fx, "expert");
+    const int G = 4;
+    assert_true(fx.steps * fx.G >= G);
+    assert_int_equal(fx.cfg.mor.expert.sampling, MOR_SAMPLING_AUX_LOSS);
+    const float coeff = fx.cfg.mor.expert.coeff;
+    mor_train_model m;
+    mor_error err = {0};
+    if (mor_train_model_new(&m, &fx.cfg, fx.B, fx.n, &err)) fail_msg("%s", err.msg);
+    load_tensors(&fx, &m, "w", m.params);
+    float *g_ce = malloc(m.n_floats * sizeof(float)), *g_step = malloc(m.n_floats * sizeof(float));
+    double bce0, z0, mean0, bce_step, z_step, mean_step, bce_mb, z_mb, mean_mb;
+    aux_step(&m, &fx, G, 0.0f, MOR_AUX_SCALE_STEP, &bce0, &z0, &mean0);
+    memcpy(g_ce, m.grads, m.n_floats * sizeof(float));
+    aux_step(&m, &fx, G, coeff, MOR_AUX_SCALE_STEP, &bce_step, &z_step, &mean_step);
+    memcpy(g_step, m.grads, m.n_floats * sizeof(float));
+    aux_step(&m, &fx, G, coeff, MOR_AUX_SCALE_MICRO_BATCH, &bce_mb, &z_mb, &mean_mb);
+    assert_true(fabs(bce0) < 1e-12 && bce_step > 0);
+    assert_true(mean_mb == mean_step && z_mb == z_step && z0 == z_step);
+    assert_float_equal(bce_step, coeff * mean_step, 1e-6 * bce_step);
+    assert_float_equal(bce_mb, G * bce_step, 1e-6 * bce_mb);
+    /* independently: the sum over the micro-batches of coeff x each one's own
+     * mean BCE (a pass that normalises by that micro-batch alone) */
+    double own = 0;
+    mor_train_pass alone = {.backward = 0, .warmup = 1, .ce_norm = 1, .aux_scale = 1};
+    for (int g = 0; g < G; g++) {
+        mor_train_losses ls;
+        alone.forward_call = g;
+        mor_train_forward_backward(&m, fx.tokens + (size_t)g * fx.B * fx.n, fx.B, &alone, &ls);
+        own += coeff * ls.bce;
+    }
+    assert_float_equal(bce_mb, own, 1e-6 * own);
+    /* the BCE's share of every router weight's gradient */
+    int routers = 0;
+    for (int i = 0; i < m.n_tensors; i++) {
+        if (m.specs[i].kind != MOR_PARAM_ROUTER) continue;
+        size_t o = m.toff[i], k = numel(&m.specs[i]);
+        float *want = malloc(k * sizeof(float)), *got = malloc(k * sizeof(float));
+        for (size_t e = 0; e < k; e++) {
+            want[e] = (float)G * (g_step[o + e] - g_ce[o + e]);
+            got[e] = m.grads[o + e] - g_ce[o + e];
+        }
+        double e = rel_err(got, want, k);
+        if (verbose()) fprintf(stderr, "  %-28s BCE gradient x%d: rel_err %.2e\n", m.specs[i].name, G, e);
+        if (!(e < 1e-4)) fail_msg("%s: micro_batch BCE gradient is not %d x step's: rel_err %.3g",
+                                  m.specs[i].name, G, e);
+        routers++;
+        free(want);
+        free(got);
+    }
+    assert_true(routers > 0);
+    free(g_ce);
+    free(g_step);
+    mor_train_model_free(&m);
+    mor_st_close(fx.f);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Structure: tied weights exist once, and a checkpoint round-trips          */
 
 static void test_sharing_layout(void **s) {
@@ -464,6 +551,7 @@ int main(void) {
         cmocka_unit_test(test_token_balance),
         cmocka_unit_test(test_token_loss_free),
         cmocka_unit_test(test_parallel_attention),
+        cmocka_unit_test(test_aux_loss_scale),
         cmocka_unit_test(test_sharing_layout),
         cmocka_unit_test(test_checkpoint_roundtrip),
         cmocka_unit_test(test_data_packing),

@@ -60,6 +60,8 @@ static const enum_name token_func_names[] = {
     {"softmax", MOR_FUNC_SOFTMAX}, {"sigmoid", MOR_FUNC_SIGMOID}, {NULL, 0}};
 static const enum_name sampling_names[] = {
     {"aux_loss", MOR_SAMPLING_AUX_LOSS}, {"aux_router", MOR_SAMPLING_AUX_ROUTER}, {NULL, 0}};
+static const enum_name aux_scale_names[] = {
+    {"step", MOR_AUX_SCALE_STEP}, {"micro_batch", MOR_AUX_SCALE_MICRO_BATCH}, {NULL, 0}};
 static const enum_name gating_names[] = {
     {"weighted", MOR_GATING_WEIGHTED}, {"additive", MOR_GATING_ADDITIVE}, {NULL, 0}};
 static const enum_name balancing_names[] = {
@@ -111,6 +113,7 @@ static const config_key config_keys[] = {
     FLT("mor.expert.alpha", mor.expert.alpha, 0, 1e6),
     ENUM("mor.expert.sampling", mor.expert.sampling, sampling_names),
     FLT("mor.expert.coeff", mor.expert.coeff, 0, 1e6),
+    ENUM("mor.expert.aux_loss_scale", mor.expert.aux_loss_scale, aux_scale_names),
     INT("mor.expert.cap_warmup_step", mor.expert.cap_warmup_step, 0, 1 << 30),
     BOOL("mor.expert.include_first", mor.expert.include_first),
     ENUM("mor.expert.gating", mor.expert.gating, gating_names),
@@ -182,6 +185,7 @@ void mor_config_defaults(mor_config *c) {
     c->mor.expert.alpha = 0.1f;
     c->mor.expert.sampling = MOR_SAMPLING_AUX_LOSS;
     c->mor.expert.coeff = 1e-3f;
+    c->mor.expert.aux_loss_scale = MOR_AUX_SCALE_STEP;
     c->mor.expert.include_first = 1;
     c->mor.expert.gating = MOR_GATING_WEIGHTED;
     c->mor.expert.aux_lr_scale = 10.0f;
@@ -856,6 +860,9 @@ static mor_status validate_mor(mor_config *c, const char *source, const int *lin
             return mor_fail(err, MOR_ECONFIG,
                             "%s: mor.expert.alpha must be positive (it scales every gate)",
                             AT("mor.expert.alpha"));
+        if ((unsigned)c->mor.expert.aux_loss_scale > MOR_AUX_SCALE_MICRO_BATCH)
+            return mor_fail(err, MOR_ECONFIG, "%s: mor.expert.aux_loss_scale: unknown value %d",
+                            AT("mor.expert.aux_loss_scale"), (int)c->mor.expert.aux_loss_scale);
     } else {
         mor_router_func f = c->mor.token.router_func;
         if (f != MOR_FUNC_SOFTMAX && f != MOR_FUNC_SIGMOID)

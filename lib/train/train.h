@@ -116,7 +116,8 @@ typedef struct train_seg {
 
 /* Losses of one micro-batch. ce, bce, zloss, bal are normalised by the pass
  * (so summing them over the micro-batches of a step gives the step's means);
- * total = ce + expert.coeff*bce + z_coeff*zloss + token.coeff*bal. */
+ * total = ce + expert.coeff*bce + z_coeff*zloss + token.coeff*bal, with
+ * expert.coeff x aux_scale under aux_loss_scale: micro_batch. */
 typedef struct mor_train_losses {
     double ce, bce, zloss, bal, total;
     double ce_sum;  /* unnormalised CE sum and its target count (validation) */

@@ -15,7 +15,9 @@
  *     between), and a token leaving at depth d gets out = h^1 + g B^d(h^1).
  * Every loss is a sum divided by its share of the optimizer step (decision
  * 4): CE over the step's targets, each aux loss over the step's tokens or
- * candidates, so summing micro-batches gives the step's mean. */
+ * candidates, so summing micro-batches gives the step's mean. Only the
+ * expert BCE's weight has a second reading, the released trainer's
+ * (mor.expert.aux_loss_scale: micro_batch, bce_coeff). */
 #include <math.h>
 #include <string.h>
 
@@ -26,6 +28,18 @@
 
 /* ======================================================================== */
 /* Helpers                                                                  */
+
+/* The weight of the expert BCE as the pass normalises it (a mean over the
+ * optimizer step's candidates). aux_loss_scale: step gives it
+ * mor.expert.coeff; micro_batch gives each micro-batch's own mean that
+ * weight, as the released trainer adds coeff x BCE per micro-batch without
+ * dividing by the accumulation: coeff x the step's micro-batches
+ * (docs/algorithms.md#decision-4). */
+static float bce_coeff(const mor_config *c, const mor_train_pass *p) {
+    double coeff = c->mor.expert.coeff;
+    if (c->mor.expert.aux_loss_scale == MOR_AUX_SCALE_MICRO_BATCH) coeff *= p->aux_scale;
+    return (float)coeff;
+}
 
 static void set_full_rows(train_seg *s, int B, int n) {
     train_rows *r = &s->rows;
@@ -252,11 +266,11 @@ static void expert_backward(mor_train_model *m, int si, int B, const mor_train_p
         /* the aux router's input is detached: only its weights learn */
         float *dza = m->dp;
         memset(dza, 0, (size_t)TC * sizeof(float));
-        mor_bce_logits_backward(dza, s->za, s->y, (size_t)TC, norm, c->mor.expert.coeff);
+        mor_bce_logits_backward(dza, s->za, s->y, (size_t)TC, norm, bce_coeff(c, p));
         router_backward(m, m->dhin, dza, s->hin, s->arpre, s->aract, m->arw1[r - 1],
                         m->arw2[r - 1], TC, 1);
     } else {
-        mor_bce_logits_backward(dz, s->z, s->y, (size_t)TC, norm, c->mor.expert.coeff);
+        mor_bce_logits_backward(dz, s->z, s->y, (size_t)TC, norm, bce_coeff(c, p));
     }
     if (c->mor.z_loss) mor_zloss_backward(dz, s->z, TC, 1, norm, c->mor.z_coeff);
     router_backward(m, m->dhin, dz, s->hin, s->rpre, s->ract, m->rw1[r - 1], m->rw2[r - 1], TC, 1);
@@ -468,7 +482,7 @@ void mor_train_forward_backward(mor_train_model *m, const int32_t *tokens, int B
     head(m, B, p, out);
     out->total = out->ce;
     if (c->mor.enable) {
-        if (!token) out->total += c->mor.expert.coeff * out->bce;
+        if (!token) out->total += bce_coeff(c, p) * out->bce;
         else out->total += c->mor.token.coeff * out->bal;
         if (c->mor.z_loss) out->total += c->mor.z_coeff * out->zloss;
     }
