@@ -350,14 +350,19 @@ MOR_API void mor_cost_params(const mor_config *c, mor_param_count *out);
  * m is k_r = max(1, floor(c_r n)) for expert-choice (top-k mode) and, for
  * token-choice, the perfectly balanced count floor((N_R-r+1)/N_R * n) the
  * paper assumes. Routers run on the step's candidates (expert) or once on
- * every token (token). The unique first/last layers run on all tokens. */
+ * every token (token). The unique first/last layers run on all tokens.
+ * Under KV sharing the counts are what the engine and trainer compute: step 1
+ * runs every token (each needs its K/V), and a position of a step r >= 2
+ * computes no K/V projections (2*D*KVH*HD weights fewer per token), except
+ * with kv_sharing.update_cache, where it computes them for its m tokens.
+ */
 typedef struct mor_flops {
     double layers;    /* decoder-layer matmuls */
     double attention; /* QK^T and AV */
     double routers;
     double head;                   /* LM head, 2 V D */
     double total;                  /* layers + attention + routers + head */
-    double kaplan;                 /* total without the head: what the paper's budgets scale with */
+    double kaplan;                 /* total without the head */
     int active[MOR_MAX_RECURSION]; /* tokens (of n) running recursion r at [r-1] */
 } mor_flops;
 

@@ -257,11 +257,41 @@ static void test_flops(void **state) {
     assert_float_equal(f.layers, (2 * 16 + 16 + 10 + 5) * 2.0 * 45312 / 16, 1e-6);
     assert_float_equal(f.attention, (2 * 136 + 136 + 55 + 15) * 256.0 / 16, 1e-9);
     assert_float_equal(f.routers, (16 + 16 + 10) * 128.0 / 16, 1e-9);
-    /* KV sharing: queries of k tokens over the whole prefix, k(n+1)/2 pairs */
+    /* KV sharing: queries of k tokens over the whole prefix, k(n+1)/2 pairs;
+     * the positions of steps 2 and 3 compute no K/V projections, so their
+     * matmuls are 45,312 - 2*64*32 = 41,216 weights per token */
     t.kv.enable = 1;
     revalidate(&t);
     mor_cost_flops(&t, 16, &f);
     assert_float_equal(f.attention, (2 * 136 + 136 + 85 + 42.5) * 256.0 / 16, 1e-9);
+    assert_float_equal(f.layers, ((2 * 16 + 16) * 45312.0 + (10 + 5) * 41216.0) * 2 / 16, 1e-6);
+    assert_float_equal(f.routers, (16 + 16 + 10) * 128.0 / 16, 1e-9);
+    /* the hybrid recomputes the K/V of the tokens that run the step */
+    t.kv.update_cache = 1;
+    revalidate(&t);
+    mor_cost_flops(&t, 16, &f);
+    assert_float_equal(f.layers, (2 * 16 + 16 + 10 + 5) * 2.0 * 45312 / 16, 1e-6);
+    assert_float_equal(f.attention, (2 * 136 + 136 + 85 + 42.5) * 256.0 / 16, 1e-9);
+    /* c_1 < 1: every token still runs step 1 for its K/V; k = (8, 4, 2) */
+    t.kv.update_cache = 0;
+    t.mor.capacity_auto = 0;
+    t.mor.capacity[0] = 0.5;
+    t.mor.capacity[1] = 0.25;
+    t.mor.capacity[2] = 0.125;
+    revalidate(&t);
+    mor_cost_flops(&t, 16, &f);
+    assert_int_equal(f.active[0], 8);
+    assert_float_equal(f.layers, ((2 * 16 + 16) * 45312.0 + (4 + 2) * 41216.0) * 2 / 16, 1e-6);
+    assert_float_equal(f.attention, (2 * 136 + 136 + 4 * 8.5 + 2 * 8.5) * 256.0 / 16, 1e-9);
+    assert_float_equal(f.routers, (16 + 8 + 4) * 128.0 / 16, 1e-9);
+    /* the recursive baseline with KV sharing: 3 layers with K/V, 2 without;
+     * every query still sees the whole prefix */
+    mor_config tr = load("tiny-recursive-r3");
+    tr.kv.enable = 1;
+    revalidate(&tr);
+    mor_cost_flops(&tr, 16, &f);
+    assert_float_equal(f.layers, (3 * 45312.0 + 2 * 41216.0) * 2, 1e-6);
+    assert_float_equal(f.attention, 5 * 136 * 256.0 / 16, 1e-9);
     /* token-choice: balanced depths, one d -> N_R router on every token */
     mor_config tt = load("tiny-mor-token-r3");
     mor_cost_flops(&tt, 16, &f);
