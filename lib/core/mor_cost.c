@@ -170,8 +170,8 @@ static double tri(double m) {
 }
 
 /* Decoder-layer matmuls, attention and routers of one sequence of n tokens,
- * with the K/V projections counted kv_width wide (n_kv_heads * head_dim:
- * what is computed). */
+ * with the K/V projections counted kv_width wide (n_kv_heads * head_dim for
+ * what is computed; n_heads * head_dim for the paper's accounting). */
 typedef struct seq_flops {
     double layers, attention, routers;
 } seq_flops;
@@ -244,13 +244,37 @@ void mor_cost_flops(const mor_config *c, int n, mor_flops *out) {
     memset(out, 0, sizeof *out);
     if (n <= 0) return;
     double N = n, D = c->dim;
+    int scratch[MOR_MAX_RECURSION];
     seq_flops s = count_flops(c, n, (double)c->n_kv_heads * c->head_dim, out->active);
+    /* the paper's accounting: K/V projections as wide as the queries */
+    seq_flops p = count_flops(c, n, (double)c->n_heads * c->head_dim, scratch);
     out->layers = s.layers / N;
     out->attention = s.attention / N;
     out->routers = s.routers / N;
     out->head = 2.0 * c->vocab_size * D;
     out->kaplan = out->layers + out->attention + out->routers;
     out->total = out->kaplan + out->head;
+    out->paper = (p.layers + p.attention + p.routers) / N;
+}
+
+/* ======================================================================== */
+/* training FLOPs and budgets                                               */
+
+double mor_cost_step_flops(const mor_config *c, mor_flops_accounting a) {
+    int n = c->train.max_length > 0 ? c->train.max_length : c->max_seq_len;
+    mor_flops f;
+    mor_cost_flops(c, n, &f);
+    double tokens = (double)c->train.batch_size * c->train.grad_accum * n;
+    return tokens * (a == MOR_FLOPS_COMPUTED ? 3 * f.total : f.paper);
+}
+
+int64_t mor_cost_budget_steps(const mor_config *c, double budget, mor_flops_accounting a) {
+    if (!(budget > 0)) return 0;
+    double step = mor_cost_step_flops(c, a);
+    if (!(step > 0)) return INT64_MAX;
+    double q = budget / step;
+    if (!(q < 0x1p62)) return INT64_MAX;
+    return (int64_t)ceil(q - q * 1e-12);
 }
 
 /* ======================================================================== */
