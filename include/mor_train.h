@@ -223,6 +223,8 @@ typedef struct mor_config {
         float decay_fraction;    /* warmup_stable_decay: share of steps in the decay */
         float min_lr_ratio;      /* cosine: floor as a fraction of the peak */
         int steps;               /* optimizer steps; 0 = given on the command line */
+        double flops_budget;     /* training FLOPs that set the steps (mor_cost_budget_steps); 0 = none */
+        mor_flops_accounting flops_accounting; /* how the budget and metrics count FLOPs */
         int batch_size;          /* sequences per micro-batch */
         int grad_accum;          /* micro-batches per optimizer step */
         int max_length;          /* tokens per row; 0 = max_position_embeddings */

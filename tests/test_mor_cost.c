@@ -370,11 +370,42 @@ static void test_paper_budget(void **state) {
                      8);
 }
 
+/* train.flops_budget (a double: budgets exceed a float's exact integers) and
+ * train.flops_accounting parse, write back and read back the same */
+static void test_budget_keys(void **state) {
+    (void)state;
+    const char *yaml = "model:\n  vocab_size: 512\n  hidden_size: 64\n  intermediate_size: 172\n"
+                       "  num_hidden_layers: 2\n  num_attention_heads: 8\n  num_key_value_heads: 4\n"
+                       "train:\n  flops_budget: 16500000000000000123\n  flops_accounting: computed\n";
+    mor_config c, d;
+    mor_error e = {0};
+    if (mor_config_parse_yaml(yaml, strlen(yaml), "budget.yaml", &c, &e)) fail_msg("%s", e.msg);
+    assert_true(c.train.flops_budget == 16500000000000000123.0);
+    assert_int_equal(c.train.flops_accounting, MOR_FLOPS_COMPUTED);
+    char *out = mor_config_to_yaml(&c);
+    assert_non_null(strstr(out, "flops_accounting: computed\n"));
+    if (mor_config_parse_yaml(out, strlen(out), "written", &d, &e)) fail_msg("%s", e.msg);
+    assert_true(d.train.flops_budget == c.train.flops_budget);
+    assert_int_equal(d.train.flops_accounting, MOR_FLOPS_COMPUTED);
+    free(out);
+    /* defaults: no budget, the paper's accounting, neither written */
+    mor_config_defaults(&d);
+    assert_true(d.train.flops_budget == 0);
+    assert_int_equal(d.train.flops_accounting, MOR_FLOPS_PAPER);
+    const char *bad[2][2] = {{"train:\n  flops_budget: -1\n", "train.flops_budget"},
+                             {"train:\n  flops_accounting: kaplan\n", "expected paper or computed"}};
+    for (int i = 0; i < 2; i++) {
+        assert_int_not_equal(mor_config_parse_yaml(bad[i][0], strlen(bad[i][0]), "bad.yaml", &d, &e), MOR_OK);
+        check_msg(&e, bad[i][1]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_param_counts), cmocka_unit_test(test_tensor_names),
         cmocka_unit_test(test_k_per_step),   cmocka_unit_test(test_kv_bytes),
         cmocka_unit_test(test_flops),        cmocka_unit_test(test_paper_budget),
+        cmocka_unit_test(test_budget_keys),
     };
     return cmocka_run_group_tests_name("mor_cost", tests, NULL, NULL);
 }
