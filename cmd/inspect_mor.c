@@ -33,6 +33,9 @@ static const char *sampling_name(mor_sampling s) {
 }
 static const char *balancing_name(mor_balancing b) { return b == MOR_BALANCE_LOSS ? "loss" : "loss_free"; }
 static const char *bool_name(int b) { return b ? "true" : "false"; }
+static const char *accounting_name(mor_flops_accounting a) {
+    return a == MOR_FLOPS_COMPUTED ? "computed" : "paper";
+}
 static const char *kv_name(mor_kv_strategy s) {
     static const char *n[] = {"vanilla", "recursive", "cache", "share"};
     return (unsigned)s < 4 ? n[s] : "?";
@@ -209,6 +212,10 @@ static void text_cost(FILE *f, const mor_config *c, int n) {
             c->train.grad_accum, train_length(c));
     fprintf(f, "  paper (forward): %.6g\n  computed (3 x total): %.6g\n",
             mor_cost_step_flops(c, MOR_FLOPS_PAPER), mor_cost_step_flops(c, MOR_FLOPS_COMPUTED));
+    if (c->train.flops_budget > 0)
+        fprintf(f, "  train.flops_budget %g (%s): %lld steps\n", c->train.flops_budget,
+                accounting_name(c->train.flops_accounting),
+                (long long)mor_cost_budget_steps(c, c->train.flops_budget, c->train.flops_accounting));
 }
 
 void inspect_mor_text(FILE *f, const mor_config *c, int seq_len) {
@@ -348,6 +355,14 @@ static void json_cost(FILE *f, const mor_config *c, int n) {
     json_num(f, mor_cost_step_flops(c, MOR_FLOPS_PAPER));
     fprintf(f, ",\"step_flops_computed\":");
     json_num(f, mor_cost_step_flops(c, MOR_FLOPS_COMPUTED));
+    fprintf(f, ",\"flops_accounting\":\"%s\",\"flops_budget\":", accounting_name(c->train.flops_accounting));
+    json_num(f, c->train.flops_budget);
+    fprintf(f, ",\"budget_steps\":");
+    if (c->train.flops_budget > 0)
+        fprintf(f, "%lld",
+                (long long)mor_cost_budget_steps(c, c->train.flops_budget, c->train.flops_accounting));
+    else
+        fputs("null", f);
     fprintf(f, "}}");
 }
 

@@ -829,6 +829,8 @@ static void test_inspect_config(void **state) {
     check_close(jnum(train, "step_flops_paper"), mor_cost_step_flops(&c, MOR_FLOPS_PAPER), "step paper");
     check_close(jnum(train, "step_flops_computed"), mor_cost_step_flops(&c, MOR_FLOPS_COMPUTED),
                 "step computed");
+    assert_string_equal(json_string_value(json_object_get(train, "flops_accounting")), "paper");
+    assert_true(json_is_null(json_object_get(train, "budget_steps")));
     json_t *strat = json_object_get(cost, "strategies");
     int found = 0;
     for (size_t i = 0; i < json_array_size(strat); i++) {
@@ -861,6 +863,25 @@ static void test_inspect_config(void **state) {
     assert_non_null(strstr(out, want));
     assert_non_null(strstr(out, "paper accounting: "));
     assert_non_null(strstr(out, "* share "));
+    free(out);
+
+    /* a config with a FLOP budget: the steps it buys */
+    const char *budget = tmp_path("budget-config.yaml");
+    char *yaml = read_all(cfg_path, NULL), *at = strstr(yaml, "\ntrain:\n");
+    assert_non_null(at);
+    FILE *fp = fopen(budget, "w");
+    assert_non_null(fp);
+    fprintf(fp, "%.*s\ntrain:\n  flops_budget: 16.5e18\n  flops_accounting: computed\n%s", (int)(at - yaml),
+            yaml, at + strlen("\ntrain:\n"));
+    fclose(fp);
+    free(yaml);
+    snprintf(cmd, sizeof cmd, "%s --config %s --json", tool("mor-inspect"), budget);
+    assert_int_equal(run_cmd(cmd, &out, NULL), 0);
+    o = parse_json(out);
+    train = json_object_get(json_object_get(o, "cost"), "train");
+    assert_string_equal(json_string_value(json_object_get(train, "flops_accounting")), "computed");
+    assert_int_equal(jint(train, "budget_steps"), mor_cost_budget_steps(&c, 16.5e18, MOR_FLOPS_COMPUTED));
+    json_decref(o);
     free(out);
 
     /* a bad config is bad input (2), naming the file; a model and --config is usage (1) */
