@@ -33,6 +33,9 @@ static const char *sampling_name(mor_sampling s) {
 }
 static const char *balancing_name(mor_balancing b) { return b == MOR_BALANCE_LOSS ? "loss" : "loss_free"; }
 static const char *bool_name(int b) { return b ? "true" : "false"; }
+static const char *accounting_name(mor_flops_accounting a) {
+    return a == MOR_FLOPS_COMPUTED ? "computed" : "paper";
+}
 static const char *kv_name(mor_kv_strategy s) {
     static const char *n[] = {"vanilla", "recursive", "cache", "share"};
     return (unsigned)s < 4 ? n[s] : "?";
@@ -100,6 +103,11 @@ static int variants(const mor_config *c, variant *v) {
     v[n].cfg = *c;
     v[n++].cfg.kv.enable = 1;
     return n;
+}
+
+/* Tokens per training row, as the trainer takes them (mor_cost_step_flops). */
+static int train_length(const mor_config *c) {
+    return c->train.max_length > 0 ? c->train.max_length : c->max_seq_len;
 }
 
 /* ---- text ------------------------------------------------------------------- */
@@ -172,7 +180,7 @@ static void text_cost(FILE *f, const mor_config *c, int n) {
     variant v[4];
     int nv = variants(c, v);
     mor_kv_strategy own = mor_cost_kv_strategy(c);
-    fprintf(f, "\ncost per token (sequence length n = %d; * = this checkpoint):\n", n);
+    fprintf(f, "\ncost per token (sequence length n = %d; * = this model):\n", n);
     fprintf(f, "  %-11s %9s %13s %12s %8s %14s %14s\n", "kv strategy", "kv layers", "kv bytes bf16",
             "kv bytes f32", "kv ratio", "fwd FLOPs", "attn FLOPs");
     for (int i = 0; i < nv; i++) {
@@ -184,9 +192,9 @@ static void text_cost(FILE *f, const mor_config *c, int n) {
                 kv_name(v[i].strategy), kv.layers, kv.bytes_per_token, 2 * kv.bytes_per_token, kv.ratio,
                 fl.total, fl.attention);
     }
+    mor_flops fl;
+    mor_cost_flops(c, n, &fl);
     if (c->recursive && c->mor.enable) {
-        mor_flops fl;
-        mor_cost_flops(c, n, &fl);
         fprintf(f, "  tokens per recursion step at n = %d (%s):", n,
                 c->mor.type == MOR_ROUTING_EXPERT ? "top-k capacities" : "balanced depths");
         for (int r = 0; r < c->num_recursion; r++) fprintf(f, "%s %d", r ? "," : "", fl.active[r]);
@@ -194,6 +202,20 @@ static void text_cost(FILE *f, const mor_config *c, int n) {
     }
     fprintf(f, "  (fwd FLOPs include the LM head; the KV ratio is against the vanilla model of the same "
                "depth)\n");
+
+    fprintf(f, "\nforward FLOPs per token at n = %d (docs/algorithms.md#flops):\n", n);
+    fprintf(f, "  layer matmuls: %.6g\n  attention: %.6g\n  routers: %.6g\n  LM head: %.6g\n",
+            fl.layers, fl.attention, fl.routers, fl.head);
+    fprintf(f, "  total: %.6g (without the head: %.6g)\n", fl.total, fl.kaplan);
+    fprintf(f, "  paper accounting: %.6g (no head, K/V projections at query width)\n", fl.paper);
+    fprintf(f, "\ntraining FLOPs per step (%d x %d rows of %d tokens):\n", c->train.batch_size,
+            c->train.grad_accum, train_length(c));
+    fprintf(f, "  paper (forward): %.6g\n  computed (3 x total): %.6g\n",
+            mor_cost_step_flops(c, MOR_FLOPS_PAPER), mor_cost_step_flops(c, MOR_FLOPS_COMPUTED));
+    if (c->train.flops_budget > 0)
+        fprintf(f, "  train.flops_budget %g (%s): %lld steps\n", c->train.flops_budget,
+                accounting_name(c->train.flops_accounting),
+                (long long)mor_cost_budget_steps(c, c->train.flops_budget, c->train.flops_accounting));
 }
 
 void inspect_mor_text(FILE *f, const mor_config *c, int seq_len) {
@@ -310,7 +332,38 @@ static void json_cost(FILE *f, const mor_config *c, int n) {
             fprintf(f, r ? ",%d" : "%d", fl.active[r]);
         fprintf(f, "]}");
     }
-    fprintf(f, "]}");
+    mor_flops fl;
+    mor_cost_flops(c, n, &fl);
+    fprintf(f, "],\"flops\":{\"layers\":");
+    json_num(f, fl.layers);
+    fprintf(f, ",\"attention\":");
+    json_num(f, fl.attention);
+    fprintf(f, ",\"routers\":");
+    json_num(f, fl.routers);
+    fprintf(f, ",\"head\":");
+    json_num(f, fl.head);
+    fprintf(f, ",\"total\":");
+    json_num(f, fl.total);
+    fprintf(f, ",\"kaplan\":");
+    json_num(f, fl.kaplan);
+    fprintf(f, ",\"paper\":");
+    json_num(f, fl.paper);
+    fprintf(f, ",\"active\":[");
+    for (int r = 0; c->recursive && r < c->num_recursion; r++) fprintf(f, r ? ",%d" : "%d", fl.active[r]);
+    fprintf(f, "]},\"train\":{\"tokens_per_step\":%.0f,\"step_flops_paper\":",
+            (double)c->train.batch_size * c->train.grad_accum * train_length(c));
+    json_num(f, mor_cost_step_flops(c, MOR_FLOPS_PAPER));
+    fprintf(f, ",\"step_flops_computed\":");
+    json_num(f, mor_cost_step_flops(c, MOR_FLOPS_COMPUTED));
+    fprintf(f, ",\"flops_accounting\":\"%s\",\"flops_budget\":", accounting_name(c->train.flops_accounting));
+    json_num(f, c->train.flops_budget);
+    fprintf(f, ",\"budget_steps\":");
+    if (c->train.flops_budget > 0)
+        fprintf(f, "%lld",
+                (long long)mor_cost_budget_steps(c, c->train.flops_budget, c->train.flops_accounting));
+    else
+        fputs("null", f);
+    fprintf(f, "}}");
 }
 
 void inspect_mor_json(FILE *f, const mor_config *c, int seq_len) {

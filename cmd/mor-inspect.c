@@ -1,7 +1,8 @@
 /* mor-inspect - what a .mor checkpoint holds: config, tokenizer, tensors and
  * parameter counts, and for recursive and MoR models the sharing map, routers
- * and cost per token (inspect_mor.c), as text or JSON. `mor-inspect depths`
- * shows a routing trace instead (inspect_depths.c). See man/mor-inspect.1. */
+ * and cost per token (inspect_mor.c), as text or JSON. `--config` gives the
+ * same report from a config alone (no weights). `mor-inspect depths` shows a
+ * routing trace instead (inspect_depths.c). See man/mor-inspect.1. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,10 @@
 static void usage(void) {
     fprintf(stderr,
             "usage: mor-inspect MODEL.mor [--json] [--seq-len N]\n"
+            "       mor-inspect --config CONFIG.yaml [--json] [--seq-len N]\n"
             "       mor-inspect depths [TRACE] [--color WHEN] [--html FILE] [--top N] [--json]\n"
+            "  --config FILE a config (YAML, man/mor-config.5) instead of a checkpoint: its\n"
+            "                parameters, FLOPs and KV bytes per token, nothing loaded\n"
             "  --json        one JSON object on stdout instead of text\n"
             "  --seq-len N   sequence length the FLOPs per token are averaged over\n"
             "                (default: the config's train.max_length, else max_position_embeddings)\n"
@@ -112,11 +116,37 @@ static void print_json(const char *path, const mor_model *m, const mor_config *c
     printf("}\n");
 }
 
+/* The config-only report: what inspect_mor.c prints for a checkpoint's config. */
+static int inspect_config(const char *path, int json, long seq_len) {
+    char *yaml;
+    size_t len;
+    int rc = cli_read_input(path, &yaml, &len);
+    if (rc) return rc;
+    mor_error err = {0};
+    mor_config cfg;
+    if (mor_config_parse_yaml(yaml, len, path, &cfg, &err) || mor_config_validate(&cfg, path, &err)) {
+        free(yaml);
+        return cli_fail(&err);
+    }
+    free(yaml);
+    if (!seq_len) seq_len = cfg.train.max_length > 0 ? cfg.train.max_length : cfg.max_seq_len;
+    if (json) {
+        printf("{\"config\":");
+        mor_json_string(stdout, path, strlen(path));
+        inspect_mor_json(stdout, &cfg, (int)seq_len);
+        printf("}\n");
+    } else {
+        printf("config: %s\n", path);
+        inspect_mor_text(stdout, &cfg, (int)seq_len);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     cli_init(argv[0]);
     if (cli_version(argc, argv)) return EXIT_OK;
     if (argc > 1 && !strcmp(argv[1], "depths")) return inspect_depths_main(argc - 1, argv + 1);
-    const char *path = NULL;
+    const char *path = NULL, *config = NULL;
     int json = 0;
     long seq_len = 0;
     for (int i = 1; i < argc; i++) {
@@ -125,6 +155,8 @@ int main(int argc, char **argv) {
             return 0;
         } else if (!strcmp(argv[i], "--json")) {
             json = 1;
+        } else if (!strcmp(argv[i], "--config")) {
+            if (!(config = cli_value(argc, argv, &i))) return EXIT_USAGE;
         } else if (!strcmp(argv[i], "--seq-len")) {
             const char *v = cli_value(argc, argv, &i);
             if (!v || cli_int("--seq-len", v, 1, 1 << 24, &seq_len)) return EXIT_USAGE;
@@ -138,7 +170,9 @@ int main(int argc, char **argv) {
             return cli_usage_error("unexpected argument '%s'", argv[i]);
         }
     }
-    if (!path) return cli_usage_error("a model path is required");
+    if (config && path) return cli_usage_error("give a model or --config, not both");
+    if (config) return inspect_config(config, json, seq_len);
+    if (!path) return cli_usage_error("a model path (or --config CONFIG.yaml) is required");
     mor_error err = {0};
     mor_model *m;
     if (mor_model_load(path, &m, &err)) return cli_fail(&err);

@@ -20,8 +20,9 @@ typedef struct {
     const char *data[MAX_DATA];
     int n_data;
     long steps, threads, seed, eval_every, save_every, eval_rows, log_every, batch, max_length;
-    double lr, val_fraction;
+    double lr, val_fraction, flops_budget; /* flops_budget 0 = not given */
     int lr_set, seed_set;
+    int accounting;  /* mor_flops_accounting, -1 = train.flops_accounting */
     int overwrite; /* start over in a run directory that holds checkpoints */
     int split;     /* mor_doc_split of text files */
 } options;
@@ -44,7 +45,13 @@ static void usage(void) {
             "                          that holds checkpoints needs --resume or --overwrite\n"
             "      --resume DIR        continue the newest checkpoint of DIR\n"
             "      --overwrite         start over: remove the checkpoints and metrics of -o first\n"
-            "      --steps N           optimizer steps (default: train.steps)\n"
+            "      --steps N           optimizer steps (default: train.steps, or what the FLOP\n"
+            "                          budget buys)\n"
+            "      --flops-budget F    training FLOPs: steps = F / FLOPs per step, rounded up\n"
+            "                          (default: train.flops_budget; not with --steps)\n"
+            "      --flops-accounting A  how FLOPs are counted, for the budget and metrics.jsonl:\n"
+            "                          paper (forward, as the paper's budgets) or computed\n"
+            "                          (3 x forward, head included) (default: train.flops_accounting)\n"
             "      --lr X              peak learning rate (default: train.learning_rate)\n"
             "      --batch N           rows per micro-batch (default: train.batch_size)\n"
             "      --max-length N      tokens per row (default: train.max_length)\n"
@@ -64,6 +71,7 @@ static int parse_args(int argc, char **argv, options *o) {
     memset(o, 0, sizeof *o);
     o->steps = o->seed = o->eval_every = o->save_every = o->log_every = o->eval_rows = -1;
     o->val_fraction = 0.05;
+    o->accounting = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int rc = 0;
@@ -110,6 +118,13 @@ static int parse_args(int argc, char **argv, options *o) {
             o->overwrite = 1;
         } else if (!strcmp(a, "--steps")) {
             rc = !VAL() || cli_int(a, v, 1, 1L << 30, &o->steps);
+        } else if (!strcmp(a, "--flops-budget")) {
+            rc = !VAL() || cli_float(a, v, 1, 1e40, &o->flops_budget);
+        } else if (!strcmp(a, "--flops-accounting")) {
+            if (!VAL()) return EXIT_USAGE;
+            if (!strcmp(v, "paper")) o->accounting = MOR_FLOPS_PAPER;
+            else if (!strcmp(v, "computed")) o->accounting = MOR_FLOPS_COMPUTED;
+            else return cli_usage_error("--flops-accounting: expected paper or computed, got '%s'", v);
         } else if (!strcmp(a, "--lr")) {
             rc = !VAL() || cli_float(a, v, 0, 1e3, &o->lr);
             o->lr_set = 1;
@@ -142,6 +157,8 @@ static int parse_args(int argc, char **argv, options *o) {
     if (!o->config && !o->init && !o->resume)
         return cli_usage_error("a config is required (-c CONFIG.yaml, or --init / --resume)");
     if (o->n_data == 0) return cli_usage_error("training data is required (--data FILE...)");
+    if (o->steps > 0 && o->flops_budget > 0)
+        return cli_usage_error("--steps and --flops-budget both set the number of steps; give one");
     return 0;
 }
 
@@ -218,8 +235,10 @@ static int parse_config(const char *text, const char *source, mor_config *c) {
 
 /* ---- metrics ------------------------------------------------------------------- */
 
+/* flops: training FLOPs after this step, step x FLOPs per step (computed, not
+ * accumulated, so a resumed run logs what an uninterrupted one does). */
 static void metrics_step(FILE *f, long step, const mor_config *c, const mor_train_step_stats *st,
-                         double tok_s) {
+                         double tok_s, double flops) {
     if (!f) return;
     fprintf(f, "{\"step\":%ld,\"loss\":%.6f,\"ce\":%.6f", step, st->loss, st->ce);
     if (c->mor.enable) {
@@ -228,7 +247,8 @@ static void metrics_step(FILE *f, long step, const mor_config *c, const mor_trai
         else fprintf(f, ",\"bal_loss\":%.6f", st->bal);
         if (c->mor.z_loss) fprintf(f, ",\"z_loss\":%.6g", st->zloss);
     }
-    fprintf(f, ",\"grad_norm\":%.6f,\"lr\":%.6g,\"tokens_per_s\":%.1f", st->grad_norm, st->lr, tok_s);
+    fprintf(f, ",\"grad_norm\":%.6f,\"lr\":%.6g,\"tokens_per_s\":%.1f,\"flops\":%.17g", st->grad_norm,
+            st->lr, tok_s, flops);
     if (c->mor.enable) {
         fprintf(f, ",\"tokens_per_depth\":[");
         for (int r = 0; r < c->num_recursion; r++) fprintf(f, "%s%.0f", r ? "," : "", st->rs.depth[r]);
@@ -279,6 +299,30 @@ static FILE *open_metrics(const char *path, long resumed_step) {
     return f;
 }
 
+/* ---- FLOP budget ------------------------------------------------------------------ */
+
+static const char *accounting_name(mor_flops_accounting a) {
+    return a == MOR_FLOPS_COMPUTED ? "computed" : "paper";
+}
+
+/* The steps train.flops_budget buys (docs/training.md#step-counts). */
+static int budget_steps(const mor_config *c, const char *source, long *steps) {
+    double per_step = mor_cost_step_flops(c, c->train.flops_accounting);
+    int64_t n = mor_cost_budget_steps(c, c->train.flops_budget, c->train.flops_accounting);
+    if (n > (1L << 30)) {
+        fprintf(stderr, "mor-train: error: %s: train.flops_budget %g buys %lld steps of %g FLOPs (%s); at "
+                        "most %ld are possible\n", source, c->train.flops_budget, (long long)n, per_step,
+                accounting_name(c->train.flops_accounting), 1L << 30);
+        return EXIT_INPUT;
+    }
+    *steps = (long)n;
+    cli_log("flops budget %g (%s accounting, %g FLOPs per step of %d x %d x %d tokens): %ld steps",
+            c->train.flops_budget, accounting_name(c->train.flops_accounting), per_step,
+            c->train.batch_size, c->train.grad_accum,
+            c->train.max_length > 0 ? c->train.max_length : c->max_seq_len, *steps);
+    return 0;
+}
+
 /* ---- main ---------------------------------------------------------------------- */
 
 int main(int argc, char **argv) {
@@ -324,10 +368,18 @@ int main(int argc, char **argv) {
     if (o.max_length > 0) cfg.train.max_length = (int)o.max_length;
     if (o.eval_every >= 0) cfg.train.eval_every = (int)o.eval_every;
     if (o.save_every >= 0) cfg.train.save_every = (int)o.save_every;
-    long steps = o.steps > 0 ? o.steps : cfg.train.steps;
-    if (steps <= 0) { rc = cli_usage_error("the number of steps is not set (train.steps or --steps)"); goto done; }
-    if (cfg.train.warmup_steps > steps) cfg.train.warmup_steps = (int)steps;
+    if (o.accounting >= 0) cfg.train.flops_accounting = (mor_flops_accounting)o.accounting;
+    if (o.flops_budget > 0) cfg.train.flops_budget = o.flops_budget;
+    if (o.steps > 0) cfg.train.flops_budget = 0; /* --steps wins over the config's budget */
     if (mor_config_validate(&cfg, cfg_src, &err)) { rc = cli_fail(&err); goto done; }
+    long steps = o.steps > 0 ? o.steps : cfg.train.steps;
+    if (cfg.train.flops_budget > 0 && (rc = budget_steps(&cfg, cfg_src, &steps))) goto done;
+    if (steps <= 0) {
+        rc = cli_usage_error("the number of steps is not set (train.steps, train.flops_budget, --steps or "
+                             "--flops-budget)");
+        goto done;
+    }
+    if (cfg.train.warmup_steps > steps) cfg.train.warmup_steps = (int)steps;
 
     /* tokenizer: --tokenizer, else the run's, else --init's */
     const char *tok_src = o.tokenizer ? o.tokenizer : resume_mor ? resume_mor : o.init;
@@ -397,6 +449,7 @@ int main(int argc, char **argv) {
     mor_param_count pc;
     mor_cost_params(c, &pc);
     long tok_step = (long)c->train.batch_size * c->train.grad_accum * seq_len;
+    double step_flops = mor_cost_step_flops(c, c->train.flops_accounting);
     cli_log("model: %lld params (%lld non-embedding), %d unrolled layers%s", (long long)pc.total,
             (long long)pc.unique, c->n_layers,
             c->mor.enable ? (c->mor.type == MOR_ROUTING_EXPERT ? ", MoR expert-choice (top-k)"
@@ -440,7 +493,7 @@ int main(int argc, char **argv) {
         step = mor_trainer_steps_done(tr);
         double dt = cli_now() - t0;
         double tok_s = tok_step / dt;
-        metrics_step(mf, step, c, &st, tok_s);
+        metrics_step(mf, step, c, &st, tok_s, (double)step * step_flops);
         if (!isfinite(st.loss)) {
             cli_progress_end(&bar);
             fprintf(stderr, "mor-train: error: the loss is %g at step %ld; stopping\n", st.loss,

@@ -142,6 +142,8 @@ typedef enum { MOR_GATING_WEIGHTED = 0, MOR_GATING_ADDITIVE } mor_gating;
 typedef enum { MOR_BALANCE_LOSS = 0, MOR_BALANCE_LOSS_FREE } mor_balancing;
 typedef enum { MOR_WD_ALL = 0, MOR_WD_NO_NORMS } mor_wd_scope;
 typedef enum { MOR_LR_WSD = 0, MOR_LR_COSINE } mor_lr_schedule;
+/* train.flops_accounting: how training FLOPs are counted (mor_cost_step_flops). */
+typedef enum { MOR_FLOPS_PAPER = 0, MOR_FLOPS_COMPUTED } mor_flops_accounting;
 
 typedef struct mor_config {
     /* model shape (HF LlamaConfig names in comments) */
@@ -227,6 +229,8 @@ typedef struct mor_config {
         float decay_fraction;    /* warmup_stable_decay: share of steps in the decay */
         float min_lr_ratio;      /* cosine: floor as a fraction of the peak */
         int steps;               /* optimizer steps; 0 = given on the command line */
+        double flops_budget;     /* training FLOPs that set the steps (mor_cost_budget_steps); 0 = none */
+        mor_flops_accounting flops_accounting; /* how the budget and metrics count FLOPs */
         int batch_size;          /* sequences per micro-batch */
         int grad_accum;          /* micro-batches per optimizer step */
         int max_length;          /* tokens per row; 0 = max_position_embeddings */
@@ -356,18 +360,42 @@ MOR_API void mor_cost_params(const mor_config *c, mor_param_count *out);
  * m is k_r = max(1, floor(c_r n)) for expert-choice (top-k mode) and, for
  * token-choice, the perfectly balanced count floor((N_R-r+1)/N_R * n) the
  * paper assumes. Routers run on the step's candidates (expert) or once on
- * every token (token). The unique first/last layers run on all tokens. */
+ * every token (token). The unique first/last layers run on all tokens.
+ * Under KV sharing the counts are what the engine and trainer compute: step 1
+ * runs every token (each needs its K/V), and a position of a step r >= 2
+ * computes no K/V projections (2*D*KVH*HD weights fewer per token), except
+ * with kv_sharing.update_cache, where it computes them for its m tokens.
+ * layers, attention, routers, head, kaplan and total count what is computed
+ * (K/V projections n_kv_heads*head_dim wide); paper is the paper's accounting
+ * of its training budgets (docs/algorithms.md#flops): kaplan with the K/V
+ * projections counted n_heads*head_dim wide, as if there were no GQA. */
 typedef struct mor_flops {
     double layers;    /* decoder-layer matmuls */
     double attention; /* QK^T and AV */
     double routers;
     double head;                   /* LM head, 2 V D */
     double total;                  /* layers + attention + routers + head */
-    double kaplan;                 /* total without the head: what the paper's budgets scale with */
+    double kaplan;                 /* total without the head */
+    double paper;                  /* what the paper's FLOP budgets count per forward token */
     int active[MOR_MAX_RECURSION]; /* tokens (of n) running recursion r at [r-1] */
 } mor_flops;
 
 MOR_API void mor_cost_flops(const mor_config *c, int n, mor_flops *out);
+
+/* ---- training FLOPs and budgets (docs/training.md#step-counts) ---------------- */
+
+/* Training FLOPs of one optimizer step of train.batch_size x train.grad_accum
+ * rows of n = train.max_length tokens (else max_position_embeddings):
+ *   MOR_FLOPS_PAPER     tokens x mor_flops.paper: forward only, no LM head,
+ *                       K/V at query width; what the paper's budgets count
+ *   MOR_FLOPS_COMPUTED  tokens x 3 x mor_flops.total: forward and backward
+ *                       (twice the forward) of everything a step runs. */
+MOR_API double mor_cost_step_flops(const mor_config *c, mor_flops_accounting a);
+/* Optimizer steps a training budget of `budget` FLOPs buys: budget / step
+ * FLOPs rounded up, the rounding that reproduces the paper's step counts
+ * (a quotient within 1e-12 of a whole number counts as that number); 0 for a
+ * budget <= 0, INT64_MAX when the count does not fit. */
+MOR_API int64_t mor_cost_budget_steps(const mor_config *c, double budget, mor_flops_accounting a);
 
 /* ---- KV cache ------------------------------------------------------------------- */
 

@@ -771,6 +771,132 @@ static void test_inspect_mor(void **state) {
     free(out);
 }
 
+/* ---- mor-inspect --config: the same report from a config alone -------------------- */
+
+static double jnum(json_t *o, const char *key) {
+    json_t *v = json_object_get(o, key);
+    if (!json_is_number(v)) fail_msg("no number '%s'", key);
+    return json_number_value(v);
+}
+
+static void check_close(double got, double want, const char *what) {
+    if (fabs(got - want) > 1e-9 * fabs(want)) fail_msg("%s: %.17g, cost model %.17g", what, got, want);
+}
+
+static void test_inspect_config(void **state) {
+    (void)state;
+    const char *cfg_path = "configs/360m-mor-expert-r3-kvshare.yaml";
+    mor_config c;
+    mor_error e = {0};
+    read_config(cfg_path, &c);
+    assert_int_equal(mor_config_validate(&c, cfg_path, &e), MOR_OK);
+    mor_param_count pc;
+    mor_cost_params(&c, &pc);
+    mor_kv_cost kv;
+    mor_cost_kv(&c, 2, &kv);
+    mor_flops fl;
+    mor_cost_flops(&c, c.train.max_length, &fl);
+
+    char cmd[2048], *out, *err;
+    snprintf(cmd, sizeof cmd, "%s --config %s --json", tool("mor-inspect"), cfg_path);
+    assert_int_equal(run_cmd(cmd, &out, NULL), 0);
+    json_t *o = parse_json(out);
+    assert_string_equal(json_string_value(json_object_get(o, "config")), cfg_path);
+    assert_null(json_object_get(o, "tensors")); /* nothing loaded */
+    json_t *cnt = json_object_get(o, "param_counts");
+    assert_int_equal(jint(cnt, "layer"), pc.layer);
+    assert_int_equal(jint(cnt, "unique"), pc.unique);
+    assert_int_equal(jint(cnt, "unrolled"), pc.unrolled);
+    assert_int_equal(jint(cnt, "routers"), pc.routers);
+    assert_int_equal(jint(cnt, "embedding"), pc.embedding);
+    assert_int_equal(jint(cnt, "buffers"), pc.buffers);
+    assert_int_equal(jint(cnt, "total"), pc.total);
+    json_t *cost = json_object_get(o, "cost"), *f = json_object_get(cost, "flops");
+    assert_int_equal(jint(cost, "seq_len"), c.train.max_length);
+    check_close(jnum(f, "layers"), fl.layers, "layers");
+    check_close(jnum(f, "attention"), fl.attention, "attention");
+    check_close(jnum(f, "routers"), fl.routers, "routers");
+    check_close(jnum(f, "head"), fl.head, "head");
+    check_close(jnum(f, "total"), fl.total, "total");
+    check_close(jnum(f, "kaplan"), fl.kaplan, "kaplan");
+    check_close(jnum(f, "paper"), fl.paper, "paper");
+    json_t *act = json_object_get(f, "active");
+    assert_int_equal(json_array_size(act), 3);
+    for (size_t r = 0; r < 3; r++) assert_int_equal(json_integer_value(json_array_get(act, r)), fl.active[r]);
+    json_t *train = json_object_get(cost, "train");
+    check_close(jnum(train, "tokens_per_step"),
+                (double)c.train.batch_size * c.train.grad_accum * c.train.max_length, "tokens_per_step");
+    check_close(jnum(train, "step_flops_paper"), mor_cost_step_flops(&c, MOR_FLOPS_PAPER), "step paper");
+    check_close(jnum(train, "step_flops_computed"), mor_cost_step_flops(&c, MOR_FLOPS_COMPUTED),
+                "step computed");
+    assert_string_equal(json_string_value(json_object_get(train, "flops_accounting")), "paper");
+    assert_true(json_is_null(json_object_get(train, "budget_steps")));
+    json_t *strat = json_object_get(cost, "strategies");
+    int found = 0;
+    for (size_t i = 0; i < json_array_size(strat); i++) {
+        json_t *s = json_array_get(strat, i);
+        if (!json_is_true(json_object_get(s, "current"))) continue;
+        found++;
+        assert_string_equal(json_string_value(json_object_get(s, "strategy")), "share");
+        check_close(jnum(s, "kv_bytes_per_token_bf16"), kv.bytes_per_token, "kv bf16");
+        check_close(jnum(s, "kv_bytes_per_token_f32"), 2 * kv.bytes_per_token, "kv f32");
+        check_close(jnum(s, "flops_per_token"), fl.total, "strategy flops");
+    }
+    assert_int_equal(found, 1);
+    json_decref(o);
+    free(out);
+
+    /* --seq-len moves the averaging length; text names the config */
+    mor_cost_flops(&c, 512, &fl);
+    snprintf(cmd, sizeof cmd, "%s --config %s --seq-len 512 --json", tool("mor-inspect"), cfg_path);
+    assert_int_equal(run_cmd(cmd, &out, NULL), 0);
+    o = parse_json(out);
+    check_close(jnum(json_object_get(json_object_get(o, "cost"), "flops"), "paper"), fl.paper, "paper 512");
+    json_decref(o);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s --config %s", tool("mor-inspect"), cfg_path);
+    assert_int_equal(run_cmd(cmd, &out, NULL), 0);
+    char want[160];
+    snprintf(want, sizeof want, "config: %s\n", cfg_path);
+    assert_non_null(strstr(out, want));
+    snprintf(want, sizeof want, "unique (stored): %lld\n", (long long)pc.unique);
+    assert_non_null(strstr(out, want));
+    assert_non_null(strstr(out, "paper accounting: "));
+    assert_non_null(strstr(out, "* share "));
+    free(out);
+
+    /* a config with a FLOP budget: the steps it buys */
+    const char *budget = tmp_path("budget-config.yaml");
+    char *yaml = read_all(cfg_path, NULL), *at = strstr(yaml, "\ntrain:\n");
+    assert_non_null(at);
+    FILE *fp = fopen(budget, "w");
+    assert_non_null(fp);
+    fprintf(fp, "%.*s\ntrain:\n  flops_budget: 16.5e18\n  flops_accounting: computed\n%s", (int)(at - yaml),
+            yaml, at + strlen("\ntrain:\n"));
+    fclose(fp);
+    free(yaml);
+    snprintf(cmd, sizeof cmd, "%s --config %s --json", tool("mor-inspect"), budget);
+    assert_int_equal(run_cmd(cmd, &out, NULL), 0);
+    o = parse_json(out);
+    train = json_object_get(json_object_get(o, "cost"), "train");
+    assert_string_equal(json_string_value(json_object_get(train, "flops_accounting")), "computed");
+    assert_int_equal(jint(train, "budget_steps"), mor_cost_budget_steps(&c, 16.5e18, MOR_FLOPS_COMPUTED));
+    json_decref(o);
+    free(out);
+
+    /* a bad config is bad input (2), naming the file; a model and --config is usage (1) */
+    const char *bad = tmp_path("bad-config.yaml");
+    write_file(bad, "model:\n  hidden_size: lots\n");
+    snprintf(cmd, sizeof cmd, "%s --config %s", tool("mor-inspect"), bad);
+    assert_int_equal(run_cmd(cmd, &out, &err), 2);
+    assert_string_equal(out, "");
+    assert_non_null(strstr(err, "hidden_size"));
+    free(out);
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s %s --config %s", tool("mor-inspect"), mor_path, cfg_path);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_depths_histogram), cmocka_unit_test(test_depths_top),
@@ -780,6 +906,7 @@ int main(void) {
         cmocka_unit_test(test_depths_bad),
         cmocka_unit_test(test_generate_trace),
         cmocka_unit_test(test_generate_routing_flags), cmocka_unit_test(test_inspect_mor),
+        cmocka_unit_test(test_inspect_config),
     };
     return cmocka_run_group_tests_name("inspect", tests, setup, NULL);
 }

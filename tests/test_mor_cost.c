@@ -257,31 +257,146 @@ static void test_flops(void **state) {
     assert_float_equal(f.layers, (2 * 16 + 16 + 10 + 5) * 2.0 * 45312 / 16, 1e-6);
     assert_float_equal(f.attention, (2 * 136 + 136 + 55 + 15) * 256.0 / 16, 1e-9);
     assert_float_equal(f.routers, (16 + 16 + 10) * 128.0 / 16, 1e-9);
-    /* KV sharing: queries of k tokens over the whole prefix, k(n+1)/2 pairs */
+    /* KV sharing: queries of k tokens over the whole prefix, k(n+1)/2 pairs;
+     * the positions of steps 2 and 3 compute no K/V projections, so their
+     * matmuls are 45,312 - 2*64*32 = 41,216 weights per token */
     t.kv.enable = 1;
     revalidate(&t);
     mor_cost_flops(&t, 16, &f);
     assert_float_equal(f.attention, (2 * 136 + 136 + 85 + 42.5) * 256.0 / 16, 1e-9);
+    assert_float_equal(f.layers, ((2 * 16 + 16) * 45312.0 + (10 + 5) * 41216.0) * 2 / 16, 1e-6);
+    assert_float_equal(f.routers, (16 + 16 + 10) * 128.0 / 16, 1e-9);
+    /* the hybrid recomputes the K/V of the tokens that run the step */
+    t.kv.update_cache = 1;
+    revalidate(&t);
+    mor_cost_flops(&t, 16, &f);
+    assert_float_equal(f.layers, (2 * 16 + 16 + 10 + 5) * 2.0 * 45312 / 16, 1e-6);
+    assert_float_equal(f.attention, (2 * 136 + 136 + 85 + 42.5) * 256.0 / 16, 1e-9);
+    /* c_1 < 1: every token still runs step 1 for its K/V; k = (8, 4, 2) */
+    t.kv.update_cache = 0;
+    t.mor.capacity_auto = 0;
+    t.mor.capacity[0] = 0.5;
+    t.mor.capacity[1] = 0.25;
+    t.mor.capacity[2] = 0.125;
+    revalidate(&t);
+    mor_cost_flops(&t, 16, &f);
+    assert_int_equal(f.active[0], 8);
+    assert_float_equal(f.layers, ((2 * 16 + 16) * 45312.0 + (4 + 2) * 41216.0) * 2 / 16, 1e-6);
+    assert_float_equal(f.attention, (2 * 136 + 136 + 4 * 8.5 + 2 * 8.5) * 256.0 / 16, 1e-9);
+    assert_float_equal(f.routers, (16 + 8 + 4) * 128.0 / 16, 1e-9);
+    /* the recursive baseline with KV sharing: 3 layers with K/V, 2 without;
+     * every query still sees the whole prefix */
+    mor_config tr = load("tiny-recursive-r3");
+    tr.kv.enable = 1;
+    revalidate(&tr);
+    mor_cost_flops(&tr, 16, &f);
+    assert_float_equal(f.layers, (3 * 45312.0 + 2 * 41216.0) * 2, 1e-6);
+    assert_float_equal(f.attention, 5 * 136 * 256.0 / 16, 1e-9);
     /* token-choice: balanced depths, one d -> N_R router on every token */
     mor_config tt = load("tiny-mor-token-r3");
     mor_cost_flops(&tt, 16, &f);
     assert_int_equal(f.active[1], 10);
     assert_float_equal(f.routers, 2.0 * 64 * 3, 1e-9);
 
-    /* docs/training.md#step-counts: the MoR/vanilla step counts of the 16.5e18
-     * runs follow the per-token cost without the head (docs/algorithms.md#flops;
-     * the paper's constant is unknown; the ratios agree within 0.4%) */
-    mor_config v360 = load("360m-vanilla");
-    mor_cost_flops(&v360, 2048, &f);
-    const char *names[3] = {"360m-mor-expert-r2", "360m-mor-expert-r3", "360m-mor-expert-r4"};
-    const double steps[3] = {12619, 14161, 14216};
-    for (int i = 0; i < 3; i++) {
-        mor_config c = load(names[i]);
-        mor_flops fm;
-        mor_cost_flops(&c, 2048, &fm);
-        double predicted = f.kaplan / fm.kaplan, actual = steps[i] / 9438;
-        if (fabs(predicted / actual - 1) > 0.004)
-            fail_msg("%s: predicted step ratio %.5f, paper %.5f", names[i], predicted, actual);
+    /* paper accounting: the K/V projections as wide as the queries, so a
+     * vanilla layer has 4*64*64 + 3*64*172 = 49,408 matmul weights; at steps
+     * r >= 2 under sharing both accountings leave the K/V out (41,216) */
+    mor_config tv = load("tiny-vanilla");
+    mor_cost_flops(&tv, 16, &f);
+    assert_float_equal(f.paper, 5 * (2 * 49408.0 + 136 * 256.0 / 16), 1e-6);
+    mor_config ts = load("tiny-mor-expert-r3-kvshare");
+    mor_cost_flops(&ts, 16, &f);
+    assert_float_equal(f.paper,
+                       ((2 * 16 + 16) * 49408.0 + (10 + 5) * 41216.0) * 2 / 16 +
+                           (2 * 136 + 136 + 85 + 42.5) * 256.0 / 16 + (16 + 16 + 10) * 128.0 / 16,
+                       1e-6);
+}
+
+/* docs/training.md#step-counts: the paper's 16.5e18-FLOP runs, 1024 x 2048
+ * tokens per step (configs/360m-*.yaml carry the paper's steps). */
+static const struct {
+    const char *name;
+    int exact; /* whether budget / step FLOPs rounded up gives the paper's count */
+} paper_runs[] = {
+    {"360m-vanilla", 1},       {"360m-recursive-r2", 1},  {"360m-recursive-r3", 1},
+    {"360m-recursive-r4", 1},  {"360m-mor-expert-r2", 0}, {"360m-mor-expert-r3", 0},
+    {"360m-mor-expert-r4", 0}, {"360m-mor-token-r3", 0},  {"360m-mor-expert-r3-kvshare", 0},
+};
+
+static void test_paper_budget(void **state) {
+    (void)state;
+    mor_config v = load("360m-vanilla");
+    assert_int_equal((int64_t)v.train.batch_size * v.train.grad_accum * v.train.max_length, 2097152);
+    mor_flops fv;
+    mor_cost_flops(&v, 2048, &fv);
+    /* the absolute constant: 32 x (2 x 11,059,200 + 3,840 x 2049/2) per token */
+    assert_true(fv.paper == 32 * (2 * 11059200.0 + 3840 * 2049 / 2.0));
+    assert_true(mor_cost_step_flops(&v, MOR_FLOPS_PAPER) == 2097152 * fv.paper);
+    assert_true(mor_cost_step_flops(&v, MOR_FLOPS_COMPUTED) == 2097152 * 3 * fv.total);
+    for (size_t i = 0; i < sizeof paper_runs / sizeof paper_runs[0]; i++) {
+        mor_config c = load(paper_runs[i].name);
+        mor_flops fc;
+        mor_cost_flops(&c, 2048, &fc);
+        int64_t steps = mor_cost_budget_steps(&c, 16.5e18, MOR_FLOPS_PAPER);
+        /* step ratio to vanilla within 0.1% (they agree within 0.02%) */
+        double predicted = fc.paper / fv.paper, actual = 9438.0 / c.train.steps;
+        if (fabs(predicted / actual - 1) > 0.001)
+            fail_msg("%s: predicted step ratio %.5f, paper %.5f", paper_runs[i].name, predicted, actual);
+        if (paper_runs[i].exact && steps != c.train.steps)
+            fail_msg("%s: %lld steps for 16.5e18 FLOPs, paper %d", paper_runs[i].name, (long long)steps,
+                     c.train.steps);
+        if (llabs(steps - c.train.steps) > 2)
+            fail_msg("%s: %lld steps for 16.5e18 FLOPs, paper %d", paper_runs[i].name, (long long)steps,
+                     c.train.steps);
+    }
+    /* with GQA counted as computed, sharing costs more than recursion-wise
+     * caching for this shape (docs/algorithms.md#flops): 0.6711 vs 0.6642 of
+     * vanilla; in the paper's accounting it is cheaper (0.6432 vs 0.6665) */
+    mor_config m3 = load("360m-mor-expert-r3"), s3 = load("360m-mor-expert-r3-kvshare");
+    mor_flops fm, fs;
+    mor_cost_flops(&m3, 2048, &fm);
+    mor_cost_flops(&s3, 2048, &fs);
+    assert_float_equal(fm.kaplan / fv.kaplan, 0.66421, 5e-5);
+    assert_float_equal(fs.kaplan / fv.kaplan, 0.67109, 5e-5);
+    assert_float_equal(fm.paper / fv.paper, 0.66639, 5e-5);
+    assert_float_equal(fs.paper / fv.paper, 0.64316, 5e-5);
+    /* budgets: 0 for none; exact multiples are not rounded up */
+    assert_int_equal(mor_cost_budget_steps(&v, 0, MOR_FLOPS_PAPER), 0);
+    assert_int_equal(mor_cost_budget_steps(&v, 7 * mor_cost_step_flops(&v, MOR_FLOPS_COMPUTED),
+                                           MOR_FLOPS_COMPUTED),
+                     7);
+    assert_int_equal(mor_cost_budget_steps(&v, 7.5 * mor_cost_step_flops(&v, MOR_FLOPS_PAPER),
+                                           MOR_FLOPS_PAPER),
+                     8);
+}
+
+/* train.flops_budget (a double: budgets exceed a float's exact integers) and
+ * train.flops_accounting parse, write back and read back the same */
+static void test_budget_keys(void **state) {
+    (void)state;
+    const char *yaml = "model:\n  vocab_size: 512\n  hidden_size: 64\n  intermediate_size: 172\n"
+                       "  num_hidden_layers: 2\n  num_attention_heads: 8\n  num_key_value_heads: 4\n"
+                       "train:\n  flops_budget: 16500000000000000123\n  flops_accounting: computed\n";
+    mor_config c, d;
+    mor_error e = {0};
+    if (mor_config_parse_yaml(yaml, strlen(yaml), "budget.yaml", &c, &e)) fail_msg("%s", e.msg);
+    assert_true(c.train.flops_budget == 16500000000000000123.0);
+    assert_int_equal(c.train.flops_accounting, MOR_FLOPS_COMPUTED);
+    char *out = mor_config_to_yaml(&c);
+    assert_non_null(strstr(out, "flops_accounting: computed\n"));
+    if (mor_config_parse_yaml(out, strlen(out), "written", &d, &e)) fail_msg("%s", e.msg);
+    assert_true(d.train.flops_budget == c.train.flops_budget);
+    assert_int_equal(d.train.flops_accounting, MOR_FLOPS_COMPUTED);
+    free(out);
+    /* defaults: no budget, the paper's accounting, neither written */
+    mor_config_defaults(&d);
+    assert_true(d.train.flops_budget == 0);
+    assert_int_equal(d.train.flops_accounting, MOR_FLOPS_PAPER);
+    const char *bad[2][2] = {{"train:\n  flops_budget: -1\n", "train.flops_budget"},
+                             {"train:\n  flops_accounting: kaplan\n", "expected paper or computed"}};
+    for (int i = 0; i < 2; i++) {
+        assert_int_not_equal(mor_config_parse_yaml(bad[i][0], strlen(bad[i][0]), "bad.yaml", &d, &e), MOR_OK);
+        check_msg(&e, bad[i][1]);
     }
 }
 
@@ -289,7 +404,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_param_counts), cmocka_unit_test(test_tensor_names),
         cmocka_unit_test(test_k_per_step),   cmocka_unit_test(test_kv_bytes),
-        cmocka_unit_test(test_flops),
+        cmocka_unit_test(test_flops),        cmocka_unit_test(test_paper_budget),
+        cmocka_unit_test(test_budget_keys),
     };
     return cmocka_run_group_tests_name("mor_cost", tests, NULL, NULL);
 }

@@ -8,6 +8,7 @@
  * The main runs use one thread; a second pair resumes at two threads, with
  * the aux-router ablation (its own optimizer state travels too). Threads
  * split work statically, so the bits do not depend on the machine's load. */
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 
 #include "testutil.h"
 #include "mor.h"
+#include "mor_train.h"
 #include "safetensors.h"
 
 #define TEXT "tests/fixtures/ref_train/kjv-genesis.txt"
@@ -460,6 +462,120 @@ static void test_special_token_warning(void **s) {
     free(err);
 }
 
+/* ---- FLOP budgets (docs/training.md#step-counts) ------------------------------------ */
+
+#define TINY "configs/tiny-mor-expert-r3.yaml"
+#define TOK "tests/data/stories260K-hf/tokenizer.json"
+
+/* The tiny config as the budget runs train it: 2 rows of 32 tokens a step. */
+static mor_config budget_config(void) {
+    mor_config c;
+    mor_error e = {0};
+    read_config(TINY, &c);
+    c.train.batch_size = 2;
+    c.train.max_length = 32;
+    if (mor_config_validate(&c, TINY, &e)) fail_msg("%s", e.msg);
+    return c;
+}
+
+/* Checks that every step line of dir/metrics.jsonl has flops = step x per_step
+ * and that the last is step `last`. */
+static void expect_metrics_flops(const char *dir, double per_step, int last) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    char *text = read_all(path, NULL);
+    int seen = 0, step = 0;
+    for (char *l = text; l && *l;) {
+        const char *fl = strstr(l, "\"flops\":");
+        char *nl = strchr(l, '\n');
+        if (sscanf(l, "{\"step\":%d", &step) == 1 && strstr(l, "\"loss\"")) {
+            double got;
+            if (!fl || (nl && fl > nl) || sscanf(fl, "\"flops\":%lf", &got) != 1)
+                fail_msg("%s: step %d has no flops", path, step);
+            double want = step * per_step;
+            if (fabs(got - want) > 1e-12 * want)
+                fail_msg("%s: step %d: flops %.17g, expected %.17g", path, step, got, want);
+            seen = step;
+        }
+        l = nl ? nl + 1 : NULL;
+    }
+    assert_int_equal(seen, last);
+    free(text);
+}
+
+static void test_flops_budget(void **s) {
+    (void)s;
+    mor_config c = budget_config();
+    mor_flops f;
+    mor_cost_flops(&c, 32, &f);
+    double tokens = 2.0 * c.train.grad_accum * 32;
+    double paper = tokens * f.paper, computed = tokens * 3 * f.total;
+    char cmd[4096], dir[600], *err = NULL;
+
+    /* paper accounting (the default): 2.5 steps' worth is 3 steps, logged */
+    snprintf(dir, sizeof dir, "%s/F1", tmp_dir());
+    snprintf(cmd, sizeof cmd,
+             "%s -c " TINY " --tokenizer " TOK " --data " TEXT " --flops-budget %.17g --batch 2 "
+             "--max-length 32 -t 1 -o %s",
+             tool("mor-train"), 2.5 * paper, dir);
+    if (run_cmd(cmd, NULL, &err)) fail_msg("%s: %s", cmd, err);
+    if (!strstr(err, "paper accounting") || !strstr(err, ": 3 steps")) fail_msg("no derived steps: %s", err);
+    free(err);
+    expect_metrics_flops(dir, paper, 3);
+
+    /* computed: 3 x the total forward FLOPs; an exact multiple is not rounded up */
+    snprintf(dir, sizeof dir, "%s/F2", tmp_dir());
+    snprintf(cmd, sizeof cmd,
+             "%s -c " TINY " --tokenizer " TOK " --data " TEXT " --flops-budget %.17g "
+             "--flops-accounting computed --batch 2 --max-length 32 -t 1 -q -o %s",
+             tool("mor-train"), 2 * computed, dir);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    expect_metrics_flops(dir, computed, 2);
+
+    /* train.flops_budget in the config (over its train.steps); a resumed run
+     * derives the same steps from the checkpoint's config and logs step x
+     * per-step FLOPs, not a running sum */
+    char cfg[600];
+    snprintf(cfg, sizeof cfg, "%s/budget.yaml", tmp_dir());
+    char *yaml = read_all(TINY, NULL), *at = strstr(yaml, "\ntrain:\n");
+    assert_non_null(at);
+    FILE *fp = fopen(cfg, "w");
+    assert_non_null(fp);
+    fprintf(fp, "%.*s\ntrain:\n  flops_budget: %.17g\n%s", (int)(at - yaml), yaml, 3.5 * paper,
+            at + strlen("\ntrain:\n"));
+    fclose(fp);
+    free(yaml);
+    snprintf(dir, sizeof dir, "%s/F3", tmp_dir());
+    snprintf(cmd, sizeof cmd,
+             "%s -c %s --tokenizer " TOK " --data " TEXT " --batch 2 --max-length 32 --save-every 2 "
+             "-t 1 -q -o %s",
+             tool("mor-train"), cfg, dir);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    expect_metrics_flops(dir, paper, 4);
+    char path[700];
+    for (const char *ext = "mor"; ext; ext = strcmp(ext, "mor") ? NULL : "state") {
+        snprintf(path, sizeof path, "%s/step-4.%s", dir, ext);
+        assert_int_equal(remove(path), 0);
+    }
+    snprintf(cmd, sizeof cmd, "%s --resume %s --data " TEXT " -t 1 -q", tool("mor-train"), dir);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    snprintf(path, sizeof path, "%s/step-4.mor", dir);
+    assert_true(exists(path));
+    expect_metrics_flops(dir, paper, 4);
+
+    /* --steps and --flops-budget: usage; an unknown accounting: usage */
+    snprintf(cmd, sizeof cmd,
+             "%s -c " TINY " --tokenizer " TOK " --data " TEXT " --steps 2 --flops-budget 1e12 -o %s/F4",
+             tool("mor-train"), tmp_dir());
+    assert_int_equal(run_cmd(cmd, NULL, &err), 1);
+    assert_non_null(strstr(err, "--flops-budget"));
+    free(err);
+    snprintf(cmd, sizeof cmd,
+             "%s -c " TINY " --tokenizer " TOK " --data " TEXT " --flops-accounting kaplan -o %s/F4",
+             tool("mor-train"), tmp_dir());
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_after_sigkill),
@@ -471,6 +587,7 @@ int main(void) {
         cmocka_unit_test(test_resume_newest_complete),
         cmocka_unit_test(test_config_errors_exit_2),
         cmocka_unit_test(test_special_token_warning),
+        cmocka_unit_test(test_flops_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

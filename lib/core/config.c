@@ -23,7 +23,7 @@
 
 #include "util.h"
 
-typedef enum { K_INT, K_FLOAT, K_BOOL, K_ENUM, K_CAPACITY } key_type;
+typedef enum { K_INT, K_FLOAT, K_DOUBLE, K_BOOL, K_ENUM, K_CAPACITY } key_type;
 
 /* Accepted spellings of an enum key; the first name listed for a value is
  * the one written back. */
@@ -69,10 +69,13 @@ static const enum_name balancing_names[] = {
 static const enum_name wd_names[] = {{"all", MOR_WD_ALL}, {"no_norms", MOR_WD_NO_NORMS}, {NULL, 0}};
 static const enum_name lr_names[] = {
     {"warmup_stable_decay", MOR_LR_WSD}, {"cosine", MOR_LR_COSINE}, {NULL, 0}};
+static const enum_name accounting_names[] = {
+    {"paper", MOR_FLOPS_PAPER}, {"computed", MOR_FLOPS_COMPUTED}, {NULL, 0}};
 
 #define F(field) offsetof(mor_config, field)
 #define INT(p, f, lo, hi) {p, K_INT, F(f), lo, hi, NULL}
 #define FLT(p, f, lo, hi) {p, K_FLOAT, F(f), lo, hi, NULL}
+#define DBL(p, f, lo, hi) {p, K_DOUBLE, F(f), lo, hi, NULL}
 #define BOOL(p, f) {p, K_BOOL, F(f), 0, 1, NULL}
 #define ENUM(p, f, names) {p, K_ENUM, F(f), 0, 0, names}
 static const config_key config_keys[] = {
@@ -140,6 +143,8 @@ static const config_key config_keys[] = {
     FLT("train.decay_fraction", train.decay_fraction, 0, 1),
     FLT("train.min_lr_ratio", train.min_lr_ratio, 0, 1),
     INT("train.steps", train.steps, 0, 1 << 30),
+    DBL("train.flops_budget", train.flops_budget, 0, 1e40),
+    ENUM("train.flops_accounting", train.flops_accounting, accounting_names),
     INT("train.batch_size", train.batch_size, 1, 1 << 20),
     INT("train.grad_accum", train.grad_accum, 1, 1 << 20),
     INT("train.max_length", train.max_length, 0, 1 << 22),
@@ -289,7 +294,8 @@ static mor_status set_key(mor_config *c, const config_key *k, const char *val, c
         *(int *)(base + k->off) = (int)v;
         return MOR_OK;
     }
-    case K_FLOAT: {
+    case K_FLOAT:
+    case K_DOUBLE: {
         errno = 0;
         double v = strtod(val, &end);
         if (errno || end == val || *end || !isfinite(v))
@@ -298,7 +304,8 @@ static mor_status set_key(mor_config *c, const config_key *k, const char *val, c
         if (v < k->lo || v > k->hi)
             return mor_fail(err, MOR_ECONFIG, "%s:%d: %s: %g is out of range [%g, %g]", source,
                             line, k->path, v, k->lo, k->hi);
-        *(float *)(base + k->off) = (float)v;
+        if (k->type == K_DOUBLE) *(double *)(base + k->off) = v;
+        else *(float *)(base + k->off) = (float)v;
         return MOR_OK;
     }
     case K_BOOL:
@@ -551,7 +558,7 @@ static int differs_from_default(const mor_config *c, const mor_config *d, const 
     if (k->type == K_CAPACITY)
         return c->mor.capacity_auto != d->mor.capacity_auto ||
                memcmp(c->mor.capacity, d->mor.capacity, sizeof c->mor.capacity);
-    size_t size = k->type == K_FLOAT ? sizeof(float) : sizeof(int);
+    size_t size = k->type == K_FLOAT ? sizeof(float) : k->type == K_DOUBLE ? sizeof(double) : sizeof(int);
     return memcmp((const char *)c + k->off, (const char *)d + k->off, size) != 0;
 }
 
@@ -598,6 +605,15 @@ char *mor_config_to_yaml(const mor_config *c) {
             format_float(*(const float *)(base + k->off), num, sizeof num);
             ok = ok && buf_printf(&s, &n, &cap, "%s\n", num);
             break;
+        case K_DOUBLE: { /* shortest %g text that reads back as the same double */
+            double v = *(const double *)(base + k->off);
+            for (int prec = 6; prec <= 17; prec++) {
+                snprintf(num, sizeof num, "%.*g", prec, v);
+                if (strtod(num, NULL) == v) break;
+            }
+            ok = ok && buf_printf(&s, &n, &cap, "%s\n", num);
+            break;
+        }
         case K_BOOL:
             ok = ok && buf_printf(&s, &n, &cap, "%s\n", *(const int *)(base + k->off) ? "true" : "false");
             break;
@@ -893,6 +909,12 @@ static mor_status check_ranges(const mor_config *c, const char *source, const in
             int v = *(const int *)p;
             if (v < k->lo || v > k->hi)
                 return mor_fail(err, MOR_ECONFIG, "%s: %s: %d is out of range [%.0f, %.0f]",
+                                where(at, sizeof at, source, lines, k->path), k->path, v, k->lo,
+                                k->hi);
+        } else if (k->type == K_DOUBLE) {
+            double v = *(const double *)p;
+            if (!isfinite(v) || v < k->lo || v > k->hi)
+                return mor_fail(err, MOR_ECONFIG, "%s: %s: %g is out of range [%g, %g]",
                                 where(at, sizeof at, source, lines, k->path), k->path, v, k->lo,
                                 k->hi);
         } else if (k->type == K_FLOAT) {

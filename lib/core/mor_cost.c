@@ -169,60 +169,112 @@ static double tri(double m) {
     return m * (m + 1) / 2;
 }
 
-void mor_cost_flops(const mor_config *c, int n, mor_flops *out) {
-    memset(out, 0, sizeof *out);
-    if (n <= 0) return;
-    double N = n, Pm = (double)layer_matmul_params(c), D = c->dim;
+/* Decoder-layer matmuls, attention and routers of one sequence of n tokens,
+ * with the K/V projections counted kv_width wide (n_kv_heads * head_dim for
+ * what is computed; n_heads * head_dim for the paper's accounting). */
+typedef struct seq_flops {
+    double layers, attention, routers;
+} seq_flops;
+
+static seq_flops count_flops(const mor_config *c, int n, double kv_width, int *active) {
+    seq_flops s = {0, 0, 0};
+    double N = n, D = c->dim, Q = (double)c->n_heads * c->head_dim;
+    double Pm = 2 * D * Q + 2 * D * kv_width + 3 * D * c->hidden_dim;
+    /* under KV sharing a position of step r >= 2 computes no K/V (it reads
+     * step 1's), except the hybrid, which recomputes its own tokens' K/V
+     * (docs/algorithms.md#kv-sharing, #kv-hybrid) */
+    double Pdeep = c->kv.enable && !c->kv.update_cache ? Pm - 2 * D * kv_width : Pm;
     double pair = 4.0 * c->n_heads * c->head_dim; /* QK^T and AV, 2 FLOPs per multiply-add */
-    int L = c->n_layers, R = c->num_recursion;
-    double layers = 0, attention = 0, routers = 0; /* per sequence */
+    int L = c->n_layers, R = c->num_recursion, base = mor_config_base_depth(c); /* 0: vanilla */
+    int unique = L - base * R;
     if (!c->recursive || !c->mor.enable) {
         /* vanilla and the recursive baseline: every token runs every unrolled
          * layer (with KV sharing the keys at r >= 2 are still the full prefix) */
-        layers = L * 2 * Pm * N;
-        attention = L * pair * tri(N);
-        for (int r = 0; r < (c->recursive ? R : 0); r++)
-            out->active[r] = n;
-    } else {
-        int base = mor_config_base_depth(c), unique = L - base * R;
-        int expert = c->mor.type == MOR_ROUTING_EXPERT;
-        int k[MOR_MAX_RECURSION];
-        if (expert)
-            mor_route_k_steps(c, n, k);
-        else /* the paper's perfectly balanced token-choice */
-            for (int r = 1; r <= R; r++)
-                k[r - 1] = mor_route_k((double)(R - r + 1) / R, n);
-        layers = unique * 2 * Pm * N;
-        attention = unique * pair * tri(N);
-        for (int r = 1; r <= R; r++) {
-            double m = k[r - 1];
-            out->active[r - 1] = k[r - 1];
-            layers += base * 2 * Pm * m;
-            attention += base * pair * (c->kv.enable ? m * (N + 1) / 2 : tri(m));
+        s.layers = (double)unique * 2 * Pm * N;
+        for (int r = 1; r <= (c->recursive ? R : 0); r++) {
+            s.layers += (double)base * 2 * (r >= 2 ? Pdeep : Pm) * N;
+            active[r - 1] = n;
         }
-        /* router evaluations */
-        double per_tok;
-        int K = expert ? 1 : R;
-        if (c->mor.rand_router)
-            per_tok = 0;
-        else if (c->mor.router_type == MOR_ROUTER_LINEAR)
-            per_tok = 2 * D * K;
-        else
-            per_tok = 2 * (2 * D * D + 2 * D * K);
-        if (expert) {
-            int copies = c->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER ? 2 : 1;
-            for (int r = 1; r <= R; r++)
-                routers += copies * per_tok * (r == 1 ? N : k[r - 2]);
+        s.attention = L * pair * tri(N);
+        return s;
+    }
+    int expert = c->mor.type == MOR_ROUTING_EXPERT;
+    int k[MOR_MAX_RECURSION];
+    if (expert)
+        mor_route_k_steps(c, n, k);
+    else /* the paper's perfectly balanced token-choice */
+        for (int r = 1; r <= R; r++)
+            k[r - 1] = mor_route_k((double)(R - r + 1) / R, n);
+    s.layers = unique * 2 * Pm * N;
+    s.attention = unique * pair * tri(N);
+    for (int r = 1; r <= R; r++) {
+        double m = k[r - 1];
+        active[r - 1] = k[r - 1];
+        if (c->kv.enable && r == 1) { /* every token runs step 1 for its K/V */
+            s.layers += base * 2 * Pm * N;
+            s.attention += base * pair * tri(N);
+        } else if (c->kv.enable) {
+            s.layers += base * 2 * Pdeep * m;
+            s.attention += base * pair * m * (N + 1) / 2;
         } else {
-            routers = per_tok * N;
+            s.layers += base * 2 * Pm * m;
+            s.attention += base * pair * tri(m);
         }
     }
-    out->layers = layers / N;
-    out->attention = attention / N;
-    out->routers = routers / N;
+    /* router evaluations */
+    double per_tok;
+    int K = expert ? 1 : R;
+    if (c->mor.rand_router)
+        per_tok = 0;
+    else if (c->mor.router_type == MOR_ROUTER_LINEAR)
+        per_tok = 2 * D * K;
+    else
+        per_tok = 2 * (2 * D * D + 2 * D * K);
+    if (expert) {
+        int copies = c->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER ? 2 : 1;
+        for (int r = 1; r <= R; r++)
+            s.routers += copies * per_tok * (r == 1 ? N : k[r - 2]);
+    } else {
+        s.routers = per_tok * N;
+    }
+    return s;
+}
+
+void mor_cost_flops(const mor_config *c, int n, mor_flops *out) {
+    memset(out, 0, sizeof *out);
+    if (n <= 0) return;
+    double N = n, D = c->dim;
+    int scratch[MOR_MAX_RECURSION];
+    seq_flops s = count_flops(c, n, (double)c->n_kv_heads * c->head_dim, out->active);
+    /* the paper's accounting: K/V projections as wide as the queries */
+    seq_flops p = count_flops(c, n, (double)c->n_heads * c->head_dim, scratch);
+    out->layers = s.layers / N;
+    out->attention = s.attention / N;
+    out->routers = s.routers / N;
     out->head = 2.0 * c->vocab_size * D;
     out->kaplan = out->layers + out->attention + out->routers;
     out->total = out->kaplan + out->head;
+    out->paper = (p.layers + p.attention + p.routers) / N;
+}
+
+/* ======================================================================== */
+/* training FLOPs and budgets                                               */
+
+double mor_cost_step_flops(const mor_config *c, mor_flops_accounting a) {
+    int n = c->train.max_length > 0 ? c->train.max_length : c->max_seq_len;
+    mor_flops f;
+    mor_cost_flops(c, n, &f);
+    double tokens = (double)c->train.batch_size * c->train.grad_accum * n;
+    return tokens * (a == MOR_FLOPS_COMPUTED ? 3 * f.total : f.paper);
+}
+
+int64_t mor_cost_budget_steps(const mor_config *c, double budget, mor_flops_accounting a) {
+    if (!(budget > 0)) return 0;
+    double step = mor_cost_step_flops(c, a);
+    if (!(step > 0)) return INT64_MAX;
+    double q = budget / step;
+    if (!(q < 0x1p62)) return INT64_MAX;
+    return (int64_t)ceil(q - q * 1e-12);
 }
 
 /* ======================================================================== */
@@ -237,7 +289,7 @@ mor_kv_strategy mor_cost_kv_strategy(const mor_config *c) {
 
 void mor_cost_kv(const mor_config *c, int bytes_per_elem, mor_kv_cost *out) {
     memset(out, 0, sizeof *out);
-    int L = c->n_layers, R = c->num_recursion, base = mor_config_base_depth(c);
+    int L = c->n_layers, R = c->num_recursion, base = mor_config_base_depth(c); /* 0: vanilla */
     int unique = L - base * R;
     out->strategy = mor_cost_kv_strategy(c);
     switch (out->strategy) {
