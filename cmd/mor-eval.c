@@ -205,7 +205,20 @@ typedef struct {
     mor_eval_acc tok; /* NLL of every scored token */
     mor_eval_acc row; /* per-row mean NLL (the paper's validation rule) */
     int64_t rows, input_tokens;
+    /* routing agreement (docs/algorithms.md#routing-agreement) summed over
+     * the rows, step r at [r-1]; agree_steps = N_R, 0 when the context has
+     * none (causal routing, no expert router) */
+    int agree_steps;
+    int64_t agree_hits[MOR_MAX_RECURSION], agree_cand[MOR_MAX_RECURSION];
 } ppl_stats;
+
+static void ppl_agreement_add(ppl_stats *s, int steps, const int64_t *hits, const int64_t *cand) {
+    for (int i = 0; i < steps; i++) {
+        s->agree_hits[i] += hits[i];
+        s->agree_cand[i] += cand[i];
+    }
+    if (steps > s->agree_steps) s->agree_steps = steps;
+}
 
 static int is_shard(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -275,6 +288,8 @@ static int ppl_window(eval_runner *r, const int32_t *ids, size_t b, size_t e, si
                       ppl_stats *s) {
     mor_error err = {0};
     if (eval_score(r, ids + b, (int)(e - b), (int)(t0 - 1 - b), 1, lp, NULL, &err)) return cli_fail(&err);
+    int64_t hits[MOR_MAX_RECURSION], cand[MOR_MAX_RECURSION];
+    ppl_agreement_add(s, mor_context_route_agreement(r->ctx, hits, cand), hits, cand);
     mor_eval_acc row = {0};
     for (size_t i = 0; i < e - t0; i++) {
         mor_eval_acc_add(&s->tok, -lp[i]);
@@ -315,6 +330,24 @@ static int ppl_file(eval_runner *r, const eval_opts *o, const int32_t *ids, size
     return rc;
 }
 
+/* {"steps":[...],"candidates":[...],"mean":x}: each step's agreement (null
+ * where no candidate counted), the candidates, their weighted mean. */
+static json_t *ppl_agreement_json(const ppl_stats *s) {
+    json_t *steps = json_array(), *cand = json_array(), *o = json_object();
+    int64_t hits = 0, count = 0;
+    for (int i = 0; i < s->agree_steps; i++) {
+        int64_t c = s->agree_cand[i];
+        json_array_append_new(steps, c ? json_real((double)s->agree_hits[i] / (double)c) : json_null());
+        json_array_append_new(cand, json_integer(c));
+        hits += s->agree_hits[i];
+        count += c;
+    }
+    json_object_set_new(o, "steps", steps);
+    json_object_set_new(o, "candidates", cand);
+    json_object_set_new(o, "mean", count ? json_real((double)hits / (double)count) : json_null());
+    return o;
+}
+
 /* Adds the statistics of s to the object j. */
 static void ppl_json(json_t *j, const eval_opts *o, const eval_runner *r, const ppl_stats *s) {
     char score[32];
@@ -334,6 +367,7 @@ static void ppl_json(json_t *j, const eval_opts *o, const eval_runner *r, const 
     json_object_set_new(j, "score", json_string(score));
     json_object_set_new(j, "bos", json_boolean(o->bos));
     json_object_set_new(j, "routing", json_string(eval_routing_name(o->routing)));
+    if (s->agree_steps) json_object_set_new(j, "routing_agreement", ppl_agreement_json(s));
 }
 
 static int cmd_ppl(const eval_opts *o) {
@@ -369,6 +403,7 @@ static int cmd_ppl(const eval_opts *o) {
         mor_eval_acc_merge(&total.row, &s.row);
         total.rows += s.rows;
         total.input_tokens += s.input_tokens;
+        ppl_agreement_add(&total, s.agree_steps, s.agree_hits, s.agree_cand);
         done++;
     }
     if (!rc) {

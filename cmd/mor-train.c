@@ -235,6 +235,40 @@ static int parse_config(const char *text, const char *source, mor_config *c) {
 
 /* ---- metrics ------------------------------------------------------------------- */
 
+/* Whether a config's runs have a routing agreement: expert-choice with a
+ * learned router (docs/algorithms.md#routing-agreement). */
+static int has_agreement(const mor_config *c) {
+    return c->mor.enable && c->mor.type == MOR_ROUTING_EXPERT && !c->mor.rand_router;
+}
+
+/* The sampling accuracy: the candidate-weighted mean of the steps'
+ * agreement, NAN without candidates. */
+static double agreement_mean(const mor_config *c, const mor_train_router_stats *rs) {
+    double hits = 0, count = 0;
+    for (int r = 0; r < c->num_recursion; r++) {
+        hits += rs->acc_hits[r];
+        count += rs->acc_count[r];
+    }
+    return count > 0 ? hits / count : NAN;
+}
+
+/* ,"routing_agreement":{"steps":[...],"candidates":[...],"mean":x}: the
+ * agreement of each step (null where no candidate counted), the candidates
+ * counted, and their weighted mean. */
+static void metrics_agreement(FILE *f, const mor_config *c, const mor_train_router_stats *rs) {
+    const char *sep = "";
+    fprintf(f, ",\"routing_agreement\":{\"steps\":[");
+    for (int r = 0; r < c->num_recursion; r++, sep = ",") {
+        if (rs->acc_count[r] > 0) fprintf(f, "%s%.6f", sep, rs->acc_hits[r] / rs->acc_count[r]);
+        else fprintf(f, "%snull", sep);
+    }
+    fprintf(f, "],\"candidates\":[");
+    for (int r = 0; r < c->num_recursion; r++) fprintf(f, "%s%.0f", r ? "," : "", rs->acc_count[r]);
+    double mean = agreement_mean(c, rs);
+    if (isnan(mean)) fprintf(f, "],\"mean\":null}");
+    else fprintf(f, "],\"mean\":%.6f}", mean);
+}
+
 /* flops: training FLOPs after this step, step x FLOPs per step (computed, not
  * accumulated, so a resumed run logs what an uninterrupted one does). */
 static void metrics_step(FILE *f, long step, const mor_config *c, const mor_train_step_stats *st,
@@ -255,9 +289,11 @@ static void metrics_step(FILE *f, long step, const mor_config *c, const mor_trai
         fprintf(f, "]");
         if (c->mor.type == MOR_ROUTING_EXPERT) {
             fprintf(f, ",\"dead_token_ratio\":%.4f", st->rs.dead);
-            if (!c->mor.rand_router)
-                fprintf(f, ",\"sampling_acc\":%.4f",
-                        st->rs.acc_count ? st->rs.acc_hits / st->rs.acc_count : 1.0);
+            if (has_agreement(c)) {
+                double acc = agreement_mean(c, &st->rs);
+                fprintf(f, ",\"sampling_acc\":%.4f", isnan(acc) ? 1.0 : acc);
+                metrics_agreement(f, c, &st->rs);
+            }
             if (c->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER && !c->mor.rand_router)
                 fprintf(f, ",\"aux_topk_acc\":%.4f,\"aux_grad_norm\":%.6f",
                         st->rs.topk_count ? st->rs.topk_hits / st->rs.topk_count : 1.0,
@@ -269,9 +305,12 @@ static void metrics_step(FILE *f, long step, const mor_config *c, const mor_trai
     fflush(f);
 }
 
-static void metrics_val(FILE *f, long step, double val) {
+static void metrics_val(FILE *f, long step, const mor_config *c, double val,
+                        const mor_train_router_stats *rs) {
     if (!f) return;
-    fprintf(f, "{\"step\":%ld,\"val_loss\":%.6f}\n", step, val);
+    fprintf(f, "{\"step\":%ld,\"val_loss\":%.6f", step, val);
+    if (has_agreement(c)) metrics_agreement(f, c, rs);
+    fprintf(f, "}\n");
     fflush(f);
 }
 
@@ -486,6 +525,7 @@ int main(int argc, char **argv) {
     double t_start = cli_now();
     double val = NAN;
     mor_train_step_stats st;
+    mor_train_router_stats vrs; /* of the validation rows */
     long step = mor_trainer_steps_done(tr);
     while (step < steps && !stop_signal) {
         double t0 = cli_now();
@@ -512,8 +552,8 @@ int main(int argc, char **argv) {
                     (int)eta % 60);
         }
         if (eval_every && step % eval_every == 0 && step < steps && mor_train_data_n_val_rows(data)) {
-            val = mor_trainer_eval(tr, data, eval_rows);
-            metrics_val(mf, step, val);
+            val = mor_trainer_eval(tr, data, eval_rows, &vrs);
+            metrics_val(mf, step, c, val, &vrs);
             cli_progress_end(&bar);
             cli_log("step %ld: validation loss %.4f", step, val);
             cli_progress_begin(&bar, label, "tok");
@@ -524,8 +564,8 @@ int main(int argc, char **argv) {
     }
     cli_progress_end(&bar);
     if (mor_train_data_n_val_rows(data) && !stop_signal) {
-        val = mor_trainer_eval(tr, data, 0);
-        metrics_val(mf, step, val);
+        val = mor_trainer_eval(tr, data, 0, &vrs);
+        metrics_val(mf, step, c, val, &vrs);
     }
     if (mor_trainer_save(tr, data, o.out, &err)) { rc = cli_fail(&err); goto done; }
     double el = cli_now() - t_start;

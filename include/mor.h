@@ -213,6 +213,16 @@ MOR_API int mor_model_num_recursion(const mor_model *m);
  * token had already exited), for token-choice the N_R
  * routing probabilities. */
 MOR_API mor_status mor_context_route(const mor_context *c, int i, int *depth, float *scores, mor_error *err);
+/* Routing agreement of the last eval call (docs/algorithms.md#routing-agreement)
+ * of an expert-choice MoR context in topk mode with a learned router: for
+ * each step r, at [r-1] of N_R entries, the candidates (the tokens step r-1
+ * kept, every token at r = 1) and how many of them the causal rule (z_r >= 0;
+ * the aux router's z under mor.expert.sampling aux_router) would route as
+ * the top-k did; step 1 counts only with mor.expert.include_first (else 0
+ * and 0). Returns N_R, or 0 (nothing written) for any other context, after
+ * mor_context_truncate, and in causal mode, where the top-k sets are never
+ * formed. */
+MOR_API int mor_context_route_agreement(const mor_context *c, int64_t *hits, int64_t *candidates);
 /* KV cache memory in use: for a recursive/MoR model the bytes of the K/V
  * blocks allocated so far (each unrolled layer grows in blocks of 64
  * positions and holds only the tokens that reached its depth); for a vanilla

@@ -840,8 +840,12 @@ MOR_API size_t mor_train_data_n_val_rows(const mor_train_data *d);
 /* Router statistics of one micro-batch (docs/algorithms.md#router-metrics). */
 typedef struct mor_train_router_stats {
     double depth[MOR_MAX_RECURSION]; /* tokens that ran exactly r+1 recursions */
-    double acc_hits, acc_count;      /* expert: (z >= 0) == selected, over candidates
-                                      * (z of the aux router under aux_router) */
+    /* expert, learned router: routing agreement (docs/algorithms.md#routing-agreement)
+     * of step r at [r-1]: the candidates (the tokens step r-1 kept, all at r = 1) and
+     * those where z_r >= 0 (the aux router's z under aux_router) agrees with the top-k
+     * choice; step 1 stays 0 unless mor.expert.include_first. Their sums over the steps
+     * give the sampling accuracy. */
+    double acc_hits[MOR_MAX_RECURSION], acc_count[MOR_MAX_RECURSION];
     double topk_hits, topk_count;    /* aux_router: kept tokens the aux router's own
                                       * top-k would keep too */
     double dead;                     /* expert: dead-token ratio at the last step */
@@ -853,7 +857,8 @@ typedef struct mor_train_step_stats {
     double loss, ce, bce, zloss, bal; /* means over the step */
     double grad_norm, lr;
     double aux_grad_norm;             /* aux routers, before their own clipping */
-    mor_train_router_stats rs;        /* summed over the micro-batches (depth) or averaged */
+    mor_train_router_stats rs;        /* summed over the micro-batches (depth, hits, counts)
+                                       * or averaged (dead, maxvio, entropy) */
 } mor_train_step_stats;
 
 /* A trainer for a validated config, total_steps > 0 optimizer steps, and the
@@ -891,8 +896,12 @@ MOR_API mor_status mor_trainer_load_weights(mor_trainer *t, const char *path, mo
  * loss-free bias update. */
 MOR_API void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *st);
 /* Mean validation CE over up to max_rows held-out rows (0 = all), with the
- * routing of evaluation (top-k without warm-up). Returns NAN without rows. */
-MOR_API double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows);
+ * routing of evaluation (top-k without warm-up). Returns NAN without rows.
+ * rs (may be NULL) receives the router statistics of those rows: depth and
+ * the hit/count pairs summed, dead, maxvio and entropy means over the
+ * batches of up to train.batch_size rows. */
+MOR_API double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows,
+                                mor_train_router_stats *rs);
 
 /* Writes dir/step-N.state then dir/step-N.mor (N = steps done), each
  * atomically. */

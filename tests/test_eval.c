@@ -227,11 +227,21 @@ static void test_ppl_rules(void **state) {
 
 /* A .mor checkpoint of a tests/fixtures/ref_mor case (its config, the
  * reference model's tensors as stored, a tokenizer without a vocabulary:
- * the case is fed as ids). */
-static void write_ref_mor(const char *name, const char *out) {
+ * the case is fed as ids). expert_keys (may be NULL): YAML lines put at the
+ * top of the config's mor.expert section. */
+static void write_ref_mor(const char *name, const char *out, const char *expert_keys) {
     char path[512];
     snprintf(path, sizeof path, "tests/fixtures/ref_mor/cases/%s/config.yaml", name);
     char *yaml = read_all(path, NULL);
+    if (expert_keys) {
+        const char *at = strstr(yaml, "\n  expert:\n");
+        assert_non_null(at);
+        at += strlen("\n  expert:\n");
+        char *y = malloc(strlen(yaml) + strlen(expert_keys) + 1);
+        sprintf(y, "%.*s%s%s", (int)(at - yaml), yaml, expert_keys, at);
+        free(yaml);
+        yaml = y;
+    }
     snprintf(path, sizeof path, "tests/fixtures/ref_mor/cases/%s/case.json", name);
     json_t *cs = read_json(path);
     snprintf(path, sizeof path, "tests/fixtures/ref_mor/%s",
@@ -277,7 +287,7 @@ static void test_ppl_topk_row(void **state) {
         int V = (int)(nl / n);
         double want = mean_nll(logits, tokens, (int)n, V);
         snprintf(path, sizeof path, "%s", tmp_path("ref_topk.mor"));
-        write_ref_mor(cases[c], path);
+        write_ref_mor(cases[c], path, NULL);
         snprintf(ids_path, sizeof ids_path, "%s", tmp_path("ref_topk.ids"));
         FILE *f = fopen(ids_path, "w");
         for (size_t i = 0; i < n; i++) fprintf(f, "%d ", tokens[i]);
@@ -294,6 +304,110 @@ static void test_ppl_topk_row(void **state) {
         free(tokens);
         free(logits);
     }
+}
+
+/* The routing agreement of a ref_mor topk case from the float64 reference's
+ * own decisions (docs/algorithms.md#routing-agreement): at step r, of the
+ * candidates, those whose logit z >= 0 matches being selected; step 1
+ * only with include_first. Returns the steps. */
+static int ref_agreement(json_t *cs, int include_first, int64_t *hits, int64_t *cand) {
+    json_t *steps = json_object_get(cs, "steps");
+    int R = (int)json_array_size(steps);
+    for (int r = 0; r < R; r++) {
+        json_t *st = json_array_get(steps, (size_t)r), *c = json_object_get(st, "candidates"),
+               *z = json_object_get(st, "router_logits"), *sel = json_object_get(st, "selected");
+        hits[r] = cand[r] = 0;
+        if (r == 0 && !include_first) continue;
+        for (size_t i = 0; i < json_array_size(c); i++) {
+            json_int_t t = json_integer_value(json_array_get(c, i));
+            int kept = 0;
+            for (size_t j = 0; j < json_array_size(sel); j++)
+                kept |= json_integer_value(json_array_get(sel, j)) == t;
+            hits[r] += (json_number_value(json_array_get(z, i)) >= 0) == kept;
+            cand[r]++;
+        }
+    }
+    return R;
+}
+
+/* o's "routing_agreement" is the reference's hits/cand, each count times
+ * `rows`: steps (null without candidates), candidates and their weighted
+ * mean. */
+static void check_agreement(const json_t *o, int R, const int64_t *hits, const int64_t *cand, int rows,
+                            const char *what) {
+    json_t *a = json_object_get(o, "routing_agreement");
+    if (!json_is_object(a)) fail_msg("%s: no routing_agreement object", what);
+    json_t *steps = json_object_get(a, "steps"), *c = json_object_get(a, "candidates");
+    assert_int_equal(json_array_size(steps), R);
+    assert_int_equal(json_array_size(c), R);
+    double sh = 0, sc = 0, weighted = 0;
+    for (int r = 0; r < R; r++) {
+        json_t *v = json_array_get(steps, (size_t)r);
+        assert_int_equal(json_integer_value(json_array_get(c, (size_t)r)), rows * cand[r]);
+        if (!cand[r]) {
+            if (!json_is_null(v)) fail_msg("%s: step %d has no candidates but a value", what, r + 1);
+            continue;
+        }
+        if (!json_is_number(v)) fail_msg("%s: step %d is not a number", what, r + 1);
+        assert_rel(json_number_value(v), (double)hits[r] / (double)cand[r], 1e-9, what);
+        weighted += json_number_value(v) * (double)(rows * cand[r]);
+        sh += (double)hits[r];
+        sc += (double)cand[r];
+    }
+    assert_rel(num(a, "mean"), sh / sc, 1e-9, what);
+    assert_rel(num(a, "mean"), weighted / (rows * sc), 1e-9, what);
+}
+
+/* ppl --routing topk reports the routing agreement of every step, as the
+ * float64 reference's logits and top-k sets give it (its cases keep every
+ * logit at least 0.008 from 0), over two rows of the case's tokens, in each
+ * file's line and the total; without mor.expert.include_first step 1 is
+ * left out (null); causal routing has none (no top-k set is formed). */
+static void test_ppl_topk_agreement(void **state) {
+    (void)state;
+    static const char *cases[] = {"expert_capacity_topk", "expert_mlp_sigmoid_share_topk",
+                                  "expert_linear_tanh_cache_topk", "expert_cycle_topk"};
+    char path[600], ids_path[600], what[300];
+    snprintf(path, sizeof path, "%s", tmp_path("agree.mor"));
+    snprintf(ids_path, sizeof ids_path, "%s", tmp_path("agree.ids"));
+    for (size_t c = 0; c < 2 * sizeof cases / sizeof *cases; c++) {
+        const char *name = cases[c % 4];
+        int include_first = c < 4;
+        char file[512];
+        snprintf(file, sizeof file, "tests/fixtures/ref_mor/cases/%s/tokens.i32", name);
+        size_t n;
+        int32_t *tokens = read_i32(file, &n);
+        FILE *f = fopen(ids_path, "w");
+        for (int rep = 0; rep < 2; rep++) /* two rows: the case's tokens twice */
+            for (size_t i = 0; i < n; i++) fprintf(f, "%d ", tokens[i]);
+        fclose(f);
+        write_ref_mor(name, path, include_first ? NULL : "    include_first: false\n");
+        snprintf(file, sizeof file, "tests/fixtures/ref_mor/cases/%s/case.json", name);
+        json_t *cs = read_json(file);
+        int64_t hits[MOR_MAX_RECURSION], cand[MOR_MAX_RECURSION];
+        int R = ref_agreement(cs, include_first, hits, cand);
+        json_t *o = eval_json(0, NULL, "ppl -m %s -c %zu --routing topk --ids -t 1 -q %s %s", path, n,
+                              ids_path, ids_path);
+        assert_int_equal(json_array_size(o), 3); /* two files and the total */
+        assert_int_equal(num(last(o), "rows"), 4);
+        snprintf(what, sizeof what, "%s (include_first %d): file", name, include_first);
+        check_agreement(json_array_get(o, 0), R, hits, cand, 2, what);
+        snprintf(what, sizeof what, "%s (include_first %d): total", name, include_first);
+        check_agreement(last(o), R, hits, cand, 4, what);
+        if (getenv("MOR_TEST_VERBOSE"))
+            fprintf(stderr, "  %s: %s\n", what,
+                    json_dumps(json_object_get(last(o), "routing_agreement"), JSON_COMPACT));
+        json_decref(o);
+        o = eval_json(0, NULL, "ppl -m %s -c %zu --routing causal --ids -t 1 -q %s", path, n, ids_path);
+        assert_null(json_object_get(last(o), "routing_agreement"));
+        json_decref(o);
+        json_decref(cs);
+        free(tokens);
+    }
+    /* a model without routers has none either */
+    json_t *o = eval_json(0, NULL, "ppl -m %s -c 64 --routing topk -q %s", model, FIX "/story.txt");
+    assert_null(json_object_get(last(o), "routing_agreement"));
+    json_decref(o);
 }
 
 /* A token shard (mor-shard.5, from mor-convert tokens, documents joined by
@@ -783,6 +897,7 @@ int main(void) {
         cmocka_unit_test(test_ppl_rules),
         cmocka_unit_test(test_ppl_shard),
         cmocka_unit_test(test_ppl_topk_row),
+        cmocka_unit_test(test_ppl_topk_agreement),
         cmocka_unit_test(test_mc_easy),
         cmocka_unit_test(test_mc_acc_norm),
         cmocka_unit_test(test_fewshot),

@@ -122,7 +122,9 @@ static double step1_loss(mor_train_model *m, const fixture *fx, int detach) {
 /* The trained weights, saved and loaded in the inference engine
  * (lib/infer/llama_engine.c, lib/infer/mor_engine.c: written apart from the trainer), give
  * the trainer's evaluation loss on every row of step 1 (top-k routing, as
- * the trainer evaluates). */
+ * the trainer evaluates), and for a learned expert router the trainer's
+ * routing agreement, step by step, hit for hit (docs/algorithms.md#routing-agreement:
+ * one definition; the aux router's z under aux_router, step 1 only with include_first). */
 static void check_engine(const char *name, mor_train_model *m, const fixture *fx) {
     char path[512];
     snprintf(path, sizeof path, "%s/%s.mor", tmp_dir(), name);
@@ -152,6 +154,23 @@ static void check_engine(const char *name, mor_train_model *m, const fixture *fx
             fprintf(stderr, "  %-14s engine loss of row 0 %.6f, trainer %.6f\n", name, nll, mine);
         if (!(fabs(nll - mine) < 1e-5 * mine))
             fail_msg("%s: row %d: engine loss %.7f, trainer %.7f", name, b, nll, mine);
+        const mor_config *c = &m->cfg;
+        int R = c->num_recursion;
+        int learned = c->mor.enable && c->mor.type == MOR_ROUTING_EXPERT && !c->mor.rand_router;
+        int64_t hits[MOR_MAX_RECURSION], cand[MOR_MAX_RECURSION];
+        assert_int_equal(mor_context_route_agreement(ctx, hits, cand), learned ? R : 0);
+        for (int r = 0; learned && r < R; r++) {
+            if (verbose() && b == 0)
+                fprintf(stderr, "  %-14s step %d agreement %lld/%lld, trainer %.0f/%.0f\n", name,
+                        r + 1, (long long)hits[r], (long long)cand[r], ls.rs.acc_hits[r],
+                        ls.rs.acc_count[r]);
+            if ((double)hits[r] != ls.rs.acc_hits[r] || (double)cand[r] != ls.rs.acc_count[r])
+                fail_msg("%s: row %d step %d: engine agreement %lld/%lld, trainer %.0f/%.0f", name, b,
+                         r + 1, (long long)hits[r], (long long)cand[r], ls.rs.acc_hits[r],
+                         ls.rs.acc_count[r]);
+        }
+        /* step 1's entry exists only with include_first */
+        if (learned && !c->mor.expert.include_first) assert_int_equal(cand[0], 0);
     }
     free(logits);
     mor_context_free(ctx);

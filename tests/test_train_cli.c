@@ -235,6 +235,73 @@ static void test_metrics(void **s) {
     free(text);
 }
 
+/* A metrics line's "routing_agreement" (docs/algorithms.md#routing-agreement):
+ * three steps, the candidates rows x (64, 64, 42) (every token at step 1,
+ * k_1 = 64 at step 2, k_2 = 42 at step 3), each step a share, the mean
+ * their candidate-weighted mean. Returns the mean. */
+static double check_agreement(json_t *line, int rows) {
+    json_t *a = json_object_get(line, "routing_agreement");
+    if (!json_is_object(a)) fail_msg("step %lld: no routing_agreement object",
+                                     (long long)json_integer_value(json_object_get(line, "step")));
+    json_t *steps = json_object_get(a, "steps"), *cand = json_object_get(a, "candidates");
+    assert_int_equal(json_array_size(steps), 3);
+    assert_int_equal(json_array_size(cand), 3);
+    const int k[3] = {64, 64, 42};
+    double hits = 0, count = 0;
+    for (size_t r = 0; r < 3; r++) {
+        double v = json_number_value(json_array_get(steps, r));
+        double c = json_number_value(json_array_get(cand, r));
+        assert_true(c == (double)rows * k[r]);
+        assert_true(v >= 0 && v <= 1);
+        hits += v * c;
+        count += c;
+    }
+    double mean = json_number_value(json_object_get(a, "mean"));
+    if (!(fabs(mean - hits / count) < 2e-6))
+        fail_msg("routing_agreement mean %.6f, its steps weighted give %.6f", mean, hits / count);
+    return mean;
+}
+
+/* metrics.jsonl of a run: every training step's routing agreement (batch 4)
+ * matches its sampling_acc; the validations (step 20 on --eval-rows 8, the
+ * last on every held-out row) carry it too. The aux-router run's too. */
+static void check_agreement_lines(setup *su) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_a(su));
+    char *text = read_all(path, NULL);
+    int steps = 0, vals = 0;
+    for (char *p = strtok(text, "\n"); p; p = strtok(NULL, "\n")) {
+        json_error_t je;
+        json_t *j = json_loads(p, 0, &je);
+        if (!j) fail_msg("%s: not JSON: %s", path, p);
+        long step = (long)json_integer_value(json_object_get(j, "step"));
+        if (json_object_get(j, "val_loss")) {
+            /* 0.05 of the text's rows, at least the 8 of step 20 */
+            int rows = step == 20 ? 8 : (int)(json_integer_value(json_array_get(json_object_get(
+                           json_object_get(j, "routing_agreement"), "candidates"), 0)) / 64);
+            assert_true(rows >= 8);
+            check_agreement(j, rows);
+            vals++;
+        } else {
+            double mean = check_agreement(j, 4);
+            double acc = json_number_value(json_object_get(j, "sampling_acc"));
+            if (!(fabs(acc - mean) <= 5e-5 + 1e-9))
+                fail_msg("step %ld: sampling_acc %.4f, routing_agreement mean %.6f", step, acc, mean);
+            steps++;
+        }
+        json_decref(j);
+    }
+    assert_int_equal(steps, STEPS);
+    assert_int_equal(vals, 2);
+    free(text);
+}
+
+static void test_routing_agreement(void **s) {
+    (void)s;
+    check_agreement_lines(&one_thread);
+    check_agreement_lines(&two_threads_aux);
+}
+
 static void test_errors(void **s) {
     (void)s;
     char cmd[4096];
@@ -582,6 +649,7 @@ int main(void) {
         cmocka_unit_test(test_resume_two_threads_aux_router),
         cmocka_unit_test(test_sigint_writes_checkpoint),
         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_routing_agreement),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_run_dir_reuse),
         cmocka_unit_test(test_resume_newest_complete),

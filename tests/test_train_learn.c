@@ -68,13 +68,13 @@ static void train(const char *config, int steps, double out[3], const char *save
                              .seed = 1};
     if (mor_train_data_load(&o, &d, &err)) fail_msg("%s", err.msg);
     mor_train_model_init_weights(&t->model, 1);
-    out[0] = mor_trainer_eval(t, d, 0);
+    out[0] = mor_trainer_eval(t, d, 0, NULL);
     mor_train_step_stats st;
     for (int s = 0; s < steps; s++) {
         mor_trainer_step(t, d, &st);
         if (!isfinite(st.loss)) fail_msg("%s: loss %g at step %d", config, st.loss, s + 1);
     }
-    out[1] = mor_trainer_eval(t, d, 0);
+    out[1] = mor_trainer_eval(t, d, 0, NULL);
     out[2] = unigram_entropy(d, c.vocab_size);
     if (getenv("MOR_TEST_VERBOSE"))
         fprintf(stderr, "  %s: validation %.4f -> %.4f after %d steps; unigram entropy %.4f\n", config,

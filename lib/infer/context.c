@@ -177,4 +177,9 @@ mor_status mor_context_route(const mor_context *c, int i, int *depth, float *sco
     return c->engine->route(c, i, depth, scores, err);
 }
 
+int mor_context_route_agreement(const mor_context *c, int64_t *hits, int64_t *candidates) {
+    if (!c || !hits || !candidates || !c->engine->route_agreement) return 0;
+    return c->engine->route_agreement(c, hits, candidates);
+}
+
 size_t mor_context_kv_bytes(const mor_context *c) { return c ? c->engine->kv_bytes(c) : 0; }

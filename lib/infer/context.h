@@ -76,6 +76,8 @@ struct mor_engine {
     mor_status (*eval_batch)(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
     /* Token i of the last eval call: depth and router scores. */
     mor_status (*route)(const mor_context *c, int i, int *depth, float *scores, mor_error *err);
+    /* The last eval call's routing agreement (mor.h); NULL: the engine has none. */
+    int (*route_agreement)(const mor_context *c, int64_t *hits, int64_t *candidates);
     /* KV cache bytes in use. */
     size_t (*kv_bytes)(const mor_context *c);
 };

@@ -100,6 +100,9 @@ struct mor_recur_state {
     float *b_gate;       /* its gate (expert-choice) */
     uint8_t *b_keep;     /* whether it takes the output */
     int32_t *b_index;    /* its call index: 0, the context's one new token */
+    /* topk mode, learned expert router: the routing agreement of the last
+     * eval call (docs/algorithms.md#routing-agreement), step r at [r-1] */
+    int64_t agree_hits[MOR_MAX_RECURSION], agree_cand[MOR_MAX_RECURSION];
 };
 
 /* ------------------------------------------------------------------------ */
@@ -455,6 +458,22 @@ static int rand_scores(mor_context *c, int pos0, int n, int nc, int r, int topk)
     return ns;
 }
 
+/* The routing agreement of step r (docs/algorithms.md#routing-agreement,
+ * the trainer's rule in lib/train/train_step.c): of the nc candidates, those
+ * whose causal decision z >= 0 (z: st->aux_z) matches being among the ns
+ * kept ones st->sel (ascending). Step 1 counts only with include_first. */
+static void agreement_add(struct mor_recur_state *st, const mor_config *cfg, int r, int nc, int ns) {
+    if (r == 1 && !cfg->mor.expert.include_first) return;
+    int64_t hits = 0;
+    for (int j = 0, s = 0; j < nc; j++) {
+        int kept = s < ns && st->sel[s] == j;
+        s += kept;
+        hits += (st->aux_z[j] >= 0.0f) == kept;
+    }
+    st->agree_hits[r - 1] += hits;
+    st->agree_cand[r - 1] += nc;
+}
+
 /* Routing of expert-choice step r over the nc candidates st->cand of a
  * call of n tokens at pos0: writes their gates (st->gate), recorded routes
  * and logits, and returns the kept count with the kept candidate indices,
@@ -468,8 +487,9 @@ static int expert_select(mor_context *c, int pos0, int n, int nc, int r) {
     mor_router_func f = cfg->mor.expert.router_func;
     float alpha = cfg->mor.expert.alpha;
     /* sampling: aux_router trains a second router to predict the top-k
-     * choice; the causal rule then asks it, and the gate stays the main one's */
-    int aux = !topk && cfg->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER;
+     * choice; the causal rule then asks it, and the gate stays the main
+     * one's (topk mode asks it only for the routing agreement) */
+    int aux = cfg->mor.expert.sampling == MOR_SAMPLING_AUX_ROUTER;
     router_logits(c, &m->routers[r - 1], st->cand, nc, 1, st->z);
     if (aux && (m->aux_routers[r - 1].w || m->aux_routers[r - 1].fc1))
         router_logits(c, &m->aux_routers[r - 1], st->cand, nc, 1, st->aux_z);
@@ -479,9 +499,11 @@ static int expert_select(mor_context *c, int pos0, int n, int nc, int r) {
         st->gate[j] = mor_route_gate(f, alpha, st->z[j]);
         st->route[(size_t)st->cand[j] * R + (r - 1)] = router_activation(f, st->z[j]);
     }
-    return topk ? mor_route_topk(st->sel, NULL, st->cand, st->gate, nc,
-                                 mor_route_k(cfg->mor.capacity[r - 1], n))
-                : mor_route_causal(st->sel, NULL, st->cand, st->aux_z, nc, r);
+    if (!topk) return mor_route_causal(st->sel, NULL, st->cand, st->aux_z, nc, r);
+    int ns = mor_route_topk(st->sel, NULL, st->cand, st->gate, nc,
+                            mor_route_k(cfg->mor.capacity[r - 1], n));
+    agreement_add(st, cfg, r, nc, ns);
+    return ns;
 }
 
 /* Expert-choice recursion steps over the call's n tokens
@@ -561,6 +583,8 @@ static mor_status forward_call(mor_context *c, const int32_t *tokens, int n) {
         st->depth[t] = st->kind == RECUR_PLAIN ? R : 0;
     }
     for (size_t i = 0; i < (size_t)n * R; i++) st->route[i] = NAN;
+    memset(st->agree_hits, 0, sizeof st->agree_hits);
+    memset(st->agree_cand, 0, sizeof st->agree_cand);
     if (st->kind == RECUR_PLAIN) /* every token, every layer, in one stage */
         return run_stage(c, NULL, pos0, st->rows, n, 0, L, OUT_SET, NULL, NULL, 0);
     mor_status s = MOR_OK;
@@ -631,6 +655,8 @@ static mor_status batch_forward(mor_context *sc, mor_context **cs, const int32_t
         mor_embed_row(m, tokens[i], st->h);
         st->depth[0] = ss->kind == RECUR_PLAIN ? R : 0;
         for (int r = 0; r < R; r++) st->route[r] = NAN;
+        memset(st->agree_hits, 0, sizeof st->agree_hits);
+        memset(st->agree_cand, 0, sizeof st->agree_cand);
     }
     if (ss->kind == RECUR_PLAIN) return run_stage(sc, cs, 0, idx, T, 0, L, OUT_SET, NULL, NULL, 0);
     mor_status s = MOR_OK;
@@ -737,6 +763,16 @@ static mor_status recur_route(const mor_context *c, int i, int *depth, float *sc
     return MOR_OK;
 }
 
+static int recur_route_agreement(const mor_context *c, int64_t *hits, int64_t *candidates) {
+    const struct mor_recur_state *st = c->mor;
+    if (st->kind != RECUR_EXPERT || c->m->cfg.mor.rand_router || c->routing != MOR_ROUTE_TOPK ||
+        !st->n_last)
+        return 0;
+    memcpy(hits, st->agree_hits, (size_t)st->R * sizeof *hits);
+    memcpy(candidates, st->agree_cand, (size_t)st->R * sizeof *candidates);
+    return st->R;
+}
+
 static size_t recur_kv_bytes(const mor_context *c) { return mor_kv_bytes(&c->mor->kv); }
 
 const mor_engine mor_recur_engine = {
@@ -746,5 +782,6 @@ const mor_engine mor_recur_engine = {
     .eval = recur_eval,
     .eval_batch = recur_eval_batch,
     .route = recur_route,
+    .route_agreement = recur_route_agreement,
     .kv_bytes = recur_kv_bytes,
 };

@@ -99,6 +99,22 @@ static double trainer_lr(const mor_trainer *t, long step) {
     return mor_lr_wsd(step, t->warmup, t->decay, t->total_steps, peak);
 }
 
+/* acc += the router statistics x of one micro-batch: counts summed, the
+ * per-batch ratios (dead, maxvio, entropy) weighted by w. */
+static void router_stats_add(mor_train_router_stats *acc, const mor_train_router_stats *x, int R,
+                             double w) {
+    for (int r = 0; r < R; r++) {
+        acc->depth[r] += x->depth[r];
+        acc->acc_hits[r] += x->acc_hits[r];
+        acc->acc_count[r] += x->acc_count[r];
+    }
+    acc->topk_hits += x->topk_hits;
+    acc->topk_count += x->topk_count;
+    acc->dead += x->dead * w;
+    acc->maxvio += x->maxvio * w;
+    acc->entropy += x->entropy * w;
+}
+
 static void trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *st) {
     mor_train_model *m = &t->model;
     const mor_config *c = &m->cfg;
@@ -107,7 +123,6 @@ static void trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats
     memset(m->grads, 0, m->n_floats * sizeof(float));
     mor_train_pass p = {.backward = 1, .warmup = 1, .ce_norm = (double)G * B * (n - 1),
                         .aux_scale = G};
-    double acc_hits = 0, acc_count = 0, topk_hits = 0, topk_count = 0;
     for (int g = 0; g < G; g++) {
         mor_train_losses ls;
         mor_train_data_next(d, t->batch, B);
@@ -118,19 +133,8 @@ static void trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats
         st->bce += ls.bce;
         st->zloss += ls.zloss;
         st->bal += ls.bal;
-        for (int r = 0; r < R; r++) st->rs.depth[r] += ls.rs.depth[r];
-        acc_hits += ls.rs.acc_hits;
-        acc_count += ls.rs.acc_count;
-        topk_hits += ls.rs.topk_hits;
-        topk_count += ls.rs.topk_count;
-        st->rs.dead += ls.rs.dead / G;
-        st->rs.maxvio += ls.rs.maxvio / G;
-        st->rs.entropy += ls.rs.entropy / G;
+        router_stats_add(&st->rs, &ls.rs, R, 1.0 / G);
     }
-    st->rs.acc_hits = acc_hits;
-    st->rs.acc_count = acc_count;
-    st->rs.topk_hits = topk_hits;
-    st->rs.topk_count = topk_count;
     st->lr = trainer_lr(t, t->step);
     mor_adamw_params hp = {.lr = st->lr, .beta1 = c->train.adam_beta1, .beta2 = c->train.adam_beta2,
                            .eps = c->train.adam_eps, .weight_decay = c->train.weight_decay};
@@ -156,12 +160,15 @@ static void trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats
     t->step++;
 }
 
-static double trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows) {
+static double trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows,
+                           mor_train_router_stats *rs) {
     mor_train_model *m = &t->model;
+    if (rs) memset(rs, 0, sizeof *rs);
     size_t rows = d->n_val_rows;
     if (max_rows && max_rows < rows) rows = max_rows;
     if (!rows) return NAN;
     mor_train_pass p = {.backward = 0, .warmup = 0, .ce_norm = 1, .aux_scale = 1};
+    size_t batches = (rows + (size_t)m->B - 1) / (size_t)m->B;
     double sum = 0;
     long count = 0;
     for (size_t r0 = 0; r0 < rows; r0 += (size_t)m->B) {
@@ -170,6 +177,7 @@ static double trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_r
         mor_train_forward_backward(m, d->val + r0 * (size_t)d->n, B, &p, &ls);
         sum += ls.ce_sum;
         count += ls.ce_count;
+        if (rs) router_stats_add(rs, &ls.rs, m->cfg.num_recursion, 1.0 / (double)batches);
     }
     return count ? sum / (double)count : NAN;
 }
@@ -182,9 +190,10 @@ void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *s
     mor_threads_end(saved);
 }
 
-double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows) {
+double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows,
+                        mor_train_router_stats *rs) {
     mor_thread_counts saved = mor_threads_begin(t->n_threads);
-    double ce = trainer_eval(t, d, max_rows);
+    double ce = trainer_eval(t, d, max_rows, rs);
     mor_threads_end(saved);
     return ce;
 }

@@ -205,11 +205,12 @@ static void expert_forward(mor_train_model *m, int si, int B, const mor_train_pa
         out->bce += mor_bce_logits_forward(s->z, s->y, (size_t)TC, norm);
     }
     if (c->mor.z_loss && !c->mor.rand_router) out->zloss += mor_zloss_forward(s->z, TC, 1, norm);
-    if ((r > 1 || c->mor.expert.include_first) && !c->mor.rand_router)
-        for (int i = 0; i < TC; i++) {
-            out->rs.acc_hits += (zacc[i] >= 0.0f) == (s->y[i] > 0.5f);
-            out->rs.acc_count += 1;
-        }
+    /* routing agreement (docs/algorithms.md#routing-agreement): would the
+     * causal rule z >= 0 make the top-k decision of each candidate? */
+    if ((r > 1 || c->mor.expert.include_first) && !c->mor.rand_router) {
+        for (int i = 0; i < TC; i++) out->rs.acc_hits[r - 1] += (zacc[i] >= 0.0f) == (s->y[i] > 0.5f);
+        out->rs.acc_count[r - 1] += TC;
+    }
     /* the shared block on the rows */
     const int T = rw->off[B], kept = B * s->nkept;
     mor_gather_rows(m->acts[s->l0].x, m->hs, rw->idx, T, C);
