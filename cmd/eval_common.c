@@ -49,6 +49,7 @@ int eval_runner_open(eval_runner *r, const eval_opts *o) {
     r->V = mor_model_vocab_size(r->model);
     r->n_ctx = mor_context_n_ctx(r->ctx);
     r->whole = o->routing == EVAL_ROUTING_TOPK;
+    r->depth_max = mor_model_num_recursion(r->model);
     r->chunk = r->whole || r->n_ctx < EVAL_CHUNK ? r->n_ctx : EVAL_CHUNK;
     r->logits = malloc(sizeof(float) * (size_t)r->chunk * (size_t)r->V);
     if (!r->logits) {
@@ -69,6 +70,17 @@ void eval_runner_close(eval_runner *r) {
     memset(r, 0, sizeof *r);
 }
 
+/* Adds the depths of positions [a, b) of the last forward call to r->depths. */
+static mor_status count_depths(eval_runner *r, int a, int b, mor_error *err) {
+    for (int i = a; i < b && r->depth_max; i++) {
+        int d;
+        mor_status st = mor_context_route(r->ctx, i, &d, NULL, err);
+        if (st) return st;
+        if (d >= 0 && d <= r->depth_max) r->depths[d]++;
+    }
+    return MOR_OK;
+}
+
 /* eval_run with the tokens seq[to..fed) fed after the scored ones in topk
  * mode, where they take part in the selection; causal routing gives the
  * positions before `to` the same logits without them. */
@@ -79,6 +91,7 @@ static mor_status run_fed(eval_runner *r, const int32_t *seq, int fed, int to, i
     mor_status st = MOR_OK;
     if (r->whole) {
         st = mor_context_eval(r->ctx, seq, fed, r->logits, err);
+        if (!st) st = count_depths(r, from, to, err);
         for (int i = from; i < to && !st; i++) fn(user, i, r->logits + (size_t)i * (size_t)r->V);
     } else {
         fed = to;
@@ -86,6 +99,7 @@ static mor_status run_fed(eval_runner *r, const int32_t *seq, int fed, int to, i
         for (int s = from; s < to && !st; s += r->chunk) {
             int k = to - s < r->chunk ? to - s : r->chunk;
             st = mor_context_eval(r->ctx, seq + s, k, r->logits, err);
+            if (!st) st = count_depths(r, 0, k, err);
             for (int i = 0; i < k && !st; i++) fn(user, s + i, r->logits + (size_t)i * (size_t)r->V);
         }
     }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "mor.h"
+#include "mor_train.h" /* MOR_MAX_RECURSION */
 
 typedef enum { EVAL_PPL, EVAL_MC, EVAL_CLOZE, EVAL_LOGITS, EVAL_KLD, EVAL_CONVERT } eval_cmd;
 typedef enum { EVAL_ROUTING_CAUSAL, EVAL_ROUTING_TOPK } eval_routing;
@@ -47,6 +48,11 @@ typedef struct eval_runner {
     float *logits; /* (chunk, V) */
     double busy_s; /* seconds spent in forward passes */
     int64_t fed;   /* tokens fed through the model */
+    /* MoR models: how many positions whose logits fn received reached each
+     * depth (mor_context_route), depth d at [d], 0..N_R; depth_max = N_R,
+     * 0 for a model without routers */
+    int depth_max;
+    int64_t depths[MOR_MAX_RECURSION + 1];
 } eval_runner;
 
 /* Loads o->model and makes a context of o->ctx positions (the model's

@@ -210,6 +210,8 @@ typedef struct {
      * none (causal routing, no expert router) */
     int agree_steps;
     int64_t agree_hits[MOR_MAX_RECURSION], agree_cand[MOR_MAX_RECURSION];
+    /* depth reached by each scored position, depth d at [d] (MoR models) */
+    int64_t depths[MOR_MAX_RECURSION + 1];
 } ppl_stats;
 
 static void ppl_agreement_add(ppl_stats *s, int steps, const int64_t *hits, const int64_t *cand) {
@@ -348,6 +350,24 @@ static json_t *ppl_agreement_json(const ppl_stats *s) {
     return o;
 }
 
+/* {"counts":[...],"mean":x}: how many scored positions (the tokens whose
+ * outputs predicted a scored target) reached depth 1..N_R, and the mean
+ * depth; "unselected" counts depth 0 (top-k with c_1 < 1) when there is any. */
+static json_t *ppl_depths_json(const ppl_stats *s, int depth_max) {
+    json_t *counts = json_array(), *o = json_object();
+    int64_t n = 0;
+    double sum = 0;
+    for (int d = 1; d <= depth_max; d++) {
+        json_array_append_new(counts, json_integer(s->depths[d]));
+        n += s->depths[d];
+        sum += (double)d * (double)s->depths[d];
+    }
+    json_object_set_new(o, "counts", counts);
+    json_object_set_new(o, "mean", n ? json_real(sum / (double)n) : json_null());
+    if (s->depths[0]) json_object_set_new(o, "unselected", json_integer(s->depths[0]));
+    return o;
+}
+
 /* Adds the statistics of s to the object j. */
 static void ppl_json(json_t *j, const eval_opts *o, const eval_runner *r, const ppl_stats *s) {
     char score[32];
@@ -368,6 +388,7 @@ static void ppl_json(json_t *j, const eval_opts *o, const eval_runner *r, const 
     json_object_set_new(j, "bos", json_boolean(o->bos));
     json_object_set_new(j, "routing", json_string(eval_routing_name(o->routing)));
     if (s->agree_steps) json_object_set_new(j, "routing_agreement", ppl_agreement_json(s));
+    if (r->depth_max) json_object_set_new(j, "depths", ppl_depths_json(s, r->depth_max));
 }
 
 static int cmd_ppl(const eval_opts *o) {
@@ -391,7 +412,10 @@ static int cmd_ppl(const eval_opts *o) {
         size_t n = 0;
         if ((rc = ppl_tokens(o, &r, files[f], &ids, &n))) break;
         ppl_stats s = {.input_tokens = (int64_t)n};
+        int64_t before[MOR_MAX_RECURSION + 1];
+        memcpy(before, r.depths, sizeof before);
         rc = ppl_file(&r, o, ids, n, &s, &rows_left, name);
+        for (int d = 0; d <= r.depth_max; d++) s.depths[d] = r.depths[d] - before[d];
         free(ids);
         if (rc) break;
         if (s.tok.n == 0) cli_log("%s: fewer than 2 tokens; nothing to score", name);
@@ -404,6 +428,7 @@ static int cmd_ppl(const eval_opts *o) {
         total.rows += s.rows;
         total.input_tokens += s.input_tokens;
         ppl_agreement_add(&total, s.agree_steps, s.agree_hits, s.agree_cand);
+        for (int d = 0; d <= r.depth_max; d++) total.depths[d] += s.depths[d];
         done++;
     }
     if (!rc) {

@@ -410,6 +410,61 @@ static void test_ppl_topk_agreement(void **state) {
     json_decref(o);
 }
 
+/* ppl's "depths" counts, for every scored position (0..n-2 of one row of n),
+ * the depth the float64 reference gives it (the last step whose selected set
+ * holds it; 0 when step 1 left it out), in causal and topk cases; the mean
+ * is the counts' mean; a model without routers has no "depths". */
+static void test_ppl_depths(void **state) {
+    (void)state;
+    static const char *cases[] = {"expert_capacity_topk", "expert_linear_sigmoid_cache_causal",
+                                  "expert_mlp_tanh_share_causal", "expert_cycle_topk",
+                                  "expert_base2_causal"};
+    char path[600], ids_path[600], file[512];
+    snprintf(path, sizeof path, "%s", tmp_path("depths.mor"));
+    snprintf(ids_path, sizeof ids_path, "%s", tmp_path("depths.ids"));
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        snprintf(file, sizeof file, "tests/fixtures/ref_mor/cases/%s/case.json", cases[c]);
+        json_t *cs = read_json(file), *steps = json_object_get(cs, "steps");
+        int n = (int)json_integer_value(json_object_get(cs, "n")), R = (int)json_array_size(steps);
+        json_t *tok = json_object_get(cs, "tokens");
+        FILE *f = fopen(ids_path, "w");
+        for (int i = 0; i < n; i++) fprintf(f, "%d ", (int)json_integer_value(json_array_get(tok, (size_t)i)));
+        fclose(f);
+        int64_t want[MOR_MAX_RECURSION + 1] = {0};
+        double sum = 0;
+        for (int i = 0; i < n - 1; i++) { /* the last token is only a target */
+            int d = 0;
+            for (int r = 0; r < R; r++) {
+                json_t *sel = json_object_get(json_array_get(steps, (size_t)r), "selected");
+                for (size_t j = 0; j < json_array_size(sel); j++)
+                    if (json_integer_value(json_array_get(sel, j)) == i) d = r + 1;
+            }
+            want[d]++;
+            sum += d;
+        }
+        write_ref_mor(cases[c], path, NULL);
+        const char *routing = strstr(cases[c], "_topk") ? "topk" : "causal";
+        json_t *o = eval_json(0, NULL, "ppl -m %s -c %d --routing %s --ids -t 1 -q %s", path, n, routing,
+                              ids_path);
+        json_t *dp = json_object_get(last(o), "depths"), *counts = json_object_get(dp, "counts");
+        if (!json_is_array(counts)) fail_msg("%s: no depths.counts", cases[c]);
+        assert_int_equal(json_array_size(counts), R);
+        for (int d = 1; d <= R; d++)
+            if (json_integer_value(json_array_get(counts, (size_t)d - 1)) != want[d])
+                fail_msg("%s: %lld positions at depth %d, reference %lld", cases[c],
+                         (long long)json_integer_value(json_array_get(counts, (size_t)d - 1)), d,
+                         (long long)want[d]);
+        json_t *un = json_object_get(dp, "unselected");
+        assert_int_equal(un ? json_integer_value(un) : 0, want[0]);
+        if (want[0] < n - 1) assert_rel(num(dp, "mean"), sum / (double)(n - 1 - want[0]), 1e-9, cases[c]);
+        json_decref(o);
+        json_decref(cs);
+    }
+    json_t *o = eval_json(0, NULL, "ppl -m %s -c 64 -q %s", model, FIX "/story.txt");
+    assert_null(json_object_get(last(o), "depths"));
+    json_decref(o);
+}
+
 /* A token shard (mor-shard.5, from mor-convert tokens, documents joined by
  * EOS) scores like the same ids given with --ids; zstd shards too. */
 static void test_ppl_shard(void **state) {
@@ -898,6 +953,7 @@ int main(void) {
         cmocka_unit_test(test_ppl_shard),
         cmocka_unit_test(test_ppl_topk_row),
         cmocka_unit_test(test_ppl_topk_agreement),
+        cmocka_unit_test(test_ppl_depths),
         cmocka_unit_test(test_mc_easy),
         cmocka_unit_test(test_mc_acc_norm),
         cmocka_unit_test(test_fewshot),
