@@ -268,25 +268,33 @@ def plots(a, res_dir, rows, by):
         "%.4f" % (r["depths_causal"][i] if i < len(r["depths_causal"]) else 0) for i in range(R)))
         for r in depth_rows))
     gp = os.path.join(res_dir, "plots.gp")
-    lines = ['set terminal svg size 960,600 dynamic font "sans,12"',
-             'set output "%s"' % os.path.join(res_dir, "loss_vs_flops.svg"),
-             'set title "Held-out loss against training FLOPs (equal budget %.3g)"' % a.budget,
-             'set xlabel "training FLOPs"', 'set ylabel "validation NLL (nats/token)"',
-             'set key outside right', 'set grid', 'set format x "%.1e"']
+    T = max([c[1] for rs in by.values() for r_ in rs for c in r_["curve"]] or [a.budget]) / 1e12
     series = []
-    for i, (p, label, seed, group) in enumerate(curves):
+    for p, label, seed, group in curves:
         color = [x[0] for x in GRID].index(curve_name(p)) + 1
-        series.append('"%s" using 2:3 with lines lw %d lc %d dt %d title "%s"' % (
+        series.append('"%s" using ($2/1e12):3 with linespoints pt 7 ps 0.4 lw %d lc %d dt %d title "%s"' % (
             p, 2 if group == "main" else 1, color, 1 if seed == SEEDS[0] else 2,
             "%s s%d" % (label, seed)))
+    # left: the whole run; right: the last half of the budget, where the
+    # configurations separate (each panel autoscales y to its points)
+    lines = ['set terminal svg size 1280,640 dynamic font "sans,11"',
+             'set output "%s"' % os.path.join(res_dir, "loss_vs_flops.svg"),
+             'set multiplot layout 1,2 title "Held-out loss against training FLOPs, budget %.3g '
+             '(solid: seed %d, dashed: seed %d)"' % (a.budget, SEEDS[0], SEEDS[1]),
+             'set xlabel "training FLOPs (10^{12})"', 'set ylabel "validation NLL (nats/token)"',
+             'set grid', 'set key top right font ",9"', 'set xrange [0:%g]' % (T * 1.01)]
     if series:
         lines.append("plot " + ", \\\n     ".join(series))
+        lines += ['set xrange [%g:%g]' % (T * 0.5, T * 1.01), 'unset key',
+                  'set ylabel ""', "plot " + ", \\\n     ".join(series)]
+    lines.append("unset multiplot")
     if depth_rows:
         lines += ['set output "%s"' % os.path.join(res_dir, "depths.svg"),
-                  'set title "Recursion depth of held-out tokens (causal routing)"',
+                  'set terminal svg size 960,540 dynamic font "sans,11"',
+                  'set title "Recursion depth of held-out tokens under causal routing (mean of seeds)"',
                   'set style data histograms', 'set style histogram clustered gap 1',
-                  'set style fill solid 0.8 border -1', 'set yrange [0:1]', 'set xlabel ""',
-                  'set ylabel "share of tokens"', 'set format x "%g"', 'set xtics rotate by -20',
+                  'set style fill solid 0.8 border -1', 'set yrange [0:1]', 'set autoscale x',
+                  'set xlabel ""', 'set ylabel "share of tokens"', 'set xtics rotate by -20',
                   'unset grid', 'set key outside right title "depth"',
                   "plot " + ", ".join('"%s" using %d:xtic(1) title "%d"' % (dp, i + 2, i + 1)
                                       for i in range(R))]
