@@ -23,6 +23,11 @@ static const char *router_type_name(mor_router_type t) {
     static const char *n[] = {"linear", "mlp", "wide_mlp"};
     return (unsigned)t < 3 ? n[t] : "?";
 }
+/* mor.expert.aux_loss_scale: what coeff weighs (docs/algorithms.md#aux-loss-scale) */
+static const char *aux_scale_name(mor_aux_loss_scale s) {
+    return s == MOR_AUX_SCALE_MICRO_BATCH ? "micro_batch" : "step";
+}
+
 static const char *router_func_name(mor_router_func f) {
     static const char *n[] = {"sigmoid", "tanh", "none", "softmax"};
     return (unsigned)f < 4 ? n[f] : "?";
@@ -139,8 +144,9 @@ static void text_routing(FILE *f, const mor_config *c) {
         fprintf(f, "  capacity:");
         for (int r = 0; r < R; r++) fprintf(f, "%s %.4g", r ? "," : "", c->mor.capacity[r]);
         fprintf(f, "%s\n", c->mor.capacity_auto ? " ((N_R - r + 1)/N_R)" : "");
-        fprintf(f, "  sampling: %s (coeff %g), gating %s, untie_attention: %s\n",
-                sampling_name(c->mor.expert.sampling), c->mor.expert.coeff, gating_name(c->mor.expert.gating),
+        fprintf(f, "  sampling: %s (coeff %g per %s), gating %s, untie_attention: %s\n",
+                sampling_name(c->mor.expert.sampling), c->mor.expert.coeff,
+                aux_scale_name(c->mor.expert.aux_loss_scale), gating_name(c->mor.expert.gating),
                 bool_name(c->mor.expert.untie_attention));
         fprintf(f, "  causal inference: step 1 always runs; a token continues at step r while its router "
                    "activation is >= 0.5\n");
@@ -272,6 +278,7 @@ static void json_routing(FILE *f, const mor_config *c) {
         }
         fprintf(f, "],\"sampling\":\"%s\",\"coeff\":", sampling_name(c->mor.expert.sampling));
         json_numf(f, c->mor.expert.coeff);
+        fprintf(f, ",\"aux_loss_scale\":\"%s\"", aux_scale_name(c->mor.expert.aux_loss_scale));
         fprintf(f, ",\"gating\":\"%s\",\"untie_attention\":%s", gating_name(c->mor.expert.gating),
                 bool_name(c->mor.expert.untie_attention));
     } else {

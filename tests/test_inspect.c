@@ -865,6 +865,27 @@ static void test_inspect_config(void **state) {
     assert_non_null(strstr(out, "* share "));
     free(out);
 
+    /* the routing section names what the aux-loss coefficient weighs */
+    const char *micro = tmp_path("micro-config.yaml");
+    char *text = read_all(cfg_path, NULL), *key = strstr(text, "aux_loss_scale: step");
+    assert_non_null(key);
+    FILE *mf = fopen(micro, "w");
+    assert_non_null(mf);
+    fprintf(mf, "%.*saux_loss_scale: micro_batch%s", (int)(key - text), text, key + strlen("aux_loss_scale: step"));
+    fclose(mf);
+    free(text);
+    snprintf(cmd, sizeof cmd, "%s --config %s --json", tool("mor-inspect"), micro);
+    assert_int_equal(run_cmd(cmd, &out, NULL), 0);
+    o = parse_json(out);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(o, "routing"), "aux_loss_scale")),
+                        "micro_batch");
+    json_decref(o);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s --config %s", tool("mor-inspect"), micro);
+    assert_int_equal(run_cmd(cmd, &out, NULL), 0);
+    assert_non_null(strstr(out, "(coeff 0.001 per micro_batch)"));
+    free(out);
+
     /* a config with a FLOP budget: the steps it buys */
     const char *budget = tmp_path("budget-config.yaml");
     char *yaml = read_all(cfg_path, NULL), *at = strstr(yaml, "\ntrain:\n");
