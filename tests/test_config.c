@@ -260,14 +260,14 @@ static void test_mor_keys(void **state) {
     assert_int_equal(c.train.grad_accum, 8);
     assert_int_equal(c.train.eval_every, 50);
 
-    /* defaults: the paper's final settings, coeff per decision 4
-     * (docs/algorithms.md#decision-4) */
+    /* defaults: the paper's final settings, coeff the released runs' weight
+     * per step token (docs/algorithms.md#decision-4) */
     mor_config d = parse_ok("model:\n  num_hidden_layers: 32\nrecursive:\n  enable: true\n"
                             "  num_recursion: 3\n  sharing: middle_cycle\nmor:\n  enable: true\n");
     assert_int_equal(d.mor.type, MOR_ROUTING_EXPERT);
     assert_int_equal(d.mor.router_type, MOR_ROUTER_LINEAR);
     assert_int_equal(d.mor.expert.router_func, MOR_FUNC_SIGMOID);
-    assert_true(d.mor.expert.alpha == 0.1f && d.mor.expert.coeff == 0.001f);
+    assert_true(d.mor.expert.alpha == 0.1f && d.mor.expert.coeff == 0.016f);
     assert_int_equal(d.mor.expert.aux_loss_scale, MOR_AUX_SCALE_STEP);
     assert_true(d.mor.token.coeff == 0.1f && d.mor.token.alpha == 1.0f);
     assert_true(d.train.learning_rate == 3e-3f && d.train.adam_beta2 == 0.95f);

@@ -883,7 +883,7 @@ static void test_inspect_config(void **state) {
     free(out);
     snprintf(cmd, sizeof cmd, "%s --config %s", tool("mor-inspect"), micro);
     assert_int_equal(run_cmd(cmd, &out, NULL), 0);
-    assert_non_null(strstr(out, "(coeff 0.001 per micro_batch)"));
+    assert_non_null(strstr(out, "(coeff 0.016 per micro_batch)"));
     free(out);
 
     /* a config with a FLOP budget: the steps it buys */

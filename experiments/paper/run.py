@@ -260,27 +260,28 @@ def plots(a, res_dir, rows, by):
         for run_ in sorted(by[r["name"]], key=lambda x: x["seed"]):
             p = os.path.join(res_dir, "curve-%s-s%d.dat" % (r["name"], run_["seed"]))
             write_atomic(p, "".join("%d %.6g %.6f\n" % tuple(c) for c in run_["curve"]))
-            curves.append((p, r["label"], run_["seed"], r["group"]))
+            curves.append((os.path.basename(p), r["label"], run_["seed"], r["group"]))
     depth_rows = [r for r in rows if "depths_causal" in r]
     dp = os.path.join(res_dir, "depths.dat")
     R = max([len(r["depths_causal"]) for r in depth_rows] or [0])
     write_atomic(dp, "".join('"%s" %s\n' % (r["label"], " ".join(
         "%.4f" % (r["depths_causal"][i] if i < len(r["depths_causal"]) else 0) for i in range(R)))
         for r in depth_rows))
+    dp = os.path.basename(dp)  # plots.gp names its files relative to its folder
     gp = os.path.join(res_dir, "plots.gp")
     T = max([c[1] for rs in by.values() for r_ in rs for c in r_["curve"]] or [a.budget]) / 1e12
     series = []
     for p, label, seed, group in curves:
         color = [x[0] for x in GRID].index(curve_name(p)) + 1
         series.append('"%s" using ($2/1e12):3 with linespoints pt 7 ps 0.4 lw %d lc %d dt %d title "%s"' % (
-            p, 2 if group == "main" else 1, color, 1 if seed == SEEDS[0] else 2,
+            p, 2 if group == "main" else 1, color, SEEDS.index(seed) + 1,
             "%s s%d" % (label, seed)))
     # left: the whole run; right: the last half of the budget, where the
     # configurations separate (each panel autoscales y to its points)
     lines = ['set terminal svg size 1280,640 dynamic font "sans,11"',
-             'set output "%s"' % os.path.join(res_dir, "loss_vs_flops.svg"),
+             'set output "loss_vs_flops.svg"',
              'set multiplot layout 1,2 title "Held-out loss against training FLOPs, budget %.3g '
-             '(solid: seed %d, dashed: seed %d)"' % (a.budget, SEEDS[0], SEEDS[1]),
+             '(seed %d solid, %d dashed, %d dotted)"' % (a.budget, SEEDS[0], SEEDS[1], SEEDS[2]),
              'set xlabel "training FLOPs (10^{12})"', 'set ylabel "validation NLL (nats/token)"',
              'set grid', 'set key top right font ",9"', 'set xrange [0:%g]' % (T * 1.01)]
     if series:
@@ -289,7 +290,7 @@ def plots(a, res_dir, rows, by):
                   'set ylabel ""', "plot " + ", \\\n     ".join(series)]
     lines.append("unset multiplot")
     if depth_rows:
-        lines += ['set output "%s"' % os.path.join(res_dir, "depths.svg"),
+        lines += ['set output "depths.svg"',
                   'set terminal svg size 960,540 dynamic font "sans,11"',
                   'set title "Recursion depth of held-out tokens under causal routing (mean of seeds)"',
                   'set style data histograms', 'set style histogram clustered gap 1',
@@ -300,7 +301,7 @@ def plots(a, res_dir, rows, by):
                                       for i in range(R))]
     write_atomic(gp, "\n".join(lines) + "\n")
     if shutil.which("gnuplot"):
-        run(["gnuplot", gp])
+        run(["gnuplot", "plots.gp"], cwd=res_dir)
     else:
         log("gnuplot not found: wrote %s, no SVGs" % gp)
 

@@ -179,8 +179,10 @@ void mor_config_defaults(mor_config *c) {
     c->sharing = MOR_SHARE_NONE;
     c->ln_share = 1;
     c->rec_init = MOR_INIT_RANDOM;
-    /* mor.*: the paper's final configs (docs/algorithms.md#config-keys), the
-     * expert coeff per decision 4 (docs/algorithms.md#decision-4) */
+    /* mor.*: the paper's final configs (docs/algorithms.md#config-keys); the
+     * expert coeff is the released runs' weight per step token, which the
+     * equal-FLOP experiment found to serve causal routing best
+     * (docs/algorithms.md#decision-4) */
     c->mor.type = MOR_ROUTING_EXPERT;
     c->mor.capacity_auto = 1;
     c->mor.router_type = MOR_ROUTER_LINEAR;
@@ -189,7 +191,7 @@ void mor_config_defaults(mor_config *c) {
     c->mor.expert.router_func = MOR_FUNC_SIGMOID;
     c->mor.expert.alpha = 0.1f;
     c->mor.expert.sampling = MOR_SAMPLING_AUX_LOSS;
-    c->mor.expert.coeff = 1e-3f;
+    c->mor.expert.coeff = 0.016f;
     c->mor.expert.aux_loss_scale = MOR_AUX_SCALE_STEP;
     c->mor.expert.include_first = 1;
     c->mor.expert.gating = MOR_GATING_WEIGHTED;
