@@ -274,12 +274,20 @@ def table(rows, a):
 
 def plots(a, res_dir, rows, by):
     """Writes gnuplot data files and renders SVGs when gnuplot is installed."""
-    curves = []
+    curves = []  # one mean curve per configuration (the seeds share their eval steps)
     for r in rows:
-        for run_ in sorted(by[r["name"]], key=lambda x: x["seed"]):
+        runs_ = sorted(by[r["name"]], key=lambda x: x["seed"])
+        for run_ in runs_:
             p = os.path.join(res_dir, "curve-%s-s%d.dat" % (r["name"], run_["seed"]))
             write_atomic(p, "".join("%d %.6g %.6f\n" % tuple(c) for c in run_["curve"]))
-            curves.append((os.path.basename(p), r["label"], run_["seed"], r["group"]))
+        steps = sorted(set.intersection(*[set(c[0] for c in x["curve"]) for x in runs_]))
+        pts = []
+        for st in steps:
+            cs = [next(c for c in x["curve"] if c[0] == st) for x in runs_]
+            pts.append((st, cs[0][1], sum(c[2] for c in cs) / len(cs)))
+        p = os.path.join(res_dir, "curve-%s.dat" % r["name"])
+        write_atomic(p, "".join("%d %.6g %.6f\n" % c for c in pts))
+        curves.append((os.path.basename(p), r["label"], len(runs_), r["group"]))
     depth_rows = [r for r in rows if "depths_causal" in r]
     dp = os.path.join(res_dir, "depths.dat")
     R = max([len(r["depths_causal"]) for r in depth_rows] or [0])
@@ -290,31 +298,34 @@ def plots(a, res_dir, rows, by):
     gp = os.path.join(res_dir, "plots.gp")
     T = max([c[1] for rs in by.values() for r_ in rs for c in r_["curve"]] or [a.budget]) / 1e12
     series = []
-    for p, label, seed, group in curves:
-        color = [x[0] for x in GRID].index(curve_name(p)) + 1
+    dash = {"main": 1, "sharing": 2, "aux": 4}
+    for p, label, n, group in curves:
+        color = [x[0] for x in GRID].index(p[len("curve-"):-len(".dat")]) + 1
         series.append('"%s" using ($2/1e12):3 with linespoints pt 7 ps 0.4 lw %d lc %d dt %d title "%s"' % (
-            p, 2 if group == "main" else 1, color, SEEDS.index(seed) + 1,
-            "%s s%d" % (label, seed)))
+            p, 2 if group == "main" else 1, color, dash[group], "%s (%d seeds)" % (label, n)))
     # left: the whole run; right: the last half of the budget, where the
     # configurations separate (each panel autoscales y to its points)
-    lines = ['set terminal svg size 1280,640 dynamic font "sans,11"',
+    lines = ['set terminal svg size 1500,640 dynamic font "sans,11"',
              'set output "loss_vs_flops.svg"',
-             'set multiplot layout 1,2 title "Held-out loss against training FLOPs, budget %.3g '
-             '(seed %d solid, %d dashed, %d dotted)"' % (a.budget, SEEDS[0], SEEDS[1], SEEDS[2]),
+             'set multiplot layout 1,2 title "Held-out loss against training FLOPs at a budget of %.3g, '
+             'mean over seeds (main grid solid, sharing strategies dashed, aux-loss 0.016 dotted)"'
+             % a.budget,
              'set xlabel "training FLOPs (10^{12})"', 'set ylabel "validation NLL (nats/token)"',
-             'set grid', 'set key top right font ",9"', 'set xrange [0:%g]' % (T * 1.01)]
+             'set grid', 'unset key', 'set lmargin 8', 'set rmargin 2', 'set xrange [0:%g]' % (T * 1.01)]
     if series:
         lines.append("plot " + ", \\\n     ".join(series))
-        lines += ['set xrange [%g:%g]' % (T * 0.5, T * 1.01), 'unset key',
+        lines += ['set xrange [%g:%g]' % (T * 0.5, T * 1.01), 'set rmargin 44',
+                  'set key at screen 0.995, graph 1 right top font ",10"',
                   'set ylabel ""', "plot " + ", \\\n     ".join(series)]
     lines.append("unset multiplot")
     if depth_rows:
         lines += ['set output "depths.svg"',
-                  'set terminal svg size 960,540 dynamic font "sans,11"',
+                  'set terminal svg size 1200,600 dynamic font "sans,11"', 'set lmargin 10',
+                  'set rmargin 12', 'set bmargin 7', 'unset multiplot',
                   'set title "Recursion depth of held-out tokens under causal routing (mean of seeds)"',
                   'set style data histograms', 'set style histogram clustered gap 1',
                   'set style fill solid 0.8 border -1', 'set yrange [0:1]', 'set autoscale x',
-                  'set xlabel ""', 'set ylabel "share of tokens"', 'set xtics rotate by -20',
+                  'set xlabel ""', 'set ylabel "share of tokens"', 'set xtics rotate by 25 right',
                   'unset grid', 'set key outside right title "depth"',
                   "plot " + ", ".join('"%s" using %d:xtic(1) title "%d"' % (dp, i + 2, i + 1)
                                       for i in range(R))]
