@@ -538,6 +538,42 @@ static void test_uptrain_stepwise_linspace(void **state) {
     }
 }
 
+/* --init random from a source with fewer middle layers than the shared
+ * block: the sorted random subset is the whole span, and the slots beyond it
+ * take the span's last layer (as lower and upper clamp), never stack garbage
+ * and never the unique first or last layer. */
+static void test_uptrain_random_short_source(void **state) {
+    (void)state;
+    mor_error e = {0};
+    const char *hf = numbered_layers_hf(5); /* middle span: source layers 1..3 */
+    const char *cfg = tmp_path("random_short.yaml");
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fputs("model:\n  vocab_size: 512\n  hidden_size: 64\n  intermediate_size: 172\n"
+          "  num_hidden_layers: 14\n  num_attention_heads: 8\n  num_key_value_heads: 4\n"
+          "  head_dim: 8\n  tie_word_embeddings: true\n"
+          "recursive:\n  enable: true\n  num_recursion: 2\n  sharing: middle_cycle\n"
+          "  initialization: random\n", f); /* base 6 > span 3 */
+    fclose(f);
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+        const char *out = tmp_path("random_short.mor");
+        mor_convert_params params = {.dtype = MOR_DTYPE_F32, .init = MOR_FROM_CONFIG, .seed = seed};
+        if (mor_convert_hf_config(hf, cfg, out, &params, &e)) fail_msg("seed %llu: %s", (unsigned long long)seed, e.msg);
+        mor_st_file *m;
+        assert_int_equal(mor_st_open(out, &m, &e), MOR_OK);
+        static const int want[6] = {1, 2, 3, 3, 3, 3};
+        for (int p = 1; p <= 6; p++) {
+            char nm[96];
+            snprintf(nm, sizeof nm, "model.layers.%d.mlp.up_proj.weight", p);
+            int got = (int)tensor(m, nm)[0] - 1;
+            if (got != want[p - 1])
+                fail_msg("seed %llu: shared layer %d took source layer %d, expected %d",
+                         (unsigned long long)seed, p, got, want[p - 1]);
+        }
+        mor_st_close(m);
+    }
+}
+
 static void test_init_fresh(void **state) {
     (void)state;
     mor_error e = {0};
@@ -685,6 +721,7 @@ int main(void) {
         cmocka_unit_test(test_bad_llama2c),      cmocka_unit_test(test_llama2c_header_overflow),
         cmocka_unit_test(test_bad_checkpoint),
         cmocka_unit_test(test_uptrain_init_methods), cmocka_unit_test(test_uptrain_stepwise_linspace),
+        cmocka_unit_test(test_uptrain_random_short_source),
         cmocka_unit_test(test_init_fresh),
         cmocka_unit_test(test_cli_output_stdout), cmocka_unit_test(test_cli_usage),
     };

@@ -562,6 +562,9 @@ static void choose_source_layers(reshape_source *r) {
         for (int i = 0; i < span && chosen < base; i++)
             if (mor_rng_below(&r->rng, (uint64_t)(span - i)) < (uint64_t)(base - chosen))
                 random_pick[chosen++] = off + i;
+        /* a span shorter than the block: its slots beyond the span take the
+         * span's last layer, as lower and upper clamp */
+        while (chosen < base) random_pick[chosen++] = off + span - 1;
     }
     for (int p = 0; p < P; p++) {
         if (!mor_config_phys_is_shared(c, p)) {
