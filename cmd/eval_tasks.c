@@ -435,20 +435,29 @@ static size_t norm_bytes(const char *s) {
 }
 
 /* Shared set-up of mc and cloze: the runner, the task, the few-shot pool
- * and the --samples file. */
+ * and the --samples file, written atomically (a failed run leaves none;
+ * "-" is stdout). */
 typedef struct {
     eval_runner r;
     eval_task task, pool_own;
     fewshot fs;
-    FILE *samples;
+    FILE *samples;            /* samples_file.f, or stdout */
+    mor_atomic_file samples_file;
     size_t n; /* items to evaluate */
 } task_run;
 
-static void task_run_close(task_run *t) {
-    if (t->samples && t->samples != stdout) fclose(t->samples);
+/* Closes t; rc == 0 (the run succeeded) commits the --samples file, any
+ * other rc drops it. Returns rc, or an exit code when the commit fails. */
+static int task_run_close(task_run *t, int rc) {
+    if (t->samples_file.f) {
+        mor_error err = {0};
+        if (rc) mor_atomic_abort(&t->samples_file);
+        else if (mor_atomic_commit(&t->samples_file, &err)) rc = cli_fail(&err);
+    }
     if (t->fs.pool == &t->pool_own) eval_task_free(&t->pool_own);
     eval_task_free(&t->task);
     eval_runner_close(&t->r);
+    return rc;
 }
 
 static int task_run_open(task_run *t, const eval_opts *o, int cloze) {
@@ -470,18 +479,20 @@ static int task_run_open(task_run *t, const eval_opts *o, int cloze) {
         }
     }
     t->n = o->limit && (size_t)o->limit < t->task.n ? (size_t)o->limit : t->task.n;
-    if (o->samples) {
-        t->samples = strcmp(o->samples, "-") ? fopen(o->samples, "w") : stdout;
-        if (!t->samples) {
-            rc = eval_input_error("%s: cannot open for writing", o->samples);
+    if (o->samples && !strcmp(o->samples, "-")) {
+        t->samples = stdout;
+    } else if (o->samples) {
+        mor_error err = {0};
+        if (mor_atomic_open(&t->samples_file, o->samples, &err)) {
+            rc = cli_fail(&err);
             goto fail;
         }
+        t->samples = t->samples_file.f;
     }
     if ((rc = eval_runner_open(&t->r, o))) goto fail;
     return 0;
 fail:
-    task_run_close(t);
-    return rc;
+    return task_run_close(t, rc);
 }
 
 static json_t *shots_json(const size_t *shots, int k) {
@@ -595,8 +606,7 @@ int eval_cmd_mc(const eval_opts *o) {
         summary_print(j, o, &t, truncated);
     }
     free(shots);
-    task_run_close(&t);
-    return rc;
+    return task_run_close(&t, rc);
 }
 
 int eval_cmd_cloze(const eval_opts *o) {
@@ -653,6 +663,5 @@ int eval_cmd_cloze(const eval_opts *o) {
         summary_print(j, o, &t, truncated);
     }
     free(shots);
-    task_run_close(&t);
-    return rc;
+    return task_run_close(&t, rc);
 }

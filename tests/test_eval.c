@@ -537,6 +537,34 @@ static void test_mc_easy(void **state) {
     json_decref(o);
 }
 
+static void write_file(const char *path, const char *s);
+
+/* --samples is written atomically: an item that fails half-way through the
+ * task leaves the samples file as it was (here: absent, then an older one
+ * untouched), never the lines of the items before it. */
+static void test_mc_samples_atomic(void **state) {
+    (void)state;
+    const char *task = tmp_path("mc_bad.jsonl"), *samples = tmp_path("mc_bad_samples.jsonl");
+    write_file(task, "{\"context\": \"Once upon a\", \"choices\": [\" carburetor\", \" time\"], \"gold\": 1}\n"
+                     "{\"context\": \"Once upon a\", \"choices\": [\"\", \" time\"], \"gold\": 1}\n");
+    remove(samples);
+    char *err = NULL;
+    json_t *o = eval_json(2, &err, "mc -m %s %s --samples %s -q", model, task, samples);
+    json_decref(o);
+    free(err);
+    FILE *f = fopen(samples, "r");
+    if (f) {
+        fclose(f);
+        fail_msg("a failed mc run left %s", samples);
+    }
+    write_file(samples, "older\n");
+    o = eval_json(2, NULL, "mc -m %s %s --samples %s -q", model, task, samples);
+    json_decref(o);
+    char *text = read_all(samples, NULL);
+    assert_string_equal(text, "older\n");
+    free(text);
+}
+
 /* acc_norm divides by the UTF-8 bytes of the choice without its leading
  * space: long predictable choices win under acc_norm only, and on line 3
  * " girl named Chloé" (17 bytes, 16 characters) beats " girl named Petra"
@@ -954,6 +982,7 @@ int main(void) {
         cmocka_unit_test(test_ppl_topk_row),
         cmocka_unit_test(test_ppl_topk_agreement),
         cmocka_unit_test(test_ppl_depths),
+        cmocka_unit_test(test_mc_samples_atomic),
         cmocka_unit_test(test_mc_easy),
         cmocka_unit_test(test_mc_acc_norm),
         cmocka_unit_test(test_fewshot),
