@@ -206,16 +206,19 @@ static int check_run_dir(const options *o) {
     return 0;
 }
 
-/* Reads config YAML and tokenizer texts from a .mor checkpoint's metadata. */
-static int from_checkpoint(const char *path, char **yaml, char **tok, char **tokcfg) {
+/* Reads config YAML, tokenizer texts and generation defaults (NULL when it
+ * has none) from a .mor checkpoint's metadata; NULL outputs are skipped. */
+static int from_checkpoint(const char *path, char **yaml, char **tok, char **tokcfg, char **gen) {
     mor_st_file *f;
     mor_error err = {0};
     if (mor_ckpt_open(path, &f, &err)) return cli_fail(&err);
     const char *y = mor_st_meta_get(f, MOR_META_CONFIG), *t = mor_st_meta_get(f, MOR_META_TOKENIZER),
-               *tc = mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG);
+               *tc = mor_st_meta_get(f, MOR_META_TOKENIZER_CONFIG),
+               *g = mor_st_meta_get(f, MOR_META_GENERATION_CONFIG);
     if (yaml) *yaml = strdup(y);
     if (tok) *tok = strdup(t);
     if (tokcfg) *tokcfg = tc ? strdup(tc) : NULL;
+    if (gen) *gen = g ? strdup(g) : NULL;
     mor_st_close(f);
     return 0;
 }
@@ -395,7 +398,7 @@ int main(int argc, char **argv) {
     const char *cfg_src = o.config ? o.config : resume_mor ? resume_mor : o.init;
     if (o.config) {
         if ((rc = cli_read_input(o.config, &yaml, &len))) goto done;
-    } else if ((rc = from_checkpoint(cfg_src, &yaml, NULL, NULL))) {
+    } else if ((rc = from_checkpoint(cfg_src, &yaml, NULL, NULL, NULL))) {
         goto done;
     }
     if ((rc = parse_config(yaml, cfg_src, &cfg))) goto done;
@@ -442,6 +445,15 @@ int main(int argc, char **argv) {
     if (mor_trainer_new(&cfg, steps, (int)o.threads, tok_json, tok_cfg, &tr, &err)) {
         rc = cli_fail(&err);
         goto done;
+    }
+    /* the sampling defaults of the model trained from (or of the run resumed)
+     * stay in every checkpoint */
+    if (resume_mor || o.init) {
+        char *gen = NULL;
+        if ((rc = from_checkpoint(resume_mor ? resume_mor : o.init, NULL, NULL, NULL, &gen))) goto done;
+        mor_status st = mor_trainer_set_generation_config(tr, gen, &err);
+        free(gen);
+        if (st) { rc = cli_fail(&err); goto done; }
     }
     const mor_config *c = mor_trainer_config(tr);
     const int seq_len = mor_trainer_seq_len(tr);

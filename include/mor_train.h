@@ -903,6 +903,10 @@ MOR_API void mor_trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_
 MOR_API double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows,
                                 mor_train_router_stats *rs);
 
+/* The generation_config.json text (a Hugging Face model's sampling defaults,
+ * mor.h's mor_generation_defaults) every checkpoint carries from now on;
+ * NULL: none (the default). Copied. */
+MOR_API mor_status mor_trainer_set_generation_config(mor_trainer *t, const char *json, mor_error *err);
 /* Writes dir/step-N.state then dir/step-N.mor (N = steps done), each
  * atomically. */
 MOR_API mor_status mor_trainer_save(mor_trainer *t, const mor_train_data *d, const char *dir,

@@ -130,7 +130,7 @@ static void check_engine(const char *name, mor_train_model *m, const fixture *fx
     snprintf(path, sizeof path, "%s/%s.mor", tmp_dir(), name);
     const char *tok = "{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}";
     mor_error err = {0};
-    if (mor_train_model_save(m, path, tok, NULL, &err)) fail_msg("%s", err.msg);
+    if (mor_train_model_save(m, path, tok, NULL, NULL, &err)) fail_msg("%s", err.msg);
     mor_model *em;
     if (mor_model_load(path, &em, &err)) fail_msg("%s: %s", name, err.msg);
     mor_context_params cp = mor_context_default_params();
@@ -425,7 +425,7 @@ static void test_checkpoint_roundtrip(void **s) {
     char path[512];
     snprintf(path, sizeof path, "%s/x.mor", tmp_dir());
     const char *tok = "{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}";
-    if (mor_train_model_save(&a, path, tok, NULL, &err)) fail_msg("%s", err.msg);
+    if (mor_train_model_save(&a, path, tok, NULL, NULL, &err)) fail_msg("%s", err.msg);
     if (mor_train_model_load(&b, path, &err)) fail_msg("%s", err.msg);
     assert_memory_equal(a.params, b.params, a.n_floats * sizeof(float));
     /* init: norms 1, matrices ~N(0, 0.02), different seeds differ */

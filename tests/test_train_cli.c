@@ -643,6 +643,38 @@ static void test_flops_budget(void **s) {
     assert_int_equal(run_cmd(cmd, NULL, NULL), 1);
 }
 
+/* The generation_config.json of the model trained from (--init) stays in
+ * every checkpoint of the run, and in those of a resumed run. */
+static void test_keeps_generation_config(void **s) {
+    (void)s;
+    char cmd[4096], *err = NULL;
+    const char *init = tmp_path("gen-init.mor"), *dir = tmp_path("gen-run");
+    snprintf(cmd, sizeof cmd, "%s hf tests/data/stories260K-hf -o %s -q", tool("mor-convert"), init);
+    assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+    char *want = read_all("tests/data/stories260K-hf/generation_config.json", NULL);
+    snprintf(cmd, sizeof cmd,
+             "%s --init %s --data " TEXT " --steps 2 --batch 2 --max-length 32 --save-every 1 "
+             "--eval-every 0 -t 1 -q -o %s",
+             tool("mor-train"), init, dir);
+    if (run_cmd(cmd, NULL, &err)) fail_msg("%s", err);
+    free(err);
+    err = NULL;
+    if (resume_run(dir, 3, "", &err)) fail_msg("%s", err);
+    free(err);
+    for (int step = 1; step <= 3; step++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/step-%d.mor", dir, step);
+        mor_error e = {0};
+        mor_st_file *f;
+        assert_int_equal(mor_ckpt_open(path, &f, &e), MOR_OK);
+        const char *got = mor_st_meta_get(f, MOR_META_GENERATION_CONFIG);
+        if (!got) fail_msg("%s: no generation_config", path);
+        assert_string_equal(got, want);
+        mor_st_close(f);
+    }
+    free(want);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_after_sigkill),
@@ -656,6 +688,7 @@ int main(void) {
         cmocka_unit_test(test_config_errors_exit_2),
         cmocka_unit_test(test_special_token_warning),
         cmocka_unit_test(test_flops_budget),
+        cmocka_unit_test(test_keeps_generation_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -80,7 +80,7 @@ static void train(const char *config, int steps, double out[3], const char *save
         fprintf(stderr, "  %s: validation %.4f -> %.4f after %d steps; unigram entropy %.4f\n", config,
                 out[0], out[1], steps, out[2]);
     if (save) {
-        if (mor_train_model_save(&t->model, save, json, NULL, &err)) fail_msg("%s", err.msg);
+        if (mor_train_model_save(&t->model, save, json, NULL, NULL, &err)) fail_msg("%s", err.msg);
         /* the engine's loss on the first held-out row equals the trainer's */
         mor_model *m;
         if (mor_model_load(save, &m, &err)) fail_msg("%s", err.msg);

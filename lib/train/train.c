@@ -87,6 +87,7 @@ void mor_trainer_free(mor_trainer *t) {
     free(t->batch);
     free(t->tok_json);
     free(t->tok_cfg);
+    free(t->gen_cfg);
     free(t);
 }
 
@@ -268,12 +269,20 @@ static mor_status write_state(const mor_trainer *t, const mor_train_data *d, con
     return mor_atomic_commit(&af, err);
 }
 
+mor_status mor_trainer_set_generation_config(mor_trainer *t, const char *json, mor_error *err) {
+    char *copy = json ? strdup(json) : NULL;
+    if (json && !copy) return mor_fail(err, MOR_ENOMEM, "out of memory");
+    free(t->gen_cfg);
+    t->gen_cfg = copy;
+    return MOR_OK;
+}
+
 mor_status mor_trainer_save(mor_trainer *t, const mor_train_data *d, const char *dir,
                             mor_error *err) {
     char *sp = path_join(dir, t->step, "state"), *mp = path_join(dir, t->step, "mor");
     mor_status st = (!sp || !mp) ? mor_fail(err, MOR_ENOMEM, "%s: out of memory", dir) : MOR_OK;
     if (!st) st = write_state(t, d, sp, err);
-    if (!st) st = mor_train_model_save(&t->model, mp, t->tok_json, t->tok_cfg, err);
+    if (!st) st = mor_train_model_save(&t->model, mp, t->tok_json, t->tok_cfg, t->gen_cfg, err);
     free(sp);
     free(mp);
     return st;

@@ -221,11 +221,11 @@ void mor_train_model_init_weights(mor_train_model *m, uint64_t seed);
 /* Copies weights from a .mor checkpoint: every tensor of the config must be
  * present with its shape (F32 or BF16), and no other. */
 mor_status mor_train_model_load(mor_train_model *m, const char *path, mor_error *err);
-/* Writes a .mor checkpoint (F32, atomically) with the model config and the
- * tokenizer text in the metadata. */
+/* Writes a .mor checkpoint (F32, atomically) with the model config, the
+ * tokenizer text and the generation defaults (NULL: none) in the metadata. */
 mor_status mor_train_model_save(const mor_train_model *m, const char *path,
                                 const char *tokenizer_json, const char *tokenizer_config_json,
-                                mor_error *err);
+                                const char *generation_config_json, mor_error *err);
 /* Index of a tensor by checkpoint name, or -1. */
 int mor_train_model_find(const mor_train_model *m, const char *name);
 
@@ -289,6 +289,7 @@ struct mor_trainer {
     float *adam_m, *adam_v; /* (n_floats) */
     int32_t *batch;       /* (B, n) */
     char *tok_json, *tok_cfg; /* tokenizer text written into every checkpoint */
+    char *gen_cfg;            /* generation_config.json text, or NULL */
     uint64_t seed;
     int n_threads;        /* of every call that computes (mor_threads_begin) */
 };

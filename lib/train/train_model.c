@@ -476,13 +476,18 @@ mor_status mor_train_model_load(mor_train_model *m, const char *path, mor_error 
 
 mor_status mor_train_model_save(const mor_train_model *m, const char *path,
                                 const char *tokenizer_json, const char *tokenizer_config_json,
-                                mor_error *err) {
+                                const char *generation_config_json, mor_error *err) {
     char *yaml = mor_config_to_yaml(&m->cfg);
     if (!yaml) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
     mor_ckpt_writer w;
     mor_status st = mor_ckpt_writer_init(&w, yaml, tokenizer_json, tokenizer_config_json, err);
     free(yaml);
     if (st) return st;
+    if (generation_config_json &&
+        (st = mor_st_writer_meta(w.st, MOR_META_GENERATION_CONFIG, generation_config_json, err))) {
+        mor_ckpt_writer_abort(&w);
+        return st;
+    }
     for (int i = 0; i < m->n_tensors && !st; i++)
         st = mor_st_writer_declare(w.st, m->specs[i].name, MOR_ST_F32, m->specs[i].ndim,
                                    m->specs[i].shape, err);
