@@ -238,14 +238,3 @@ int cli_read_input(const char *path, char **buf, size_t *len) {
     return 0;
 }
 
-mor_status cli_set_error(mor_error *err, mor_status code, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
-

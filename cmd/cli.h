@@ -24,11 +24,6 @@ int cli_quiet(void);
 void cli_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* "prog: message" on stderr, always. Returns EXIT_USAGE. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Fills err (if non-NULL) with code and the formatted message and returns
- * code: what the tools' own functions report through a mor_error, as the
- * library's do. */
-mor_status cli_set_error(mor_error *err, mor_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 /* Prints err->msg and returns the exit code for its status. */
 int cli_fail(const mor_error *err);
 /* The same for an error in one line of an input file: "prog: error: FILE:LINE: msg". */

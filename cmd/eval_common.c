@@ -49,7 +49,9 @@ int eval_runner_open(eval_runner *r, const eval_opts *o) {
     r->V = mor_model_vocab_size(r->model);
     r->n_ctx = mor_context_n_ctx(r->ctx);
     r->whole = o->routing == EVAL_ROUTING_TOPK;
-    r->depth_max = mor_model_num_recursion(r->model);
+    /* only ppl reports depths: the other subcommands skip the per-position
+     * mor_context_route calls */
+    r->depth_max = o->cmd == EVAL_PPL ? mor_model_num_recursion(r->model) : 0;
     r->chunk = r->whole || r->n_ctx < EVAL_CHUNK ? r->n_ctx : EVAL_CHUNK;
     r->logits = malloc(sizeof(float) * (size_t)r->chunk * (size_t)r->V);
     if (!r->logits) {
@@ -145,7 +147,7 @@ mor_status eval_encode_pair(const eval_runner *r, int bos, const char *ctx, size
     size_t keep = ctx_len;
     while (keep > 0 && isspace((unsigned char)ctx[keep - 1])) keep--;
     char *whole = malloc(ctx_len + cont_len + 1);
-    if (!whole) return cli_set_error(err, MOR_ENOMEM, "out of memory");
+    if (!whole) return mor_fail(err, MOR_ENOMEM, "out of memory");
     memcpy(whole, ctx, ctx_len);
     memcpy(whole + ctx_len, cont, cont_len);
     int32_t *w = NULL, *c = NULL;
@@ -156,25 +158,25 @@ mor_status eval_encode_pair(const eval_runner *r, int bos, const char *ctx, size
     free(whole);
     if (st) goto out;
     if (nw <= nc) {
-        st = cli_set_error(err, MOR_EARG, "the continuation adds no token to the context");
+        st = mor_fail(err, MOR_EARG, "the continuation adds no token to the context");
         goto out;
     }
     int32_t prefix = -1; /* a token before the context: --bos, or the stand-in for an empty one */
     if (bos || nc == 0) prefix = mor_tokenizer_bos(r->tok);
     if (nc == 0 && prefix < 0) prefix = mor_tokenizer_eos(r->tok);
     if (nc == 0 && prefix < 0) {
-        st = cli_set_error(err, MOR_EARG, "an empty context needs a BOS or EOS token to condition on");
+        st = mor_fail(err, MOR_EARG, "an empty context needs a BOS or EOS token to condition on");
         goto out;
     }
     int total = (int)nw + (prefix >= 0), nk = (int)(nw - nc);
     if (nk > r->n_ctx) {
-        st = cli_set_error(err, MOR_EARG, "the continuation's %d tokens do not fit the context of %d",
+        st = mor_fail(err, MOR_EARG, "the continuation's %d tokens do not fit the context of %d",
                            nk, r->n_ctx);
         goto out;
     }
     int32_t *s = malloc(sizeof *s * (size_t)total);
     if (!s) {
-        st = cli_set_error(err, MOR_ENOMEM, "out of memory");
+        st = mor_fail(err, MOR_ENOMEM, "out of memory");
         goto out;
     }
     int k = 0;

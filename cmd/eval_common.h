@@ -48,9 +48,9 @@ typedef struct eval_runner {
     float *logits; /* (chunk, V) */
     double busy_s; /* seconds spent in forward passes */
     int64_t fed;   /* tokens fed through the model */
-    /* MoR models: how many positions whose logits fn received reached each
-     * depth (mor_context_route), depth d at [d], 0..N_R; depth_max = N_R,
-     * 0 for a model without routers */
+    /* ppl of a MoR model: how many positions whose logits fn received
+     * reached each depth (mor_context_route), depth d at [d], 0..N_R;
+     * depth_max = N_R, 0 for other subcommands and models without routers */
     int depth_max;
     int64_t depths[MOR_MAX_RECURSION + 1];
 } eval_runner;

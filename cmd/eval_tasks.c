@@ -282,7 +282,7 @@ static mor_status encode_choice(const eval_runner *r, const eval_opts *o, const 
                                 const char *prefix, pair_req *q, mor_error *err) {
     size_t pl = strlen(prefix), cl = strlen(it->ctx[i]);
     char *ctx = malloc(pl + cl + 1);
-    if (!ctx) return cli_set_error(err, MOR_ENOMEM, "out of memory");
+    if (!ctx) return mor_fail(err, MOR_ENOMEM, "out of memory");
     memcpy(ctx, prefix, pl);
     memcpy(ctx + pl, it->ctx[i], cl + 1);
     mor_status st = eval_encode_pair(r, o->bos, ctx, pl + cl, it->cont[i], strlen(it->cont[i]), &q->seq,
@@ -314,7 +314,7 @@ static mor_status score_req(eval_runner *r, const pair_req *q, pair_score *ps, m
     double *lp = malloc(sizeof *lp * (size_t)q->nk);
     uint8_t *g = malloc((size_t)q->nk);
     mor_status st = lp && g ? eval_score(r, q->seq, q->n, q->n - 1 - q->nk, 0, lp, g, err)
-                            : cli_set_error(err, MOR_ENOMEM, "out of memory");
+                            : mor_fail(err, MOR_ENOMEM, "out of memory");
     if (!st) pair_sum(ps, q, lp, g);
     free(lp);
     free(g);
@@ -348,7 +348,7 @@ static mor_status score_shared(eval_runner *r, const pair_req *q, int n_choices,
     uint8_t *g = malloc((size_t)max_nk);                /* (nk) */
     double t0 = cli_now();
     *bad = 0;
-    mor_status st = ctx_logits && lp && g ? MOR_OK : cli_set_error(err, MOR_ENOMEM, "out of memory");
+    mor_status st = ctx_logits && lp && g ? MOR_OK : mor_fail(err, MOR_ENOMEM, "out of memory");
     if (!st) {
         mor_context_reset(r->ctx);
         st = mor_context_eval(r->ctx, q[0].seq, nc, NULL, err);

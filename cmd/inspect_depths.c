@@ -273,7 +273,7 @@ static int open_page(const char *path, mor_atomic_file *page) {
     mor_error err = {0};
     struct stat sb;
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        cli_set_error(&err, MOR_EIO, "%s: is a directory; --html expects a file name", path);
+        mor_fail(&err, MOR_EIO, "%s: is a directory; --html expects a file name", path);
     else
         mor_atomic_open(page, path, &err);
     return err.code ? cli_fail(&err) : 0;
@@ -293,7 +293,7 @@ static int write_outputs(const depths_opts *o, const char *name, const mor_trace
     mor_error err = {0};
     if (!page_file) {
         if (fflush(stdout) == 0) return 0;
-        cli_set_error(&err, MOR_EIO, "stdout: write failed");
+        mor_fail(&err, MOR_EIO, "stdout: write failed");
         return cli_fail(&err);
     }
     if (mor_atomic_commit(&page, &err)) return cli_fail(&err);

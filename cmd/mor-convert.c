@@ -139,7 +139,7 @@ static int spool_open(stdout_spool *s) {
     if (snprintf(s->dir, sizeof s->dir, "%s%smor-convert.XXXXXX", tmp, slash ? "" : "/") >= (int)sizeof s->dir ||
         !mkdtemp(s->dir)) {
         s->dir[0] = 0;
-        cli_set_error(&err, MOR_EIO, "%s: cannot create a temporary directory for -o -: %s", tmp,
+        mor_fail(&err, MOR_EIO, "%s: cannot create a temporary directory for -o -: %s", tmp,
                       strerror(errno));
         return cli_fail(&err);
     }
@@ -156,7 +156,7 @@ static int spool_copy(FILE *f) {
     bad |= ferror(f) || fflush(stdout) != 0;
     if (!bad) return 0;
     mor_error err = {0};
-    cli_set_error(&err, MOR_EIO, "stdout: write failed: %s", strerror(errno));
+    mor_fail(&err, MOR_EIO, "stdout: write failed: %s", strerror(errno));
     return cli_fail(&err);
 }
 
@@ -183,7 +183,7 @@ static int output_end(stdout_spool *s, int rc) {
     if (rc) return rc;
     if (!f) {
         mor_error err = {0};
-        cli_set_error(&err, MOR_EIO, "%s: cannot open: %s", s->path, strerror(open_errno));
+        mor_fail(&err, MOR_EIO, "%s: cannot open: %s", s->path, strerror(open_errno));
         return cli_fail(&err);
     }
     rc = spool_copy(f);
@@ -222,7 +222,7 @@ static int cmd_shard(const options *o, const mor_tokenizer *tok, const char *pat
     mor_error err = {0};
     mor_shard_writer *w;
     if (mor_tokenizer_eos(tok) < 0) {
-        cli_set_error(&err, MOR_EFORMAT, "%s: the tokenizer has no EOS token to join documents with",
+        mor_fail(&err, MOR_EFORMAT, "%s: the tokenizer has no EOS token to join documents with",
                       o->tokenizer);
         return cli_fail(&err);
     }

@@ -415,7 +415,7 @@ static mor_status tokenize_prompt(const mor_tokenizer *tok, const options *o, co
     if (st || *n > 0) return st;
     free(*ids);
     *ids = NULL;
-    return cli_set_error(err, MOR_EARG, "the prompt is empty and the tokenizer adds no BOS token");
+    return mor_fail(err, MOR_EARG, "the prompt is empty and the tokenizer adds no BOS token");
 }
 
 /* Room for the history of a prompt of n tokens: the prompt and what -n lets

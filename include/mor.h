@@ -49,6 +49,11 @@ typedef struct mor_error {
 
 /* A short fixed name for a status ("io", "format", ...). */
 MOR_API const char *mor_status_name(mor_status s);
+/* Fills err (if non-NULL) with code and the formatted message and returns
+ * code, so `return mor_fail(err, MOR_EFORMAT, "%s: ...", path);` reports an
+ * error; for callers' own functions that report through a mor_error too. */
+MOR_API mor_status mor_fail(mor_error *err, mor_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 typedef struct mor_model mor_model;
 typedef struct mor_tokenizer mor_tokenizer;

@@ -336,17 +336,14 @@ def plots(a, res_dir, rows, by):
         log("gnuplot not found: wrote %s, no SVGs" % gp)
 
 
-def curve_name(path):
-    base = os.path.basename(path)[len("curve-"):]
-    return base[:base.rindex("-s")]
-
-
 # ---- main ------------------------------------------------------------------------------
 
-def tokens_per_step(name):
-    y = open(os.path.join(HERE, "configs", name + ".yaml")).read()
-    get = lambda k: int(y.split("\n  %s: " % k)[1].split()[0])
-    return get("batch_size") * get("grad_accum") * get("max_length")
+def tokens_per_step(a, name):
+    """Rows x accumulation x row length of a config, as mor-inspect costs it."""
+    cfg = os.path.join(HERE, "configs", name + ".yaml")
+    info = json.loads(run([tool(a, "mor-inspect"), "--config", cfg, "--json"],
+                          stdout=subprocess.PIPE, text=True).stdout)
+    return int(info["cost"]["train"]["tokens_per_step"])
 
 
 def main():
@@ -378,7 +375,7 @@ def main():
     names = [g[0] for g in GRID]
     if a.only:
         names = [n for n in names if n in a.only.split(",")]
-    a.tokens_per_step = {n: tokens_per_step(n) for n in names}
+    a.tokens_per_step = {n: tokens_per_step(a, n) for n in names}
     extra = dict((kv.split(":")[0], int(kv.split(":")[1])) for kv in a.extra_seeds.split(",") if kv)
     group = dict((g[0], g[2]) for g in GRID)
     jobs = [(n, s) for n in names

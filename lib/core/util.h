@@ -9,10 +9,7 @@
 #include "mor.h"
 #include "mor_train.h" /* mor_read_file, mor_atomic_file */
 
-/* Sets err (if non-NULL) and returns code, so callers can write
- * `return mor_fail(err, MOR_EFORMAT, "%s: ...", path);` */
-mor_status mor_fail(mor_error *err, mor_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* mor_fail (mor.h) sets a mor_error and returns its code. */
 
 /* Number formats. */
 static inline float mor_bf16_to_f32(uint16_t h) {
