@@ -20,6 +20,7 @@ typedef struct {
     double temp, top_p, min_p, repeat_penalty;
     unsigned long long seed;
     int seed_random, echo, print_ids, ignore_eos, no_bos;
+    int cont_batching; /* --batch: a finished sequence's slot takes the next prompt at once */
     int temp_set, top_k_set, top_p_set; /* given as flags: the checkpoint's defaults do not apply */
     const char *trace;  /* --trace FILE ("-" = stdout) */
     int trace_stream;   /* --trace-format stream */
@@ -51,7 +52,11 @@ static void usage(void) {
             "      --print-ids         print generated token ids (one per line) instead of text\n"
             "  -c, --ctx-size N        context size (default: the model's maximum)\n"
             "  -t, --threads N         threads (default: physical cores)\n"
-            "      --batch N           with -f: generate for N prompts at a time, JSON lines out\n"
+            "      --batch N           with -f: keep N prompts in flight, JSON lines out in input\n"
+            "                          order (-np, --parallel N: the same)\n"
+            "  -cb, --cont-batching    with --batch: a finished prompt's slot takes the next one\n"
+            "                          at once (the default)\n"
+            "      --no-cont-batching  with --batch: run the prompts in groups of N\n"
             "      --routing MODE      MoR routing: causal (default; topk is for scoring only,\n"
             "                          see mor-eval --routing)\n"
             "      --trace FILE        MoR models: write every token's recursion depth and router\n"
@@ -73,6 +78,7 @@ static int parse_args(int argc, char **argv, options *o) {
     o->min_p = 0.05;
     o->repeat_penalty = 1.0;
     o->repeat_last_n = 64;
+    o->cont_batching = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int rc = 0;
@@ -125,8 +131,12 @@ static int parse_args(int argc, char **argv, options *o) {
             rc = !VAL() || cli_int(a, v, 0, 1 << 24, &o->n_ctx);
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             rc = !VAL() || cli_int(a, v, 0, 1024, &o->threads);
-        } else if (!strcmp(a, "--batch")) {
+        } else if (!strcmp(a, "--batch") || !strcmp(a, "-np") || !strcmp(a, "--parallel")) {
             rc = !VAL() || cli_int(a, v, 1, 4096, &o->batch);
+        } else if (!strcmp(a, "-cb") || !strcmp(a, "--cont-batching")) {
+            o->cont_batching = 1;
+        } else if (!strcmp(a, "--no-cont-batching")) {
+            o->cont_batching = 0;
         } else if (!strcmp(a, "--routing")) {
             if (!VAL()) return EXIT_USAGE;
             if (!strcmp(v, "topk"))
@@ -540,40 +550,90 @@ out:
     return rc;
 }
 
-/* ---- many prompts, decoded in lockstep --------------------------------------- */
+/* ---- many prompts, continuous batching ------------------------------------------ */
 
+/* One sequence in flight. A slot keeps its context and runs prompt after
+ * prompt in it (mor_context_reset between them). */
 typedef struct {
     mor_context *ctx;
     mor_sampler *smp;
     int32_t *hist;
     long nh, generated;
     int32_t prev;
-    int done, failed;
+    int busy; /* generating: its last token joins the next decode step */
     pending text;
     long index; /* the prompt's line in the file, from 0 */
 } slot;
 
-static void slot_emit(slot *s, const options *o, const char *prompt, size_t plen) {
-    for (int i = 0; i < o->n_stops; i++) { /* cut at the first stop string */
-        const char *hit = memmem(s->text.buf, s->text.len, o->stops[i], strlen(o->stops[i]));
-        if (hit) s->text.len = (size_t)(hit - s->text.buf);
+/* The prompts, which of them have a slot, and the finished results that
+ * wait for an earlier prompt's line: output is in input order, and only
+ * finished-but-unprinted lines are held. */
+typedef struct {
+    char **lines;
+    size_t n_lines;
+    size_t next_start; /* the first prompt not yet given a slot */
+    size_t next_print; /* every prompt before it is printed (or failed) */
+    char **result;     /* (n_lines) a finished prompt's JSON line until it is printed */
+    unsigned char *finished;
+    int failed;
+} prompt_queue;
+
+/* Records prompt `index` as finished with its JSON line (NULL: it failed, no
+ * line) and prints every line that no earlier prompt holds back. */
+static void queue_finish(prompt_queue *q, long index, char *line) {
+    q->result[index] = line;
+    q->finished[index] = 1;
+    q->failed += !line;
+    for (; q->next_print < q->n_lines && q->finished[q->next_print]; q->next_print++) {
+        char *l = q->result[q->next_print];
+        if (l) fputs(l, stdout);
+        free(l);
+        q->result[q->next_print] = NULL;
     }
-    printf("{\"index\":%ld,\"prompt\":", s->index);
-    mor_json_string(stdout, prompt, plen);
-    printf(",\"text\":");
-    mor_json_string(stdout, s->text.buf ? s->text.buf : "", s->text.len);
-    printf(",\"tokens\":%ld}\n", s->generated);
     fflush(stdout);
 }
 
-/* Samples the next token of slot s from logits; marks it done at EOS, at a
- * stop string or when n_predict is reached. */
-static int slot_step(slot *s, const mor_model *m, const options *o, float *logits) {
+/* The JSON line of a finished slot, its text cut at the first stop string;
+ * NULL when out of memory. */
+static char *slot_result(slot *s, const options *o, const char *prompt) {
+    for (int i = 0; i < o->n_stops; i++) {
+        const char *hit = memmem(s->text.buf, s->text.len, o->stops[i], strlen(o->stops[i]));
+        if (hit) s->text.len = (size_t)(hit - s->text.buf);
+    }
+    char *line = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&line, &n);
+    if (!f) return NULL;
+    fprintf(f, "{\"index\":%ld,\"prompt\":", s->index);
+    mor_json_string(f, prompt, strlen(prompt));
+    fprintf(f, ",\"text\":");
+    mor_json_string(f, s->text.buf ? s->text.buf : "", s->text.len);
+    fprintf(f, ",\"tokens\":%ld}\n", s->generated);
+    if (fclose(f)) {
+        free(line);
+        return NULL;
+    }
+    return line;
+}
+
+/* Hands the result of slot s, whose sequence has ended, to the queue. */
+static int slot_finish(slot *s, const options *o, prompt_queue *q, timing *tm) {
+    char *line = slot_result(s, o, q->lines[s->index]);
+    if (!line) return cli_usage_error("out of memory");
+    queue_finish(q, s->index, line);
+    tm->gen_tokens += s->generated;
+    return 0;
+}
+
+/* Samples the next token of slot s from its logits; the slot stops being busy
+ * at EOS, at a stop string, at n_predict or when its context is full, which
+ * are where a single-prompt run stops. */
+static int slot_step(slot *s, const mor_model *m, const options *o, const float *slot_logits, float *logits) {
     const mor_tokenizer *tok = mor_model_tokenizer(m);
-    memcpy(logits, mor_context_logits(s->ctx), sizeof(float) * (size_t)mor_model_vocab_size(m));
+    memcpy(logits, slot_logits, sizeof(float) * (size_t)mor_model_vocab_size(m)); /* the sampler edits it */
     int32_t next = mor_sampler_sample(s->smp, logits, s->hist, (int)s->nh);
     if (next == mor_tokenizer_eos(tok) && !o->ignore_eos) {
-        s->done = 1;
+        s->busy = 0;
         return 0;
     }
     s->hist[s->nh++] = next;
@@ -582,27 +642,31 @@ static int slot_step(slot *s, const mor_model *m, const options *o, float *logit
     int k = mor_token_to_bytes(tok, s->prev, next, piece, sizeof piece);
     if (k > 0 && pending_add(&s->text, piece, (size_t)k)) return cli_usage_error("out of memory");
     s->prev = next;
-    /* keep the text pending (not printed) but cut it at a stop string */
+    /* keep the text pending (not printed) but stop at a stop string */
     for (int i = 0; i < o->n_stops; i++)
-        if (memmem(s->text.buf, s->text.len, o->stops[i], strlen(o->stops[i]))) s->done = 1;
+        if (memmem(s->text.buf, s->text.len, o->stops[i], strlen(o->stops[i]))) s->busy = 0;
     if ((o->n_predict >= 0 && s->generated >= o->n_predict) ||
         mor_context_pos(s->ctx) >= mor_context_n_ctx(s->ctx))
-        s->done = 1;
+        s->busy = 0;
     return 0;
 }
 
-/* Starts slot s on its prompt (line `index` of the file): tokenizes it,
- * runs it and samples the first token. A prompt that cannot run (invalid
- * UTF-8, longer than the context) is reported with its file and line and
- * leaves the slot failed; *rc is set only for errors that end the run. */
-static void slot_start(slot *s, const mor_model *m, const options *o, const char *prompt,
-                       mor_sampler_params sp, float *logits, timing *tm, int *rc) {
+/* Starts slot s on prompt `index`: tokenizes it, runs it through
+ * mor_context_eval (in chunks of n_batch, as a single prompt runs) and
+ * samples the first token. Prompt i samples with seed S + i, so what it
+ * generates depends neither on --batch nor on which slot it gets. A prompt
+ * that cannot run (invalid UTF-8, longer than the context) is reported with
+ * its file and line and finishes without a line; a nonzero return ends the
+ * run. The slot is left busy when the prompt goes on to the decode steps. */
+static int slot_start(slot *s, long index, const mor_model *m, const options *o, prompt_queue *q,
+                      mor_sampler_params sp, float *logits, timing *tm) {
+    const char *prompt = q->lines[index];
     int32_t *ids = NULL;
     size_t n = 0;
     mor_error err = {0};
     mor_context_reset(s->ctx);
-    s->done = 1; /* until it has run */
-    s->failed = 0;
+    s->index = index;
+    s->busy = 0;
     s->generated = 0;
     s->text.len = 0;
     mor_status st = tokenize_prompt(mor_model_tokenizer(m), o, prompt, strlen(prompt), &ids, &n, &err);
@@ -610,117 +674,141 @@ static void slot_start(slot *s, const mor_model *m, const options *o, const char
         int32_t *h = realloc(ids, sizeof(int32_t) * history_cap(o, n, mor_context_n_ctx(s->ctx)));
         if (!h) {
             free(ids);
-            *rc = cli_usage_error("out of memory");
-            return;
+            return cli_usage_error("out of memory");
         }
         free(s->hist);
         s->hist = h;
         s->nh = (long)n;
         s->prev = s->hist[n - 1];
-        sp.seed = o->seed + (uint64_t)s->index; /* per prompt: output independent of --batch */
+        sp.seed = o->seed + (uint64_t)index;
         mor_sampler_free(s->smp);
         s->smp = mor_sampler_new(&sp, mor_model_vocab_size(m));
-        if (!s->smp) {
-            *rc = cli_usage_error("out of memory");
-            return;
-        }
+        if (!s->smp) return cli_usage_error("out of memory");
+        double t0 = cli_now();
         st = mor_context_eval(s->ctx, s->hist, (int)n, NULL, &err);
+        tm->prompt_s += cli_now() - t0;
     }
     if (st == MOR_EARG) { /* this prompt's fault: the others still run */
-        cli_fail_at(&err, strcmp(o->file, "-") ? o->file : "stdin", s->index + 1);
-        s->failed = 1;
-        return;
+        cli_fail_at(&err, strcmp(o->file, "-") ? o->file : "stdin", index + 1);
+        queue_finish(q, index, NULL);
+        return 0;
     }
-    if (st) {
-        *rc = cli_fail(&err);
-        return;
-    }
+    if (st) return cli_fail(&err);
     tm->prompt_tokens += (long)n;
-    s->done = 0;
-    if (o->n_predict == 0 || mor_context_pos(s->ctx) >= mor_context_n_ctx(s->ctx)) s->done = 1;
-    else *rc = slot_step(s, m, o, logits);
+    s->busy = o->n_predict != 0;
+    return s->busy ? slot_step(s, m, o, mor_context_logits(s->ctx), logits) : 0;
 }
 
-/* Every line of text is a prompt; runs them o->batch at a time and prints one
- * JSON line per prompt. Prompts that fail are reported and skipped: exit 2
- * once the others are done. */
-static int generate_batch(const mor_model *m, const options *o, char *text, const mor_context_params *cp,
-                          timing *tm) {
-    /* split into lines (the buffer is modified in place) */
-    size_t n_lines = 0, cap = 64;
+/* One decode step: runs the last token of each of n in-flight sequences
+ * (context cs[i], token toks[i]) in one pass and points logits[i] at the
+ * next-token logits of sequence i. The only place the batch is run. */
+static mor_status decode_step(mor_context **cs, const int32_t *toks, int n, const float **logits,
+                              mor_error *err) {
+    mor_status st = mor_context_eval_batch(cs, toks, n, err);
+    for (int i = 0; i < n && !st; i++) logits[i] = mor_context_logits(cs[i]);
+    return st;
+}
+
+/* Splits text into lines in place; NULL when out of memory. */
+static char **split_lines(char *text, size_t *n_lines) {
+    size_t n = 0, cap = 64;
     char **lines = malloc(cap * sizeof *lines);
     for (char *p = text; lines && p && *p;) {
         char *nl = strchr(p, '\n');
         if (nl) *nl = 0;
-        if (n_lines == cap) {
+        if (n == cap) {
             char **more = realloc(lines, (cap *= 2) * sizeof *lines);
             if (!more) {
                 free(lines);
-                lines = NULL;
-                break;
+                return NULL;
             }
             lines = more;
         }
-        lines[n_lines++] = p;
+        lines[n++] = p;
         p = nl ? nl + 1 : NULL;
     }
+    *n_lines = n;
+    return lines;
+}
+
+/* Every line of text is a prompt. Keeps o->batch of them in flight: each
+ * decode step runs the busy slots together, and a slot whose sequence ends
+ * takes the next prompt at once (with --no-cont-batching only once every
+ * slot of the group is done). Prints one JSON line per prompt, in input
+ * order. Prompts that fail are reported and skipped: exit 2 once the others
+ * are done. */
+static int generate_batch(const mor_model *m, const options *o, char *text, const mor_context_params *cp,
+                          timing *tm) {
+    prompt_queue q = {0};
+    q.lines = split_lines(text, &q.n_lines);
     long B = o->batch;
     slot *slots = calloc((size_t)B, sizeof *slots);
     mor_context **cs = calloc((size_t)B, sizeof *cs);
+    slot **busy = calloc((size_t)B, sizeof *busy);
     int32_t *toks = calloc((size_t)B, sizeof *toks);
+    const float **step_logits = calloc((size_t)B, sizeof *step_logits);
     float *logits = malloc(sizeof(float) * (size_t)mor_model_vocab_size(m));
+    q.result = q.lines ? calloc(q.n_lines + 1, sizeof *q.result) : NULL;
+    q.finished = q.lines ? calloc(q.n_lines + 1, 1) : NULL;
     mor_error err = {0};
-    int rc = 0, failed = 0;
-    if (!lines || !slots || !cs || !toks || !logits) rc = cli_usage_error("out of memory");
+    int rc = 0;
+    if (!q.lines || !q.result || !q.finished || !slots || !cs || !busy || !toks || !step_logits || !logits)
+        rc = cli_usage_error("out of memory");
+    if (B > (long)q.n_lines) B = q.n_lines ? (long)q.n_lines : 1; /* no idle contexts */
     for (long b = 0; b < B && !rc; b++)
         if (mor_context_new(m, cp, &slots[b].ctx, &err)) rc = cli_fail(&err);
     mor_sampler_params sp = sampler_params(o);
-    for (size_t first = 0; first < n_lines && !rc; first += (size_t)B) {
-        long nb = (long)(n_lines - first) < B ? (long)(n_lines - first) : B;
-        double t0 = cli_now();
-        for (long b = 0; b < nb && !rc; b++) {
-            slots[b].index = (long)(first + (size_t)b);
-            slot_start(&slots[b], m, o, lines[slots[b].index], sp, logits, tm, &rc);
-            failed += slots[b].failed;
-        }
-        double t1 = cli_now();
-        tm->prompt_s += t1 - t0;
-        while (!rc) {
-            int na = 0;
-            for (long b = 0; b < nb; b++)
-                if (!slots[b].done) {
-                    cs[na] = slots[b].ctx;
-                    toks[na++] = slots[b].hist[slots[b].nh - 1];
-                }
-            if (na == 0) break;
-            if (mor_context_eval_batch(cs, toks, na, &err)) {
-                rc = cli_fail(&err);
-                break;
+    double t0 = cli_now(), prompt_s0 = tm->prompt_s;
+    while (!rc) {
+        int na = 0;
+        for (long b = 0; b < B; b++) na += slots[b].busy;
+        /* fill the free slots: a prompt that ends at once (EOS first, -n 0,
+         * a failure) hands its slot to the next one */
+        for (long b = 0; b < B && !rc && (o->cont_batching || na == 0); b++) {
+            slot *s = &slots[b];
+            while (!s->busy && q.next_start < q.n_lines && !rc) {
+                rc = slot_start(s, (long)q.next_start++, m, o, &q, sp, logits, tm);
+                if (!rc && !s->busy && !q.finished[s->index]) rc = slot_finish(s, o, &q, tm);
             }
-            for (long b = 0; b < nb && !rc; b++)
-                if (!slots[b].done) rc = slot_step(&slots[b], m, o, logits);
         }
-        tm->gen_s += cli_now() - t1;
-        for (long b = 0; b < nb && !rc; b++) {
-            if (slots[b].failed) continue;
-            tm->gen_tokens += slots[b].generated;
-            slot_emit(&slots[b], o, lines[slots[b].index], strlen(lines[slots[b].index]));
+        na = 0;
+        for (long b = 0; b < B; b++)
+            if (slots[b].busy) {
+                busy[na] = &slots[b];
+                cs[na] = slots[b].ctx;
+                toks[na++] = slots[b].hist[slots[b].nh - 1];
+            }
+        if (rc || na == 0) break;
+        if (decode_step(cs, toks, na, step_logits, &err)) {
+            rc = cli_fail(&err);
+            break;
+        }
+        for (int i = 0; i < na && !rc; i++) {
+            slot *s = busy[i];
+            rc = slot_step(s, m, o, step_logits[i], logits);
+            if (!rc && !s->busy) rc = slot_finish(s, o, &q, tm);
         }
     }
-    for (long b = 0; slots && b < B; b++) {
+    tm->gen_s += cli_now() - t0 - (tm->prompt_s - prompt_s0);
+    for (long b = 0; slots && b < o->batch; b++) {
         mor_context_free(slots[b].ctx);
         mor_sampler_free(slots[b].smp);
         free(slots[b].hist);
         free(slots[b].text.buf);
     }
+    for (size_t i = 0; q.result && i < q.n_lines; i++) free(q.result[i]); /* after an error */
     free(slots);
     free(cs);
+    free(busy);
     free(toks);
+    free(step_logits);
     free(logits);
-    free(lines);
-    if (!rc && failed) {
-        fprintf(stderr, "mor-generate: error: %d of %zu prompts failed (no output line for them)\n", failed,
-                n_lines);
+    free(q.result);
+    free(q.finished);
+    free(q.lines);
+    if (!rc && q.failed) {
+        fprintf(stderr, "mor-generate: error: %d of %zu prompts failed (no output line for them)\n", q.failed,
+                q.n_lines);
         rc = EXIT_INPUT;
     }
     return rc;
