@@ -1,7 +1,8 @@
 /* test_generate_cli.c - mor-generate's command line: a failing prompt in a
  * batch, the context-size warning, compressed traces, random seeds, -n -1,
  * the trailing newline of a prompt file, the sampling defaults a checkpoint
- * keeps from generation_config.json, and reading a prompt from a terminal. */
+ * keeps from generation_config.json, reading a prompt from a terminal, and
+ * continuous batching (--batch: each line as its single run, in input order). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -323,6 +324,109 @@ static void test_generation_defaults(void **state) {
     assert_false(file_exists(tmp_path("never.mor")));
 }
 
+/* ---- continuous batching ------------------------------------------------------------ */
+
+/* Seven prompts of different lengths; with -c 45 the last-but-one fills the
+ * context by itself (45 tokens with BOS), so it gets the one token sampled
+ * from its last position, as when it runs alone. */
+static const char *cb_prompts[7] = {
+    "", "Tom", "Once upon a time", "Lily and Tom went to the park. They saw a big dog and",
+    "They were happy. The end.",
+    "One day a little bird flew into the garden of an old man who lived near the sea and sang a song",
+    "And they lived happily ever after."};
+
+static const char *cb_file(void) {
+    const char *path = tmp_path("cb.txt");
+    char text[1024] = "";
+    for (int i = 0; i < 7; i++) strcat(strcat(text, cb_prompts[i]), "\n");
+    write_file(path, text, strlen(text));
+    return path;
+}
+
+/* Every line of `out` (mor-generate -f cb_file() ARGS --batch ...) is, in input
+ * order, what prompt i gives alone with ARGS and seed seed0 + i (seed0 < 0:
+ * no seed): the same text and number of generated tokens. Returns the token
+ * counts in tokens[7]. */
+static void check_lines_equal_single(const char *mdl, const char *out, const char *args, long seed0,
+                                     long tokens[7]) {
+    const char *line = out;
+    for (int i = 0; i < 7; i++) {
+        const char *nl = strchr(line, '\n');
+        if (!nl) fail_msg("%d lines, expected 7: %s", i, out);
+        json_error_t je;
+        json_t *j = json_loadb(line, (size_t)(nl - line), 0, &je);
+        if (!j) fail_msg("line %d is not JSON (%s): %.*s", i, je.text, (int)(nl - line), line);
+        assert_int_equal(json_integer_value(json_object_get(j, "index")), i);
+        assert_string_equal(json_string_value(json_object_get(j, "prompt")), cb_prompts[i]);
+        char a[2000], *alone, *err;
+        if (seed0 >= 0) snprintf(a, sizeof a, "-p '%s' %s -s %ld", cb_prompts[i], args, seed0 + i);
+        else snprintf(a, sizeof a, "-p '%s' %s", cb_prompts[i], args);
+        if (gen(mdl, a, &alone, &err) != 0) fail_msg("mor-generate %s: %s", a, err);
+        const char *g = strstr(err, "generation: ");
+        if (!g) fail_msg("no generation count on stderr: %s", err);
+        tokens[i] = strtol(g + 12, NULL, 10);
+        const char *text = json_string_value(json_object_get(j, "text"));
+        if (!text || strcmp(text, alone))
+            fail_msg("prompt %d ('%s'): batch text '%s', alone '%s'", i, cb_prompts[i], text, alone);
+        if (json_integer_value(json_object_get(j, "tokens")) != tokens[i])
+            fail_msg("prompt %d: %lld tokens in the batch, %ld alone", i,
+                     json_integer_value(json_object_get(j, "tokens")), tokens[i]);
+        json_decref(j);
+        free(alone), free(err);
+        line = nl + 1;
+    }
+    assert_int_equal(*line, 0);
+}
+
+/* mor-generate -f FILE ARGS for several slot counts, and in fixed groups:
+ * the same bytes every time; returns the output of --batch 3. */
+static char *batch_runs_agree(const char *mdl, const char *file, const char *args) {
+    const char *ways[] = {"--batch 3", "--batch 1", "-np 2", "--parallel 7", "--batch 16",
+                          "--batch 3 --no-cont-batching", "--batch 3 -cb"};
+    char a[2000];
+    snprintf(a, sizeof a, "-f %s %s %s -q", file, args, ways[0]);
+    char *first = gen_ok(mdl, a);
+    for (size_t w = 1; w < sizeof ways / sizeof *ways; w++) {
+        snprintf(a, sizeof a, "-f %s %s %s -q", file, args, ways[w]);
+        char *other = gen_ok(mdl, a);
+        if (strcmp(other, first)) fail_msg("%s gives\n%s\nand %s\n%s", ways[0], first, ways[w], other);
+        free(other);
+    }
+    return first;
+}
+
+/* More prompts (7) than slots (3), ending at different steps: by -n, by a
+ * stop string, by a full context (one of them straight after its prompt)
+ * and, sampled, by EOS. A slot freed by a short sequence takes the next
+ * prompt while the others go on; every line still equals the prompt's
+ * single run and comes in input order, whatever the number of slots. */
+static void test_continuous_batching(void **state) {
+    (void)state;
+    const char *file = cb_file();
+    long tokens[7];
+    const char *greedy = "-n 40 -c 45 --stop ball --temp 0";
+    char *out = batch_runs_agree(model, file, greedy);
+    check_lines_equal_single(model, out, greedy, -1, tokens);
+    free(out);
+    int by_n = 0, early = 0;
+    for (int i = 0; i < 7; i++) by_n += tokens[i] == 40, early += tokens[i] < 40;
+    assert_true(by_n > 0 && early > 1);
+    assert_int_equal(tokens[5], 1); /* 45 prompt tokens: one from the last position */
+
+    /* sampled: prompt i with seed 2 + i, as run alone with -s 2+i; some end
+     * at EOS (<s> in this copy), some at -n */
+    const char *eos_model = model_eos_bos();
+    const char *sampled = "-n 300 --temp 1";
+    char args[200];
+    snprintf(args, sizeof args, "%s -s 2", sampled);
+    out = batch_runs_agree(eos_model, file, args);
+    check_lines_equal_single(eos_model, out, sampled, 2, tokens);
+    free(out);
+    by_n = early = 0;
+    for (int i = 0; i < 7; i++) by_n += tokens[i] == 300, early += tokens[i] < 300;
+    assert_true(by_n > 0 && early > 0);
+}
+
 /* ---- a prompt typed on a terminal ------------------------------------------------------ */
 
 /* script(1) runs mor-generate on a pseudo-terminal and types its own stdin
@@ -353,6 +457,7 @@ int main(void) {
         cmocka_unit_test(test_trace_zst),        cmocka_unit_test(test_random_seed),
         cmocka_unit_test(test_n_predict_unlimited), cmocka_unit_test(test_prompt_newline),
         cmocka_unit_test(test_generation_defaults), cmocka_unit_test(test_terminal_prompt),
+        cmocka_unit_test(test_continuous_batching),
     };
     return cmocka_run_group_tests_name("generate_cli", tests, setup, NULL);
 }
