@@ -32,6 +32,28 @@
  * model did before it batched the recursion steps). decode_tok_s counts the
  * tokens of all B contexts.
  *
+ * Continuous batching through mor_batch (mor.h), B sequences at once:
+ *
+ *   bench_mor KIND THREADS PROMPT DECODE CONFIG|- B sched [f32|bf16]
+ *
+ * B contexts get their prompts (untimed), then each decodes DECODE tokens
+ * through one mor_batch of B slots, a context resubmitting as soon as its
+ * token comes back; run twice on twin context sets, lock-step
+ * (depth_wise 0: one eval_batch per tick) and depth-wise (one pass of the
+ * shared block per tick over tokens at every step). Prints one line per
+ * scheduler: tok_s, mean depth, ticks, block passes and rows per pass.
+ * bf16 rounds every matrix to BF16 (as mor-convert --dtype bf16 does).
+ *
+ * The largest batch that fits a memory budget:
+ *
+ *   bench_mor fit KIND CONFIG|- BUDGET_BYTES CTX [f32|bf16]
+ *
+ * weights + B x (KV bytes at CTX positions + a context's own buffers) <=
+ * BUDGET, with the KV bytes per position measured: the entries 256 tokens
+ * of the stream (causal routing, so as decoding them would) actually left
+ * in each layer, i.e. the layers they reached, times 2 x kv_dim x 4 bytes;
+ * a vanilla context allocates its full cache up front.
+ *
  * Build (from the repository root, after `make`):
  *   cc -O2 -march=x86-64-v3 -fopenmp -Ilib bench/bench_mor.c lib/libmor.a \
  *      -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
@@ -190,6 +212,150 @@ static mor_context **new_contexts(bench_model *b, int B, int n_ctx, int nt, cons
     return cs;
 }
 
+/* Matrices rounded to BF16 in place of the F32 ones (the kernels widen them
+ * as they read, as for a BF16 checkpoint); norms and routers stay F32. The
+ * BF16 copies are left for the process's end. */
+static const uint16_t *to_bf16(const float **w, size_t n) {
+    uint16_t *h = malloc(n * sizeof *h);
+    if (!h) die("bf16 weights", NULL);
+    for (size_t i = 0; i < n; i++) h[i] = mor_f32_to_bf16((*w)[i]);
+    *w = NULL;
+    return h;
+}
+
+static void cast_bf16(bench_model *b) {
+    mor_model *m = &b->m;
+    const mor_config *c = &m->cfg;
+    size_t D = c->dim, QD = (size_t)c->n_heads * c->head_dim, KVD = (size_t)c->n_kv_heads * c->head_dim,
+           F = c->hidden_dim, V = c->vocab_size;
+    for (int l = 0; l < mor_config_n_phys_layers(c); l++) {
+        mor_layer_weights *w = &m->layers[l];
+        w->wq_h = to_bf16(&w->wq, QD * D);
+        w->wk_h = to_bf16(&w->wk, KVD * D);
+        w->wv_h = to_bf16(&w->wv, KVD * D);
+        w->wo_h = to_bf16(&w->wo, D * QD);
+        w->w_gate_h = to_bf16(&w->w_gate, F * D);
+        w->w_up_h = to_bf16(&w->w_up, F * D);
+        w->w_down_h = to_bf16(&w->w_down, D * F);
+    }
+    m->embed_h = m->lm_head_h = to_bf16(&m->embed, V * D); /* tied */
+    m->lm_head = NULL;
+    for (int l = 0; l < c->n_layers; l++) m->unrolled[l] = m->layers[m->layer_map[l]];
+}
+
+/* Bytes of the weights as the kernels read them (matrices 2 bytes in BF16). */
+static double weight_bytes(const bench_model *b, int bf16) {
+    const mor_config *c = &b->m.cfg;
+    size_t D = c->dim, QD = (size_t)c->n_heads * c->head_dim, KVD = (size_t)c->n_kv_heads * c->head_dim,
+           F = c->hidden_dim, V = c->vocab_size;
+    size_t matrices = V * D + (size_t)mor_config_n_phys_layers(c) * (2 * QD * D + 2 * KVD * D + 3 * F * D);
+    return (double)b->n_weights * 4.0 - (bf16 ? 2.0 * (double)matrices : 0.0);
+}
+
+/* Decode through mor_batch (see the top comment): every context decodes
+ * n_decode tokens of the fixed stream, resubmitting as soon as its token
+ * comes back. Returns the seconds of the ticks. */
+static double batch_decode(bench_model *b, mor_context **cs, int B, int nt, int depth_wise,
+                           const int32_t *tok, int n_prompt, int n_decode, mor_batch_stats *st,
+                           long *hist) {
+    mor_batch_params bp = mor_batch_default_params();
+    bp.max_seqs = B;
+    bp.n_threads = nt;
+    bp.depth_wise = depth_wise;
+    mor_batch *mb;
+    mor_error e = {0};
+    if (mor_batch_new(&b->m, &bp, &mb, &e)) die("mor_batch_new", &e);
+    int *count = calloc((size_t)B, sizeof *count), n_done = 0;
+    mor_context **done = malloc(sizeof *done * (size_t)B);
+    for (int i = 0; i < B; i++)
+        if (mor_batch_submit(mb, cs[i], tok[n_prompt + i], &e)) die("submit", &e);
+    double t0 = bench_now(nt);
+    while (mor_batch_in_flight(mb)) {
+        if (mor_batch_tick(mb, done, &n_done, &e)) die("tick", &e);
+        for (int k = 0; k < n_done; k++) {
+            int i = 0;
+            while (cs[i] != done[k]) i++;
+            int d = 1;
+            mor_context_route(cs[i], 0, &d, NULL, NULL);
+            hist[d]++;
+            if (++count[i] < n_decode && mor_batch_submit(mb, cs[i], tok[n_prompt + i + count[i]], &e))
+                die("submit", &e);
+        }
+    }
+    double t = bench_now(nt) - t0;
+    *st = mor_batch_get_stats(mb);
+    mor_batch_free(mb);
+    free(count);
+    free(done);
+    return t;
+}
+
+/* Lock-step and depth-wise continuous batching of B sequences. */
+static int run_sched(bench_model *b, const char *kind, int nt, int n_prompt, int n_decode, int B,
+                     int bf16) {
+    int n = n_prompt + n_decode + B;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) tok[i] = (int32_t)((i * 7919u + 13u) % (unsigned)b->m.cfg.vocab_size);
+    for (int depth_wise = 0; depth_wise <= 1; depth_wise++) {
+        if (depth_wise && !b->m.cfg.recursive) break; /* the same lock-step tick */
+        mor_context **cs = new_contexts(b, B, n, nt, tok, n_prompt);
+        mor_batch_stats st;
+        long hist[MOR_MAX_RECURSION + 1] = {0};
+        double t = batch_decode(b, cs, B, nt, depth_wise, tok, n_prompt, n_decode, &st, hist);
+        printf("model=%s sched=%s dtype=%s layers=%d threads=%d batch=%d prompt=%d decode=%d "
+               "tok_s=%.2f mean_depth=%.3f ticks=%lld block_calls=%lld rows_per_block_call=%.2f "
+               "weights_mib=%.1f depths=",
+               kind, depth_wise ? "depthwise" : "lockstep", bf16 ? "bf16" : "f32", b->m.cfg.n_layers, nt, B,
+               n_prompt, n_decode, (double)st.tokens / t, (double)st.depth_sum / (double)st.tokens,
+               (long long)st.ticks, (long long)st.block_calls,
+               st.block_calls ? (double)st.block_rows / (double)st.block_calls : 0.0,
+               weight_bytes(b, bf16) / 1048576.0);
+        int max_depth = b->m.cfg.recursive ? b->m.cfg.num_recursion : 1;
+        for (int d = 1; d <= max_depth; d++) printf("%s%ld", d > 1 ? "/" : "", hist[d]);
+        printf("\n");
+        for (int i = 0; i < B; i++) mor_context_free(cs[i]);
+        free(cs);
+    }
+    free(tok);
+    return 0;
+}
+
+/* The largest batch under a memory budget (see the top comment). */
+static int run_fit(bench_model *b, const char *kind, double budget, int ctx, int bf16) {
+    const mor_config *cfg = &b->m.cfg;
+    enum { N_MEASURE = 256 };
+    int32_t tok[N_MEASURE];
+    for (int i = 0; i < N_MEASURE; i++) tok[i] = (int32_t)((i * 7919u + 13u) % (unsigned)cfg->vocab_size);
+    mor_context_params p = mor_context_default_params();
+    p.n_ctx = ctx > N_MEASURE ? ctx : N_MEASURE;
+    p.n_threads = 1;
+    mor_context *c;
+    mor_error e = {0};
+    if (mor_context_new(&b->m, &p, &c, &e)) die("context", &e);
+    double kvd_bytes = 2.0 * cfg->n_kv_heads * cfg->head_dim * sizeof(float), per_pos;
+    if (cfg->recursive) {
+        /* causal routing: one call routes every token as decoding it would */
+        if (mor_context_eval(c, tok, N_MEASURE, NULL, &e)) die("eval", &e);
+        long entries = 0;
+        for (int l = 0; l < cfg->n_layers; l++) entries += mor_recur_kv_entries(c, l);
+        per_pos = kvd_bytes * (double)entries / N_MEASURE;
+    } else {
+        per_pos = kvd_bytes * cfg->n_layers; /* allocated for every position up front */
+    }
+    /* a default context's own buffers at CTX: scratch (n_batch 256), RoPE
+     * tables, logits, the recursion state's residual rows */
+    int rows = cfg->recursive ? (cfg->mor.enable && cfg->mor.type == MOR_ROUTING_TOKEN ? 2 : 1) : 0;
+    double own = (double)c->scratch_floats * 4 + (double)ctx * cfg->head_dim * 4 +
+                 (double)cfg->vocab_size * 4 * (1 + c->batch_rows) + (double)ctx * cfg->dim * 4 * rows;
+    double w = weight_bytes(b, bf16), per_seq = per_pos * ctx + own;
+    long max_b = budget > w ? (long)((budget - w) / per_seq) : 0;
+    printf("fit model=%s dtype=%s layers=%d budget=%.0f ctx=%d weight_bytes=%.0f kv_bytes_per_position=%.0f "
+           "context_bytes=%.0f bytes_per_seq=%.0f max_batch=%ld\n",
+           kind, bf16 ? "bf16" : "f32", cfg->n_layers, budget, ctx, w, per_pos, own, per_seq, max_b);
+    mor_context_free(c);
+    return 0;
+}
+
 /* Batched vs looped decode of B contexts (see the top comment). */
 static int run_batch(bench_model *b, const char *kind, int nt, int n_prompt, int n_decode, int B) {
     int n = n_prompt + n_decode + B;
@@ -237,24 +403,41 @@ static int run_batch(bench_model *b, const char *kind, int nt, int n_prompt, int
     return 0;
 }
 
+static const char *default_config(const char *kind) {
+    return !strcmp(kind, "vanilla")     ? "configs/135m-vanilla.yaml"
+         : !strcmp(kind, "recursive") ? "configs/135m-recursive-r3.yaml"
+                                        : "configs/135m-mor-expert-r3.yaml";
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 6 && !strcmp(argv[1], "fit")) {
+        const char *kind = argv[2];
+        int bf16 = argc > 6 && !strcmp(argv[6], "bf16");
+        bench_model b;
+        build(&b, strcmp(argv[3], "-") ? argv[3] : default_config(kind));
+        if (mor_model_num_recursion(&b.m) > 0) calibrate(&b, 512, 1);
+        if (bf16) cast_bf16(&b);
+        return run_fit(&b, kind, atof(argv[4]), atoi(argv[5]), bf16);
+    }
     if (argc < 3) {
-        fprintf(stderr, "usage: bench_mor vanilla|mor|recursive THREADS [prompt=64] [decode=256] [config]\n");
+        fprintf(stderr, "usage: bench_mor vanilla|mor|recursive THREADS [prompt=64] [decode=256] [config|-] "
+                        "[batch=1] [sched [f32|bf16]]\n"
+                        "       bench_mor fit vanilla|mor|recursive CONFIG|- BUDGET_BYTES CTX [f32|bf16]\n");
         return 2;
     }
     const char *kind = argv[1];
     int nt = atoi(argv[2]), n_prompt = argc > 3 ? atoi(argv[3]) : 64,
         n_decode = argc > 4 ? atoi(argv[4]) : 256;
     int batch = argc > 6 ? atoi(argv[6]) : 1;
-    const char *config = argc > 5 && strcmp(argv[5], "-") ? argv[5]
-                       : !strcmp(kind, "vanilla")     ? "configs/135m-vanilla.yaml"
-                       : !strcmp(kind, "recursive")   ? "configs/135m-recursive-r3.yaml"
-                                                      : "configs/135m-mor-expert-r3.yaml";
+    const char *config = argc > 5 && strcmp(argv[5], "-") ? argv[5] : default_config(kind);
+    int sched = argc > 7 && !strcmp(argv[7], "sched"), bf16 = argc > 8 && !strcmp(argv[8], "bf16");
     bench_model b;
     build(&b, config);
     int R = mor_model_num_recursion(&b.m);
     if (R > 0) calibrate(&b, 512, nt);
+    if (bf16) cast_bf16(&b);
 
+    if (sched) return run_sched(&b, kind, nt, n_prompt, n_decode, batch, bf16);
     if (batch > 1) return run_batch(&b, kind, nt, n_prompt, n_decode, batch);
     int n = n_prompt + n_decode;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);

@@ -243,6 +243,71 @@ MOR_API size_t mor_context_kv_bytes(const mor_context *c);
 MOR_API mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
 
 /* ------------------------------------------------------------------------ */
+/* Batches: decoding many sequences together (docs/algorithms.md#depth-wise-batching) */
+
+/* A scheduler for one model that decodes the next token of many contexts
+ * together. A caller submits one token per context, ticks, and gets back
+ * the contexts whose token finished (their logits in mor_context_logits,
+ * position advanced, routing in mor_context_route(c, 0, ...)); it samples
+ * and submits their next tokens, or new sequences' first ones, before the
+ * next tick. A prompt is evaluated with mor_context_eval before the
+ * context's first submit.
+ *
+ * depth_wise on, for a recursive or MoR model: continuous depth-wise
+ * batching. A tick runs the unique first layers for the tokens just
+ * submitted, the shared recursion block ONCE over every token in flight,
+ * each at its own recursion step (one weight read for all of them), and
+ * the unique last layers and head for the tokens whose routing ended; the
+ * others stay in flight, so a token of depth d finishes after d ticks and
+ * the slot it frees is taken by the next submit. Every token is routed,
+ * cached and scored exactly as a one-token mor_context_eval of its context
+ * would (up to float rounding).
+ *
+ * depth_wise off, or a vanilla model: a tick is one mor_context_eval_batch
+ * of the submitted tokens (lock-step), and every token finishes in it. */
+typedef struct mor_batch mor_batch;
+
+typedef struct mor_batch_params {
+    int max_seqs;   /* tokens in flight at most (one per context); 0 = 16 */
+    /* Threads of a depth-wise tick (see mor_context_params.n_threads);
+     * 0 = physical cores. A lock-step tick runs with its first context's. */
+    int n_threads;
+    int depth_wise; /* 1: continuous depth-wise batching (default), 0: lock-step */
+} mor_batch_params;
+
+typedef struct mor_batch_stats {
+    int64_t ticks;       /* mor_batch_tick calls that ran tokens */
+    int64_t tokens;      /* tokens finished */
+    int64_t depth_sum;   /* their recursion depths summed (1 per token of a vanilla model) */
+    int64_t block_calls; /* passes of the recursion block (each of its layers once) */
+    int64_t block_rows;  /* token rows summed over those passes */
+} mor_batch_stats;
+
+MOR_API mor_batch_params mor_batch_default_params(void);
+/* A scheduler for contexts of m; scratch for max_seqs rows is allocated
+ * here, once. p NULL: the defaults. */
+MOR_API mor_status mor_batch_new(const mor_model *m, const mor_batch_params *p, mor_batch **out,
+                                 mor_error *err);
+/* Frees the scheduler, not the contexts; tokens still in flight are
+ * forgotten (truncate or reset such a context before using it again). */
+MOR_API void mor_batch_free(mor_batch *b);
+/* Queues token as the next token of context c (a context of the batch's
+ * model with room for one more position). MOR_EARG when c already has a
+ * token in flight, when max_seqs tokens are, or for a bad token. Until the
+ * tick that returns c, c must not be evaluated, truncated or freed. */
+MOR_API mor_status mor_batch_submit(mor_batch *b, mor_context *c, int32_t token, mor_error *err);
+/* Runs one tick. The contexts whose token finished go to done[0..*n_done)
+ * (done holds max_seqs). On failure (a KV cache block that cannot be
+ * allocated) every token in flight is dropped and its context is as it was
+ * before the submit. */
+MOR_API mor_status mor_batch_tick(mor_batch *b, mor_context **done, int *n_done, mor_error *err);
+/* Tokens submitted and not yet finished. */
+MOR_API int mor_batch_in_flight(const mor_batch *b);
+/* Counters since mor_batch_new: rows per block pass = block_rows /
+ * block_calls, mean depth = depth_sum / tokens. */
+MOR_API mor_batch_stats mor_batch_get_stats(const mor_batch *b);
+
+/* ------------------------------------------------------------------------ */
 /* Sampling                                                                 */
 
 typedef struct mor_sampler_params {

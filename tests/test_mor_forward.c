@@ -41,16 +41,6 @@ typedef struct {
     int n_sel[MOR_MAX_RECURSION];
 } mcase;
 
-static mor_model *open_model(const char *config_path, const char *model_path) {
-    mor_model *m = calloc(1, sizeof *m);
-    mor_error e = {0};
-    read_config(config_path, &m->cfg);
-    if (mor_config_validate(&m->cfg, config_path, &e)) fail_msg("%s", e.msg);
-    if (mor_st_open(model_path, &m->file, &e)) fail_msg("%s", e.msg);
-    if (mor_model_bind(m, &e)) fail_msg("%s", e.msg);
-    return m;
-}
-
 static void load_case(mcase *k, const char *name) {
     memset(k, 0, sizeof *k);
     snprintf(k->name, sizeof k->name, "%s", name);

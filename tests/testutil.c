@@ -1,6 +1,8 @@
 /* testutil.c - helpers shared by the cmocka suites. */
 #include "testutil.h"
 
+#include "model.h"
+
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
@@ -163,4 +165,14 @@ double mean_nll(const float *logits, const int32_t *tokens, int n, int V) {
         nll += mx + log(sum) - l[tokens[i + 1]];
     }
     return n > 1 ? nll / (n - 1) : 0;
+}
+
+mor_model *open_model(const char *config_path, const char *model_path) {
+    mor_model *m = calloc(1, sizeof *m);
+    mor_error e = {0};
+    read_config(config_path, &m->cfg);
+    if (mor_config_validate(&m->cfg, config_path, &e)) fail_msg("%s", e.msg);
+    if (mor_st_open(model_path, &m->file, &e)) fail_msg("%s", e.msg);
+    if (mor_model_bind(m, &e)) fail_msg("%s", e.msg);
+    return m;
 }

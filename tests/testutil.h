@@ -37,6 +37,9 @@ int tmp_leftovers(void);
 void check_msg(const mor_error *e, const char *needle);
 /* Parses the YAML config file at path into *c; fails the test on an error. */
 void read_config(const char *path, mor_config *c);
+/* A model built in memory from a YAML config and a safetensors file of its
+ * tensors (the reference fixtures); fails the test on an error. */
+mor_model *open_model(const char *config_path, const char *model_path);
 /* Parses the JSON file at path; fails the test on an error. */
 json_t *read_json(const char *path);
 /* Mean next-token NLL (nats, in double) of a row of n tokens from its

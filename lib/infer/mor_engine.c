@@ -95,6 +95,9 @@ struct mor_recur_state {
     int *n_kv;        /* (n_batch) keys a chunk row attends to */
     int *n_own;       /* (n_batch) a row's entries of its own layer, itself included */
     int *n_start;     /* (L) entries of each layer when the call started */
+    int32_t *row_layer; /* (n_batch) a depth-wise pass: each row's unrolled layer */
+    int *row_slot;      /* (n_batch) the layer whose entries a row attends to */
+    uint8_t *row_pol;   /* (n_batch) a row's kv_policy */
     /* eval_batch: the stage rows of a group, one per context (batch_rows) */
     mor_context **b_own; /* the context of each row */
     float *b_gate;       /* its gate (expert-choice) */
@@ -128,6 +131,9 @@ static void recur_free_state(mor_context *c) {
         free(st->n_kv);
         free(st->n_own);
         free(st->n_start);
+        free(st->row_layer);
+        free(st->row_slot);
+        free(st->row_pol);
         free(st->b_own);
         free(st->b_gate);
         free(st->b_keep);
@@ -192,6 +198,9 @@ static mor_status recur_init(mor_context *c, const mor_context_params *p, mor_er
     st->n_kv = malloc(NB * sizeof(int));
     st->n_own = malloc(NB * sizeof(int));
     st->n_start = malloc(L * sizeof(int));
+    st->row_layer = malloc(NB * sizeof(int32_t));
+    st->row_slot = malloc(NB * sizeof(int));
+    st->row_pol = malloc(NB);
     size_t BR = (size_t)c->batch_rows;
     st->b_own = malloc(BR * sizeof *st->b_own);
     st->b_gate = malloc(BR * sizeof(float));
@@ -202,6 +211,7 @@ static mor_status recur_init(mor_context *c, const mor_context_params *p, mor_er
     if (ks || !st->depth || !st->route || !st->h || (st->kind == RECUR_TOKEN && !st->h1) ||
         !st->cand || !st->sel || !st->rows || !st->keep || !st->z || !st->aux_z || !st->gate ||
         !st->router_hidden || !st->row_pos || !st->n_kv || !st->n_own || !st->n_start ||
+        !st->row_layer || !st->row_slot || !st->row_pol ||
         !st->b_own || !st->b_gate || !st->b_keep || !st->b_index)
         return mor_fail(err, MOR_ENOMEM,
                         "mor_context_new: out of memory (recursion state for n_ctx %zu, n_batch %zu)",
@@ -238,6 +248,8 @@ int mor_recur_kv_entries(const mor_context *c, int l) {
     return c->mor->kv.layers[l].n;
 }
 
+const struct mor_kv *mor_recur_kv(const mor_context *c) { return c->mor ? &c->mor->kv : NULL; }
+
 /* ------------------------------------------------------------------------ */
 /* One layer on a chunk of rows                                             */
 
@@ -264,45 +276,58 @@ static inline mor_context *owner(mor_context *c, mor_context *const *own, int t)
     return own ? own[t] : c;
 }
 
-/* c->x (T, D) through unrolled layer l; row t is at position st->row_pos[t].
- * Without own, every row is c's and the positions ascend; with own, row t
- * is the next token of context own[t] (distinct contexts) and reads and
- * writes that context's caches, while c lends the scratch. Appends the
- * rows' K/V to the layer's cache unless the layer shares the recursion-1
- * cache. Fails only when a cache block cannot be allocated. */
-static mor_status layer_rows(mor_context *c, mor_context *const *own, int l, int T) {
+/* c->x (T, D) through unrolled layer l, or with lrow, row t through
+ * unrolled layer lrow[t] (a depth-wise tick: rows at different recursion
+ * steps of one block layer); row t is at position st->row_pos[t]. The
+ * weights are those of l (lrow[0]): with lrow the caller guarantees that
+ * every row's layer has the same mor_layer_weights, while each row keeps
+ * its own layer's KV cache and policy. Without own, every row is c's, at
+ * layer l, and the positions ascend; with own, row t is the next token of
+ * context own[t] (distinct contexts) and reads and writes that context's
+ * caches, while c lends the scratch. Appends each row's K/V to its layer's
+ * cache unless that layer shares the recursion-1 cache. Fails only when a
+ * cache block cannot be allocated. */
+static mor_status layer_rows(mor_context *c, mor_context *const *own, const int32_t *lrow, int l,
+                             int T) {
     struct mor_recur_state *st = c->mor;
     const mor_model *m = c->m;
     const mor_config *cfg = &m->cfg;
+    if (lrow) l = lrow[0];
     const mor_layer_weights *w = &m->unrolled[l];
     int nt = c->n_threads, D = cfg->dim, H = cfg->n_heads, KVH = cfg->n_kv_heads,
         HD = cfg->head_dim, QD = H * HD, KVD = KVH * HD, half = HD / 2, group = H / KVH;
     float eps = cfg->norm_eps, scale = 1.0f / sqrtf((float)HD);
     float *x = c->x, *xb = c->xb, *q = c->q, *k = c->k, *v = c->v;
     const int32_t *pos = st->row_pos;
-    int *n_kv = st->n_kv, *n_own = st->n_own;
+    int *n_kv = st->n_kv, *n_own = st->n_own, *slot = st->row_slot;
+    uint8_t *pol = st->row_pol;
     int par = T > 1; /* one row: only the products and attention are worth threads */
-    int slot;
-    kv_policy pol = layer_policy(c, l, &slot);
+    int stores = 0;   /* some row appends its K/V */
+    for (int t = 0; t < T; t++) {
+        pol[t] = (uint8_t)layer_policy(c, lrow ? lrow[t] : l, &slot[t]);
+        stores |= pol[t] != KV_SHARED;
+    }
 
     /* attention */
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
     for (int t = 0; t < T; t++)
         mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->attn_norm, D, eps);
     mor_matmul_w(q, xb, w->wq, w->wq_h, T, QD, D, nt);
-    if (pol != KV_SHARED) { /* a sharing layer's own K/V would be thrown away */
+    if (stores) { /* a sharing layer's own K/V would be thrown away */
         mor_matmul_w(k, xb, w->wk, w->wk_h, T, KVD, D, nt);
         mor_matmul_w(v, xb, w->wv, w->wv_h, T, KVD, D, nt);
-        /* row t becomes entry n_own[t] - 1 of its context's layer l */
+        /* row t becomes entry n_own[t] - 1 of its context's layer */
         for (int t = 0; t < T; t++) {
+            if (pol[t] == KV_SHARED) continue;
             mor_kv *kv = &owner(c, own, t)->mor->kv;
+            int lt = lrow ? lrow[t] : l;
             if (!own && t > 0) {
                 n_own[t] = n_own[t - 1] + 1;
                 continue;
             }
-            mor_status s = mor_kv_reserve(kv, l, own ? 1 : T);
+            mor_status s = mor_kv_reserve(kv, lt, own ? 1 : T);
             if (s) return s;
-            n_own[t] = kv->layers[l].n + 1;
+            n_own[t] = kv->layers[lt].n + 1;
         }
     }
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
@@ -310,9 +335,9 @@ static mor_status layer_rows(mor_context *c, mor_context *const *own, int l, int
         const mor_context *o = owner(c, own, t);
         const float *cp = o->rope_cos + (size_t)pos[t] * half, *sp = o->rope_sin + (size_t)pos[t] * half;
         mor_rope(q + (size_t)t * QD, H, HD, cp, sp);
-        if (pol != KV_SHARED) {
+        if (pol[t] != KV_SHARED) {
             const mor_kv *kv = &o->mor->kv;
-            const mor_kv_layer *ly = &kv->layers[l];
+            const mor_kv_layer *ly = &kv->layers[lrow ? lrow[t] : l];
             int e = n_own[t] - 1;
             mor_rope(k + (size_t)t * KVD, KVH, HD, cp, sp);
             memcpy(mor_kv_key(kv, ly, e), k + (size_t)t * KVD, (size_t)KVD * sizeof *k);
@@ -320,13 +345,16 @@ static mor_status layer_rows(mor_context *c, mor_context *const *own, int l, int
             *mor_kv_pos(kv, ly, e) = pos[t];
         }
     }
-    if (pol != KV_SHARED)
-        for (int t = 0; t < T; t++) owner(c, own, t)->mor->kv.layers[l].n = n_own[t];
     /* keys each row sees: the entries at positions <= its own */
+    for (int t = 0; t < T; t++) {
+        mor_kv *kv = &owner(c, own, t)->mor->kv;
+        if (pol[t] != KV_SHARED) kv->layers[lrow ? lrow[t] : l].n = n_own[t];
+    }
     for (int t = 0; t < T; t++)
-        n_kv[t] = pol == KV_OWN ? n_own[t] : mor_kv_count_upto(&owner(c, own, t)->mor->kv, slot, pos[t]);
-    if (!own && pol != KV_HYBRID && T >= MOR_GEMM_ATTENTION_MIN_ROWS) {
-        mor_kv_attend_gemm(c->att, q, T, n_kv, &st->kv, slot, H, c->scores, nt);
+        n_kv[t] = pol[t] == KV_OWN ? n_own[t]
+                                   : mor_kv_count_upto(&owner(c, own, t)->mor->kv, slot[t], pos[t]);
+    if (!own && pol[0] != KV_HYBRID && T >= MOR_GEMM_ATTENTION_MIN_ROWS) {
+        mor_kv_attend_gemm(c->att, q, T, n_kv, &st->kv, slot[0], H, c->scores, nt);
     } else {
         int n = T * H;
 #pragma omp parallel for num_threads(nt) schedule(static) if (n > 1)
@@ -334,11 +362,11 @@ static mor_status layer_rows(mor_context *c, mor_context *const *own, int l, int
             int t = i / H, h = i % H;
             const mor_kv *kv = &owner(c, own, t)->mor->kv;
             size_t qo = (size_t)t * QD + (size_t)h * HD;
-            if (pol == KV_HYBRID)
-                mor_kv_attend_merged(c->att + qo, q + qo, kv, slot, n_kv[t], l, n_own[t], h / group,
-                                     scale);
+            if (pol[t] == KV_HYBRID)
+                mor_kv_attend_merged(c->att + qo, q + qo, kv, slot[t], n_kv[t], lrow ? lrow[t] : l,
+                                     n_own[t], h / group, scale);
             else
-                mor_kv_attend(c->att + qo, q + qo, kv, slot, h / group, n_kv[t], scale);
+                mor_kv_attend(c->att + qo, q + qo, kv, slot[t], h / group, n_kv[t], scale);
         }
     }
     mor_matmul_w(xb, c->att, w->wo, w->wo_h, T, D, QD, nt);
@@ -352,15 +380,18 @@ static mor_status layer_rows(mor_context *c, mor_context *const *own, int l, int
 
 /* Unrolled layers [l0, l1) on the m tokens rows[0..m) (call indices,
  * ascending; position pos0 + index), in chunks of n_batch. With own (an
- * eval_batch pass, m <= n_batch), stage row j is call index rows[j] of
- * context own[j], at that context's position + rows[j]: its state, caches
- * and routes are own[j]'s, c lends the scratch. The output Y of stage row j
- * goes back into the owner's st->h as `mode` says: OUT_GATED adds
- * gate[j]*Y (Y when gate is NULL) where keep is NULL or keep[j]; OUT_TOKEN
- * uses the token's depth, the step and st->gate (by call index). */
+ * eval_batch pass or a depth-wise tick, m <= n_batch), stage row j is call
+ * index rows[j] of context own[j], at that context's position + rows[j]:
+ * its state, caches and routes are own[j]'s, c lends the scratch. With
+ * row_step (a depth-wise tick; [l0, l1) are step `step`'s layers), row j
+ * runs the same block layers of its own step row_step[j], whose weights the
+ * caller knows to be the same. The output Y of stage row j goes back into
+ * the owner's st->h as `mode` says: OUT_GATED adds gate[j]*Y (Y when gate
+ * is NULL) where keep is NULL or keep[j]; OUT_TOKEN uses the token's depth,
+ * the row's step and st->gate (by call index). */
 static mor_status run_stage(mor_context *c, mor_context *const *own, int pos0, const int32_t *rows,
                             int m, int l0, int l1, out_mode mode, const float *gate,
-                            const uint8_t *keep, int step) {
+                            const uint8_t *keep, int step, const int32_t *row_step) {
     struct mor_recur_state *st = c->mor;
     const mor_config *cfg = &c->m->cfg;
     int D = cfg->dim, nt = c->n_threads;
@@ -374,7 +405,9 @@ static mor_status run_stage(mor_context *c, mor_context *const *own, int pos0, c
             st->row_pos[t] = (own ? o->pos : pos0) + r[t];
         }
         for (int l = l0; l < l1; l++) {
-            mor_status s = layer_rows(c, own ? own + s0 : NULL, l, T);
+            if (row_step)
+                for (int t = 0; t < T; t++) st->row_layer[t] = l + (row_step[s0 + t] - step) * st->base;
+            mor_status s = layer_rows(c, own ? own + s0 : NULL, row_step ? st->row_layer : NULL, l, T);
             if (s) return s;
         }
 #pragma omp parallel for num_threads(nt) schedule(static) if (T > 1)
@@ -388,7 +421,8 @@ static mor_status run_stage(mor_context *c, mor_context *const *own, int pos0, c
                 if (keep && !keep[s0 + t]) continue;
                 float g = gate ? gate[s0 + t] : 1.0f;
                 for (int i = 0; i < D; i++) h[i] += g * y[i];
-            } else if (ot->depth[r[t]] == step) { /* token-choice exit: gate onto h^1 */
+            } else if (ot->depth[r[t]] == (row_step ? row_step[s0 + t] : step)) {
+                /* token-choice exit: gate onto h^1 */
                 const float *h1 = ot->h1 + (size_t)r[t] * D;
                 float g = token_weighted ? ot->gate[r[t]] : 1.0f;
                 for (int i = 0; i < D; i++) h[i] = h1[i] + g * y[i];
@@ -528,7 +562,7 @@ static mor_status expert_steps(mor_context *c, int pos0, int n) {
             for (int i = 0; i < ns; i++) st->keep[st->sel[i]] = 1;
             for (int i = 0; i < ns; i++) st->depth[st->cand[st->sel[i]]] = r;
             s = run_stage(c, NULL, pos0, st->cand, nc, l0, l1, OUT_GATED, weighted ? st->gate : NULL,
-                          st->keep, r);
+                          st->keep, r, NULL);
             for (int i = 0; i < ns; i++) st->rows[i] = st->cand[st->sel[i]];
         } else {
             /* the selected tokens and their gates, in position order */
@@ -538,7 +572,7 @@ static mor_status expert_steps(mor_context *c, int pos0, int n) {
                 st->depth[st->rows[i]] = r;
             }
             s = run_stage(c, NULL, pos0, st->rows, ns, l0, l1, OUT_GATED, weighted ? st->gate : NULL, NULL,
-                          r);
+                          r, NULL);
         }
         if (s) return s;
         memcpy(st->cand, st->rows, (size_t)ns * sizeof(int32_t));
@@ -565,7 +599,8 @@ static mor_status token_steps(mor_context *c, int pos0, int n) {
             if (st->depth[t] >= r) st->rows[na++] = t;
         if (!na) break;
         int l0 = st->off + (r - 1) * st->base;
-        mor_status s = run_stage(c, NULL, pos0, st->rows, na, l0, l0 + st->base, OUT_TOKEN, NULL, NULL, r);
+        mor_status s =
+            run_stage(c, NULL, pos0, st->rows, na, l0, l0 + st->base, OUT_TOKEN, NULL, NULL, r, NULL);
         if (s) return s;
     }
     return MOR_OK;
@@ -586,13 +621,14 @@ static mor_status forward_call(mor_context *c, const int32_t *tokens, int n) {
     memset(st->agree_hits, 0, sizeof st->agree_hits);
     memset(st->agree_cand, 0, sizeof st->agree_cand);
     if (st->kind == RECUR_PLAIN) /* every token, every layer, in one stage */
-        return run_stage(c, NULL, pos0, st->rows, n, 0, L, OUT_SET, NULL, NULL, 0);
+        return run_stage(c, NULL, pos0, st->rows, n, 0, L, OUT_SET, NULL, NULL, 0, NULL);
     mor_status s = MOR_OK;
-    if (st->off > 0) s = run_stage(c, NULL, pos0, st->rows, n, 0, st->off, OUT_SET, NULL, NULL, 0);
+    if (st->off > 0)
+        s = run_stage(c, NULL, pos0, st->rows, n, 0, st->off, OUT_SET, NULL, NULL, 0, NULL);
     if (!s) s = st->kind == RECUR_EXPERT ? expert_steps(c, pos0, n) : token_steps(c, pos0, n);
     if (!s && block_end < L) {
         for (int t = 0; t < n; t++) st->rows[t] = t;
-        s = run_stage(c, NULL, pos0, st->rows, n, block_end, L, OUT_SET, NULL, NULL, 0);
+        s = run_stage(c, NULL, pos0, st->rows, n, block_end, L, OUT_SET, NULL, NULL, 0, NULL);
     }
     return s;
 }
@@ -658,9 +694,10 @@ static mor_status batch_forward(mor_context *sc, mor_context **cs, const int32_t
         memset(st->agree_hits, 0, sizeof st->agree_hits);
         memset(st->agree_cand, 0, sizeof st->agree_cand);
     }
-    if (ss->kind == RECUR_PLAIN) return run_stage(sc, cs, 0, idx, T, 0, L, OUT_SET, NULL, NULL, 0);
+    if (ss->kind == RECUR_PLAIN)
+        return run_stage(sc, cs, 0, idx, T, 0, L, OUT_SET, NULL, NULL, 0, NULL);
     mor_status s = MOR_OK;
-    if (off > 0) s = run_stage(sc, cs, 0, idx, T, 0, off, OUT_SET, NULL, NULL, 0);
+    if (off > 0) s = run_stage(sc, cs, 0, idx, T, 0, off, OUT_SET, NULL, NULL, 0, NULL);
     if (!s && ss->kind == RECUR_EXPERT) {
         int weighted = cfg->mor.expert.gating == MOR_GATING_WEIGHTED;
         int na = T; /* contexts whose token is still a candidate, in own[0..na) */
@@ -682,7 +719,8 @@ static mor_status batch_forward(mor_context *sc, mor_context **cs, const int32_t
                 m_rows++;
             }
             int l0 = off + (r - 1) * base;
-            s = run_stage(sc, own, 0, idx, m_rows, l0, l0 + base, OUT_GATED, ss->b_gate, ss->b_keep, r);
+            s = run_stage(sc, own, 0, idx, m_rows, l0, l0 + base, OUT_GATED, ss->b_gate, ss->b_keep, r,
+                          NULL);
             na = 0; /* the next step's candidates: the kept, in order */
             for (int i = 0; i < m_rows; i++)
                 if (ss->b_keep[i]) own[na++] = own[i];
@@ -701,10 +739,11 @@ static mor_status batch_forward(mor_context *sc, mor_context **cs, const int32_t
                 if (cs[i]->mor->depth[0] >= r) own[na++] = cs[i];
             if (!na) break;
             int l0 = off + (r - 1) * base;
-            s = run_stage(sc, own, 0, idx, na, l0, l0 + base, OUT_TOKEN, NULL, NULL, r);
+            s = run_stage(sc, own, 0, idx, na, l0, l0 + base, OUT_TOKEN, NULL, NULL, r, NULL);
         }
     }
-    if (!s && block_end < L) s = run_stage(sc, cs, 0, idx, T, block_end, L, OUT_SET, NULL, NULL, 0);
+    if (!s && block_end < L)
+        s = run_stage(sc, cs, 0, idx, T, block_end, L, OUT_SET, NULL, NULL, 0, NULL);
     return s;
 }
 
@@ -742,6 +781,105 @@ static mor_status recur_eval_batch(mor_context **cs, const int32_t *tokens, int 
         }
     }
     mor_threads_end(saved);
+    return MOR_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Depth-wise ticks (lib/infer/depth_batch.c)                               */
+
+/* A context with a token in a depth-wise batch keeps that token's state
+ * where a one-token eval call keeps it: row 0 of st->h (and st->h1), its
+ * depth, routes and gate at index 0. c->pos is the token's position until
+ * it finishes. */
+
+int mor_recur_steps_share_weights(const mor_model *m) {
+    const mor_config *cfg = &m->cfg;
+    int R = cfg->num_recursion, base = mor_config_base_depth(cfg), off = mor_config_rec_offset(cfg);
+    for (int r = 2; r <= R; r++)
+        for (int j = 0; j < base; j++)
+            if (memcmp(&m->unrolled[off + j], &m->unrolled[off + (r - 1) * base + j],
+                       sizeof(mor_layer_weights)) != 0)
+                return 0;
+    return 1;
+}
+
+/* n call indices 0 (one token per context) from sc's workspace, which has
+ * n_ctx >= n_batch >= n entries. */
+static const int32_t *tick_rows(mor_context *sc, int n) {
+    memset(sc->mor->rows, 0, (size_t)n * sizeof(int32_t));
+    return sc->mor->rows;
+}
+
+mor_status mor_recur_tick_start(mor_context *sc, mor_context *const *own, const int32_t *tokens, int n) {
+    const mor_model *m = sc->m;
+    for (int i = 0; i < n; i++) {
+        struct mor_recur_state *st = own[i]->mor;
+        mor_embed_row(m, tokens[i], st->h);
+        st->depth[0] = st->kind == RECUR_PLAIN ? st->R : 0;
+        for (int r = 0; r < st->R; r++) st->route[r] = NAN;
+        memset(st->agree_hits, 0, sizeof st->agree_hits);
+        memset(st->agree_cand, 0, sizeof st->agree_cand);
+        st->n_last = 0; /* no route to report until the token finishes */
+    }
+    int off = sc->mor->off;
+    if (off == 0) return MOR_OK;
+    return run_stage(sc, own, 0, tick_rows(sc, n), n, 0, off, OUT_SET, NULL, NULL, 0, NULL);
+}
+
+int mor_recur_tick_route(mor_context *c, int r, float *gate) {
+    struct mor_recur_state *st = c->mor;
+    const mor_model *m = c->m;
+    const mor_config *cfg = &m->cfg;
+    static const int32_t first = 0;
+    *gate = 1.0f;
+    if (r > st->R) return MOR_TICK_EXIT;
+    if (st->kind == RECUR_PLAIN) return MOR_TICK_RUN;
+    if (st->kind == RECUR_TOKEN) { /* the depth is known from the start */
+        if (r == 1) {
+            router_logits(c, &m->routers[0], &first, 1, st->R, st->z);
+            mor_route_token_assign(st->depth, st->gate, st->route, st->z, m->router_bias, 1, st->R,
+                                   cfg->mor.token.router_func, cfg->mor.token.alpha);
+            memcpy(st->h1, st->h, (size_t)cfg->dim * sizeof(float));
+        }
+        return r <= st->depth[0] ? MOR_TICK_RUN : MOR_TICK_EXIT;
+    }
+    st->cand[0] = 0; /* expert-choice: as a one-token call of c routes it */
+    if (expert_select(c, c->pos, 1, 1, r) > 0) {
+        st->depth[0] = r;
+        if (cfg->mor.expert.gating == MOR_GATING_WEIGHTED) *gate = st->gate[0];
+        return MOR_TICK_RUN;
+    }
+    /* KV sharing: a token left out at step 1 still runs it for its
+     * recursion-1 K/V, without taking the output (expert_steps) */
+    return cfg->kv.enable && r == 1 ? MOR_TICK_RUN_DISCARD : MOR_TICK_EXIT;
+}
+
+mor_status mor_recur_tick_block(mor_context *sc, mor_context *const *own, const int32_t *step,
+                                const float *gate, const uint8_t *keep, int n) {
+    const struct mor_recur_state *ss = sc->mor;
+    out_mode mode = ss->kind == RECUR_EXPERT ? OUT_GATED : ss->kind == RECUR_TOKEN ? OUT_TOKEN : OUT_SET;
+    /* step 1's block layers; row j runs the same ones of step[j] */
+    return run_stage(sc, own, 0, tick_rows(sc, n), n, ss->off, ss->off + ss->base, mode, gate, keep, 1,
+                     step);
+}
+
+mor_status mor_recur_tick_finish(mor_context *sc, mor_context *const *own, int n, float *logits) {
+    const struct mor_recur_state *ss = sc->mor;
+    const mor_config *cfg = &sc->m->cfg;
+    int D = cfg->dim, L = cfg->n_layers, block_end = ss->off + ss->R * ss->base;
+    size_t V = (size_t)cfg->vocab_size;
+    if (block_end < L) {
+        mor_status s =
+            run_stage(sc, own, 0, tick_rows(sc, n), n, block_end, L, OUT_SET, NULL, NULL, 0, NULL);
+        if (s) return s;
+    }
+    for (int i = 0; i < n; i++) memcpy(sc->x + (size_t)i * D, own[i]->mor->h, (size_t)D * sizeof(float));
+    mor_block_logits(sc, sc->x, n, logits);
+    for (int i = 0; i < n; i++) {
+        memcpy(own[i]->logits, logits + (size_t)i * V, V * sizeof(float));
+        own[i]->mor->n_last = 1;
+        own[i]->pos++;
+    }
     return MOR_OK;
 }
 

@@ -25,6 +25,7 @@ TEST_SEAMS = {
     "mor_model_bind": "tests bind a model built in memory",
     "mor_recur_set_kv_block": "tests force small KV blocks",
     "mor_recur_kv_entries": "tests count the KV entries a recursion keeps",
+    "mor_recur_kv": "tests compare the KV cache contents of two contexts",
     "mor_sampler_candidates": "tests check the candidate list before the draw",
     "mor_shard_read_info": "tests and fuzz_shard read a shard's header alone",
     "mor_train_data_is_shard": "tests check the shard/text detection",
