@@ -37,6 +37,21 @@ void mor_threads_end(mor_thread_counts saved);
  * all n vectors. Parallel over output rows. */
 void mor_matvec_multi(float *Y, const float *W, const float *X, int n, int out, int in,
                       int n_threads);
+/* Internal: which tiles mor_matvec_multi runs. AUTO: the widest this CPU
+ * supports, looked up once (cpuid); AVX2: the build's baseline; AVX512: the
+ * tiles of kernels_avx512.c (F, BW and VL). Tests and benchmarks pick a path
+ * with mor_matvec_multi_isa, after mor_isa_supported says the CPU runs it. */
+typedef enum mor_isa { MOR_ISA_AUTO = 0, MOR_ISA_AVX2 = 1, MOR_ISA_AVX512 = 2 } mor_isa;
+int mor_isa_supported(mor_isa isa);
+/* mor_matvec_multi on the given path; W float32, or Wh set: W as bfloat16
+ * bit patterns (W unused). */
+void mor_matvec_multi_isa(mor_isa isa, float *Y, const float *W, const uint16_t *Wh,
+                          const float *X, int n, int out, int in, int n_threads);
+/* kernels_avx512.c: rows 4b..4b+3 (fewer at the end) of mor_matvec_multi. */
+#define MOR_AVX512_BLOCK_ROWS 4
+void mor_matvec_block_avx512(float *Y, const float *W, const uint16_t *Wh, const float *X, int n,
+                             int out, int in, int b);
+
 /* Y (n, out) = X (n, in) W^T. W float32: mor_matvec_multi for
  * n <= MOR_MATVEC_MAX_ROWS, else cblas_sgemm (threads from mor_threads_begin)
  * if OpenBLAS runs an AVX2/AVX-512 kernel; with its SSE3 fallback
