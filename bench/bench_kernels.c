@@ -6,8 +6,10 @@
  * timed calls after a warm-up call, which also brings W into whatever cache
  * holds it: small matrices stay in L2, the 49152 x 576 head does not.
  *
- *   bin/bench/bench_kernels [--threads N] [--reps R]
- */
+ *   bin/bench/bench_kernels [--threads N] [--reps R] [--max-rows M]
+ *
+ * n runs 1, 2, 4, ... up to M (default 64): past 64 it shows where sgemm
+ * overtakes the tiles (MOR_MATVEC_MAX_ROWS). */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,23 +39,24 @@ static double time_product(int path, float *Y, const float *X, const float *W, c
 }
 
 int main(int argc, char **argv) {
-    int nt = 1, reps = 5;
+    int nt = 1, reps = 5, max_rows = 64;
     for (int a = 1; a < argc; a++) {
         if (strcmp(argv[a], "--threads") == 0 && a + 1 < argc)
             nt = atoi(argv[++a]);
         else if (strcmp(argv[a], "--reps") == 0 && a + 1 < argc)
             reps = atoi(argv[++a]);
+        else if (strcmp(argv[a], "--max-rows") == 0 && a + 1 < argc)
+            max_rows = atoi(argv[++a]);
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--reps R]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--reps R] [--max-rows M]\n", argv[0]);
             return 1;
         }
     }
-    if (nt < 1 || reps < 1) {
-        fprintf(stderr, "bench_kernels: --threads and --reps take a count >= 1\n");
+    if (nt < 1 || reps < 1 || max_rows < 1) {
+        fprintf(stderr, "bench_kernels: --threads, --reps and --max-rows take a count >= 1\n");
         return 1;
     }
     static const int shapes[][2] = {{576, 576}, {192, 576}, {1536, 576}, {576, 1536}, {49152, 576}};
-    static const int rows[] = {1, 2, 4, 8, 16, 32, 64};
     int has512 = mor_isa_supported(MOR_ISA_AVX512);
     mor_thread_counts saved = mor_threads_begin(nt);
     printf("threads %d, OpenBLAS core %s, AVX-512 tiles: %s\n", nt, openblas_get_corename(),
@@ -66,17 +69,16 @@ int main(int argc, char **argv) {
         size_t nw = (size_t)out * in;
         float *W = mor_alloc_big(nw * sizeof *W);
         uint16_t *Wh = mor_alloc_big(nw * sizeof *Wh);
-        float *X = mor_alloc_big((size_t)64 * in * sizeof *X);
-        float *Y = mor_alloc_big((size_t)64 * out * sizeof *Y);
+        float *X = mor_alloc_big((size_t)max_rows * in * sizeof *X);
+        float *Y = mor_alloc_big((size_t)max_rows * out * sizeof *Y);
         if (!W || !Wh || !X || !Y) {
             fprintf(stderr, "bench_kernels: out of memory\n");
             return 2;
         }
         bench_fill(W, nw, 0.05f, 11 + s);
-        bench_fill(X, (size_t)64 * in, 1.0f, 29 + s);
+        bench_fill(X, (size_t)max_rows * in, 1.0f, 29 + s);
         for (size_t i = 0; i < nw; i++) Wh[i] = mor_f32_to_bf16(W[i]);
-        for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
-            int n = rows[r];
+        for (int n = 1; n <= max_rows; n *= 2) {
             double flop = 2.0 * n * out * in / 1e9;
             double g[5] = {0};
             g[0] = flop / time_product(PATH_AVX2, Y, X, W, NULL, n, out, in, nt, reps);
@@ -84,7 +86,7 @@ int main(int argc, char **argv) {
             g[2] = flop / time_product(PATH_SGEMM, Y, X, W, NULL, n, out, in, nt, reps);
             g[3] = flop / time_product(PATH_AVX2, Y, X, NULL, Wh, n, out, in, nt, reps);
             if (has512) g[4] = flop / time_product(PATH_AVX512, Y, X, NULL, Wh, n, out, in, nt, reps);
-            printf("%-7s %5d x %-5d %4d %9.1f %9.1f %9.1f %9.1f %9.1f\n", r == 0 ? "shape" : "", out,
+            printf("%-7s %5d x %-5d %4d %9.1f %9.1f %9.1f %9.1f %9.1f\n", n == 1 ? "shape" : "", out,
                    in, n, g[0], g[1], g[2], g[3], g[4]);
             fflush(stdout);
         }

@@ -70,10 +70,11 @@ static void test_matvec_parallel(void **state) {
 }
 
 /* Several vectors at once on the AVX2 path and through mor_matmul_w, which
- * takes sgemm past MOR_MATVEC_MAX_ROWS rows. */
+ * takes sgemm past MOR_MATVEC_MAX_ROWS (AVX-512: MOR_MATVEC_MAX_ROWS_AVX512)
+ * rows. */
 static void test_matvec_multi_and_matmul(void **state) {
     (void)state;
-    static const int ns[] = {1, 2, 3, 4, 5, 9, 16, 17, 20, 33, 65, 70};
+    static const int ns[] = {1, 2, 3, 4, 5, 9, 16, 17, 20, 33, 65, 70, 300};
     int out = 43, in = 29;
     uint64_t seed = 3;
     for (size_t a = 0; a < sizeof ns / sizeof *ns; a++) {

@@ -330,7 +330,8 @@ static int sgemm_is_vectorised(void) {
 
 static void matmul_f32(float *Y, const float *X, const float *W, int n, int out, int in,
                        int n_threads) {
-    if (n <= MOR_MATVEC_MAX_ROWS || !sgemm_is_vectorised()) {
+    int max_rows = best_isa() == MOR_ISA_AVX512 ? MOR_MATVEC_MAX_ROWS_AVX512 : MOR_MATVEC_MAX_ROWS;
+    if (n <= max_rows || !sgemm_is_vectorised()) {
         mor_matvec_multi(Y, W, X, n, out, in, n_threads);
         return;
     }

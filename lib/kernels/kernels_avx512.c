@@ -65,7 +65,7 @@ TILE_INLINE void tile(float *Y, const void *W, const float *X, int out, int in, 
     __m512 acc[RB][VB];
     const void *w = W;
     size_t ow[RB];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int k = 0; k < R; k++) {
         ow[k] = (size_t)(r + k) * in;
 #pragma GCC unroll 6
@@ -81,13 +81,13 @@ TILE_INLINE void tile(float *Y, const void *W, const float *X, int out, int in, 
             /* a 4-row block is a few dozen lines per row: too short for the
              * hardware prefetcher */
             const char *p = (const char *)w + (ow[0] + (size_t)RB * in + i) * es;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int k = 0; k < RB; k++) _mm_prefetch(p + (size_t)k * in * es, _MM_HINT_T0);
         }
         __m512 xv[VB];
 #pragma GCC unroll 6
         for (int v = 0; v < V; v++) xv[v] = _mm512_loadu_ps(x[v] + i);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int k = 0; k < R; k++) {
             __m512 wk = w_load16(w, ow[k] + i, bf16);
 #pragma GCC unroll 6
@@ -99,7 +99,7 @@ TILE_INLINE void tile(float *Y, const void *W, const float *X, int out, int in, 
         __m512 xv[VB];
 #pragma GCC unroll 6
         for (int v = 0; v < V; v++) xv[v] = _mm512_maskz_loadu_ps(m, x[v] + i);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int k = 0; k < R; k++) {
             __m512 wk = w_load16_mask(w, ow[k] + i, m, bf16);
 #pragma GCC unroll 6
@@ -112,14 +112,18 @@ TILE_INLINE void tile(float *Y, const void *W, const float *X, int out, int in, 
 #pragma GCC unroll 6
     for (int v = 0; v < V; v++) {
         float *y = Y + (size_t)(v0 + v) * out + r;
-        if (R == 4) {
-            _mm_storeu_ps(y, hsum16x4(acc[0][v], acc[1][v], acc[2][v], acc[3][v]));
-        } else {
-            float s[4];
-            _mm_storeu_ps(s, hsum16x4(acc[0][v], R > 1 ? acc[1][v] : zero, R > 2 ? acc[2][v] : zero,
-                                      zero));
+#pragma GCC unroll 2
+        for (int k = 0; k < R; k += 4) {
+            __m128 s4 = hsum16x4(acc[k][v], k + 1 < R ? acc[k + 1][v] : zero,
+                                 k + 2 < R ? acc[k + 2][v] : zero, k + 3 < R ? acc[k + 3][v] : zero);
+            if (k + 4 <= R) {
+                _mm_storeu_ps(y + k, s4);
+            } else {
+                float s[4];
+                _mm_storeu_ps(s, s4);
 #pragma GCC unroll 4
-            for (int k = 0; k < R; k++) y[k] = s[k];
+                for (int j = k; j < R; j++) y[j] = s[j - k];
+            }
         }
     }
 }
