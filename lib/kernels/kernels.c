@@ -9,7 +9,9 @@
  * vectors (eval_batch, prompt chunks when OpenBLAS lacks a vector sgemm) a
  * 4-row x 3-vector register tile keeps the arithmetic fed while the 4-row
  * block sits in L1. W may be float32 or the bfloat16 of a BF16 checkpoint,
- * widened exactly as it is loaded. */
+ * widened exactly as it is loaded. Where the CPU has AVX-512 (cpuid, looked
+ * up once) the multi-row product runs the wider tiles of kernels_avx512.c
+ * instead; these AVX2 tiles stay for every other CPU. */
 #include "kernels.h"
 
 #include "util.h"
