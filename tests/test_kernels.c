@@ -6,6 +6,7 @@
 
 #include "testutil.h"
 #include "kernels.h"
+#include "util.h"
 
 /* Deterministic uniform numbers in [-1, 1). */
 static float frand(uint64_t *s) {
@@ -68,11 +69,12 @@ static void test_matvec_parallel(void **state) {
     free(W), free(x), free(y1), free(y2), free(ref);
 }
 
-/* Several vectors at once (matvec_multi) and through mor_matmul_w, which
- * takes sgemm past MOR_MATVEC_MAX_ROWS rows. */
+/* Several vectors at once on the AVX2 path and through mor_matmul_w, which
+ * takes sgemm past MOR_MATVEC_MAX_ROWS (AVX-512: MOR_MATVEC_MAX_ROWS_AVX512)
+ * rows. */
 static void test_matvec_multi_and_matmul(void **state) {
     (void)state;
-    static const int ns[] = {1, 2, 3, 4, 5, 9, 16, 17, 20};
+    static const int ns[] = {1, 2, 3, 4, 5, 9, 16, 17, 20, 33, 65, 70, 300};
     int out = 43, in = 29;
     uint64_t seed = 3;
     for (size_t a = 0; a < sizeof ns / sizeof *ns; a++) {
@@ -80,18 +82,18 @@ static void test_matvec_multi_and_matmul(void **state) {
         float *W = rand_vec((size_t)out * in, &seed), *X = rand_vec((size_t)n * in, &seed);
         float *Y = malloc((size_t)n * out * sizeof *Y), *ref = malloc((size_t)n * out * sizeof *ref);
         ref_matmul(ref, X, W, n, out, in);
-        mor_matvec_multi(Y, W, X, n, out, in, 2);
+        mor_matvec_multi_isa(MOR_ISA_AVX2, Y, W, NULL, X, n, out, in, 2);
         assert_true(rel_err(Y, ref, (size_t)n * out) < 1e-6);
         /* a vector left over from the triples and pairs is summed as
          * a single vector is summed */
         float *y = malloc((size_t)out * sizeof *y);
-        mor_matvec_multi(y, W, X + (size_t)(n - 1) * in, 1, out, in, 1);
+        mor_matvec_multi_isa(MOR_ISA_AVX2, y, W, NULL, X + (size_t)(n - 1) * in, 1, out, in, 1);
         if (n % 3 == 1) assert_memory_equal(y, Y + (size_t)(n - 1) * out, (size_t)out * sizeof *y);
         /* triples and pairs sum alike: the first two vectors of n >= 3 (a
          * triple) give the bits of a call on those two alone (a pair) */
         if (n >= 3) {
             float *y2 = malloc((size_t)2 * out * sizeof *y2);
-            mor_matvec_multi(y2, W, X, 2, out, in, 1);
+            mor_matvec_multi_isa(MOR_ISA_AVX2, y2, W, NULL, X, 2, out, in, 1);
             assert_memory_equal(y2, Y, (size_t)2 * out * sizeof *y2);
             free(y2);
         }
@@ -103,6 +105,91 @@ static void test_matvec_multi_and_matmul(void **state) {
         if (e > 1e-6) fail_msg("matmul n=%d: rel_err %g", n, e);
         free(W), free(X), free(Y), free(ref), free(y);
     }
+}
+
+/* Both paths against the double reference for n = 1..64 rows on shapes
+ * with odd `in` (masked and scalar tails) and `out` not a multiple of the
+ * 4-row block; AVX-512 against AVX2 on the same products. */
+static void test_matvec_paths_reference(void **state) {
+    (void)state;
+    static const int shapes[][2] = {{1, 1}, {3, 5}, {7, 16}, {13, 17}, {61, 31}, {37, 100}, {22, 577}};
+    int has512 = mor_isa_supported(MOR_ISA_AVX512);
+    uint64_t seed = 5;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int out = shapes[s][0], in = shapes[s][1];
+        float *W = rand_vec((size_t)out * in, &seed), *X = rand_vec((size_t)64 * in, &seed);
+        size_t ny = (size_t)64 * out;
+        float *ref = malloc(ny * sizeof *ref), *y2 = malloc(ny * sizeof *y2),
+              *y5 = malloc(ny * sizeof *y5);
+        for (int n = 1; n <= 64; n += (n < 20 ? 1 : 7)) {
+            size_t m = (size_t)n * out;
+            ref_matmul(ref, X, W, n, out, in);
+            mor_matvec_multi_isa(MOR_ISA_AVX2, y2, W, NULL, X, n, out, in, 1 + n % 2);
+            double e = rel_err(y2, ref, m);
+            if (e > 1e-6) fail_msg("avx2 %dx%d n=%d: rel_err %g", out, in, n, e);
+            if (!has512) continue;
+            mor_matvec_multi_isa(MOR_ISA_AVX512, y5, W, NULL, X, n, out, in, 1 + n % 2);
+            e = rel_err(y5, ref, m);
+            if (e > 1e-6) fail_msg("avx512 %dx%d n=%d: rel_err %g", out, in, n, e);
+            e = rel_err(y5, y2, m);
+            if (e > 1e-6) fail_msg("avx512 vs avx2 %dx%d n=%d: rel_err %g", out, in, n, e);
+        }
+        free(W), free(X), free(ref), free(y2), free(y5);
+    }
+}
+
+/* AVX-512: each output is summed in one order whatever the tiling, so
+ * every row of an n-row product has the bits of that row alone, and the
+ * thread count does not enter. */
+static void test_matvec_avx512_rows_independent(void **state) {
+    (void)state;
+    if (!mor_isa_supported(MOR_ISA_AVX512)) skip();
+    int out = 1003, in = 45; /* large enough for the parallel path */
+    uint64_t seed = 6;
+    float *W = rand_vec((size_t)out * in, &seed), *X = rand_vec((size_t)64 * in, &seed);
+    float *Y = malloc((size_t)64 * out * sizeof *Y), *Y2 = malloc((size_t)64 * out * sizeof *Y2),
+          *y = malloc((size_t)out * sizeof *y);
+    for (int n = 1; n <= 64; n++) {
+        mor_matvec_multi_isa(MOR_ISA_AVX512, Y, W, NULL, X, n, out, in, 1);
+        mor_matvec_multi_isa(MOR_ISA_AVX512, Y2, W, NULL, X, n, out, in, 2);
+        assert_memory_equal(Y, Y2, (size_t)n * out * sizeof *Y);
+        for (int v = 0; v < n; v += 1 + v / 4) {
+            mor_matvec_multi_isa(MOR_ISA_AVX512, y, W, NULL, X + (size_t)v * in, 1, out, in, 1);
+            if (memcmp(y, Y + (size_t)v * out, (size_t)out * sizeof *y))
+                fail_msg("avx512 n=%d: row %d differs from the row alone", n, v);
+        }
+    }
+    free(W), free(X), free(Y), free(Y2), free(y);
+}
+
+/* On each path a bfloat16 matrix gives the bits of its float32 copy, for
+ * every row count 1..64 (mor_matmul_w's BF16 promise). */
+static void test_matvec_bf16_bits(void **state) {
+    (void)state;
+    static const mor_isa paths[] = {MOR_ISA_AVX2, MOR_ISA_AVX512};
+    int out = 39, in = 83;
+    uint64_t seed = 7;
+    float *W = rand_vec((size_t)out * in, &seed), *X = rand_vec((size_t)64 * in, &seed);
+    uint16_t *Wh = malloc((size_t)out * in * sizeof *Wh);
+    for (size_t i = 0; i < (size_t)out * in; i++) {
+        Wh[i] = mor_f32_to_bf16(W[i]);
+        W[i] = mor_bf16_to_f32(Wh[i]); /* the float32 copy */
+    }
+    float *Yf = malloc((size_t)64 * out * sizeof *Yf), *Yh = malloc((size_t)64 * out * sizeof *Yh);
+    for (size_t p = 0; p < sizeof paths / sizeof *paths; p++) {
+        if (!mor_isa_supported(paths[p])) continue;
+        for (int n = 1; n <= 64; n++) {
+            mor_matvec_multi_isa(paths[p], Yf, W, NULL, X, n, out, in, 1);
+            mor_matvec_multi_isa(paths[p], Yh, NULL, Wh, X, n, out, in, 1);
+            if (memcmp(Yf, Yh, (size_t)n * out * sizeof *Yf))
+                fail_msg("path %d n=%d: BF16 differs from its F32 copy", (int)paths[p], n);
+        }
+    }
+    /* mor_matmul_w with Wh runs the path mor_matvec_multi runs */
+    mor_matvec_multi(Yf, W, X, 7, out, in, 1);
+    mor_matmul_w(Yh, X, NULL, Wh, 7, out, in, 1);
+    assert_memory_equal(Yf, Yh, (size_t)7 * out * sizeof *Yf);
+    free(W), free(X), free(Wh), free(Yf), free(Yh);
 }
 
 static void test_dot(void **state) {
@@ -296,6 +383,9 @@ int main(void) {
         cmocka_unit_test(test_matvec_odd_sizes),
         cmocka_unit_test(test_matvec_parallel),
         cmocka_unit_test(test_matvec_multi_and_matmul),
+        cmocka_unit_test(test_matvec_paths_reference),
+        cmocka_unit_test(test_matvec_avx512_rows_independent),
+        cmocka_unit_test(test_matvec_bf16_bits),
         cmocka_unit_test(test_dot),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope_freqs),

@@ -9,7 +9,9 @@
  * vectors (eval_batch, prompt chunks when OpenBLAS lacks a vector sgemm) a
  * 4-row x 3-vector register tile keeps the arithmetic fed while the 4-row
  * block sits in L1. W may be float32 or the bfloat16 of a BF16 checkpoint,
- * widened exactly as it is loaded. */
+ * widened exactly as it is loaded. Where the CPU has AVX-512 (cpuid, looked
+ * up once) the multi-row product runs the wider tiles of kernels_avx512.c
+ * instead; these AVX2 tiles stay for every other CPU. */
 #include "kernels.h"
 
 #include "util.h"
@@ -247,20 +249,71 @@ ALWAYS_INLINE void matvec_block(float *Y, const void *W, const float *X, int n, 
     }
 }
 
-void mor_matvec_multi(float *Y, const float *W, const float *X, int n, int out, int in,
-                      int n_threads) {
+/* The AVX2 tiles above; W float32 or (Wh set) bfloat16. */
+static void matvec_multi_avx2(float *Y, const float *W, const uint16_t *Wh, const float *X, int n,
+                              int out, int in, int n_threads) {
     int n_blocks = (out + 3) / 4;
     int par = n_threads > 1 && (size_t)out * (size_t)in >= PARALLEL_MIN_WEIGHTS;
+    if (Wh) {
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (par)
-    for (int b = 0; b < n_blocks; b++) matvec_block(Y, W, X, n, out, in, b, 0);
+        for (int b = 0; b < n_blocks; b++) matvec_block(Y, Wh, X, n, out, in, b, 1);
+    } else {
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (par)
+        for (int b = 0; b < n_blocks; b++) matvec_block(Y, W, X, n, out, in, b, 0);
+    }
 }
 
-static void matvec_multi_bf16(float *Y, const uint16_t *W, const float *X, int n, int out,
-                              int in, int n_threads) {
-    int n_blocks = (out + 3) / 4;
+/* The AVX-512 tiles of kernels_avx512.c, one block of rows per call. */
+static void matvec_multi_avx512(float *Y, const float *W, const uint16_t *Wh, const float *X,
+                                int n, int out, int in, int n_threads) {
+    int n_blocks = (out + MOR_AVX512_BLOCK_ROWS - 1) / MOR_AVX512_BLOCK_ROWS;
     int par = n_threads > 1 && (size_t)out * (size_t)in >= PARALLEL_MIN_WEIGHTS;
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (par)
-    for (int b = 0; b < n_blocks; b++) matvec_block(Y, W, X, n, out, in, b, 1);
+    for (int b = 0; b < n_blocks; b++) mor_matvec_block_avx512(Y, W, Wh, X, n, out, in, b);
+}
+
+int mor_isa_supported(mor_isa isa) {
+    switch (isa) {
+    case MOR_ISA_AUTO:
+    case MOR_ISA_AVX2: /* the build's own baseline (-march=x86-64-v3) */
+        return 1;
+    case MOR_ISA_AVX512:
+#if defined(__x86_64__) && defined(__GNUC__)
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl");
+#else
+        return 0;
+#endif
+    }
+    return 0;
+}
+
+/* The widest path this CPU runs, looked up once: every caller would store
+ * the same value, so a race on the first call is harmless (atomics keep it
+ * defined). */
+static mor_isa best_isa(void) {
+    static int resolved; /* 0 until the first call, then a mor_isa */
+    int isa = __atomic_load_n(&resolved, __ATOMIC_RELAXED);
+    if (!isa) {
+        isa = mor_isa_supported(MOR_ISA_AVX512) ? MOR_ISA_AVX512 : MOR_ISA_AVX2;
+        __atomic_store_n(&resolved, isa, __ATOMIC_RELAXED);
+    }
+    return (mor_isa)isa;
+}
+
+void mor_matvec_multi_isa(mor_isa isa, float *Y, const float *W, const uint16_t *Wh,
+                          const float *X, int n, int out, int in, int n_threads) {
+    if (isa == MOR_ISA_AUTO) isa = best_isa();
+    if (isa == MOR_ISA_AVX512)
+        matvec_multi_avx512(Y, W, Wh, X, n, out, in, n_threads);
+    else
+        matvec_multi_avx2(Y, W, Wh, X, n, out, in, n_threads);
+}
+
+void mor_matvec_multi(float *Y, const float *W, const float *X, int n, int out, int in,
+                      int n_threads) {
+    mor_matvec_multi_isa(MOR_ISA_AUTO, Y, W, NULL, X, n, out, in, n_threads);
 }
 
 /* 1 when OpenBLAS runs one of its AVX2 or AVX-512 sgemm kernels. It picks
@@ -279,7 +332,8 @@ static int sgemm_is_vectorised(void) {
 
 static void matmul_f32(float *Y, const float *X, const float *W, int n, int out, int in,
                        int n_threads) {
-    if (n <= MOR_MATVEC_MAX_ROWS || !sgemm_is_vectorised()) {
+    int max_rows = best_isa() == MOR_ISA_AVX512 ? MOR_MATVEC_MAX_ROWS_AVX512 : MOR_MATVEC_MAX_ROWS;
+    if (n <= max_rows || !sgemm_is_vectorised()) {
         mor_matvec_multi(Y, W, X, n, out, in, n_threads);
         return;
     }
@@ -290,7 +344,7 @@ static void matmul_f32(float *Y, const float *X, const float *W, int n, int out,
 void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, int n, int out,
                   int in, int n_threads) {
     if (Wh)
-        matvec_multi_bf16(Y, Wh, X, n, out, in, n_threads);
+        mor_matvec_multi_isa(MOR_ISA_AUTO, Y, NULL, Wh, X, n, out, in, n_threads);
     else
         matmul_f32(Y, X, W, n, out, in, n_threads);
 }

@@ -16,8 +16,13 @@
 
 /* Up to this many rows (a decode step, an eval_batch group, a short chunk)
  * mor_matmul_w uses mor_matvec_multi, which reads W once at memory speed;
- * a one-row sgemm is slow and small ones spend their time packing W. */
+ * a one-row sgemm is slow and small ones spend their time packing W. The
+ * AVX2 tiles reach about what a vectorised sgemm does at 16-64 rows; the
+ * AVX-512 tiles matched or beat OpenBLAS's AVX-512 (Cooperlake) sgemm up to
+ * 256 rows on every SmolLM-135M product, one thread, AMD EPYC
+ * (bench/bench_kernels --max-rows 512), and fell behind at 512 on the head. */
 #define MOR_MATVEC_MAX_ROWS 16
+#define MOR_MATVEC_MAX_ROWS_AVX512 256
 
 /* Thread counts. mor's own parallel regions take theirs from a
  * num_threads clause; OpenBLAS has one count for the whole process (its
@@ -34,11 +39,35 @@ mor_thread_counts mor_threads_begin(int n_threads);
 void mor_threads_end(mor_thread_counts saved);
 
 /* Y (n, out) = X (n, in) W^T, reading each row of W from memory once for
- * all n vectors. Parallel over output rows. */
+ * all n vectors. Parallel over output rows. Runs the AVX-512 tiles where
+ * the CPU has them (chosen once, from cpuid), else the AVX2 tiles; the two
+ * agree to float rounding, not bit for bit. Within a path the bits of a row
+ * of Y do not depend on the thread count, and:
+ *   AVX-512: nor on n or the other rows (every output is summed in one
+ *     order: a row alone, e.g. a decode step, gives the bits it gets in a
+ *     batch);
+ *   AVX2: vectors go three at a time, a pair sums as a triple does, and a
+ *     vector left over (n % 3 == 1) sums as a single vector does. */
 void mor_matvec_multi(float *Y, const float *W, const float *X, int n, int out, int in,
                       int n_threads);
+/* Internal: which tiles mor_matvec_multi runs. AUTO: the widest this CPU
+ * supports, looked up once (cpuid); AVX2: the build's baseline; AVX512: the
+ * tiles of kernels_avx512.c (F, BW and VL). Tests and benchmarks pick a path
+ * with mor_matvec_multi_isa, after mor_isa_supported says the CPU runs it. */
+typedef enum mor_isa { MOR_ISA_AUTO = 0, MOR_ISA_AVX2 = 1, MOR_ISA_AVX512 = 2 } mor_isa;
+int mor_isa_supported(mor_isa isa);
+/* mor_matvec_multi on the given path; W float32, or Wh set: W as bfloat16
+ * bit patterns (W unused). */
+void mor_matvec_multi_isa(mor_isa isa, float *Y, const float *W, const uint16_t *Wh,
+                          const float *X, int n, int out, int in, int n_threads);
+/* kernels_avx512.c: rows 4b..4b+3 (fewer at the end) of mor_matvec_multi. */
+#define MOR_AVX512_BLOCK_ROWS 4
+void mor_matvec_block_avx512(float *Y, const float *W, const uint16_t *Wh, const float *X, int n,
+                             int out, int in, int b);
+
 /* Y (n, out) = X (n, in) W^T. W float32: mor_matvec_multi for
- * n <= MOR_MATVEC_MAX_ROWS, else cblas_sgemm (threads from mor_threads_begin)
+ * n <= MOR_MATVEC_MAX_ROWS (MOR_MATVEC_MAX_ROWS_AVX512 where the AVX-512
+ * tiles run), else cblas_sgemm (threads from mor_threads_begin)
  * if OpenBLAS runs an AVX2/AVX-512 kernel; with its SSE3 fallback
  * mor_matvec_multi is faster at every n. Wh set: W given as bfloat16 bit
  * patterns (a BF16 checkpoint used in place: half the bytes per decoded

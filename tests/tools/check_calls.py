@@ -22,6 +22,8 @@ LAYERS = ["core", "kernels", "tok", "format", "infer", "train"]
 # the public calls do not expose. Nothing else may be global and unused.
 TEST_SEAMS = {
     "mor_matvec_multi": "bench_decode compares it with sgemm past MOR_MATVEC_MAX_ROWS",
+    "mor_matvec_multi_isa": "tests and bench_kernels run the AVX2 and AVX-512 tiles side by side",
+    "mor_isa_supported": "tests skip the AVX-512 tiles on CPUs without them",
     "mor_model_bind": "tests bind a model built in memory",
     "mor_recur_set_kv_block": "tests force small KV blocks",
     "mor_recur_kv_entries": "tests count the KV entries a recursion keeps",
