@@ -236,7 +236,7 @@ MOR_API int mor_context_route_agreement(const mor_context *c, int64_t *hits, int
 MOR_API size_t mor_context_kv_bytes(const mor_context *c);
 
 /* Decodes one token for each of n contexts of the same model in one pass, so
- * the weights are read once for all of them (in groups of up to 16
+ * the weights are read once for all of them (in groups of up to 64
  * contexts). For a MoR model each recursion step runs once for the contexts
  * whose token reached it, each token routed as a one-token eval of its own
  * context would route it; mor_context_route(c, 0, ...) then reports it. */

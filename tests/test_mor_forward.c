@@ -459,7 +459,7 @@ static void case_batch(mcase *k) {
     mor_context *cs[NB], *twin[NB];
     mor_error e = {0};
     for (int i = 0; i < NB; i++) {
-        cs[i] = new_ctx(k->m, 256, 2, mode);
+        cs[i] = new_ctx(k->m, 16, 2, mode); /* n_batch 16: groups of 16 and 3 */
         twin[i] = new_ctx(k->m, 256, 1, mode);
         for (int t = 0; t < i % 3; t++)
             if (mor_context_eval(cs[i], k->tokens + t, 1, NULL, &e) ||
