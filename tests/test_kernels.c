@@ -97,7 +97,7 @@ static void test_matvec_multi_and_matmul(void **state) {
         }
         memset(Y, 0, (size_t)n * out * sizeof *Y);
         mor_thread_counts saved = mor_threads_begin(2);
-        mor_matmul_w(Y, X, W, NULL, n, out, in, 2);
+        mor_matmul_w(Y, X, W, NULL, NULL, n, out, in, 2);
         mor_threads_end(saved);
         double e = rel_err(Y, ref, (size_t)n * out);
         if (e > 1e-6) fail_msg("matmul n=%d: rel_err %g", n, e);

@@ -11,6 +11,7 @@
  * block sits in L1. W may be float32 or the bfloat16 of a BF16 checkpoint,
  * widened exactly as it is loaded. */
 #include "kernels.h"
+#include "quant.h"
 
 #include "util.h"
 
@@ -287,9 +288,11 @@ static void matmul_f32(float *Y, const float *X, const float *W, int n, int out,
                 out);
 }
 
-void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, int n, int out,
-                  int in, int n_threads) {
-    if (Wh)
+void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, const uint8_t *Wq,
+                  int n, int out, int in, int n_threads) {
+    if (Wq)
+        mor_q8_matmul(Y, X, Wq, n, out, in, n_threads);
+    else if (Wh)
         matvec_multi_bf16(Y, Wh, X, n, out, in, n_threads);
     else
         matmul_f32(Y, X, W, n, out, in, n_threads);
