@@ -104,6 +104,11 @@ static void block_ref(float *Y, const uint8_t *W, const int8_t *xq, const float 
 }
 
 #ifdef Q8_X86
+/* Rows ahead that the tiles prefetch: a 4-row block of a 576-wide matrix is
+ * 2.4 KB, a stream too short for the hardware prefetcher to ramp up (as
+ * for the F32/BF16 tiles of kernels.c). */
+#define PREFETCH_ROWS 4
+
 static inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -130,6 +135,8 @@ ALWAYS_INLINE void tile_avx2(float *Y, int out, const uint8_t *W, size_t wrow, c
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *blk = W + (size_t)r * wrow + (size_t)b * MOR_Q8_BLOCK_BYTES;
+            /* the same place in the next block of rows (see PREFETCH_ROWS) */
+            _mm_prefetch((const char *)blk + PREFETCH_ROWS * wrow, _MM_HINT_T0);
             __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
             float dw = _cvtsh_ss(rd16(blk));
             __m256i aw = _mm256_sign_epi8(w, w);
@@ -178,6 +185,38 @@ static inline VNNI_TARGET __attribute__((always_inline)) int32_t dot_block_vnni2
     return _mm_cvtsi128_si32(s);
 }
 
+/* tile_avx2 with dpbusd for maddubs + madd: for one or two vectors, where
+ * the 512-bit tile's assembly of two blocks per register does not pay. */
+static inline VNNI_TARGET __attribute__((always_inline)) void
+tile_vnni256(float *Y, int out, const uint8_t *W, size_t wrow, const int8_t *xq, const float *xd, int nb,
+             int R, int V) {
+    __m256 acc[4][2];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++) acc[r][v] = _mm256_setzero_ps();
+    size_t xrow = (size_t)nb * MOR_Q8_BLOCK;
+    for (int b = 0; b < nb; b++) {
+        float dx[2];
+#pragma GCC unroll 2
+        for (int v = 0; v < V; v++) dx[v] = xd[(size_t)v * nb + b];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t *blk = W + (size_t)r * wrow + (size_t)b * MOR_Q8_BLOCK_BYTES;
+            _mm_prefetch((const char *)blk + PREFETCH_ROWS * wrow, _MM_HINT_T0);
+            __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            float dw = _cvtsh_ss(rd16(blk));
+            __m256i aw = _mm256_sign_epi8(w, w);
+#pragma GCC unroll 2
+            for (int v = 0; v < V; v++) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(xq + (size_t)v * xrow + (size_t)b * MOR_Q8_BLOCK));
+                __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w));
+                acc[r][v] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[v]), _mm256_cvtepi32_ps(p), acc[r][v]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++) Y[(size_t)v * out + r] = hsum256(acc[r][v]);
+}
+
 /* As tile_avx2, two blocks per step: lanes 0-7 of each register hold block
  * b, lanes 8-15 block b+1, each with its own scale. */
 static inline VNNI_TARGET __attribute__((always_inline)) void
@@ -199,6 +238,8 @@ tile_vnni(float *Y, int out, const uint8_t *W, size_t wrow, const int8_t *xq, co
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *blk = W + (size_t)r * wrow + (size_t)b * MOR_Q8_BLOCK_BYTES;
+            _mm_prefetch((const char *)blk + PREFETCH_ROWS * wrow, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + PREFETCH_ROWS * wrow + 64, _MM_HINT_T0);
             __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(blk + 2))),
                                            _mm256_loadu_si256((const __m256i *)(blk + MOR_Q8_BLOCK_BYTES + 2)), 1);
             __m512 dw = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(_cvtsh_ss(rd16(blk)))),
@@ -234,14 +275,14 @@ VNNI_TARGET static void block_vnni(float *Y, const uint8_t *W, const int8_t *xq,
         for (; v + 4 <= n; v += 4)
             tile_vnni(Y + (size_t)v * out + r0, out, w, wrow, xq + v * xrow, xd + (size_t)v * nb, nb, 4, 4);
         for (; v + 2 <= n; v += 2)
-            tile_vnni(Y + (size_t)v * out + r0, out, w, wrow, xq + v * xrow, xd + (size_t)v * nb, nb, 4, 2);
-        if (v < n) tile_vnni(Y + (size_t)v * out + r0, out, w, wrow, xq + v * xrow, xd + (size_t)v * nb, nb, 4, 1);
+            tile_vnni256(Y + (size_t)v * out + r0, out, w, wrow, xq + v * xrow, xd + (size_t)v * nb, nb, 4, 2);
+        if (v < n) tile_vnni256(Y + (size_t)v * out + r0, out, w, wrow, xq + v * xrow, xd + (size_t)v * nb, nb, 4, 1);
         return;
     }
     for (int r = r0; r < out; r++)
         for (int v = 0; v < n; v++)
-            tile_vnni(Y + (size_t)v * out + r, out, W + (size_t)r * wrow, wrow, xq + v * xrow,
-                      xd + (size_t)v * nb, nb, 1, 1);
+            tile_vnni256(Y + (size_t)v * out + r, out, W + (size_t)r * wrow, wrow, xq + v * xrow,
+                         xd + (size_t)v * nb, nb, 1, 1);
 }
 #endif /* Q8_X86 */
 
