@@ -350,6 +350,13 @@ static void test_stories_q8(void **s) {
     }
     mor_st_close(ex), mor_st_close(bf);
     check_paths_agree(q8);
+    /* mor-inspect names the dtype and the stored bytes */
+    char cmd0[1400], *out = NULL;
+    snprintf(cmd0, sizeof cmd0, "%s %s", tool("mor-inspect"), q8);
+    assert_int_equal(run_cmd(cmd0, &out, NULL), 0);
+    if (!strstr(out, "model.layers.0.mlp.down_proj.weight                  Q8_0  [64, 172]               13056"))
+        fail_msg("mor-inspect: no Q8_0 line for down_proj:\n%s", out);
+    free(out);
 
     /* quality on held-out text, on every kernel path (mor-eval uses the
      * best; the others through the library's forced choice are covered by

@@ -23,6 +23,11 @@ LAYERS = ["core", "kernels", "tok", "format", "infer", "train"]
 TEST_SEAMS = {
     "mor_matvec_multi": "bench_decode compares it with sgemm past MOR_MATVEC_MAX_ROWS",
     "mor_model_bind": "tests bind a model built in memory",
+    "mor_f32_to_f16": "tests check float16 rounding (Q8_0 scales)",
+    "mor_q8_isa_supported": "tests run every Q8_0 instruction path the CPU has",
+    "mor_q8_set_isa": "tests run every Q8_0 instruction path the CPU has",
+    "mor_q8_current_isa": "tests run every Q8_0 instruction path the CPU has",
+    "mor_q8_quantize_act": "tests check the activation quantizer against its definition",
     "mor_recur_set_kv_block": "tests force small KV blocks",
     "mor_recur_kv_entries": "tests count the KV entries a recursion keeps",
     "mor_sampler_candidates": "tests check the candidate list before the draw",
