@@ -13,18 +13,19 @@
 static void usage(void) {
     fprintf(stderr,
             "usage:\n"
-            "  mor-convert hf DIR -o OUT.mor [--dtype f32|bf16]\n"
+            "  mor-convert hf DIR -o OUT.mor [--dtype f32|bf16|q8_0]\n"
             "  mor-convert hf DIR --config CONFIG.yaml -o OUT.mor [--init METHOD] [--seed S]\n"
             "  mor-convert init --config CONFIG.yaml --tokenizer T -o OUT.mor [--seed S]\n"
-            "  mor-convert llama2c MODEL.bin --tokenizer TOK.bin -o OUT.mor [--dtype f32|bf16]\n"
-            "  mor-convert cast MODEL.mor -o OUT.mor [--dtype f32|bf16]\n"
+            "  mor-convert llama2c MODEL.bin --tokenizer TOK.bin -o OUT.mor [--dtype f32|bf16|q8_0]\n"
+            "  mor-convert cast MODEL.mor -o OUT.mor [--dtype f32|bf16|q8_0]\n"
             "  mor-convert export MODEL.mor -o DIR\n"
             "  mor-convert tokens --tokenizer T --ids [FILE]        (T: tokenizer.json or .mor)\n"
             "  mor-convert tokens --tokenizer T -o OUT.shard[.zst] [--split file|line|blank] [FILE...]\n"
             "options:\n"
             "  -o, --output PATH   output file (a name ending in .zst is zstd-compressed; - is stdout)\n"
             "                      or directory (export)\n"
-            "      --dtype D       f32 (default) or bf16 for matrices; norms and routers stay f32\n"
+            "      --dtype D       f32 (default), bf16 or q8_0 (8-bit blocks) for matrices; norms and\n"
+            "                      routers stay f32\n"
             "      --config FILE   a recursive/MoR model config (mor-config(5))\n"
             "      --init METHOD   shared layers from the source layers: stepwise, average, lower,\n"
             "                      upper or random (default: the config's recursive.initialization)\n"
@@ -71,7 +72,8 @@ static int parse_args(int argc, char **argv, options *o) {
             if (!(v = cli_value(argc, argv, &i))) return EXIT_USAGE;
             if (!strcmp(v, "f32")) o->dtype = MOR_DTYPE_F32;
             else if (!strcmp(v, "bf16")) o->dtype = MOR_DTYPE_BF16;
-            else return cli_usage_error("--dtype: expected f32 or bf16, got '%s'", v);
+            else if (!strcmp(v, "q8_0")) o->dtype = MOR_DTYPE_Q8_0;
+            else return cli_usage_error("--dtype: expected f32, bf16 or q8_0, got '%s'", v);
         } else if (!strcmp(a, "--ids")) {
             o->ids = 1;
         } else if (!strcmp(a, "--config")) {

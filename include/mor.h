@@ -330,7 +330,9 @@ MOR_API int32_t mor_sampler_sample(mor_sampler *s, float *logits, const int32_t 
 /* ------------------------------------------------------------------------ */
 /* Conversion                                                               */
 
-typedef enum { MOR_DTYPE_F32 = 0, MOR_DTYPE_BF16 = 1 } mor_out_dtype;
+/* Storage of the matrices: float32, bfloat16, or Q8_0 (blocks of 32 int8
+ * with a float16 scale, man/mor-checkpoint.5). */
+typedef enum { MOR_DTYPE_F32 = 0, MOR_DTYPE_BF16 = 1, MOR_DTYPE_Q8_0 = 2 } mor_out_dtype;
 
 /* How the shared layers of a recursive model are taken from a pretrained
  * model's layers (Relaxed Recursive Transformers' options,
@@ -369,10 +371,14 @@ MOR_API mor_status mor_model_init(const char *config_path, const char *tokenizer
                                   const mor_convert_params *p, mor_error *err);
 /* A .mor file (any model) rewritten with its matrices in p->dtype: F32 to
  * BF16 (round to nearest even) for a checkpoint half the size that the
- * tools use in place, or BF16 to F32 (exact). Norms and routers stay F32. */
+ * tools use in place, BF16 to F32 (exact), F32 or BF16 to Q8_0 (0.53x the
+ * bytes of BF16, error bounded per block as man/mor-checkpoint.5 says), or
+ * Q8_0 back to F32/BF16 (the dequantized values). Norms and routers stay
+ * F32. */
 MOR_API mor_status mor_convert_cast(const char *mor_path, const char *out_path, const mor_convert_params *p,
                                     mor_error *err);
-/* A .mor file back to a Hugging Face directory. */
+/* A .mor file back to a Hugging Face directory: F32 and BF16 tensors
+ * verbatim, Q8_0 matrices dequantized to F32. */
 MOR_API mor_status mor_export_hf(const char *mor_path, const char *out_dir, mor_error *err);
 
 #ifdef __cplusplus

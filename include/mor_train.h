@@ -536,14 +536,17 @@ MOR_API void mor_source_free(mor_source *s);
 /* header, raw tensor bytes) of .mor checkpoints and tensor-stream frames.  */
 
 /* Every dtype the safetensors format defines (the last five are read and
- * passed through, so a tool can name them, but mor computes with none). */
+ * passed through, so a tool can name them, but mor computes with none),
+ * and mor's block-quantized Q8_0 (man/mor-checkpoint.5: rows of blocks of
+ * 32 int8 with a float16 scale, 34 bytes per block, the shape the logical
+ * one). */
 typedef enum { MOR_ST_F32 = 0, MOR_ST_F16, MOR_ST_BF16, MOR_ST_F64, MOR_ST_I64, MOR_ST_I32,
                MOR_ST_I16, MOR_ST_I8, MOR_ST_U8, MOR_ST_BOOL, MOR_ST_U16, MOR_ST_U32, MOR_ST_U64,
-               MOR_ST_F8_E4M3, MOR_ST_F8_E5M2, MOR_ST_NDTYPES } mor_st_dtype;
+               MOR_ST_F8_E4M3, MOR_ST_F8_E5M2, MOR_ST_Q8_0, MOR_ST_NDTYPES } mor_st_dtype;
 
-/* "F32", "BF16", ... */
+/* "F32", "BF16", ..., "Q8_0" */
 MOR_API const char *mor_st_dtype_name(mor_st_dtype t);
-/* Bytes per element. */
+/* Bytes per element; 0 for Q8_0, whose size is per block (mor_st_tensor_bytes). */
 MOR_API size_t mor_st_dtype_size(mor_st_dtype t);
 
 #define MOR_ST_MAX_DIMS 8
@@ -594,6 +597,8 @@ MOR_API const mor_st_tensor *mor_st_find(const mor_st_file *f, const char *name)
 /* A __metadata__ value by key, or NULL. */
 MOR_API const char *mor_st_meta_get(const mor_st_file *f, const char *key);
 MOR_API int64_t mor_st_numel(const mor_st_tensor *t);
+/* The bytes its dtype and shape take (for Q8_0: rows of whole blocks). */
+MOR_API uint64_t mor_st_tensor_bytes(const mor_st_tensor *t);
 
 /* ------------------------------------------------------------------------ */
 /* Checkpoints (man/mor-checkpoint.5): a safetensors file whose             */

@@ -99,7 +99,7 @@ static void test_matvec_multi_and_matmul(void **state) {
         }
         memset(Y, 0, (size_t)n * out * sizeof *Y);
         mor_thread_counts saved = mor_threads_begin(2);
-        mor_matmul_w(Y, X, W, NULL, n, out, in, 2);
+        mor_matmul_w(Y, X, W, NULL, NULL, n, out, in, 2);
         mor_threads_end(saved);
         double e = rel_err(Y, ref, (size_t)n * out);
         if (e > 1e-6) fail_msg("matmul n=%d: rel_err %g", n, e);
@@ -187,7 +187,7 @@ static void test_matvec_bf16_bits(void **state) {
     }
     /* mor_matmul_w with Wh runs the path mor_matvec_multi runs */
     mor_matvec_multi(Yf, W, X, 7, out, in, 1);
-    mor_matmul_w(Yh, X, NULL, Wh, 7, out, in, 1);
+    mor_matmul_w(Yh, X, NULL, Wh, NULL, 7, out, in, 1);
     assert_memory_equal(Yf, Yh, (size_t)7 * out * sizeof *Yf);
     free(W), free(X), free(Wh), free(Yf), free(Yh);
 }

@@ -17,6 +17,7 @@
 #include "checkpoint.h"
 #include "config.h"
 #include "model.h"
+#include "q8.h"
 #include "rng.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -27,6 +28,35 @@ typedef mor_status (*tensor_reader)(void *src, const mor_tensor_spec *spec, floa
 
 static size_t spec_numel(const mor_tensor_spec *s) {
     return (size_t)s->shape[0] * (size_t)(s->ndim > 1 ? s->shape[1] : 1);
+}
+
+/* How a tensor is stored for the requested dtype: norms, routers and the
+ * balance bias (and any 1-D tensor) always F32. */
+static mor_st_dtype stored_dtype(const mor_tensor_spec *s, const mor_convert_params *p) {
+    if (!p || s->norm || s->ndim != 2) return MOR_ST_F32;
+    return p->dtype == MOR_DTYPE_BF16 ? MOR_ST_BF16 : p->dtype == MOR_DTYPE_Q8_0 ? MOR_ST_Q8_0 : MOR_ST_F32;
+}
+
+static size_t spec_bytes(const mor_tensor_spec *s, mor_st_dtype dt) {
+    if (dt == MOR_ST_Q8_0) return (size_t)s->shape[0] * mor_q8_row_bytes(s->shape[1]);
+    return spec_numel(s) * (dt == MOR_ST_BF16 ? 2 : 4);
+}
+
+/* Matrix x (out, in) as Q8_0 rows into dst; a value Q8_0 cannot hold (not
+ * finite, or beyond 127 x the largest float16) is an error naming it. */
+static mor_status quantize_q8(const mor_tensor_spec *s, const float *x, uint8_t *dst, mor_error *err) {
+    int64_t out = s->shape[0], in = s->shape[1];
+    size_t rb = mor_q8_row_bytes(in);
+    for (int64_t r = 0; r < out; r++) {
+        const float *row = x + (size_t)r * (size_t)in;
+        int64_t bad = mor_q8_check_row(row, in);
+        if (bad >= 0)
+            return mor_fail(err, MOR_EFORMAT, "tensor '%s': value [%lld, %lld] = %g cannot be stored as Q8_0 "
+                            "(finite, |w| <= %g expected)", s->name, (long long)r, (long long)bad,
+                            (double)row[bad], (double)MOR_Q8_MAX_ABS);
+        mor_q8_quantize_row(dst + (size_t)r * rb, row, in);
+    }
+    return MOR_OK;
 }
 
 /* Writes a .mor with the given config/tokenizer (and generation config, when
@@ -41,42 +71,46 @@ static mor_status write_model_gen(const char *out_path, const mor_config *cfg, c
     mor_ckpt_writer w;
     memset(&w, 0, sizeof w);
     float *buf = NULL;
-    uint16_t *half = NULL;
+    void *packed = NULL; /* a tensor in its stored form, when that is not F32 */
     mor_status st = yaml ? mor_ckpt_writer_init(&w, yaml, tok_json, tok_cfg, err)
                          : mor_fail(err, MOR_ENOMEM, "out of memory");
     if (!st && gen_cfg) st = mor_st_writer_meta(w.st, MOR_META_GENERATION_CONFIG, gen_cfg, err);
-    size_t maxn = 0;
+    size_t maxn = 0, maxbytes = 0;
     uint64_t total = 0, done = 0;
     for (int i = 0; i < n && !st; i++) {
-        int bf16 = p && p->dtype == MOR_DTYPE_BF16 && !specs[i].norm;
-        st = mor_st_writer_declare(w.st, specs[i].name, bf16 ? MOR_ST_BF16 : MOR_ST_F32,
-                                   specs[i].ndim, specs[i].shape, err);
+        mor_st_dtype dt = stored_dtype(&specs[i], p);
+        st = mor_st_writer_declare(w.st, specs[i].name, dt, specs[i].ndim, specs[i].shape, err);
         if (spec_numel(&specs[i]) > maxn) maxn = spec_numel(&specs[i]);
-        total += spec_numel(&specs[i]) * (bf16 ? 2 : 4);
+        if (spec_bytes(&specs[i], dt) > maxbytes) maxbytes = spec_bytes(&specs[i], dt);
+        total += spec_bytes(&specs[i], dt);
     }
     if (!st) {
         buf = malloc(maxn * sizeof(float));
-        half = malloc(maxn * sizeof(uint16_t));
-        if (!buf || !half) st = mor_fail(err, MOR_ENOMEM, "out of memory (%zu floats)", maxn);
+        packed = malloc(maxbytes);
+        if (!buf || !packed) st = mor_fail(err, MOR_ENOMEM, "out of memory (%zu floats)", maxn);
     }
     if (!st) st = mor_ckpt_writer_start(&w, out_path, err);
     for (int i = 0; i < n && !st; i++) {
         size_t k = spec_numel(&specs[i]);
-        int bf16 = p && p->dtype == MOR_DTYPE_BF16 && !specs[i].norm;
+        mor_st_dtype dt = stored_dtype(&specs[i], p);
         if ((st = read(src, &specs[i], buf, err))) break;
-        if (bf16) {
+        if (dt == MOR_ST_BF16) {
+            uint16_t *half = packed;
             for (size_t e = 0; e < k; e++) half[e] = mor_f32_to_bf16(buf[e]);
             st = mor_ckpt_writer_tensor(&w, half, k * 2, err);
+        } else if (dt == MOR_ST_Q8_0) {
+            if ((st = quantize_q8(&specs[i], buf, packed, err))) break;
+            st = mor_ckpt_writer_tensor(&w, packed, spec_bytes(&specs[i], dt), err);
         } else {
             st = mor_ckpt_writer_tensor(&w, buf, k * 4, err);
         }
-        done += k * (bf16 ? 2 : 4);
+        done += spec_bytes(&specs[i], dt);
         if (p && p->progress) p->progress(p->progress_user, done, total);
     }
     if (!st) st = mor_ckpt_writer_commit(&w, err);
     else mor_ckpt_writer_abort(&w);
     free(buf);
-    free(half);
+    free(packed);
     free(yaml);
     free(specs);
     return st;
@@ -707,6 +741,14 @@ out:
 
 /* ---- cast: a .mor in another storage type ----------------------------------- */
 
+/* dst (rows x cols floats) = the values of a 2-D Q8_0 tensor. */
+static void dequantize_q8(const mor_st_tensor *t, float *dst) {
+    size_t rb = mor_q8_row_bytes(t->shape[1]);
+    for (int64_t r = 0; r < t->shape[0]; r++)
+        mor_q8_dequantize_row(dst + (size_t)r * (size_t)t->shape[1], (const uint8_t *)t->data + (size_t)r * rb,
+                              t->shape[1]);
+}
+
 static mor_status cast_read(void *src, const mor_tensor_spec *spec, float *dst, mor_error *err) {
     const mor_st_file *f = src;
     const mor_st_tensor *t = mor_st_find(f, spec->name);
@@ -724,8 +766,10 @@ static mor_status cast_read(void *src, const mor_tensor_spec *spec, float *dst, 
             memcpy(&h, b + 2 * i, 2);
             dst[i] = mor_bf16_to_f32(h); /* exact */
         }
+    } else if (t->dtype == MOR_ST_Q8_0 && t->ndim == 2) {
+        dequantize_q8(t, dst);
     } else {
-        return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has dtype %s, expected F32 or BF16",
+        return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has dtype %s, expected F32, BF16 or Q8_0",
                         f->path, spec->name, mor_st_dtype_name(t->dtype));
     }
     return MOR_OK;
@@ -778,6 +822,7 @@ mor_status mor_export_hf(const char *mor_path, const char *out_dir, mor_error *e
     char *st_path = NULL;
     mor_atomic_file a = {0};
     mor_sink sink = {0};
+    float *deq = NULL;
     if ((st = mor_config_parse_yaml(yaml, strlen(yaml), mor_path, &cfg, err))) goto out;
     if (cfg.recursive) {
         st = mor_fail(err, MOR_EUNSUPPORTED,
@@ -797,22 +842,40 @@ mor_status mor_export_hf(const char *mor_path, const char *out_dir, mor_error *e
         (tc && (st = write_text_file(out_dir, "tokenizer_config.json", tc, err))) ||
         (gen && (st = write_text_file(out_dir, "generation_config.json", gen, err))))
         goto out;
-    /* tensors verbatim: same names, dtypes and bytes */
+    /* tensors verbatim (same names, dtypes and bytes), but Q8_0 matrices,
+     * which Hugging Face cannot read, dequantized to F32 */
     w = mor_st_writer_new();
     if (!w) {
         st = mor_fail(err, MOR_ENOMEM, "out of memory");
         goto out;
     }
     if ((st = mor_st_writer_meta(w, "format", "pt", err))) goto out;
-    for (int i = 0; i < f->n_tensors && !st; i++)
-        st = mor_st_writer_declare(w, f->tensors[i].name, f->tensors[i].dtype, f->tensors[i].ndim,
-                                   f->tensors[i].shape, err);
+    size_t maxq = 0; /* floats of the largest Q8_0 matrix */
+    for (int i = 0; i < f->n_tensors && !st; i++) {
+        const mor_st_tensor *t = &f->tensors[i];
+        int q8 = t->dtype == MOR_ST_Q8_0;
+        if (q8 && t->ndim != 2) {
+            st = mor_fail(err, MOR_EFORMAT, "%s: tensor '%s': Q8_0 with %d dims (a matrix expected)",
+                          mor_path, t->name, t->ndim);
+            break;
+        }
+        if (q8 && (size_t)mor_st_numel(t) > maxq) maxq = (size_t)mor_st_numel(t);
+        st = mor_st_writer_declare(w, t->name, q8 ? MOR_ST_F32 : t->dtype, t->ndim, t->shape, err);
+    }
+    if (!st && maxq && !(deq = malloc(maxq * sizeof *deq))) st = mor_fail(err, MOR_ENOMEM, "out of memory");
     st_path = path_join(out_dir, "model.safetensors");
     if (st || (st = mor_atomic_open(&a, st_path, err))) goto out;
     if ((st = mor_sink_open(&sink, a.f, st_path, 0, err)) || (st = mor_st_writer_header(w, &sink, err)))
         goto out_abort;
-    for (int i = 0; i < f->n_tensors && !st; i++)
-        st = mor_st_writer_data(w, &sink, f->tensors[i].data, f->tensors[i].end - f->tensors[i].begin, err);
+    for (int i = 0; i < f->n_tensors && !st; i++) {
+        const mor_st_tensor *t = &f->tensors[i];
+        if (t->dtype == MOR_ST_Q8_0) {
+            dequantize_q8(t, deq);
+            st = mor_st_writer_data(w, &sink, deq, (size_t)mor_st_numel(t) * sizeof *deq, err);
+        } else {
+            st = mor_st_writer_data(w, &sink, t->data, t->end - t->begin, err);
+        }
+    }
     if (st || (st = mor_sink_finish(&sink, err))) goto out_abort;
     st = mor_atomic_commit(&a, err);
     goto out;
@@ -821,6 +884,7 @@ out_abort:
 out:
     mor_sink_free(&sink);
     mor_st_writer_free(w);
+    free(deq);
     free(st_path);
     free(hf);
     mor_st_close(f);

@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "mor.h"
+#include "q8.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -29,6 +30,9 @@ typedef struct mor_layer_weights {
      * bytes a decoded token reads); the float pointer of such a matrix is
      * NULL and its _h twin is set (kernels.h mor_matmul_w takes both). */
     const uint16_t *wq_h, *wk_h, *wv_h, *wo_h, *w_gate_h, *w_up_h, *w_down_h;
+    /* A Q8_0 matrix (lib/core/q8.h: rows of 34-byte blocks) stays in the
+     * mapping too: its float and _h pointers are NULL and its _q twin set. */
+    const uint8_t *wq_q, *wk_q, *wv_q, *wo_q, *w_gate_q, *w_up_q, *w_down_q;
 } mor_layer_weights;
 
 /* A router's weights. Linear: w (K, D). MLP: fc1 (2D, D), fc2 (K, 2D).
@@ -45,6 +49,7 @@ struct mor_model {
     const float *final_norm; /* (D) */
     const float *lm_head;    /* (V, D); == embed when tied; NULL when BF16 (lm_head_h) */
     const uint16_t *embed_h, *lm_head_h; /* BF16 in place, see mor_layer_weights */
+    const uint8_t *embed_q, *lm_head_q;  /* Q8_0 in place, see mor_layer_weights */
     mor_layer_weights *layers; /* (P) physical layers */
     int *layer_map;          /* (L) unrolled position -> physical layer */
     /* (L) the weights used at each unrolled position: the physical layer's,
@@ -59,10 +64,12 @@ struct mor_model {
     mor_tokenizer *tok;
 };
 
-/* Token tok's embedding row into x (D floats), from F32 or BF16 weights. */
+/* Token tok's embedding row into x (D floats), from F32, BF16 or Q8_0 weights. */
 static inline void mor_embed_row(const mor_model *m, int32_t tok, float *x) {
     size_t D = (size_t)m->cfg.dim;
-    if (m->embed_h)
+    if (m->embed_q)
+        mor_q8_dequantize_row(x, m->embed_q + (size_t)tok * mor_q8_row_bytes((int64_t)D), (int64_t)D);
+    else if (m->embed_h)
         for (size_t i = 0; i < D; i++) x[i] = mor_bf16_to_f32(m->embed_h[(size_t)tok * D + i]);
     else
         memcpy(x, m->embed + (size_t)tok * D, D * sizeof *x);

@@ -1,6 +1,6 @@
 /* model_load.c - opening a .mor checkpoint into a mor_model: config, tokenizer
  * and weights. F32 weights are used in place from the mapping, and so are
- * BF16 matrices (kernels.h reads them directly); norms and routers are F32
+ * BF16 and Q8_0 matrices (kernels.h reads them directly); norms and routers are F32
  * (mor-checkpoint(5)), so nothing is converted at load time. */
 #include <stdlib.h>
 #include <string.h>
@@ -108,9 +108,17 @@ static const uint16_t **layer_field_h(mor_layer_weights *w, int f) {
     return fields[f];
 }
 
+/* The Q8_0 twin of layer field f, or NULL for the norms. */
+static const uint8_t **layer_field_q(mor_layer_weights *w, int f) {
+    const uint8_t **fields[9] = {NULL,  &w->wq_q,     &w->wk_q,   &w->wv_q,    &w->wo_q,
+                                 NULL,  &w->w_gate_q, &w->w_up_q, &w->w_down_q};
+    return fields[f];
+}
+
 /* Presence, dtype and shape of every tensor the config implies, and no
- * tensor besides: all decided by the header. A matrix may be F32 or BF16
- * (used in place either way); a tensor the specs mark `norm` (norms,
+ * tensor besides: all decided by the header. A matrix may be F32, BF16 or
+ * Q8_0 (used in place either way; safetensors.c checked that a Q8_0
+ * tensor's bytes are whole blocks per row of its shape); a tensor the specs mark `norm` (norms,
  * routers, the balance bias) must be F32. Alignment is checked once the
  * data is there (f->data set). */
 static mor_status check_tensors(const mor_st_file *f, const mor_tensor_spec *specs, int n,
@@ -128,10 +136,12 @@ static mor_status check_tensors(const mor_st_file *f, const mor_tensor_spec *spe
                             specs[i].ndim > 1 ? ", " : "",
                             specs[i].ndim > 1 ? (long long)specs[i].shape[1] : 0LL);
         int bf16 = t->dtype == MOR_ST_BF16 && !specs[i].norm;
-        size_t align = bf16 ? 2 : 4; /* of what is used in place */
-        if (!bf16 && t->dtype != MOR_ST_F32)
+        int q8 = t->dtype == MOR_ST_Q8_0 && !specs[i].norm;
+        size_t align = q8 ? 1 : bf16 ? 2 : 4; /* of what is used in place */
+        if (!bf16 && !q8 && t->dtype != MOR_ST_F32)
             return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' has dtype %s, expected F32%s", path,
-                            specs[i].name, mor_st_dtype_name(t->dtype), specs[i].norm ? "" : " or BF16");
+                            specs[i].name, mor_st_dtype_name(t->dtype),
+                            specs[i].norm ? "" : ", BF16 or Q8_0");
         if (f->data && (uintptr_t)t->data % align)
             return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s' is not %zu-byte aligned", path,
                             specs[i].name, align);
@@ -155,21 +165,25 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
     if (n < 0) return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
     const float **ptrs = calloc((size_t)n, sizeof *ptrs);
     const uint16_t **hptrs = calloc((size_t)n, sizeof *hptrs);
-    if (!ptrs || !hptrs) {
+    const uint8_t **qptrs = calloc((size_t)n, sizeof *qptrs);
+    if (!ptrs || !hptrs || !qptrs) {
         free(ptrs);
         free(hptrs);
+        free(qptrs);
         free(specs);
         return mor_fail(err, MOR_ENOMEM, "%s: out of memory", path);
     }
     /* pass 1: presence, dtype, shape and alignment */
     mor_status st = check_tensors(m->file, specs, n, err);
-    /* pass 2: point F32 tensors into ptrs, BF16 matrices into hptrs */
+    /* pass 2: point F32 tensors into ptrs, BF16 matrices into hptrs, Q8_0 into qptrs */
     for (int i = 0; i < n && !st; i++) {
         const mor_st_tensor *t = mor_st_find(m->file, specs[i].name);
         if (t->dtype == MOR_ST_F32)
             ptrs[i] = t->data;
-        else
+        else if (t->dtype == MOR_ST_BF16)
             hptrs[i] = t->data;
+        else
+            qptrs[i] = t->data;
     }
     int P = mor_config_n_phys_layers(c), L = c->n_layers;
     if (!st) {
@@ -183,15 +197,16 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
         const mor_tensor_spec *sp = &specs[i];
         mor_router_weights *rw = NULL;
         switch (sp->role) {
-        case MOR_T_EMBED: m->embed = ptrs[i], m->embed_h = hptrs[i]; break;
+        case MOR_T_EMBED: m->embed = ptrs[i], m->embed_h = hptrs[i], m->embed_q = qptrs[i]; break;
         case MOR_T_FINAL_NORM: m->final_norm = ptrs[i]; break;
-        case MOR_T_HEAD: m->lm_head = ptrs[i], m->lm_head_h = hptrs[i]; break;
+        case MOR_T_HEAD: m->lm_head = ptrs[i], m->lm_head_h = hptrs[i], m->lm_head_q = qptrs[i]; break;
         case MOR_T_LAYER:
         case MOR_T_UNROLLED: {
             mor_layer_weights *w = sp->role == MOR_T_LAYER ? &m->layers[sp->index]
                                                            : &m->unrolled[sp->index];
             *layer_field(w, sp->field) = ptrs[i];
             if (layer_field_h(w, sp->field)) *layer_field_h(w, sp->field) = hptrs[i];
+            if (layer_field_q(w, sp->field)) *layer_field_q(w, sp->field) = qptrs[i];
             break;
         }
         case MOR_T_ROUTER: rw = &m->routers[sp->index]; break;
@@ -201,21 +216,24 @@ mor_status mor_model_bind(mor_model *m, mor_error *err) {
         if (rw) *(sp->field == 0 ? &rw->w : sp->field == 1 ? &rw->fc1 : &rw->fc2) = ptrs[i];
     }
     if (!st) {
-        if (c->tie_embeddings) m->lm_head = m->embed, m->lm_head_h = m->embed_h;
+        if (c->tie_embeddings) m->lm_head = m->embed, m->lm_head_h = m->embed_h, m->lm_head_q = m->embed_q;
         /* resolve every unrolled position: own fields stay, the rest come from its layer */
         for (int l = 0; l < L; l++) {
             m->layer_map[l] = mor_config_layer_map(c, l);
             mor_layer_weights *own = &m->unrolled[l], *phys = &m->layers[m->layer_map[l]];
             for (int f = 0; f < 9; f++) {
                 const uint16_t **dh = layer_field_h(own, f);
-                if (*layer_field(own, f) || (dh && *dh)) continue;
+                const uint8_t **dq = layer_field_q(own, f);
+                if (*layer_field(own, f) || (dh && *dh) || (dq && *dq)) continue;
                 *layer_field(own, f) = *layer_field(phys, f);
                 if (dh) *dh = *layer_field_h(phys, f);
+                if (dq) *dq = *layer_field_q(phys, f);
             }
         }
     }
     free(ptrs);
     free(hptrs);
+    free(qptrs);
     free(specs);
     return st;
 }

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "q8.h"
 #include "util.h"
 
 /* ------------------------------------------------------------------------ */
@@ -33,7 +34,7 @@ static const struct {
     [MOR_ST_I16] = {"I16", 2},     [MOR_ST_I8] = {"I8", 1},    [MOR_ST_U8] = {"U8", 1},
     [MOR_ST_BOOL] = {"BOOL", 1},   [MOR_ST_U16] = {"U16", 2},  [MOR_ST_U32] = {"U32", 4},
     [MOR_ST_U64] = {"U64", 8},     [MOR_ST_F8_E4M3] = {"F8_E4M3", 1},
-    [MOR_ST_F8_E5M2] = {"F8_E5M2", 1},
+    [MOR_ST_F8_E5M2] = {"F8_E5M2", 1}, [MOR_ST_Q8_0] = {"Q8_0", 0},
 };
 
 const char *mor_st_dtype_name(mor_st_dtype t) {
@@ -57,16 +58,33 @@ int64_t mor_st_numel(const mor_st_tensor *t) {
     return n;
 }
 
-/* numel * dtype size, or 0 with *overflow set when it does not fit 63 bits. */
+/* numel * dtype size, or 0 with *overflow set when it does not fit 63 bits.
+ * Q8_0 (ndim >= 1, checked by the callers): each row of the last dimension
+ * is ceil(n/32) blocks of 34 bytes (lib/core/q8.h). */
 static uint64_t byte_size(mor_st_dtype dt, int ndim, const int64_t *shape, int *overflow) {
     uint64_t n = mor_st_dtype_size(dt);
+    int dims = ndim;
     *overflow = 0;
-    for (int i = 0; i < ndim; i++)
+    if (dt == MOR_ST_Q8_0 && ndim > 0) {
+        if (shape[ndim - 1] > (INT64_C(1) << 56)) {
+            *overflow = 1;
+            return 0;
+        }
+        n = (uint64_t)mor_q8_row_bytes(shape[ndim - 1]);
+        dims = ndim - 1;
+    }
+    for (int i = 0; i < dims; i++)
         if (__builtin_mul_overflow(n, (uint64_t)shape[i], &n) || n > (UINT64_C(1) << 62)) {
             *overflow = 1;
             return 0;
         }
-    return n;
+    if (n > (UINT64_C(1) << 62)) *overflow = 1;
+    return *overflow ? 0 : n;
+}
+
+uint64_t mor_st_tensor_bytes(const mor_st_tensor *t) {
+    int ovf;
+    return byte_size(t->dtype, t->ndim, t->shape, &ovf);
 }
 
 static uint64_t rd_u64le(const uint8_t *p) {
@@ -157,6 +175,9 @@ static mor_status parse_tensor(mor_st_tensor *t, const char *label, const char *
             return mor_fail(err, MOR_EFORMAT,
                             "%s: tensor '%s': shape[%zu] is not a non-negative integer", label, name, i);
     }
+    if (t->dtype == MOR_ST_Q8_0 && nd == 0)
+        return mor_fail(err, MOR_EFORMAT, "%s: tensor '%s': Q8_0 needs a shape of at least one dim",
+                        label, name);
     int64_t b, e2;
     if (!json_is_array(off) || json_array_size(off) != 2 ||
         (b = json_uint(json_array_get(off, 0))) < 0 || (e2 = json_uint(json_array_get(off, 1))) < 0)
@@ -620,6 +641,8 @@ mor_status mor_st_writer_declare(mor_st_writer *w, const char *name, mor_st_dtyp
         if (shape[i] < 0)
             return mor_fail(err, MOR_EARG, "safetensors writer: tensor '%s': shape[%d] = %lld is negative",
                             name, i, (long long)shape[i]);
+    if (dtype == MOR_ST_Q8_0 && ndim == 0)
+        return mor_fail(err, MOR_EARG, "safetensors writer: tensor '%s': Q8_0 needs at least one dim", name);
     int ovf;
     uint64_t nbytes = byte_size(dtype, ndim, shape, &ovf);
     if (ovf || nbytes > (UINT64_C(1) << 62) - w->data_size)

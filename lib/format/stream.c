@@ -89,7 +89,7 @@ mor_frame *mor_frame_new(const char *kind) {
 
 mor_status mor_frame_add(mor_frame *f, const char *name, mor_st_dtype dtype, int ndim,
                          const int64_t *shape, const void *data, mor_error *err) {
-    if ((unsigned)dtype >= MOR_ST_NDTYPES || ndim < 0 || ndim > MOR_ST_MAX_DIMS)
+    if ((unsigned)dtype >= MOR_ST_NDTYPES || dtype == MOR_ST_Q8_0 || ndim < 0 || ndim > MOR_ST_MAX_DIMS)
         return mor_fail(err, MOR_EARG, "stream frame: tensor '%s': bad dtype or rank", name);
     for (int i = 0; i < f->n; i++)
         if (strcmp(f->t[i].name, name) == 0)

@@ -57,11 +57,11 @@ void mor_block_mlp(mor_context *c, const mor_layer_weights *w, int T) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
     for (int t = 0; t < T; t++)
         mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->mlp_norm, D, eps);
-    mor_matmul_w(hb, xb, w->w_gate, w->w_gate_h, T, F, D, nt);
-    mor_matmul_w(hb2, xb, w->w_up, w->w_up_h, T, F, D, nt);
+    mor_matmul_w(hb, xb, w->w_gate, w->w_gate_h, w->w_gate_q, T, F, D, nt);
+    mor_matmul_w(hb2, xb, w->w_up, w->w_up_h, w->w_up_q, T, F, D, nt);
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
     for (int t = 0; t < T; t++) mor_swiglu(hb + (size_t)t * F, hb2 + (size_t)t * F, F);
-    mor_matmul_w(xb, hb, w->w_down, w->w_down_h, T, D, F, nt);
+    mor_matmul_w(xb, hb, w->w_down, w->w_down_h, w->w_down_q, T, D, F, nt);
     for (size_t i = 0; i < (size_t)T * D; i++) x[i] += xb[i];
 }
 
@@ -70,5 +70,5 @@ void mor_block_logits(mor_context *c, const float *h, int n, float *out) {
     int D = m->cfg.dim;
     for (int t = 0; t < n; t++)
         mor_rmsnorm(c->xb + (size_t)t * D, h + (size_t)t * D, m->final_norm, D, m->cfg.norm_eps);
-    mor_matmul_w(out, c->xb, m->lm_head, m->lm_head_h, n, m->cfg.vocab_size, D, c->n_threads);
+    mor_matmul_w(out, c->xb, m->lm_head, m->lm_head_h, m->lm_head_q, n, m->cfg.vocab_size, D, c->n_threads);
 }

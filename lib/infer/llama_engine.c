@@ -135,9 +135,9 @@ static void forward_layers(const rows *r, const int32_t *tokens) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
         for (int t = 0; t < T; t++)
             mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->attn_norm, D, eps);
-        mor_matmul_w(q, xb, w->wq, w->wq_h, T, QD, D, nt);
-        mor_matmul_w(k, xb, w->wk, w->wk_h, T, KVD, D, nt);
-        mor_matmul_w(v, xb, w->wv, w->wv_h, T, KVD, D, nt);
+        mor_matmul_w(q, xb, w->wq, w->wq_h, w->wq_q, T, QD, D, nt);
+        mor_matmul_w(k, xb, w->wk, w->wk_h, w->wk_q, T, KVD, D, nt);
+        mor_matmul_w(v, xb, w->wv, w->wv_h, w->wv_q, T, KVD, D, nt);
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
         for (int t = 0; t < T; t++) {
             mor_context *c = row_ctx(r, t);
@@ -153,7 +153,7 @@ static void forward_layers(const rows *r, const int32_t *tokens) {
             attention_gemm(r, l);
         else
             attention_rows(r, l);
-        mor_matmul_w(xb, sc->att, w->wo, w->wo_h, T, D, QD, nt);
+        mor_matmul_w(xb, sc->att, w->wo, w->wo_h, w->wo_q, T, D, QD, nt);
         for (size_t i = 0; i < (size_t)T * D; i++) x[i] += xb[i];
         mor_block_mlp(sc, w, T);
     }

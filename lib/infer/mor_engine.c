@@ -312,10 +312,10 @@ static mor_status layer_rows(mor_context *c, mor_context *const *own, const int3
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
     for (int t = 0; t < T; t++)
         mor_rmsnorm(xb + (size_t)t * D, x + (size_t)t * D, w->attn_norm, D, eps);
-    mor_matmul_w(q, xb, w->wq, w->wq_h, T, QD, D, nt);
+    mor_matmul_w(q, xb, w->wq, w->wq_h, w->wq_q, T, QD, D, nt);
     if (stores) { /* a sharing layer's own K/V would be thrown away */
-        mor_matmul_w(k, xb, w->wk, w->wk_h, T, KVD, D, nt);
-        mor_matmul_w(v, xb, w->wv, w->wv_h, T, KVD, D, nt);
+        mor_matmul_w(k, xb, w->wk, w->wk_h, w->wk_q, T, KVD, D, nt);
+        mor_matmul_w(v, xb, w->wv, w->wv_h, w->wv_q, T, KVD, D, nt);
         /* row t becomes entry n_own[t] - 1 of its context's layer */
         for (int t = 0; t < T; t++) {
             if (pol[t] == KV_SHARED) continue;
@@ -369,7 +369,7 @@ static mor_status layer_rows(mor_context *c, mor_context *const *own, const int3
                 mor_kv_attend(c->att + qo, q + qo, kv, slot[t], h / group, n_kv[t], scale);
         }
     }
-    mor_matmul_w(xb, c->att, w->wo, w->wo_h, T, D, QD, nt);
+    mor_matmul_w(xb, c->att, w->wo, w->wo_h, w->wo_q, T, D, QD, nt);
     for (size_t i = 0; i < (size_t)T * D; i++) x[i] += xb[i];
     mor_block_mlp(c, w, T);
     return MOR_OK;

@@ -13,6 +13,7 @@
  * up once) the multi-row product runs the wider tiles of kernels_avx512.c
  * instead; these AVX2 tiles stay for every other CPU. */
 #include "kernels.h"
+#include "quant.h"
 
 #include "util.h"
 
@@ -341,9 +342,11 @@ static void matmul_f32(float *Y, const float *X, const float *W, int n, int out,
                 out);
 }
 
-void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, int n, int out,
-                  int in, int n_threads) {
-    if (Wh)
+void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, const uint8_t *Wq,
+                  int n, int out, int in, int n_threads) {
+    if (Wq)
+        mor_q8_matmul(Y, X, Wq, n, out, in, n_threads);
+    else if (Wh)
         mor_matvec_multi_isa(MOR_ISA_AUTO, Y, NULL, Wh, X, n, out, in, n_threads);
     else
         matmul_f32(Y, X, W, n, out, in, n_threads);

@@ -73,9 +73,11 @@ void mor_matvec_block_avx512(float *Y, const float *W, const uint16_t *Wh, const
  * patterns (a BF16 checkpoint used in place: half the bytes per decoded
  * token), always through mor's own tiles, which widen each weight exactly:
  * the result has the bits mor_matvec_multi gives for the float32 copy of W.
- * Not inside a parallel region. */
-void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, int n, int out,
-                  int in, int n_threads);
+ * Wq set: W given as Q8_0 rows (quant.h mor_q8_matmul: 8-bit weights and
+ * activations quantized per block of 32, for every n). Not inside a
+ * parallel region. */
+void mor_matmul_w(float *Y, const float *X, const float *W, const uint16_t *Wh, const uint8_t *Wq,
+                  int n, int out, int in, int n_threads);
 
 /* sum a[i] b[i], vectorised. */
 float mor_dot(const float *a, const float *b, int n);

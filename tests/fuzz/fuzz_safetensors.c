@@ -14,7 +14,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(t->begin <= t->end && t->end <= f->data_size);
         FUZZ_CHECK((const uint8_t *)t->data >= data &&
                    (const uint8_t *)t->data + (t->end - t->begin) <= data + size);
-        FUZZ_CHECK((uint64_t)mor_st_numel(t) * mor_st_dtype_size(t->dtype) == t->end - t->begin);
+        FUZZ_CHECK(mor_st_tensor_bytes(t) == t->end - t->begin);
         FUZZ_CHECK(mor_st_dtype_name(t->dtype) != NULL);
     }
     for (int i = 0; i < f->n_meta; i++)
