@@ -12,6 +12,12 @@ computes, on the same text and the same tokens:
 3. The same chunks (BOS + ids) through mor-eval logits --ids: mor's
    perplexity over the same scored positions, KL(llama.cpp || mor) per
    position, and whether the argmaxes agree.
+    python3 bench/peer_verify.py chunk-ids BASE.kld > CHUNKS.ids
+
+writes the chunks of a --kl-divergence-base file as mor-eval --ids lines (BOS
+first, as llama-perplexity runs them), so that mor-eval logits | mor-eval kld
+scores the same token rows (bench/bench_peer.sh does).
+
 Prints one JSON line on stdout; exit 3 when the perplexities differ by more
 than --max-rel (default 1e-3) or the tokens differ. numpy only. mor's tools come
 from $MOR_BIN (default the repository's bin/).
@@ -91,7 +97,23 @@ def log_softmax(z):
     return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
 
 
+def chunk_rows(tokens, bos):
+    """The chunks as llama-perplexity feeds them: each one's first token replaced by BOS."""
+    rows = tokens.copy()
+    rows[:, 0] = bos
+    return rows
+
+
+def write_ids(rows, f):
+    for row in rows:
+        f.write(" ".join(map(str, row)) + "\n")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "chunk-ids":
+        _, _, tokens, _ = read_kld_base(sys.argv[2])
+        write_ids(chunk_rows(tokens, int(tokens[0, 0])), sys.stdout)
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("gguf")
@@ -138,12 +160,10 @@ def main():
         tokens_equal = bool(np.array_equal(mor_ids[:n_cmp], llama_ids[1:]))
 
         # 3. mor on the very chunks llama.cpp ran: BOS replaces each chunk's first token
-        chunks = tokens.copy()
-        chunks[:, 0] = bos
+        chunks = chunk_rows(tokens, bos)
         ids_file = os.path.join(d, "chunks.ids")
         with open(ids_file, "w") as f:
-            for row in chunks:
-                f.write(" ".join(map(str, row)) + "\n")
+            write_ids(chunks, f)
         out = subprocess.run([os.path.join(mor_bin, "mor-eval"), "logits", "-m", a.model, "--ids",
                               "-t", str(a.threads), "-q", ids_file], check=True, capture_output=True).stdout
         frames = read_stream(out)
