@@ -129,7 +129,10 @@ void par_bcast(void *buf, size_t bytes) {
     stats.wait_s += now_s() - t0;
 }
 
+static int gather_alone(const double *mine, size_t n, double **all, size_t *counts);
+
 int par_gather(const double *mine, size_t n, double **all, size_t *counts) {
+    if (world_size < 2) return gather_alone(mine, n, all, counts);
     *all = NULL;
     const int N = world_size;
     long long cnt = (long long)n, got[N];
@@ -160,7 +163,11 @@ int par_gather(const double *mine, size_t n, double **all, size_t *counts) {
 
 static void sum_any(void *buf, size_t n, size_t es) { (void)buf, (void)n, (void)es; }
 void par_bcast(void *buf, size_t bytes) { (void)buf, (void)bytes; }
-int par_gather(const double *mine, size_t n, double **all, size_t *counts) {
+
+#endif
+
+/* One process: rank 0 gathers its own numbers. */
+static int gather_alone(const double *mine, size_t n, double **all, size_t *counts) {
     *all = malloc(sizeof **all * (n ? n : 1));
     if (!*all) return -1;
     if (n) memcpy(*all, mine, sizeof **all * n);
@@ -168,6 +175,10 @@ int par_gather(const double *mine, size_t n, double **all, size_t *counts) {
     return 0;
 }
 
+#ifndef MOR_HAVE_MPI
+int par_gather(const double *mine, size_t n, double **all, size_t *counts) {
+    return gather_alone(mine, n, all, counts);
+}
 #endif
 
 void par_sum_f64(double *buf, size_t n) { sum_any(buf, n, sizeof(double)); }
