@@ -124,11 +124,12 @@ tests: $(TESTS)
 # Benchmarks: bin/bench/*; the scripts in bench/ run them (bench/README.md).
 bench: all $(BENCHES)
 
-# Each suite runs from the repository root with MOR_BIN pointing at the tools.
+# Each suite runs from the repository root with MOR_BIN pointing at the tools;
+# tests/test_mpi.sh runs them under mpirun when they were built with Open MPI.
 # Then the structure: no call cycle between library files and none up the
 # layers (check_calls.py), no machine path or notes citation (check_paths.sh).
 test: all $(TESTS)
-	@MOR_BIN=$(OUT)/bin OUT=$(OUT) bash tests/run.sh $(TESTS)
+	@MOR_BIN=$(OUT)/bin OUT=$(OUT) MOR_MPI=$(if $(strip $(MPI_LIBS)),1,0) bash tests/run.sh $(TESTS) tests/test_mpi.sh
 	@python3 tests/tools/check_calls.py $(OUT)
 	@bash tests/tools/check_paths.sh
 

@@ -519,6 +519,11 @@ static int run(int argc, char **argv) {
         cli_log("mor-train: warning: %s", err.msg);
 
     long threads = o.threads ? o.threads : par_default_threads(); /* ranks share a machine's cores */
+    if (cfg.train.grad_accum % par_size()) {
+        rc = cli_usage_error("train.grad_accum %d is not a multiple of the %d ranks: each rank runs an "
+                             "equal share of a step's micro-batches", cfg.train.grad_accum, par_size());
+        goto done;
+    }
     if (mor_trainer_new(&cfg, steps, (int)threads, tok_json, tok_cfg, &tr, &err) ||
         mor_trainer_set_comm(tr, par_train_comm(), &err)) {
         rc = cli_fail(&err);

@@ -196,13 +196,17 @@ const mor_train_comm *par_train_comm(void) {
 
 int par_bcast_str(char **s) {
     int64_t len = world_rank == 0 ? (*s ? (int64_t)strlen(*s) : -1) : 0;
+    if (world_size < 2) return 0;
     par_bcast(&len, sizeof len);
-    if (world_rank == 0 || world_size < 2) return 0;
+    if (world_rank == 0) {
+        if (len > 0) par_bcast(*s, (size_t)len);
+        return 0;
+    }
     free(*s);
     *s = NULL;
     char *buf = malloc(len >= 0 ? (size_t)len + 1 : 1);
     if (!buf) return -1; /* rank 0 is inside the broadcast below: the job ends */
-    par_bcast(buf, len >= 0 ? (size_t)len : 0);
+    if (len > 0) par_bcast(buf, (size_t)len);
     if (len < 0) {
         free(buf);
         return 0;
