@@ -39,8 +39,9 @@ ARGS="--tokenizer tests/data/stories260K-hf/tokenizer.json --data tests/fixtures
 # median tokens/s of steps 2.. of a metrics.jsonl
 median() { python3 -c '
 import json, sys, statistics
-r = [json.loads(l) for l in open(sys.argv[1]) if "\"loss\"" in l][1:]
-print(f"{statistics.median(x[\"tokens_per_s\"] for x in r):.0f}")' "$1"; }
+r = [json.loads(l) for l in open(sys.argv[1])][1:]
+r = [x for x in r if "loss" in x]
+print("%.0f" % statistics.median(x["tokens_per_s"] for x in r))' "$1"; }
 
 printf '%-6s %-16s %9s %14s %14s %s\n' size layout tok/s "MB/step" "comm s" "(of run s)"
 for s in $SIZES; do
