@@ -50,13 +50,13 @@ int par_default_threads(void) {
     return cpus > 0 ? (int)cpus : 1;
 }
 
+#ifdef MOR_HAVE_MPI
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
-
-#ifdef MOR_HAVE_MPI
 
 static void *stage;      /* staging buffer of the sums */
 static size_t stage_cap; /* its bytes */

@@ -876,7 +876,7 @@ MOR_API mor_status mor_trainer_new(const mor_config *cfg, long total_steps, int 
                                    mor_error *err);
 MOR_API void mor_trainer_free(mor_trainer *t); /* NULL is fine */
 
-/* Data-parallel training (man/mor-train.1, DATA PARALLEL): several processes,
+/* Data-parallel training (man/mor-train.1, "Data parallel"): several processes,
  * each with a whole replica of the model, share each optimizer step's
  * micro-batches. The trainer stays free of any communication library: the
  * caller (mor-train implements it with MPI, cmd/mpi.c) hands it these
