@@ -23,6 +23,12 @@ BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags openblas)
 BLAS_LIBDIR := $(shell $(PKG_CONFIG) --variable=libdir openblas)
 BLAS_LIBS   := $(shell $(PKG_CONFIG) --libs openblas) -Wl,-rpath,$(BLAS_LIBDIR)
 
+# Open MPI, for data-parallel runs (mpirun -np N mor-train|mor-eval, cmd/par.c):
+# found through pkg-config, else mpicc; without it the tools run as one
+# process and refuse to be launched as several ranks.
+MPI_CFLAGS := $(shell $(PKG_CONFIG) --cflags ompi-c 2>/dev/null || mpicc --showme:compile 2>/dev/null)
+MPI_LIBS   := $(shell $(PKG_CONFIG) --libs ompi-c 2>/dev/null || mpicc --showme:link 2>/dev/null)
+
 WARN    = -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
 OPT     = -O2 -march=x86-64-v3 -fno-math-errno
 CFLAGS  ?= $(OPT) -g
@@ -85,6 +91,9 @@ $(OUT)/obj/commit.stamp: FORCE
 	@echo $(COMMIT) | cmp -s - $@ || echo $(COMMIT) > $@
 $(OUT)/obj/cmd/cli.o: $(OUT)/obj/commit.stamp
 $(OUT)/obj/cmd/cli.o: CFLAGS += -DMOR_COMMIT='"$(COMMIT)"'
+ifneq ($(strip $(MPI_LIBS)),)
+$(OUT)/obj/cmd/par.o: CFLAGS += -DMOR_HAVE_MPI $(MPI_CFLAGS)
+endif
 
 $(LIBA): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -100,7 +109,7 @@ $(LIBSO): $(LIBSO_REAL)
 
 $(OUT)/bin/%: $(OUT)/obj/cmd/%.o $(CLI_OBJ) $(LIBA)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(CLI_OBJ) $(LIBA) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(CLI_OBJ) $(LIBA) $(LDLIBS) $(MPI_LIBS)
 
 $(OUT)/bin/tests/%: $(OUT)/obj/tests/%.o $(TEST_HELP_OBJ) $(LIBA)
 	@mkdir -p $(dir $@)
@@ -115,11 +124,12 @@ tests: $(TESTS)
 # Benchmarks: bin/bench/*; the scripts in bench/ run them (bench/README.md).
 bench: all $(BENCHES)
 
-# Each suite runs from the repository root with MOR_BIN pointing at the tools.
+# Each suite runs from the repository root with MOR_BIN pointing at the tools;
+# tests/test_mpi.sh runs them under mpirun when they were built with Open MPI.
 # Then the structure: no call cycle between library files and none up the
 # layers (check_calls.py), no machine path or notes citation (check_paths.sh).
 test: all $(TESTS)
-	@MOR_BIN=$(OUT)/bin OUT=$(OUT) bash tests/run.sh $(TESTS)
+	@MOR_BIN=$(OUT)/bin OUT=$(OUT) MOR_MPI=$(if $(strip $(MPI_LIBS)),1,0) bash tests/run.sh $(TESTS) tests/test_mpi.sh
 	@python3 tests/tools/check_calls.py $(OUT)
 	@bash tests/tools/check_paths.sh
 

@@ -5,7 +5,11 @@
  * a gold index. A choice's score is the summed log-probability of its
  * continuation tokens given its context (eval_encode_pair decides which
  * tokens those are). Cloze items have one pair, scored for its NLL and for
- * whether greedy decoding would reproduce the target. */
+ * whether greedy decoding would reproduce the target.
+ *
+ * The items are scored first (under mpirun item i on rank i mod N, rank 0
+ * gathering every score, cmd/par.c), then summed and written in item
+ * order, so the output is the same bytes whatever the number of ranks. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -15,6 +19,7 @@
 #include "cli.h"
 #include "eval_common.h"
 #include "mor_train.h"
+#include "par.h"
 
 /* ------------------------------------------------------------------------ */
 /* Task files                                                               */
@@ -479,7 +484,9 @@ static int task_run_open(task_run *t, const eval_opts *o, int cloze) {
         }
     }
     t->n = o->limit && (size_t)o->limit < t->task.n ? (size_t)o->limit : t->task.n;
-    if (o->samples && !strcmp(o->samples, "-")) {
+    if (par_rank() != 0) {
+        /* rank 0 writes the samples */
+    } else if (o->samples && !strcmp(o->samples, "-")) {
         t->samples = stdout;
     } else if (o->samples) {
         mor_error err = {0};
@@ -493,6 +500,66 @@ static int task_run_open(task_run *t, const eval_opts *o, int cloze) {
     return 0;
 fail:
     return task_run_close(t, rc);
+}
+
+/* Scores every item this rank owns into ps (item i's choices from
+ * first[i], first[n] in all) and gives rank 0 the scores of every rank. */
+static int score_items(task_run *t, const eval_opts *o, int cloze, pair_score **ps_out,
+                       size_t **first_out) {
+    const size_t N = (size_t)par_size(), me = (size_t)par_rank();
+    size_t *first = malloc(sizeof *first * (t->n + 1));
+    size_t *shots = calloc((size_t)o->shots + 1, sizeof *shots);
+    pair_score *ps = NULL;
+    double *mine = NULL, *all = NULL;
+    int rc = first && shots ? 0 : cli_usage_error("out of memory");
+    if (!rc) {
+        first[0] = 0;
+        for (size_t i = 0; i < t->n; i++) first[i + 1] = first[i] + (size_t)t->task.items[i].n;
+        ps = calloc(first[t->n] + 1, sizeof *ps);
+        mine = malloc(sizeof *mine * (4 * first[t->n] + 1));
+        if (!ps || !mine) rc = cli_usage_error("out of memory");
+    }
+    size_t k = 0; /* doubles of this rank's scores */
+    cli_progress bar;
+    cli_progress_begin(&bar, cloze ? "cloze" : "mc", "items");
+    for (size_t i = me; i < t->n && !rc; i += N) {
+        const eval_item *it = &t->task.items[i];
+        fewshot_pick(&t->fs, i, shots);
+        char *prefix = fewshot_prefix(&t->fs, shots);
+        if (!prefix) rc = cli_usage_error("out of memory");
+        else if (cloze) rc = score_pair(&t->r, o, t->task.path, it, 0, prefix, &ps[first[i]]);
+        else rc = score_item(&t->r, o, t->task.path, it, prefix, &ps[first[i]]);
+        for (size_t c = first[i]; c < first[i + 1] && !rc; c++) {
+            mine[k++] = ps[c].ll;
+            mine[k++] = ps[c].tokens;
+            mine[k++] = ps[c].greedy;
+            mine[k++] = ps[c].cut;
+        }
+        free(prefix);
+        cli_progress_update(&bar, (double)(i + 1), (double)t->n);
+    }
+    cli_progress_end(&bar);
+    size_t counts[N];
+    if (!rc && N > 1 && par_gather(mine, k, &all, counts)) rc = cli_usage_error("out of memory");
+    if (!rc && all) { /* rank 0: rank j's scores are those of items j, j + N, ... */
+        const double *x = all;
+        for (size_t j = 0; j < N; j++)
+            for (size_t i = j; i < t->n; i += N)
+                for (size_t c = first[i]; c < first[i + 1]; c++, x += 4)
+                    ps[c] = (pair_score){.ll = x[0], .tokens = (int)x[1], .greedy = (int)x[2],
+                                         .cut = (int)x[3]};
+    }
+    free(all);
+    free(mine);
+    free(shots);
+    if (rc) {
+        free(ps);
+        free(first);
+        return rc;
+    }
+    *ps_out = ps;
+    *first_out = first;
+    return 0;
 }
 
 static json_t *shots_json(const size_t *shots, int k) {
@@ -541,20 +608,21 @@ int eval_cmd_mc(const eval_opts *o) {
     task_run t;
     int rc = task_run_open(&t, o, 0);
     if (rc) return rc;
+    pair_score *all_ps = NULL;
+    size_t *first = NULL;
+    if ((rc = score_items(&t, o, 0, &all_ps, &first))) return task_run_close(&t, rc);
+    if (par_rank() != 0) t.n = 0; /* rank 0 reports */
     size_t *shots = calloc((size_t)o->shots + 1, sizeof *shots);
     if (!shots) rc = cli_usage_error("out of memory");
     int64_t hits = 0, hits_norm = 0;
     int truncated = 0;
-    cli_progress bar;
-    cli_progress_begin(&bar, "mc", "items");
     for (size_t i = 0; i < t.n && !rc; i++) {
         const eval_item *it = &t.task.items[i];
         fewshot_pick(&t.fs, i, shots);
-        char *prefix = fewshot_prefix(&t.fs, shots);
-        pair_score *ps = calloc((size_t)it->n, sizeof *ps);
-        if (!prefix || !ps) rc = cli_usage_error("out of memory");
+        char *prefix = t.samples ? fewshot_prefix(&t.fs, shots) : NULL;
+        const pair_score *ps = all_ps + first[i];
+        if (t.samples && !prefix) rc = cli_usage_error("out of memory");
         int cut = 0;
-        if (!rc) rc = score_item(&t.r, o, t.task.path, it, prefix, ps);
         for (int c = 0; c < it->n && !rc; c++) cut |= ps[c].cut > 0;
         if (!rc) {
             /* first maximum wins, as numpy.argmax */
@@ -593,11 +661,8 @@ int eval_cmd_mc(const eval_opts *o) {
             }
         }
         free(prefix);
-        free(ps);
-        cli_progress_update(&bar, (double)(i + 1), (double)t.n);
     }
-    cli_progress_end(&bar);
-    if (!rc) {
+    if (!rc && par_rank() == 0) {
         double acc = (double)hits / (double)t.n, accn = (double)hits_norm / (double)t.n;
         json_t *j = summary_begin(&t, acc);
         json_object_set_new(j, "acc_norm", json_real(accn));
@@ -606,6 +671,8 @@ int eval_cmd_mc(const eval_opts *o) {
         summary_print(j, o, &t, truncated);
     }
     free(shots);
+    free(all_ps);
+    free(first);
     return task_run_close(&t, rc);
 }
 
@@ -613,21 +680,22 @@ int eval_cmd_cloze(const eval_opts *o) {
     task_run t;
     int rc = task_run_open(&t, o, 1);
     if (rc) return rc;
+    pair_score *all_ps = NULL;
+    size_t *first = NULL;
+    if ((rc = score_items(&t, o, 1, &all_ps, &first))) return task_run_close(&t, rc);
+    if (par_rank() != 0) t.n = 0; /* rank 0 reports */
     size_t *shots = calloc((size_t)o->shots + 1, sizeof *shots);
     if (!shots) rc = cli_usage_error("out of memory");
     mor_eval_acc nll = {0};
     int64_t hits = 0, target_tokens = 0;
     double nll_sum = 0;
     int truncated = 0;
-    cli_progress bar;
-    cli_progress_begin(&bar, "cloze", "items");
     for (size_t i = 0; i < t.n && !rc; i++) {
         const eval_item *it = &t.task.items[i];
         fewshot_pick(&t.fs, i, shots);
-        char *prefix = fewshot_prefix(&t.fs, shots);
-        pair_score ps = {0};
-        rc = prefix ? score_pair(&t.r, o, t.task.path, it, 0, prefix, &ps)
-                    : cli_usage_error("out of memory");
+        char *prefix = t.samples ? fewshot_prefix(&t.fs, shots) : NULL;
+        pair_score ps = all_ps[first[i]];
+        if (t.samples && !prefix) rc = cli_usage_error("out of memory");
         if (!rc) {
             hits += ps.greedy;
             mor_eval_acc_add(&nll, -ps.ll);
@@ -649,10 +717,8 @@ int eval_cmd_cloze(const eval_opts *o) {
             }
         }
         free(prefix);
-        cli_progress_update(&bar, (double)(i + 1), (double)t.n);
     }
-    cli_progress_end(&bar);
-    if (!rc) {
+    if (!rc && par_rank() == 0) {
         double acc = (double)hits / (double)t.n;
         json_t *j = summary_begin(&t, acc);
         json_object_set_new(j, "nll", eval_json_num(nll.mean));
@@ -663,5 +729,7 @@ int eval_cmd_cloze(const eval_opts *o) {
         summary_print(j, o, &t, truncated);
     }
     free(shots);
+    free(all_ps);
+    free(first);
     return task_run_close(&t, rc);
 }

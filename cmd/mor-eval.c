@@ -5,7 +5,12 @@
  *
  * This file holds the command line and `ppl`; the other subcommands live in
  * eval_tasks.c (mc, cloze), eval_logits.c (logits, kld) and eval_convert.c
- * (convert-task), over the runner of eval_common.c. */
+ * (convert-task), over the runner of eval_common.c.
+ *
+ * Under mpirun (cmd/par.c) ppl, mc and cloze split their rows or items
+ * across the ranks (row i on rank i mod N); rank 0 gathers each one's
+ * numbers and adds them up in the order one process does, so the JSON is
+ * the same bytes as a single process prints. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +20,7 @@
 #include "eval_common.h"
 #include "mor.h"
 #include "mor_train.h"
+#include "par.h"
 
 static void usage(void) {
     fprintf(
@@ -285,21 +291,95 @@ static int ppl_tokens(const eval_opts *o, const eval_runner *r, const char *path
     return rc;
 }
 
-/* Scores targets ids[t0..e) from the window ids[b..e). */
-static int ppl_window(eval_runner *r, const int32_t *ids, size_t b, size_t e, size_t t0, double *lp,
-                      ppl_stats *s) {
-    mor_error err = {0};
-    if (eval_score(r, ids + b, (int)(e - b), (int)(t0 - 1 - b), 1, lp, NULL, &err)) return cli_fail(&err);
+/* The numbers of scored windows, one record each, in window order:
+ * [targets k, agreement steps a, log-probabilities (k), hits (a),
+ * candidates (a), positions per depth 0..depth_max]. A rank records the
+ * windows it scores; the records are added up in window order (ppl_replay)
+ * after each window alone, after a group of windows under mpirun. */
+typedef struct {
+    double *v;
+    size_t n, cap;
+    int64_t window;  /* windows met so far (the owner of window w is rank w mod N) */
+    int64_t pending; /* windows met since the last replay */
+} ppl_records;
+
+/* Windows per replay under mpirun: bounds the records held to about this
+ * many rows of log-probabilities per rank. */
+#define PPL_GROUP 64
+
+static int ppl_push(ppl_records *rec, const double *x, size_t k) {
+    if (rec->n + k > rec->cap) {
+        size_t cap = rec->cap ? rec->cap : 1024;
+        while (cap < rec->n + k) cap *= 2;
+        double *v = realloc(rec->v, cap * sizeof *v);
+        if (!v) return cli_usage_error("out of memory");
+        rec->v = v;
+        rec->cap = cap;
+    }
+    memcpy(rec->v + rec->n, x, k * sizeof *x);
+    rec->n += k;
+    return 0;
+}
+
+/* Adds one record at v to s; returns the doubles it took. */
+static size_t ppl_add_record(ppl_stats *s, const double *v, int depth_max) {
+    size_t k = (size_t)v[0];
+    int a = (int)v[1];
+    const double *lp = v + 2, *h = lp + k, *c = h + a, *d = c + a;
     int64_t hits[MOR_MAX_RECURSION], cand[MOR_MAX_RECURSION];
-    ppl_agreement_add(s, mor_context_route_agreement(r->ctx, hits, cand), hits, cand);
+    for (int i = 0; i < a; i++) hits[i] = (int64_t)h[i], cand[i] = (int64_t)c[i];
+    ppl_agreement_add(s, a, hits, cand);
     mor_eval_acc row = {0};
-    for (size_t i = 0; i < e - t0; i++) {
+    for (size_t i = 0; i < k; i++) {
         mor_eval_acc_add(&s->tok, -lp[i]);
         mor_eval_acc_add(&row, -lp[i]);
     }
     mor_eval_acc_add(&s->row, row.mean);
     s->rows++;
+    for (int i = 0; i <= depth_max; i++) s->depths[i] += (int64_t)d[i];
+    return 2 + k + 2 * (size_t)a + (size_t)depth_max + 1;
+}
+
+/* Adds the pending records of every rank to s, in window order. */
+static int ppl_replay(ppl_records *rec, ppl_stats *s, int depth_max) {
+    const int N = par_size();
+    size_t counts[N], at[N];
+    double *all = NULL;
+    if (par_gather(rec->v, rec->n, &all, counts)) return cli_usage_error("out of memory");
+    if (par_rank() == 0) {
+        for (int k = 0, off = 0; k < N; off += (int)counts[k], k++) at[k] = (size_t)off;
+        int64_t w0 = rec->window - rec->pending;
+        for (int64_t w = w0; w < rec->window; w++) {
+            int k = (int)(w % N);
+            at[k] += ppl_add_record(s, all + at[k], depth_max);
+        }
+    }
+    free(all);
+    rec->n = 0;
+    rec->pending = 0;
     return 0;
+}
+
+/* Scores targets ids[t0..e) from the window ids[b..e) when this rank owns
+ * it, recording its numbers. */
+static int ppl_window(eval_runner *r, const int32_t *ids, size_t b, size_t e, size_t t0, double *lp,
+                      ppl_records *rec) {
+    int64_t w = rec->window++;
+    rec->pending++;
+    if (w % par_size() != par_rank()) return 0;
+    mor_error err = {0};
+    int64_t before[MOR_MAX_RECURSION + 1];
+    memcpy(before, r->depths, sizeof before);
+    if (eval_score(r, ids + b, (int)(e - b), (int)(t0 - 1 - b), 1, lp, NULL, &err)) return cli_fail(&err);
+    int64_t hits[MOR_MAX_RECURSION], cand[MOR_MAX_RECURSION];
+    int a = mor_context_route_agreement(r->ctx, hits, cand);
+    double head[2] = {(double)(e - t0), a}, x[2 * MOR_MAX_RECURSION + MOR_MAX_RECURSION + 1];
+    for (int i = 0; i < a; i++) x[i] = (double)hits[i], x[a + i] = (double)cand[i];
+    for (int i = 0; i <= r->depth_max; i++) x[2 * a + i] = (double)(r->depths[i] - before[i]);
+    int rc = ppl_push(rec, head, 2);
+    if (!rc) rc = ppl_push(rec, lp, e - t0);
+    if (!rc) rc = ppl_push(rec, x, 2 * (size_t)a + (size_t)r->depth_max + 1);
+    return rc;
 }
 
 /* --score all: rows ids[k c .. (k+1) c), each predicting its positions
@@ -309,7 +389,7 @@ static int ppl_window(eval_runner *r, const int32_t *ids, size_t b, size_t e, si
  * window's end, so each has at least c - N tokens of context (all before
  * it in the first window). */
 static int ppl_file(eval_runner *r, const eval_opts *o, const int32_t *ids, size_t N, ppl_stats *s,
-                    int64_t *rows_left, const char *label) {
+                    ppl_records *rec, int64_t *rows_left, const char *label) {
     size_t c = (size_t)r->n_ctx, step = o->stride ? (size_t)o->stride : c, prev_end = 0;
     double *lp = malloc(sizeof *lp * c);
     if (!lp) return cli_usage_error("out of memory");
@@ -320,13 +400,16 @@ static int ppl_file(eval_runner *r, const eval_opts *o, const int32_t *ids, size
         size_t e = b + c < N ? b + c : N;
         size_t t0 = prev_end > b + 1 ? prev_end : b + 1;
         if (t0 < e) {
-            rc = ppl_window(r, ids, b, e, t0, lp, s);
+            rc = ppl_window(r, ids, b, e, t0, lp, rec);
+            if (!rc && rec->pending >= (par_size() > 1 ? PPL_GROUP * par_size() : 1))
+                rc = ppl_replay(rec, s, r->depth_max);
             if (*rows_left > 0) (*rows_left)--;
         }
         prev_end = e;
         cli_progress_update(&bar, (double)e, (double)N);
         if (e == N) break;
     }
+    if (!rc) rc = ppl_replay(rec, s, r->depth_max);
     cli_progress_end(&bar);
     free(lp);
     return rc;
@@ -406,23 +489,22 @@ static int cmd_ppl(const eval_opts *o) {
     ppl_stats total = {0};
     int64_t rows_left = o->limit ? o->limit : -1;
     int done = 0; /* files scored (--limit may stop early) */
+    ppl_records rec = {0};
     for (int f = 0; f < nf && !rc && rows_left != 0; f++) {
         const char *name = files[f] && strcmp(files[f], "-") ? files[f] : "stdin";
         int32_t *ids = NULL;
         size_t n = 0;
         if ((rc = ppl_tokens(o, &r, files[f], &ids, &n))) break;
         ppl_stats s = {.input_tokens = (int64_t)n};
-        int64_t before[MOR_MAX_RECURSION + 1];
-        memcpy(before, r.depths, sizeof before);
-        rc = ppl_file(&r, o, ids, n, &s, &rows_left, name);
-        for (int d = 0; d <= r.depth_max; d++) s.depths[d] = r.depths[d] - before[d];
+        rc = ppl_file(&r, o, ids, n, &s, &rec, &rows_left, name);
         free(ids);
         if (rc) break;
         if (s.tok.n == 0) cli_log("%s: fewer than 2 tokens; nothing to score", name);
         json_t *j = json_object();
         json_object_set_new(j, "file", json_string(name));
         ppl_json(j, o, &r, &s);
-        eval_json_print(stdout, j);
+        if (par_rank() == 0) eval_json_print(stdout, j);
+        else json_decref(j);
         mor_eval_acc_merge(&total.tok, &s.tok);
         mor_eval_acc_merge(&total.row, &s.row);
         total.rows += s.rows;
@@ -436,10 +518,12 @@ static int cmd_ppl(const eval_opts *o) {
         json_object_set_new(j, "total", json_true());
         json_object_set_new(j, "files", json_integer(done));
         ppl_json(j, o, &r, &total);
-        eval_json_print(stdout, j);
+        if (par_rank() == 0) eval_json_print(stdout, j);
+        else json_decref(j);
         cli_log("evaluated %lld tokens in %.3f s, %.1f tokens/s", (long long)r.fed, r.busy_s,
                 r.busy_s > 0 ? (double)r.fed / r.busy_s : 0);
     }
+    free(rec.v);
     eval_runner_close(&r);
     return rc;
 }
@@ -447,8 +531,13 @@ static int cmd_ppl(const eval_opts *o) {
 int main(int argc, char **argv) {
     cli_init(argv[0]);
     if (cli_version(argc, argv)) return EXIT_OK;
+    int rc = par_init(&argc, &argv);
+    if (rc) return rc;
     eval_opts o;
-    int rc = parse_args(argc, argv, &o);
+    rc = parse_args(argc, argv, &o);
+    if (!rc && par_size() > 1 && o.cmd != EVAL_PPL && o.cmd != EVAL_MC && o.cmd != EVAL_CLOZE)
+        rc = cli_usage_error("'%s' runs as one process; under mpirun only ppl, mc and cloze split "
+                             "their work across ranks", o.cmd_name);
     if (!rc) {
         switch (o.cmd) {
         case EVAL_PPL: rc = cmd_ppl(&o); break;
@@ -460,5 +549,5 @@ int main(int argc, char **argv) {
         }
     }
     free(o.files);
-    return rc;
+    return par_finish(rc);
 }

@@ -1,5 +1,8 @@
 /* mor-train - trains a vanilla, recursive or MoR model on token shards or
- * text, with resumable checkpoints. See man/mor-train.1. */
+ * text, with resumable checkpoints; under mpirun, data-parallel over the
+ * ranks (cmd/par.c): rank 0 alone owns the run directory (checkpoints,
+ * metrics, progress), the others read only the data and the inputs given on
+ * the command line. See man/mor-train.1. */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -12,6 +15,7 @@
 #include "cli.h"
 #include "mor.h"
 #include "mor_train.h"
+#include "par.h"
 
 #define MAX_DATA 256
 
@@ -167,6 +171,15 @@ static int parse_args(int argc, char **argv, options *o) {
 static volatile sig_atomic_t stop_signal;
 static void on_signal(int sig) { stop_signal = sig; }
 
+/* Data parallel: the ranks stop at the same step when any of them was
+ * signalled (one tiny sum per step). */
+static void agree_stop(void) {
+    if (par_size() < 2) return;
+    double v = stop_signal;
+    par_sum_f64(&v, 1);
+    if (v > 0 && !stop_signal) stop_signal = SIGTERM;
+}
+
 /* ---- config and tokenizer ---------------------------------------------------- */
 
 /* The step-N.mor that --resume continues (for its config and tokenizer):
@@ -304,7 +317,7 @@ static void metrics_step(FILE *f, long step, const mor_config *c, const mor_trai
         } else
             fprintf(f, ",\"maxvio\":%.4f,\"entropy\":%.4f", st->rs.maxvio, st->rs.entropy);
     }
-    fprintf(f, "}\n");
+    fprintf(f, ",\"world_size\":%d}\n", par_size());
     fflush(f);
 }
 
@@ -365,14 +378,70 @@ static int budget_steps(const mor_config *c, const char *source, long *steps) {
     return 0;
 }
 
+/* ---- data parallel ---------------------------------------------------------------- */
+
+/* Every rank must read the same data: rank 0's token and row counts
+ * against this rank's. */
+static int check_same_data(const mor_train_data *d) {
+    uint64_t mine[3] = {mor_train_data_n_tokens(d), mor_train_data_n_train_rows(d),
+                        mor_train_data_n_val_rows(d)};
+    uint64_t root[3];
+    memcpy(root, mine, sizeof root);
+    par_bcast(root, sizeof root);
+    if (!memcmp(root, mine, sizeof root)) return 0;
+    fprintf(stderr,
+            "mor-train: error: rank %d: the data gives %llu tokens (%llu train + %llu validation rows), "
+            "rank 0's gives %llu (%llu + %llu): every rank needs the same --data and --val files\n",
+            par_rank(), (unsigned long long)mine[0], (unsigned long long)mine[1],
+            (unsigned long long)mine[2], (unsigned long long)root[0], (unsigned long long)root[1],
+            (unsigned long long)root[2]);
+    return EXIT_INPUT;
+}
+
+/* Before each checkpoint: every replica's weights and optimizer state must
+ * hash to rank 0's; a replica that drifted is a hard error (exit 3). */
+static int check_replicas(const mor_trainer *tr) {
+    if (par_size() < 2) return 0;
+    uint64_t h = mor_trainer_state_hash(tr), h0 = h;
+    par_bcast(&h0, sizeof h0);
+    double differ = h != h0;
+    par_sum_f64(&differ, 1);
+    if (h != h0)
+        fprintf(stderr,
+                "mor-train: error: rank %d: weights and optimizer state differ from rank 0's at step %ld "
+                "(hash %016llx, rank 0 %016llx): the replicas diverged\n",
+                par_rank(), mor_trainer_steps_done(tr), (unsigned long long)h, (unsigned long long)h0);
+    else if (differ > 0 && par_rank() == 0)
+        fprintf(stderr, "mor-train: error: %.0f of %d ranks hold weights that differ from rank 0's at step "
+                        "%ld; no checkpoint written\n", differ, par_size(), mor_trainer_steps_done(tr));
+    return differ > 0 ? EXIT_VALIDATION : 0;
+}
+
+/* A checkpoint of the whole job: replicas checked, rank 0 writes. */
+static int save_checkpoint(mor_trainer *tr, const mor_train_data *d, const char *dir) {
+    mor_error err = {0};
+    int rc = check_replicas(tr);
+    if (!rc && mor_trainer_save(tr, d, dir, &err)) rc = cli_fail(&err);
+    return rc;
+}
+
 /* ---- main ---------------------------------------------------------------------- */
+
+static int run(int argc, char **argv);
 
 int main(int argc, char **argv) {
     cli_init(argv[0]);
     if (cli_version(argc, argv)) return EXIT_OK;
+    int rc = par_init(&argc, &argv);
+    if (rc) return rc;
+    return par_finish(run(argc, argv));
+}
+
+static int run(int argc, char **argv) {
     options o;
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc;
+    const int root = par_rank() == 0; /* owns the run directory */
     mor_error err = {0};
     char *yaml = NULL, *tok_json = NULL, *tok_cfg = NULL, *resume_mor = NULL;
     size_t len;
@@ -382,10 +451,11 @@ int main(int argc, char **argv) {
     mor_train_data *data = NULL;
     FILE *mf = NULL;
 
-    if ((rc = check_run_dir(&o))) goto done;
+    if (root && (rc = check_run_dir(&o))) goto done;
 
-    /* config: -c, else the resumed run's, else --init's */
-    if (o.resume) {
+    /* config: -c, else the resumed run's, else --init's; what comes from the
+     * run directory rank 0 reads and broadcasts */
+    if (o.resume && root) {
         resume_mor = newest_mor(o.resume);
         if (!resume_mor) {
             fprintf(stderr,
@@ -395,12 +465,13 @@ int main(int argc, char **argv) {
             goto done;
         }
     }
-    const char *cfg_src = o.config ? o.config : resume_mor ? resume_mor : o.init;
+    const char *cfg_src = o.config ? o.config : o.resume ? (resume_mor ? resume_mor : o.resume) : o.init;
     if (o.config) {
         if ((rc = cli_read_input(o.config, &yaml, &len))) goto done;
-    } else if ((rc = from_checkpoint(cfg_src, &yaml, NULL, NULL, NULL))) {
+    } else if ((root || !o.resume) && (rc = from_checkpoint(cfg_src, &yaml, NULL, NULL, NULL))) {
         goto done;
     }
+    if (!o.config && o.resume && par_bcast_str(&yaml)) { rc = cli_usage_error("out of memory"); goto done; }
     if ((rc = parse_config(yaml, cfg_src, &cfg))) goto done;
     free(yaml);
     yaml = NULL;
@@ -424,9 +495,14 @@ int main(int argc, char **argv) {
     if (cfg.train.warmup_steps > steps) cfg.train.warmup_steps = (int)steps;
 
     /* tokenizer: --tokenizer, else the run's, else --init's */
-    const char *tok_src = o.tokenizer ? o.tokenizer : resume_mor ? resume_mor : o.init;
+    const char *tok_src = o.tokenizer ? o.tokenizer : o.resume ? cfg_src : o.init;
+    int tok_from_run = !o.tokenizer && o.resume;
     if (!tok_src) { rc = cli_usage_error("a tokenizer is required (--tokenizer tokenizer.json|.mor)"); goto done; }
-    if ((rc = load_tokenizer_text(tok_src, &tok_json, &tok_cfg))) goto done;
+    if ((root || !tok_from_run) && (rc = load_tokenizer_text(tok_src, &tok_json, &tok_cfg))) goto done;
+    if (tok_from_run && (par_bcast_str(&tok_json) || par_bcast_str(&tok_cfg))) {
+        rc = cli_usage_error("out of memory");
+        goto done;
+    }
     if (mor_tokenizer_from_json(tok_json, strlen(tok_json), tok_cfg, tok_cfg ? strlen(tok_cfg) : 0,
                                 tok_src, &tok, &err)) {
         rc = cli_fail(&err);
@@ -442,13 +518,20 @@ int main(int argc, char **argv) {
                                         tok_src, &err))
         cli_log("mor-train: warning: %s", err.msg);
 
-    if (mor_trainer_new(&cfg, steps, (int)o.threads, tok_json, tok_cfg, &tr, &err)) {
+    long threads = o.threads ? o.threads : par_default_threads(); /* ranks share a machine's cores */
+    if (cfg.train.grad_accum % par_size()) {
+        rc = cli_usage_error("train.grad_accum %d is not a multiple of the %d ranks: each rank runs an "
+                             "equal share of a step's micro-batches", cfg.train.grad_accum, par_size());
+        goto done;
+    }
+    if (mor_trainer_new(&cfg, steps, (int)threads, tok_json, tok_cfg, &tr, &err) ||
+        mor_trainer_set_comm(tr, par_train_comm(), &err)) {
         rc = cli_fail(&err);
         goto done;
     }
     /* the sampling defaults of the model trained from (or of the run resumed)
-     * stay in every checkpoint */
-    if (resume_mor || o.init) {
+     * stay in every checkpoint (only rank 0 writes them) */
+    if (root && (resume_mor || o.init)) {
         char *gen = NULL;
         if ((rc = from_checkpoint(resume_mor ? resume_mor : o.init, NULL, NULL, NULL, &gen))) goto done;
         mor_status st = mor_trainer_set_generation_config(tr, gen, &err);
@@ -465,6 +548,7 @@ int main(int argc, char **argv) {
                                 .vocab_size = c->vocab_size, .eos_id = eos,
                                 .split = (mor_doc_split)o.split, .seed = (uint64_t)c->train.seed};
     if (mor_train_data_load(&dopt, &data, &err)) { rc = cli_fail(&err); goto done; }
+    if (par_size() > 1 && (rc = check_same_data(data))) goto done;
 
     long start = 0;
     if (o.resume) {
@@ -475,6 +559,7 @@ int main(int argc, char **argv) {
     } else {
         mor_trainer_init_weights(tr, (uint64_t)c->train.seed);
     }
+    if (!root) goto train; /* the run directory is rank 0's */
     if (mkdir(o.out, 0755) && errno != EEXIST) {
         fprintf(stderr, "mor-train: error: %s: cannot create: %s\n", o.out, strerror(errno));
         rc = EXIT_INPUT;
@@ -496,7 +581,7 @@ int main(int argc, char **argv) {
         rc = EXIT_INPUT;
         goto done;
     }
-
+train:;
     mor_param_count pc;
     mor_cost_params(c, &pc);
     long tok_step = (long)c->train.batch_size * c->train.grad_accum * seq_len;
@@ -520,6 +605,10 @@ int main(int argc, char **argv) {
     cli_log("data: %zu tokens, %zu train rows + %zu validation rows of %d; %ld tokens/step, %ld steps, "
             "%d threads", mor_train_data_n_tokens(data), mor_train_data_n_train_rows(data),
             mor_train_data_n_val_rows(data), seq_len, tok_step, steps, mor_trainer_n_threads(tr));
+    if (par_size() > 1)
+        cli_log("data parallel: %d ranks x %d threads, %d of the %d micro-batches of a step each",
+                par_size(), mor_trainer_n_threads(tr), c->train.grad_accum / par_size(),
+                c->train.grad_accum);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -571,15 +660,16 @@ int main(int argc, char **argv) {
             cli_progress_begin(&bar, label, "tok");
         }
         if (c->train.save_every > 0 && step % c->train.save_every == 0 && step < steps) {
-            if (mor_trainer_save(tr, data, o.out, &err)) { rc = cli_fail(&err); goto done; }
+            if ((rc = save_checkpoint(tr, data, o.out))) goto done;
         }
+        agree_stop();
     }
     cli_progress_end(&bar);
     if (mor_train_data_n_val_rows(data) && !stop_signal) {
         val = mor_trainer_eval(tr, data, 0, &vrs);
         metrics_val(mf, step, c, val, &vrs);
     }
-    if (mor_trainer_save(tr, data, o.out, &err)) { rc = cli_fail(&err); goto done; }
+    if ((rc = save_checkpoint(tr, data, o.out))) goto done;
     double el = cli_now() - t_start;
     if (stop_signal) {
         cli_log("interrupted (signal %d) at step %ld; wrote %s/step-%ld.mor", (int)stop_signal, step,
@@ -588,6 +678,14 @@ int main(int argc, char **argv) {
         cli_log("done: %ld steps in %.1f s (%.0f tok/s); final train loss %.4f, validation loss %.4f",
                 steps - start, el, el > 0 ? tok_step * (steps - start) / el : 0.0, st.loss, val);
         cli_log("wrote %s/step-%ld.mor", o.out, step);
+    }
+    if (par_size() > 1 && step > start) {
+        par_stats ps = par_get_stats();
+        cli_log("data parallel: %d ranks; all-reduced %.4g MB per step (%.4g MB sent by each rank), "
+                "%.2f s of %.2f s (%.1f%%) in communication calls on rank 0",
+                par_size(), ps.reduced_bytes / 1e6 / (double)(step - start),
+                ps.sent_bytes / 1e6 / (double)(step - start), ps.wait_s, el,
+                el > 0 ? 100 * ps.wait_s / el : 0.0);
     }
     rc = stop_signal ? 128 + (int)stop_signal : EXIT_OK;
 done:

@@ -881,6 +881,44 @@ MOR_API mor_status mor_trainer_new(const mor_config *cfg, long total_steps, int 
                                    mor_error *err);
 MOR_API void mor_trainer_free(mor_trainer *t); /* NULL is fine */
 
+/* Data-parallel training (man/mor-train.1, "Data parallel"): several processes,
+ * each with a whole replica of the model, share each optimizer step's
+ * micro-batches. The trainer stays free of any communication library: the
+ * caller (mor-train implements it with MPI, cmd/mpi.c) hands it these
+ * collective operations. Every rank calls the same trainer functions in the
+ * same order; each callback is then called on every rank with the same
+ * sizes. A failing callback must not return (the caller ends the whole job).
+ *
+ * sum_f32 and sum_f64 replace buf with the element-wise sum over the ranks'
+ * buffers, added in rank order 0, 1, ..., size-1, so that every rank gets
+ * the same bytes and the same size gives the same bytes run after run.
+ * bcast copies rank 0's bytes into every other rank's buf. */
+typedef struct mor_train_comm {
+    int rank, size;
+    void *user;
+    void (*sum_f32)(void *user, float *buf, size_t n);
+    void (*sum_f64)(void *user, double *buf, size_t n);
+    void (*bcast)(void *user, void *buf, size_t bytes);
+} mor_train_comm;
+
+/* Makes t one rank of a data-parallel job (comm is copied; NULL or size 1:
+ * one process, the default). Call it before loading or resuming. Rank k of
+ * N runs micro-batches k*G/N .. (k+1)*G/N - 1 of each step of G =
+ * train.grad_accum, which N must divide (MOR_EARG otherwise); every rank
+ * reads the same data order, a function of the step alone, so the step is
+ * the one a single process takes, up to the order of the float sums:
+ * gradients and every statistic are summed across the ranks (sum_f32 in
+ * buckets, sum_f64), then clipping, AdamW and the loss-free bias update run
+ * on identical numbers everywhere. mor_trainer_eval splits the validation
+ * batches across the ranks the same way; mor_trainer_save is written by
+ * rank 0 alone while the others wait for it; mor_trainer_resume is read by
+ * rank 0 alone and broadcast, so only rank 0 needs the run directory. */
+MOR_API mor_status mor_trainer_set_comm(mor_trainer *t, const mor_train_comm *comm, mor_error *err);
+/* A 64-bit hash of everything a step depends on: the parameters, the AdamW
+ * moments, the step and warm-up clock. Replicas of a data-parallel job must
+ * agree on it at every checkpoint. */
+MOR_API uint64_t mor_trainer_state_hash(const mor_trainer *t);
+
 /* The trainer's config (cfg as validated), micro-batch rows, tokens per row,
  * thread count, and optimizer updates done so far. */
 MOR_API const mor_config *mor_trainer_config(const mor_trainer *t);

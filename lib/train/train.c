@@ -13,7 +13,13 @@
  * newest checkpoint of a run (mor_trainer_newest_step, the one rule every
  * caller uses) is the newest N that has both. Nothing else influences a step: the data
  * order is a function of (seed, epoch), so with the same thread count a
- * resumed run repeats the uninterrupted one exactly. */
+ * resumed run repeats the uninterrupted one exactly.
+ *
+ * Data parallel (mor_trainer_set_comm): every rank walks the whole step's
+ * data order and runs its contiguous share of the micro-batches; the
+ * gradients are then summed across the ranks in buckets of COMM_BUCKET
+ * floats, and the step's statistics in one call, so that clipping, AdamW
+ * and the balancing update see what one process would have summed. */
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -70,6 +76,7 @@ mor_status mor_trainer_new(const mor_config *cfg, long total_steps, int n_thread
     mor_trainer *t = calloc(1, sizeof *t);
     if (!t) return mor_fail(err, MOR_ENOMEM, "trainer: out of memory");
     t->n_threads = n_threads > 0 ? n_threads : mor_physical_cores();
+    t->comm.size = 1;
     mor_status st = trainer_init(t, cfg, total_steps, tok_json, tok_cfg, err);
     if (st) {
         mor_trainer_free(t);
@@ -116,18 +123,61 @@ static void router_stats_add(mor_train_router_stats *acc, const mor_train_router
     acc->entropy += x->entropy * w;
 }
 
+/* Gradients are summed across ranks in buckets of this many floats (4 MiB):
+ * each call moves enough bytes that its latency (microseconds within a
+ * machine, tens of them across a network) is small against its transfer,
+ * and the communication layer's staging buffers stay bounded whatever the
+ * model size. */
+#define COMM_BUCKET ((size_t)1 << 20)
+
+/* The router statistics flattened for one sum across the ranks, and back. */
+#define RS_DOUBLES (3 * MOR_MAX_RECURSION + 5)
+static void rs_pack(double *v, const mor_train_router_stats *rs) {
+    memcpy(v, rs->depth, sizeof rs->depth);
+    memcpy(v + MOR_MAX_RECURSION, rs->acc_hits, sizeof rs->acc_hits);
+    memcpy(v + 2 * MOR_MAX_RECURSION, rs->acc_count, sizeof rs->acc_count);
+    double *x = v + 3 * MOR_MAX_RECURSION;
+    x[0] = rs->topk_hits, x[1] = rs->topk_count, x[2] = rs->dead, x[3] = rs->maxvio, x[4] = rs->entropy;
+}
+static void rs_unpack(mor_train_router_stats *rs, const double *v) {
+    memcpy(rs->depth, v, sizeof rs->depth);
+    memcpy(rs->acc_hits, v + MOR_MAX_RECURSION, sizeof rs->acc_hits);
+    memcpy(rs->acc_count, v + 2 * MOR_MAX_RECURSION, sizeof rs->acc_count);
+    const double *x = v + 3 * MOR_MAX_RECURSION;
+    rs->topk_hits = x[0], rs->topk_count = x[1], rs->dead = x[2], rs->maxvio = x[3], rs->entropy = x[4];
+}
+
+/* Sums the gradients and the step's statistics (of this rank's
+ * micro-batches) across the ranks. */
+static void trainer_reduce_step(mor_trainer *t, mor_train_step_stats *st) {
+    const mor_train_comm *cm = &t->comm;
+    mor_train_model *m = &t->model;
+    for (size_t off = 0; off < m->n_floats; off += COMM_BUCKET) {
+        size_t k = m->n_floats - off < COMM_BUCKET ? m->n_floats - off : COMM_BUCKET;
+        cm->sum_f32(cm->user, m->grads + off, k);
+    }
+    double v[5 + RS_DOUBLES] = {st->loss, st->ce, st->bce, st->zloss, st->bal};
+    rs_pack(v + 5, &st->rs);
+    cm->sum_f64(cm->user, v, sizeof v / sizeof *v);
+    st->loss = v[0], st->ce = v[1], st->bce = v[2], st->zloss = v[3], st->bal = v[4];
+    rs_unpack(&st->rs, v + 5);
+}
+
 static void trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats *st) {
     mor_train_model *m = &t->model;
     const mor_config *c = &m->cfg;
     const int G = c->train.grad_accum, B = m->B, n = m->n, R = c->num_recursion;
+    /* this rank's micro-batches [g0, g1) of the step (all of them alone) */
+    const int share = G / t->comm.size, g0 = t->comm.rank * share, g1 = g0 + share;
     memset(st, 0, sizeof *st);
     memset(m->grads, 0, m->n_floats * sizeof(float));
     mor_train_pass p = {.backward = 1, .warmup = 1, .ce_norm = (double)G * B * (n - 1),
                         .aux_scale = G};
     for (int g = 0; g < G; g++) {
         mor_train_losses ls;
-        mor_train_data_next(d, t->batch, B);
-        p.forward_call = t->forward_calls++;
+        mor_train_data_next(d, t->batch, B); /* every rank keeps the data position */
+        if (g < g0 || g >= g1) continue;
+        p.forward_call = t->forward_calls + g; /* the warm-up clock of micro-batch g */
         mor_train_forward_backward(m, t->batch, B, &p, &ls);
         st->loss += ls.total;
         st->ce += ls.ce;
@@ -136,6 +186,8 @@ static void trainer_step(mor_trainer *t, mor_train_data *d, mor_train_step_stats
         st->bal += ls.bal;
         router_stats_add(&st->rs, &ls.rs, R, 1.0 / G);
     }
+    t->forward_calls += G;
+    if (t->comm.size > 1) trainer_reduce_step(t, st);
     st->lr = trainer_lr(t, t->step);
     mor_adamw_params hp = {.lr = st->lr, .beta1 = c->train.adam_beta1, .beta2 = c->train.adam_beta2,
                            .eps = c->train.adam_eps, .weight_decay = c->train.weight_decay};
@@ -170,17 +222,27 @@ static double trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_r
     if (!rows) return NAN;
     mor_train_pass p = {.backward = 0, .warmup = 0, .ce_norm = 1, .aux_scale = 1};
     size_t batches = (rows + (size_t)m->B - 1) / (size_t)m->B;
-    double sum = 0;
-    long count = 0;
-    for (size_t r0 = 0; r0 < rows; r0 += (size_t)m->B) {
+    double sum = 0, count = 0;
+    mor_train_router_stats acc = {0};
+    /* data parallel: batch i runs on rank i mod size, the sums are summed */
+    for (size_t i = (size_t)t->comm.rank; i < batches; i += (size_t)t->comm.size) {
+        size_t r0 = i * (size_t)m->B;
         int B = rows - r0 < (size_t)m->B ? (int)(rows - r0) : m->B;
         mor_train_losses ls;
         mor_train_forward_backward(m, d->val + r0 * (size_t)d->n, B, &p, &ls);
         sum += ls.ce_sum;
-        count += ls.ce_count;
-        if (rs) router_stats_add(rs, &ls.rs, m->cfg.num_recursion, 1.0 / (double)batches);
+        count += (double)ls.ce_count;
+        router_stats_add(&acc, &ls.rs, m->cfg.num_recursion, 1.0 / (double)batches);
     }
-    return count ? sum / (double)count : NAN;
+    if (t->comm.size > 1) {
+        double v[2 + RS_DOUBLES] = {sum, count};
+        rs_pack(v + 2, &acc);
+        t->comm.sum_f64(t->comm.user, v, sizeof v / sizeof *v);
+        sum = v[0], count = v[1];
+        rs_unpack(&acc, v + 2);
+    }
+    if (rs) *rs = acc;
+    return count ? sum / count : NAN;
 }
 
 /* The public calls that compute run with the trainer's thread count and put
@@ -197,6 +259,48 @@ double mor_trainer_eval(mor_trainer *t, const mor_train_data *d, size_t max_rows
     double ce = trainer_eval(t, d, max_rows, rs);
     mor_threads_end(saved);
     return ce;
+}
+
+mor_status mor_trainer_set_comm(mor_trainer *t, const mor_train_comm *comm, mor_error *err) {
+    if (!comm || comm->size <= 1) {
+        t->comm = (mor_train_comm){.size = 1};
+        return MOR_OK;
+    }
+    int G = t->model.cfg.train.grad_accum;
+    if (comm->rank < 0 || comm->rank >= comm->size || !comm->sum_f32 || !comm->sum_f64 || !comm->bcast)
+        return mor_fail(err, MOR_EARG, "trainer: invalid communicator (rank %d of %d, callbacks missing?)",
+                        comm->rank, comm->size);
+    if (G % comm->size)
+        return mor_fail(err, MOR_EARG,
+                        "train.grad_accum %d is not a multiple of the %d ranks: each rank runs an equal "
+                        "share of a step's micro-batches", G, comm->size);
+    t->comm = *comm;
+    return MOR_OK;
+}
+
+/* FNV-1a over 64-bit words, finished by splitmix64's mixer. */
+static uint64_t hash_words(uint64_t h, const void *p, size_t bytes) {
+    const unsigned char *b = p;
+    size_t i = 0;
+    for (; i + 8 <= bytes; i += 8) {
+        uint64_t w;
+        memcpy(&w, b + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+    }
+    for (; i < bytes; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+uint64_t mor_trainer_state_hash(const mor_trainer *t) {
+    size_t bytes = t->model.n_floats * sizeof(float);
+    int64_t clock[2] = {t->step, t->forward_calls};
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = hash_words(h, t->model.params, bytes);
+    h = hash_words(h, t->adam_m, bytes);
+    h = hash_words(h, t->adam_v, bytes);
+    h = hash_words(h, clock, sizeof clock);
+    h ^= h >> 30, h *= 0xbf58476d1ce4e5b9ull, h ^= h >> 27, h *= 0x94d049bb133111ebull, h ^= h >> 31;
+    return h;
 }
 
 const mor_config *mor_trainer_config(const mor_trainer *t) { return &t->model.cfg; }
@@ -277,8 +381,19 @@ mor_status mor_trainer_set_generation_config(mor_trainer *t, const char *json, m
     return MOR_OK;
 }
 
-mor_status mor_trainer_save(mor_trainer *t, const mor_train_data *d, const char *dir,
-                            mor_error *err) {
+/* Data parallel: rank 0's status, broadcast to every rank. Doubles as the
+ * barrier that keeps the other ranks behind a checkpoint being written. */
+static mor_status rank0_status(mor_trainer *t, mor_status st, const char *what, const char *dir,
+                               mor_error *err) {
+    if (t->comm.size <= 1) return st;
+    int64_t code = st;
+    t->comm.bcast(t->comm.user, &code, sizeof code);
+    if (t->comm.rank == 0 || !code) return st;
+    return mor_fail(err, (mor_status)code, "%s: rank 0 could not %s the checkpoint", dir, what);
+}
+
+static mor_status trainer_save(mor_trainer *t, const mor_train_data *d, const char *dir,
+                               mor_error *err) {
     char *sp = path_join(dir, t->step, "state"), *mp = path_join(dir, t->step, "mor");
     mor_status st = (!sp || !mp) ? mor_fail(err, MOR_ENOMEM, "%s: out of memory", dir) : MOR_OK;
     if (!st) st = write_state(t, d, sp, err);
@@ -286,6 +401,12 @@ mor_status mor_trainer_save(mor_trainer *t, const mor_train_data *d, const char 
     free(sp);
     free(mp);
     return st;
+}
+
+mor_status mor_trainer_save(mor_trainer *t, const mor_train_data *d, const char *dir,
+                            mor_error *err) {
+    mor_status st = t->comm.rank == 0 ? trainer_save(t, d, dir, err) : MOR_OK;
+    return rank0_status(t, st, "write", dir, err);
 }
 
 static int file_exists(const char *p) {
@@ -371,8 +492,8 @@ static mor_status meta_u64(const mor_st_file *f, const char *key, uint64_t *out,
     return MOR_OK;
 }
 
-mor_status mor_trainer_resume(mor_trainer *t, mor_train_data *d, const char *dir, long *step_out,
-                              mor_error *err) {
+static mor_status trainer_resume(mor_trainer *t, mor_train_data *d, const char *dir, long *step_out,
+                                 mor_error *err) {
     long s = mor_trainer_newest_step(dir);
     if (s < 0)
         return mor_fail(err, MOR_EIO, "%s: no checkpoint to resume (step-N.mor with step-N.state)",
@@ -417,4 +538,25 @@ mor_status mor_trainer_resume(mor_trainer *t, mor_train_data *d, const char *dir
     free(sp);
     free(mp);
     return st;
+}
+
+mor_status mor_trainer_resume(mor_trainer *t, mor_train_data *d, const char *dir, long *step_out,
+                              mor_error *err) {
+    long s = -1;
+    mor_status st = t->comm.rank == 0 ? trainer_resume(t, d, dir, &s, err) : MOR_OK;
+    if ((st = rank0_status(t, st, "read", dir, err))) return st;
+    if (t->comm.size > 1) { /* rank 0 read it: every replica takes its bytes */
+        const mor_train_comm *cm = &t->comm;
+        size_t bytes = t->model.n_floats * sizeof(float);
+        cm->bcast(cm->user, t->model.params, bytes);
+        cm->bcast(cm->user, t->adam_m, bytes);
+        cm->bcast(cm->user, t->adam_v, bytes);
+        uint64_t v[6] = {(uint64_t)s, (uint64_t)t->step, (uint64_t)t->forward_calls, d->epoch, d->cursor,
+                         d->seed};
+        cm->bcast(cm->user, v, sizeof v);
+        s = (long)v[0], t->step = (long)v[1], t->forward_calls = (long)v[2], d->seed = v[5];
+        mor_train_data_seek(d, v[3], v[4]);
+    }
+    if (step_out) *step_out = s;
+    return MOR_OK;
 }

@@ -292,6 +292,7 @@ struct mor_trainer {
     char *gen_cfg;            /* generation_config.json text, or NULL */
     uint64_t seed;
     int n_threads;        /* of every call that computes (mor_threads_begin) */
+    mor_train_comm comm;  /* data-parallel ranks (mor_trainer_set_comm); size 1 alone */
 };
 
 /* The trainer's calls (mor_trainer_new, _step, _eval, _save, _resume, ...)
