@@ -20,7 +20,8 @@ bin=bin/bench/bench_mor
 make -s bench >/dev/null
 get() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores" >&2
-models="vanilla:configs/135m-vanilla.yaml mor:configs/135m-mor-expert-r2.yaml mor:configs/135m-mor-expert-r3.yaml mor:configs/135m-mor-expert-r4.yaml"
+# vanilla 30 layers is the unrolled depth of r2 and r4, vanilla-32 that of r3
+models="vanilla:configs/135m-vanilla.yaml vanilla:configs/135m-vanilla-32.yaml mor:configs/135m-mor-expert-r2.yaml mor:configs/135m-mor-expert-r3.yaml mor:configs/135m-mor-expert-r4.yaml"
 
 if [ "$mode" = fit ]; then
     budget=$1 ctx=$2
