@@ -74,6 +74,11 @@ struct mor_engine {
     mor_status (*eval)(mor_context *c, const int32_t *tokens, int n, float *logits, mor_error *err);
     /* One token for each of n >= 1 distinct contexts of one model. */
     mor_status (*eval_batch)(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
+    /* n_tokens[i] >= 0 tokens (0: left alone) for each of n >= 1 distinct
+     * contexts of one model, packed into shared passes; on failure no
+     * context has changed. NULL: context.c runs eval on each in turn. */
+    mor_status (*eval_multi)(mor_context **cs, const int32_t *const *tokens, const int *n_tokens, int n,
+                             mor_error *err);
     /* Token i of the last eval call: depth and router scores. */
     mor_status (*route)(const mor_context *c, int i, int *depth, float *scores, mor_error *err);
     /* The last eval call's routing agreement (mor.h); NULL: the engine has none. */
