@@ -22,8 +22,9 @@
  * contexts than this are decoded in several groups. */
 #define MOR_BATCH_LOGITS_ROWS 16
 
-/* Prompt chunks at least this long compute attention with sgemm; shorter
- * ones (and eval_batch groups) one query at a time. */
+/* Prompt chunks (and eval_multi segments: one context's rows of a pass) at
+ * least this long compute attention with sgemm; shorter ones and eval_batch
+ * groups one query at a time. */
 #define MOR_GEMM_ATTENTION_MIN_ROWS 8
 
 typedef struct mor_engine mor_engine;
