@@ -651,15 +651,14 @@ static int slot_step(slot *s, const mor_model *m, const options *o, const float 
     return 0;
 }
 
-/* Starts slot s on prompt `index`: tokenizes it, runs it through
- * mor_context_eval (in chunks of n_batch, as a single prompt runs) and
- * samples the first token. Prompt i samples with seed S + i, so what it
- * generates depends neither on --batch nor on which slot it gets. A prompt
- * that cannot run (invalid UTF-8, longer than the context) is reported with
- * its file and line and finishes without a line; a nonzero return ends the
- * run. The slot is left busy when the prompt goes on to the decode steps. */
-static int slot_start(slot *s, long index, const mor_model *m, const options *o, prompt_queue *q,
-                      mor_sampler_params sp, float *logits, timing *tm) {
+/* Gives slot s prompt `index`: tokenizes it and sets up its history and its
+ * sampler. Prompt i samples with seed S + i, so what it generates depends
+ * neither on --batch nor on which slot it gets. A prompt that cannot run
+ * (invalid UTF-8, no tokens) is reported with its file and line and
+ * finishes without a line; *ready says whether the slot has a prompt to
+ * run. A nonzero return ends the run. */
+static int slot_prepare(slot *s, long index, const mor_model *m, const options *o, prompt_queue *q,
+                        mor_sampler_params sp, int *ready) {
     const char *prompt = q->lines[index];
     int32_t *ids = NULL;
     size_t n = 0;
@@ -669,34 +668,75 @@ static int slot_start(slot *s, long index, const mor_model *m, const options *o,
     s->busy = 0;
     s->generated = 0;
     s->text.len = 0;
+    *ready = 0;
     mor_status st = tokenize_prompt(mor_model_tokenizer(m), o, prompt, strlen(prompt), &ids, &n, &err);
-    if (!st) {
-        int32_t *h = realloc(ids, sizeof(int32_t) * history_cap(o, n, mor_context_n_ctx(s->ctx)));
-        if (!h) {
-            free(ids);
-            return cli_usage_error("out of memory");
-        }
-        free(s->hist);
-        s->hist = h;
-        s->nh = (long)n;
-        s->prev = s->hist[n - 1];
-        sp.seed = o->seed + (uint64_t)index;
-        mor_sampler_free(s->smp);
-        s->smp = mor_sampler_new(&sp, mor_model_vocab_size(m));
-        if (!s->smp) return cli_usage_error("out of memory");
-        double t0 = cli_now();
-        st = mor_context_eval(s->ctx, s->hist, (int)n, NULL, &err);
-        tm->prompt_s += cli_now() - t0;
-    }
     if (st == MOR_EARG) { /* this prompt's fault: the others still run */
         cli_fail_at(&err, strcmp(o->file, "-") ? o->file : "stdin", index + 1);
         queue_finish(q, index, NULL);
         return 0;
     }
     if (st) return cli_fail(&err);
-    tm->prompt_tokens += (long)n;
-    s->busy = o->n_predict != 0;
-    return s->busy ? slot_step(s, m, o, mor_context_logits(s->ctx), logits) : 0;
+    int32_t *h = realloc(ids, sizeof(int32_t) * history_cap(o, n, mor_context_n_ctx(s->ctx)));
+    if (!h) {
+        free(ids);
+        return cli_usage_error("out of memory");
+    }
+    free(s->hist);
+    s->hist = h;
+    s->nh = (long)n;
+    s->prev = s->hist[n - 1];
+    sp.seed = o->seed + (uint64_t)index;
+    mor_sampler_free(s->smp);
+    s->smp = mor_sampler_new(&sp, mor_model_vocab_size(m));
+    if (!s->smp) return cli_usage_error("out of memory");
+    *ready = 1;
+    return 0;
+}
+
+/* The prompt buffers of run_prompts: n_slots entries each. */
+typedef struct {
+    mor_context **cs;
+    const int32_t **tokens;
+    int *n_tokens;
+} prompt_pack;
+
+/* Runs the prompts of the n slots just prepared through one
+ * mor_context_eval_multi call, so short prompts share forward passes of
+ * n_batch (256) rows, and samples each one's first token. When a prompt cannot run
+ * (MOR_EARG: longer than its context) the call has changed nothing and the
+ * prompts run one by one, so that prompt is reported with its file and line
+ * as a single run reports it and finishes without a line. A slot is left
+ * busy when its prompt goes on to the decode steps. A nonzero return ends
+ * the run. */
+static int run_prompts(slot **ss, int n, const mor_model *m, const options *o, prompt_queue *q,
+                       prompt_pack *pk, float *logits, timing *tm) {
+    mor_error err = {0};
+    for (int i = 0; i < n; i++) {
+        pk->cs[i] = ss[i]->ctx;
+        pk->tokens[i] = ss[i]->hist;
+        pk->n_tokens[i] = (int)ss[i]->nh;
+    }
+    double t0 = cli_now();
+    mor_status st = mor_context_eval_multi(pk->cs, pk->tokens, pk->n_tokens, n, &err);
+    int one_by_one = st == MOR_EARG;
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        slot *s = ss[i];
+        if (one_by_one) {
+            st = mor_context_eval(s->ctx, s->hist, (int)s->nh, NULL, &err);
+            if (st == MOR_EARG) {
+                cli_fail_at(&err, strcmp(o->file, "-") ? o->file : "stdin", s->index + 1);
+                queue_finish(q, s->index, NULL);
+                continue;
+            }
+        }
+        if (st) return cli_fail(&err);
+        tm->prompt_tokens += s->nh;
+        s->busy = o->n_predict != 0;
+        if (s->busy) rc = slot_step(s, m, o, mor_context_logits(s->ctx), logits);
+    }
+    tm->prompt_s += cli_now() - t0; /* the first tokens' sampling is a small part */
+    return rc;
 }
 
 /* One decode step: runs the last token of each of n in-flight sequences
@@ -747,12 +787,16 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
     slot **busy = calloc((size_t)B, sizeof *busy);
     int32_t *toks = calloc((size_t)B, sizeof *toks);
     const float **step_logits = calloc((size_t)B, sizeof *step_logits);
+    slot **starting = calloc((size_t)B, sizeof *starting);
+    prompt_pack pk = {calloc((size_t)B, sizeof *pk.cs), calloc((size_t)B, sizeof *pk.tokens),
+                      calloc((size_t)B, sizeof *pk.n_tokens)};
     float *logits = malloc(sizeof(float) * (size_t)mor_model_vocab_size(m));
     q.result = q.lines ? calloc(q.n_lines + 1, sizeof *q.result) : NULL;
     q.finished = q.lines ? calloc(q.n_lines + 1, 1) : NULL;
     mor_error err = {0};
     int rc = 0;
-    if (!q.lines || !q.result || !q.finished || !slots || !cs || !busy || !toks || !step_logits || !logits)
+    if (!q.lines || !q.result || !q.finished || !slots || !cs || !busy || !toks || !step_logits || !logits ||
+        !starting || !pk.cs || !pk.tokens || !pk.n_tokens)
         rc = cli_usage_error("out of memory");
     if (B > (long)q.n_lines) B = q.n_lines ? (long)q.n_lines : 1; /* no idle contexts */
     for (long b = 0; b < B && !rc; b++)
@@ -762,13 +806,23 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
     while (!rc) {
         int na = 0;
         for (long b = 0; b < B; b++) na += slots[b].busy;
-        /* fill the free slots: a prompt that ends at once (EOS first, -n 0,
-         * a failure) hands its slot to the next one */
-        for (long b = 0; b < B && !rc && (o->cont_batching || na == 0); b++) {
-            slot *s = &slots[b];
-            while (!s->busy && q.next_start < q.n_lines && !rc) {
-                rc = slot_start(s, (long)q.next_start++, m, o, &q, sp, logits, tm);
-                if (!rc && !s->busy && !q.finished[s->index]) rc = slot_finish(s, o, &q, tm);
+        /* fill the free slots, their prompts run together; a prompt that
+         * ends at once (EOS first, -n 0, a failure) hands its slot to the
+         * next one, in the next round */
+        for (int fill = o->cont_batching || na == 0; fill && !rc;) {
+            int ns = 0;
+            for (long b = 0; b < B && !rc; b++) {
+                slot *s = &slots[b];
+                int ready = 0;
+                while (!s->busy && !ready && q.next_start < q.n_lines && !rc)
+                    rc = slot_prepare(s, (long)q.next_start++, m, o, &q, sp, &ready);
+                if (ready) starting[ns++] = s;
+            }
+            if (rc || ns == 0) break;
+            rc = run_prompts(starting, ns, m, o, &q, &pk, logits, tm);
+            for (int i = 0; i < ns && !rc; i++) {
+                slot *s = starting[i];
+                if (!s->busy && !q.finished[s->index]) rc = slot_finish(s, o, &q, tm);
             }
         }
         na = 0;
@@ -802,6 +856,10 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
     free(busy);
     free(toks);
     free(step_logits);
+    free(starting);
+    free(pk.cs);
+    free(pk.tokens);
+    free(pk.n_tokens);
     free(logits);
     free(q.result);
     free(q.finished);

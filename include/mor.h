@@ -242,6 +242,22 @@ MOR_API size_t mor_context_kv_bytes(const mor_context *c);
  * context would route it; mor_context_route(c, 0, ...) then reports it. */
 MOR_API mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
 
+/* Evaluates n_tokens[i] tokens (tokens[i][0..n_tokens[i]), 0: context i is
+ * left alone) at the next positions of each of n distinct contexts of one
+ * model, as mor_context_eval(cs[i], tokens[i], n_tokens[i], NULL) would:
+ * afterwards mor_context_logits(cs[i]) holds the logits of its last token and
+ * its position has advanced by n_tokens[i]. For a plain Llama model the
+ * tokens of all the contexts are packed into shared forward passes of up to
+ * cs[0]'s n_batch rows (a pass may hold the end of one context's tokens and
+ * the start of the next's), so many short prompts read the weights once per
+ * pass instead of once per prompt. A recursive/MoR model evaluates each
+ * context with its own mor_context_eval (same results, no packing). Fails
+ * with MOR_EARG, before any work, on a context given twice, a context of
+ * another model, tokens that do not fit a context or an id outside the
+ * vocabulary; on any failure every context is as it was before the call. */
+MOR_API mor_status mor_context_eval_multi(mor_context **cs, const int32_t *const *tokens, const int *n_tokens,
+                                          int n, mor_error *err);
+
 /* ------------------------------------------------------------------------ */
 /* Batches: decoding many sequences together (docs/algorithms.md#depth-wise-batching) */
 

@@ -7,6 +7,7 @@
  * state in init and releases them in free_state. Every argument is checked
  * here before an engine sees it, so the engines hold only the forward pass. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "context.h"
 #include "util.h"
@@ -166,6 +167,68 @@ mor_status mor_context_eval_batch(mor_context **cs, const int32_t *tokens, int n
     mor_status st = check_tokens(cs[0]->m, tokens, n, err);
     if (st) return st;
     return cs[0]->engine->eval_batch(cs, tokens, n, err);
+}
+
+/* The engine's eval on each context in turn (an engine without eval_multi).
+ * On a failure the contexts already run are truncated back and their logits
+ * restored from a copy, so none has changed. */
+static mor_status eval_each(mor_context **cs, const int32_t *const *tokens, const int *n_tokens, int n,
+                            mor_error *err) {
+    size_t V = (size_t)cs[0]->m->cfg.vocab_size;
+    float *saved = malloc((size_t)n * V * sizeof *saved);
+    int *pos = malloc((size_t)n * sizeof *pos);
+    if (!saved || !pos) {
+        free(saved);
+        free(pos);
+        return mor_fail(err, MOR_ENOMEM, "mor_context_eval_multi: out of memory");
+    }
+    mor_status st = MOR_OK;
+    int i = 0;
+    for (; i < n && !st; i++) {
+        memcpy(saved + (size_t)i * V, cs[i]->logits, V * sizeof *saved);
+        pos[i] = cs[i]->pos;
+        if (n_tokens[i] > 0) st = cs[i]->engine->eval(cs[i], tokens[i], n_tokens[i], NULL, err);
+    }
+    for (int j = 0; st && j < i; j++) {
+        cs[j]->engine->truncate(cs[j], pos[j]);
+        memcpy(cs[j]->logits, saved + (size_t)j * V, V * sizeof *saved);
+    }
+    free(saved);
+    free(pos);
+    return st;
+}
+
+mor_status mor_context_eval_multi(mor_context **cs, const int32_t *const *tokens, const int *n_tokens, int n,
+                                  mor_error *err) {
+    if (n < 0 || (n > 0 && (!cs || !tokens || !n_tokens)))
+        return mor_fail(err, MOR_EARG, "mor_context_eval_multi: %d contexts%s", n,
+                        n < 0 ? " (a negative count)" : " but no context, token or count array");
+    for (int i = 0; i < n; i++) {
+        const mor_context *c = cs[i];
+        int k = n_tokens[i];
+        if (!c) return mor_fail(err, MOR_EARG, "mor_context_eval_multi: context %d is NULL", i);
+        if (c->m != cs[0]->m)
+            return mor_fail(err, MOR_EARG,
+                            "mor_context_eval_multi: context %d belongs to another model than context 0", i);
+        for (int j = 0; j < i; j++)
+            if (cs[j] == c)
+                return mor_fail(err, MOR_EARG, "mor_context_eval_multi: contexts %d and %d are the same",
+                                j, i);
+        if (k < 0 || (k > 0 && !tokens[i]))
+            return mor_fail(err, MOR_EARG, "mor_context_eval_multi: context %d: %d tokens%s", i, k,
+                            k < 0 ? " (a negative count)" : " but no token array");
+        if (k > c->n_ctx - c->pos)
+            return mor_fail(err, MOR_EARG,
+                            "mor_context_eval_multi: context %d: %d tokens at position %d exceed the "
+                            "context size %d (%d positions left)",
+                            i, k, c->pos, c->n_ctx, c->n_ctx - c->pos);
+        mor_error te = {0};
+        if (check_tokens(c->m, tokens[i], k, &te))
+            return mor_fail(err, MOR_EARG, "mor_context_eval_multi: context %d: %s", i, te.msg);
+    }
+    if (n == 0) return MOR_OK;
+    if (!cs[0]->engine->eval_multi) return eval_each(cs, tokens, n_tokens, n, err);
+    return cs[0]->engine->eval_multi(cs, tokens, n_tokens, n, err);
 }
 
 /* ------------------------------------------------------------------------ */

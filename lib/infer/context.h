@@ -26,8 +26,9 @@
  * memory) in every context but the one that lends its scratch to a group. */
 #define MOR_BATCH_LOGITS_ROWS 64
 
-/* Prompt chunks at least this long compute attention with sgemm; shorter
- * ones (and eval_batch groups) one query at a time. */
+/* Prompt chunks (and eval_multi segments: one context's rows of a pass) at
+ * least this long compute attention with sgemm; shorter ones and eval_batch
+ * groups one query at a time. */
 #define MOR_GEMM_ATTENTION_MIN_ROWS 8
 
 typedef struct mor_engine mor_engine;
@@ -78,6 +79,11 @@ struct mor_engine {
     mor_status (*eval)(mor_context *c, const int32_t *tokens, int n, float *logits, mor_error *err);
     /* One token for each of n >= 1 distinct contexts of one model. */
     mor_status (*eval_batch)(mor_context **cs, const int32_t *tokens, int n, mor_error *err);
+    /* n_tokens[i] >= 0 tokens (0: left alone) for each of n >= 1 distinct
+     * contexts of one model, packed into shared passes; on failure no
+     * context has changed. NULL: context.c runs eval on each in turn. */
+    mor_status (*eval_multi)(mor_context **cs, const int32_t *const *tokens, const int *n_tokens, int n,
+                             mor_error *err);
     /* Token i of the last eval call: depth and router scores. */
     mor_status (*route)(const mor_context *c, int i, int *depth, float *scores, mor_error *err);
     /* The last eval call's routing agreement (mor.h); NULL: the engine has none. */
