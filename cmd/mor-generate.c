@@ -21,6 +21,7 @@ typedef struct {
     unsigned long long seed;
     int seed_random, echo, print_ids, ignore_eos, no_bos;
     int cont_batching; /* --batch: a finished sequence's slot takes the next prompt at once */
+    int depth_batching; /* --batch, MoR models: continuous depth-wise batching (mor_batch) */
     int temp_set, top_k_set, top_p_set; /* given as flags: the checkpoint's defaults do not apply */
     const char *trace;  /* --trace FILE ("-" = stdout) */
     int trace_stream;   /* --trace-format stream */
@@ -57,6 +58,9 @@ static void usage(void) {
             "  -cb, --cont-batching    with --batch: a finished prompt's slot takes the next one\n"
             "                          at once (the default)\n"
             "      --no-cont-batching  with --batch: run the prompts in groups of N\n"
+            "      --no-depth-batching with --batch, MoR models: run every recursion step of a\n"
+            "                          decode step in lock-step instead of continuous depth-wise\n"
+            "                          batching (--depth-batching, the default)\n"
             "      --routing MODE      MoR routing: causal (default; topk is for scoring only,\n"
             "                          see mor-eval --routing)\n"
             "      --trace FILE        MoR models: write every token's recursion depth and router\n"
@@ -79,6 +83,7 @@ static int parse_args(int argc, char **argv, options *o) {
     o->repeat_penalty = 1.0;
     o->repeat_last_n = 64;
     o->cont_batching = 1;
+    o->depth_batching = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int rc = 0;
@@ -137,6 +142,10 @@ static int parse_args(int argc, char **argv, options *o) {
             o->cont_batching = 1;
         } else if (!strcmp(a, "--no-cont-batching")) {
             o->cont_batching = 0;
+        } else if (!strcmp(a, "--depth-batching")) {
+            o->depth_batching = 1;
+        } else if (!strcmp(a, "--no-depth-batching")) {
+            o->depth_batching = 0;
         } else if (!strcmp(a, "--routing")) {
             if (!VAL()) return EXIT_USAGE;
             if (!strcmp(v, "topk"))
@@ -560,7 +569,8 @@ typedef struct {
     int32_t *hist;
     long nh, generated;
     int32_t prev;
-    int busy; /* generating: its last token joins the next decode step */
+    int busy;      /* generating: its last token joins the next decode tick */
+    int in_flight; /* that token is in the engine (depth-wise: until its last recursion) */
     pending text;
     long index; /* the prompt's line in the file, from 0 */
 } slot;
@@ -739,14 +749,24 @@ static int run_prompts(slot **ss, int n, const mor_model *m, const options *o, p
     return rc;
 }
 
-/* One decode step: runs the last token of each of n in-flight sequences
- * (context cs[i], token toks[i]) in one pass and points logits[i] at the
- * next-token logits of sequence i. The only place the batch is run. */
-static mor_status decode_step(mor_context **cs, const int32_t *toks, int n, const float **logits,
+/* One engine tick over the in-flight sequences: the busy slots whose last
+ * token is not yet in flight submit it, then mor_batch_tick runs. With a
+ * vanilla model, or without depth-wise batching, every submitted token
+ * finishes in the tick (one eval_batch pass); with depth-wise batching a
+ * MoR token takes one tick per recursion step, so only the slots in done
+ * have new logits. The only place the batch is run. */
+static mor_status decode_tick(mor_batch *mb, slot *slots, long B, mor_context **done, int *n_done,
                               mor_error *err) {
-    mor_status st = mor_context_eval_batch(cs, toks, n, err);
-    for (int i = 0; i < n && !st; i++) logits[i] = mor_context_logits(cs[i]);
-    return st;
+    *n_done = 0;
+    for (long b = 0; b < B; b++) {
+        slot *s = &slots[b];
+        if (!s->busy || s->in_flight) continue;
+        mor_status st = mor_batch_submit(mb, s->ctx, s->hist[s->nh - 1], err);
+        if (st) return st;
+        s->in_flight = 1;
+    }
+    if (!mor_batch_in_flight(mb)) return MOR_OK;
+    return mor_batch_tick(mb, done, n_done, err);
 }
 
 /* Splits text into lines in place; NULL when out of memory. */
@@ -783,10 +803,8 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
     q.lines = split_lines(text, &q.n_lines);
     long B = o->batch;
     slot *slots = calloc((size_t)B, sizeof *slots);
-    mor_context **cs = calloc((size_t)B, sizeof *cs);
-    slot **busy = calloc((size_t)B, sizeof *busy);
-    int32_t *toks = calloc((size_t)B, sizeof *toks);
-    const float **step_logits = calloc((size_t)B, sizeof *step_logits);
+    mor_context **done = calloc((size_t)B, sizeof *done);
+    mor_batch *mb = NULL;
     slot **starting = calloc((size_t)B, sizeof *starting);
     prompt_pack pk = {calloc((size_t)B, sizeof *pk.cs), calloc((size_t)B, sizeof *pk.tokens),
                       calloc((size_t)B, sizeof *pk.n_tokens)};
@@ -795,12 +813,17 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
     q.finished = q.lines ? calloc(q.n_lines + 1, 1) : NULL;
     mor_error err = {0};
     int rc = 0;
-    if (!q.lines || !q.result || !q.finished || !slots || !cs || !busy || !toks || !step_logits || !logits ||
+    if (!q.lines || !q.result || !q.finished || !slots || !done || !logits ||
         !starting || !pk.cs || !pk.tokens || !pk.n_tokens)
         rc = cli_usage_error("out of memory");
     if (B > (long)q.n_lines) B = q.n_lines ? (long)q.n_lines : 1; /* no idle contexts */
     for (long b = 0; b < B && !rc; b++)
         if (mor_context_new(m, cp, &slots[b].ctx, &err)) rc = cli_fail(&err);
+    mor_batch_params bp = mor_batch_default_params();
+    bp.max_seqs = (int)B;
+    bp.n_threads = cp->n_threads;
+    bp.depth_wise = o->depth_batching;
+    if (!rc && mor_batch_new(m, &bp, &mb, &err)) rc = cli_fail(&err);
     mor_sampler_params sp = sampler_params(o);
     double t0 = cli_now(), prompt_s0 = tm->prompt_s;
     while (!rc) {
@@ -825,25 +848,30 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
                 if (!s->busy && !q.finished[s->index]) rc = slot_finish(s, o, &q, tm);
             }
         }
-        na = 0;
-        for (long b = 0; b < B; b++)
-            if (slots[b].busy) {
-                busy[na] = &slots[b];
-                cs[na] = slots[b].ctx;
-                toks[na++] = slots[b].hist[slots[b].nh - 1];
-            }
-        if (rc || na == 0) break;
-        if (decode_step(cs, toks, na, step_logits, &err)) {
+        int n_done = 0;
+        if (rc || !mb) break;
+        if (decode_tick(mb, slots, B, done, &n_done, &err)) {
             rc = cli_fail(&err);
             break;
         }
-        for (int i = 0; i < na && !rc; i++) {
-            slot *s = busy[i];
-            rc = slot_step(s, m, o, step_logits[i], logits);
+        if (!mor_batch_in_flight(mb) && n_done == 0) break; /* nothing busy, no prompt left */
+        for (int i = 0; i < n_done && !rc; i++) {
+            slot *s = slots;
+            while (s->ctx != done[i]) s++;
+            s->in_flight = 0;
+            rc = slot_step(s, m, o, mor_context_logits(s->ctx), logits);
             if (!rc && !s->busy) rc = slot_finish(s, o, &q, tm);
         }
     }
     tm->gen_s += cli_now() - t0 - (tm->prompt_s - prompt_s0);
+    if (mb && mor_model_num_recursion(m) > 0) {
+        mor_batch_stats bs = mor_batch_get_stats(mb);
+        cli_log("batching: %s, %lld ticks for %lld tokens (mean depth %.2f), %.1f rows per shared-block pass",
+                o->depth_batching ? "depth-wise" : "lock-step", (long long)bs.ticks, (long long)bs.tokens,
+                bs.tokens ? (double)bs.depth_sum / (double)bs.tokens : 0.0,
+                bs.block_calls ? (double)bs.block_rows / (double)bs.block_calls : 0.0);
+    }
+    mor_batch_free(mb); /* before the contexts it may still hold tokens of (after an error) */
     for (long b = 0; slots && b < o->batch; b++) {
         mor_context_free(slots[b].ctx);
         mor_sampler_free(slots[b].smp);
@@ -852,10 +880,7 @@ static int generate_batch(const mor_model *m, const options *o, char *text, cons
     }
     for (size_t i = 0; q.result && i < q.n_lines; i++) free(q.result[i]); /* after an error */
     free(slots);
-    free(cs);
-    free(busy);
-    free(toks);
-    free(step_logits);
+    free(done);
     free(starting);
     free(pk.cs);
     free(pk.tokens);

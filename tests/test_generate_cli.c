@@ -382,7 +382,7 @@ static void check_lines_equal_single(const char *mdl, const char *out, const cha
  * the same bytes every time; returns the output of --batch 3. */
 static char *batch_runs_agree(const char *mdl, const char *file, const char *args) {
     const char *ways[] = {"--batch 3", "--batch 1", "-np 2", "--parallel 7", "--batch 16",
-                          "--batch 3 --no-cont-batching", "--batch 3 -cb"};
+                          "--batch 3 --no-cont-batching", "--batch 3 -cb", "--batch 3 --no-depth-batching"};
     char a[2000];
     snprintf(a, sizeof a, "-f %s %s %s -q", file, args, ways[0]);
     char *first = gen_ok(mdl, a);
@@ -427,6 +427,43 @@ static void test_continuous_batching(void **state) {
     assert_true(by_n > 0 && early > 0);
 }
 
+/* MoR models (random routers, so tokens stop at every depth): with
+ * continuous depth-wise batching a token takes one engine tick per recursion
+ * step and sequences finish out of step; every line still equals the
+ * prompt's single run, and lock-step (--no-depth-batching) gives the same
+ * bytes. */
+static void test_depth_batching(void **state) {
+    (void)state;
+    const char *file = cb_file();
+    const char *configs[] = {"configs/tiny-mor-expert-r3.yaml", "configs/tiny-mor-token-r3.yaml",
+                             "configs/tiny-mor-expert-r3-kvshare.yaml"};
+    for (size_t i = 0; i < sizeof configs / sizeof *configs; i++) {
+        char path[700], cmd[2000];
+        snprintf(path, sizeof path, "%s", tmp_path("mor.mor"));
+        snprintf(cmd, sizeof cmd, "%s hf " HF " --config %s -o %s -s 3 -q", tool("mor-convert"), configs[i],
+                 path);
+        assert_int_equal(run_cmd(cmd, NULL, NULL), 0);
+        long tokens[7];
+        const char *greedy = "-n 24 -c 45 --stop ball --temp 0";
+        char *out = batch_runs_agree(path, file, greedy);
+        check_lines_equal_single(path, out, greedy, -1, tokens);
+        free(out);
+        /* the tool really batched depth-wise: one tick per recursion step
+         * of each token, against one per decode step in lock-step */
+        long long ticks[2], toks[2];
+        for (int dw = 0; dw < 2; dw++) {
+            char a[1000], *o, *e;
+            snprintf(a, sizeof a, "-f %s %s --batch 3 %s", file, greedy, dw ? "" : "--no-depth-batching");
+            if (gen(path, a, &o, &e) != 0) fail_msg("mor-generate %s: %s", a, e);
+            const char *b = strstr(e, dw ? "batching: depth-wise, " : "batching: lock-step, ");
+            if (!b || sscanf(strchr(b, ',') + 2, "%lld ticks for %lld tokens", &ticks[dw], &toks[dw]) != 2)
+                fail_msg("no batching summary on stderr: %s", e);
+            free(o), free(e);
+        }
+        assert_true(toks[0] == toks[1] && ticks[1] > ticks[0]);
+    }
+}
+
 /* ---- a prompt typed on a terminal ------------------------------------------------------ */
 
 /* script(1) runs mor-generate on a pseudo-terminal and types its own stdin
@@ -457,7 +494,7 @@ int main(void) {
         cmocka_unit_test(test_trace_zst),        cmocka_unit_test(test_random_seed),
         cmocka_unit_test(test_n_predict_unlimited), cmocka_unit_test(test_prompt_newline),
         cmocka_unit_test(test_generation_defaults), cmocka_unit_test(test_terminal_prompt),
-        cmocka_unit_test(test_continuous_batching),
+        cmocka_unit_test(test_continuous_batching), cmocka_unit_test(test_depth_batching),
     };
     return cmocka_run_group_tests_name("generate_cli", tests, setup, NULL);
 }
