@@ -85,8 +85,7 @@ models=()
 for ty in $types; do models+=(-m "$OUT/$name-$ty.gguf"); done
 
 # ---- mor hooks --------------------------------------------------------------------------
-# Each prints one figure (or "-" where mor has no tool for it yet). The batched and
-# Q8_0 pieces of mor are being built; fill these in when their flags exist.
+# Each prints one figure ("-" when the mor tool failed).
 
 # mor-generate's own speed summary: generation tok/s of one sequence, $TG tokens.
 mor_gen_rate() {  # MODEL THREADS
@@ -95,11 +94,19 @@ mor_gen_rate() {  # MODEL THREADS
 }
 
 # Generation tok/s with NPL sequences decoding together (llama-batched-bench's S_TG).
+# mor-generate -f with NPL prompts of about $BPP tokens (one sentence repeated) through
+# --batch NPL (continuous batching), $BTG tokens each; its "generation" rate excludes the
+# prompt time, as S_TG does.
 mor_batched_rate() {  # MODEL NPL THREADS
-    echo "-"
+    local f=$OUT/prompts-$2.txt
+    local line="" s="Once upon a time there was a little girl who loved to play in the park."
+    for _ in $(seq $((BPP / 16))); do line="$line$s "; done
+    for i in $(seq "$2"); do echo "$i. $line"; done > "$f"
+    "$MOR_BIN/mor-generate" -m "$1" -f "$f" --batch "$2" -n "$BTG" --temp 0 --ignore-eos -t "$3" \
+        2>&1 >/dev/null | sed -n 's/^generation: .* tokens in .* s, \(.*\) tokens\/s/\1/p'
 }
 
-# A mor checkpoint of MODEL in DTYPE (bf16 today; q8_0 once mor-convert cast takes it).
+# A mor checkpoint of MODEL in DTYPE (bf16, q8_0).
 mor_cast() {  # MODEL DTYPE OUT
     [ -f "$3" ] && [ "$3" -nt "$1" ] && return 0
     "$MOR_BIN/mor-convert" cast "$1" --dtype "$2" -o "$3" -q 2>/dev/null
