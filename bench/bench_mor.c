@@ -34,7 +34,7 @@
  *
  * Continuous batching through mor_batch (mor.h), B sequences at once:
  *
- *   bench_mor KIND THREADS PROMPT DECODE CONFIG|- B sched [f32|bf16]
+ *   bench_mor KIND THREADS PROMPT DECODE CONFIG|- B sched [f32|bf16|q8_0]
  *
  * B contexts get their prompts (untimed), then each decodes DECODE tokens
  * through one mor_batch of B slots, a context resubmitting as soon as its
@@ -42,11 +42,13 @@
  * (depth_wise 0: one eval_batch per tick) and depth-wise (one pass of the
  * shared block per tick over tokens at every step). Prints one line per
  * scheduler: tok_s, mean depth, ticks, block passes and rows per pass.
- * bf16 rounds every matrix to BF16 (as mor-convert --dtype bf16 does).
+ * bf16 rounds every matrix to BF16, q8_0 quantizes it to Q8_0 blocks (as
+ * mor-convert cast --dtype bf16 / q8_0 do). In the other modes the eighth
+ * argument may be "single" (any word but sched) to give the dtype too.
  *
  * The largest batch that fits a memory budget:
  *
- *   bench_mor fit KIND CONFIG|- BUDGET_BYTES CTX [f32|bf16]
+ *   bench_mor fit KIND CONFIG|- BUDGET_BYTES CTX [f32|bf16|q8_0]
  *
  * weights + B x (KV bytes at CTX positions + a context's own buffers) <=
  * BUDGET, with the KV bytes per position measured: the entries 256 tokens
@@ -68,6 +70,7 @@
 
 #include "context.h"
 #include "mor_engine.h"
+#include "q8.h"
 #include "util.h"
 
 #include "bench_util.h"
@@ -212,6 +215,14 @@ static mor_context **new_contexts(bench_model *b, int B, int n_ctx, int nt, cons
     return cs;
 }
 
+/* Weight types of the timed model: as built (F32), or every matrix cast as
+ * mor-convert cast --dtype bf16 / q8_0 would. */
+enum { DT_F32, DT_BF16, DT_Q8 };
+static const char *const dt_name[] = {"f32", "bf16", "q8_0"};
+static int parse_dtype(const char *s) {
+    return !s ? DT_F32 : !strcmp(s, "bf16") ? DT_BF16 : !strcmp(s, "q8_0") ? DT_Q8 : DT_F32;
+}
+
 /* Matrices rounded to BF16 in place of the F32 ones (the kernels widen them
  * as they read, as for a BF16 checkpoint); norms and routers stay F32. The
  * BF16 copies are left for the process's end. */
@@ -243,13 +254,51 @@ static void cast_bf16(bench_model *b) {
     for (int l = 0; l < c->n_layers; l++) m->unrolled[l] = m->layers[m->layer_map[l]];
 }
 
-/* Bytes of the weights as the kernels read them (matrices 2 bytes in BF16). */
-static double weight_bytes(const bench_model *b, int bf16) {
+/* Matrices (out, in) quantized to Q8_0 rows in place of the F32 ones (the
+ * kernels read them as for a Q8_0 checkpoint); norms and routers stay F32. */
+static const uint8_t *to_q8(const float **w, size_t out, size_t in) {
+    size_t rb = mor_q8_row_bytes((int64_t)in);
+    uint8_t *q = malloc(out * rb);
+    if (!q) die("q8_0 weights", NULL);
+    for (size_t r = 0; r < out; r++) mor_q8_quantize_row(q + r * rb, *w + r * in, (int64_t)in);
+    *w = NULL;
+    return q;
+}
+
+static void cast_q8(bench_model *b) {
+    mor_model *m = &b->m;
+    const mor_config *c = &m->cfg;
+    size_t D = c->dim, QD = (size_t)c->n_heads * c->head_dim, KVD = (size_t)c->n_kv_heads * c->head_dim,
+           F = c->hidden_dim, V = c->vocab_size;
+    for (int l = 0; l < mor_config_n_phys_layers(c); l++) {
+        mor_layer_weights *w = &m->layers[l];
+        w->wq_q = to_q8(&w->wq, QD, D);
+        w->wk_q = to_q8(&w->wk, KVD, D);
+        w->wv_q = to_q8(&w->wv, KVD, D);
+        w->wo_q = to_q8(&w->wo, D, QD);
+        w->w_gate_q = to_q8(&w->w_gate, F, D);
+        w->w_up_q = to_q8(&w->w_up, F, D);
+        w->w_down_q = to_q8(&w->w_down, D, F);
+    }
+    m->embed_q = m->lm_head_q = to_q8(&m->embed, V, D); /* tied */
+    m->lm_head = NULL;
+    for (int l = 0; l < c->n_layers; l++) m->unrolled[l] = m->layers[m->layer_map[l]];
+}
+
+static void cast_weights(bench_model *b, int dt) {
+    if (dt == DT_BF16) cast_bf16(b);
+    if (dt == DT_Q8) cast_q8(b);
+}
+
+/* Bytes of the weights as the kernels read them (matrices 2 bytes in BF16,
+ * 34 per 32 in Q8_0: every row of the 135M shapes is whole blocks). */
+static double weight_bytes(const bench_model *b, int dt) {
     const mor_config *c = &b->m.cfg;
     size_t D = c->dim, QD = (size_t)c->n_heads * c->head_dim, KVD = (size_t)c->n_kv_heads * c->head_dim,
            F = c->hidden_dim, V = c->vocab_size;
     size_t matrices = V * D + (size_t)mor_config_n_phys_layers(c) * (2 * QD * D + 2 * KVD * D + 3 * F * D);
-    return (double)b->n_weights * 4.0 - (bf16 ? 2.0 * (double)matrices : 0.0);
+    double saved = dt == DT_BF16 ? 2.0 : dt == DT_Q8 ? 4.0 - 34.0 / 32.0 : 0.0;
+    return (double)b->n_weights * 4.0 - saved * (double)matrices;
 }
 
 /* Decode through mor_batch (see the top comment): every context decodes
@@ -292,7 +341,7 @@ static double batch_decode(bench_model *b, mor_context **cs, int B, int nt, int 
 
 /* Lock-step and depth-wise continuous batching of B sequences. */
 static int run_sched(bench_model *b, const char *kind, int nt, int n_prompt, int n_decode, int B,
-                     int bf16) {
+                     int dt) {
     int n = n_prompt + n_decode + B;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
     for (int i = 0; i < n; i++) tok[i] = (int32_t)((i * 7919u + 13u) % (unsigned)b->m.cfg.vocab_size);
@@ -305,11 +354,11 @@ static int run_sched(bench_model *b, const char *kind, int nt, int n_prompt, int
         printf("model=%s sched=%s dtype=%s layers=%d threads=%d batch=%d prompt=%d decode=%d "
                "tok_s=%.2f mean_depth=%.3f ticks=%lld block_calls=%lld rows_per_block_call=%.2f "
                "weights_mib=%.1f depths=",
-               kind, depth_wise ? "depthwise" : "lockstep", bf16 ? "bf16" : "f32", b->m.cfg.n_layers, nt, B,
+               kind, depth_wise ? "depthwise" : "lockstep", dt_name[dt], b->m.cfg.n_layers, nt, B,
                n_prompt, n_decode, (double)st.tokens / t, (double)st.depth_sum / (double)st.tokens,
                (long long)st.ticks, (long long)st.block_calls,
                st.block_calls ? (double)st.block_rows / (double)st.block_calls : 0.0,
-               weight_bytes(b, bf16) / 1048576.0);
+               weight_bytes(b, dt) / 1048576.0);
         int max_depth = b->m.cfg.recursive ? b->m.cfg.num_recursion : 1;
         for (int d = 1; d <= max_depth; d++) printf("%s%ld", d > 1 ? "/" : "", hist[d]);
         printf("\n");
@@ -321,7 +370,7 @@ static int run_sched(bench_model *b, const char *kind, int nt, int n_prompt, int
 }
 
 /* The largest batch under a memory budget (see the top comment). */
-static int run_fit(bench_model *b, const char *kind, double budget, int ctx, int bf16) {
+static int run_fit(bench_model *b, const char *kind, double budget, int ctx, int dt) {
     const mor_config *cfg = &b->m.cfg;
     enum { N_MEASURE = 256 };
     int32_t tok[N_MEASURE];
@@ -347,11 +396,11 @@ static int run_fit(bench_model *b, const char *kind, double budget, int ctx, int
     int rows = cfg->recursive ? (cfg->mor.enable && cfg->mor.type == MOR_ROUTING_TOKEN ? 2 : 1) : 0;
     double own = (double)c->scratch_floats * 4 + (double)ctx * cfg->head_dim * 4 +
                  (double)cfg->vocab_size * 4 * (1 + c->batch_rows) + (double)ctx * cfg->dim * 4 * rows;
-    double w = weight_bytes(b, bf16), per_seq = per_pos * ctx + own;
+    double w = weight_bytes(b, dt), per_seq = per_pos * ctx + own;
     long max_b = budget > w ? (long)((budget - w) / per_seq) : 0;
     printf("fit model=%s dtype=%s layers=%d budget=%.0f ctx=%d weight_bytes=%.0f kv_bytes_per_position=%.0f "
            "context_bytes=%.0f bytes_per_seq=%.0f max_batch=%ld\n",
-           kind, bf16 ? "bf16" : "f32", cfg->n_layers, budget, ctx, w, per_pos, own, per_seq, max_b);
+           kind, dt_name[dt], cfg->n_layers, budget, ctx, w, per_pos, own, per_seq, max_b);
     mor_context_free(c);
     return 0;
 }
@@ -412,17 +461,17 @@ static const char *default_config(const char *kind) {
 int main(int argc, char **argv) {
     if (argc >= 6 && !strcmp(argv[1], "fit")) {
         const char *kind = argv[2];
-        int bf16 = argc > 6 && !strcmp(argv[6], "bf16");
+        int dt = parse_dtype(argc > 6 ? argv[6] : NULL);
         bench_model b;
         build(&b, strcmp(argv[3], "-") ? argv[3] : default_config(kind));
         if (mor_model_num_recursion(&b.m) > 0) calibrate(&b, 512, 1);
-        if (bf16) cast_bf16(&b);
-        return run_fit(&b, kind, atof(argv[4]), atoi(argv[5]), bf16);
+        cast_weights(&b, dt);
+        return run_fit(&b, kind, atof(argv[4]), atoi(argv[5]), dt);
     }
     if (argc < 3) {
         fprintf(stderr, "usage: bench_mor vanilla|mor|recursive THREADS [prompt=64] [decode=256] [config|-] "
-                        "[batch=1] [sched [f32|bf16]]\n"
-                        "       bench_mor fit vanilla|mor|recursive CONFIG|- BUDGET_BYTES CTX [f32|bf16]\n");
+                        "[batch=1] [sched|single [f32|bf16|q8_0]]\n"
+                        "       bench_mor fit vanilla|mor|recursive CONFIG|- BUDGET_BYTES CTX [f32|bf16|q8_0]\n");
         return 2;
     }
     const char *kind = argv[1];
@@ -430,14 +479,14 @@ int main(int argc, char **argv) {
         n_decode = argc > 4 ? atoi(argv[4]) : 256;
     int batch = argc > 6 ? atoi(argv[6]) : 1;
     const char *config = argc > 5 && strcmp(argv[5], "-") ? argv[5] : default_config(kind);
-    int sched = argc > 7 && !strcmp(argv[7], "sched"), bf16 = argc > 8 && !strcmp(argv[8], "bf16");
+    int sched = argc > 7 && !strcmp(argv[7], "sched"), dt = parse_dtype(argc > 8 ? argv[8] : NULL);
     bench_model b;
     build(&b, config);
     int R = mor_model_num_recursion(&b.m);
     if (R > 0) calibrate(&b, 512, nt);
-    if (bf16) cast_bf16(&b);
+    cast_weights(&b, dt);
 
-    if (sched) return run_sched(&b, kind, nt, n_prompt, n_decode, batch, bf16);
+    if (sched) return run_sched(&b, kind, nt, n_prompt, n_decode, batch, dt);
     if (batch > 1) return run_batch(&b, kind, nt, n_prompt, n_decode, batch);
     int n = n_prompt + n_decode;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
@@ -470,12 +519,12 @@ int main(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     size_t kv = mor_context_kv_bytes(c);
-    printf("model=%s layers=%d threads=%d prompt=%d decode=%d prompt_tok_s=%.1f decode_tok_s=%.2f "
+    printf("model=%s dtype=%s layers=%d threads=%d prompt=%d decode=%d prompt_tok_s=%.1f decode_tok_s=%.2f "
            "mean_depth=%.3f kv_bytes=%zu kv_bytes_per_token=%.0f weights_mib=%.1f peak_rss_mib=%.1f "
            "depths=",
-           kind, b.m.cfg.n_layers, nt, n_prompt, n_decode, n_prompt / (t1 - t0), n_decode / t_dec,
-           (double)depth_sum / n_decode, kv, (double)kv / mor_context_pos(c),
-           b.n_weights * 4.0 / 1048576.0, ru.ru_maxrss / 1024.0);
+           kind, dt_name[dt], b.m.cfg.n_layers, nt, n_prompt, n_decode, n_prompt / (t1 - t0),
+           n_decode / t_dec, (double)depth_sum / n_decode, kv, (double)kv / mor_context_pos(c),
+           weight_bytes(&b, dt) / 1048576.0, ru.ru_maxrss / 1024.0);
     int max_depth = b.m.cfg.recursive ? b.m.cfg.num_recursion : 1;
     for (int d = 1; d <= max_depth; d++) printf("%s%ld", d > 1 ? "/" : "", hist[d]);
     printf("\n");
