@@ -112,15 +112,16 @@ mor_cast() {  # MODEL DTYPE OUT
     "$MOR_BIN/mor-convert" cast "$1" --dtype "$2" -o "$3" -q 2>/dev/null
 }
 
-# KL(F32 || DTYPE) over the rows llama-perplexity ran (CHUNKS.ids: BOS + the chunk), every
-# position of each row (llama.cpp scores the second half of each chunk only).
+# KL(F32 || DTYPE) and top-1 agreement over the rows llama-perplexity ran (CHUNKS.ids: each
+# chunk with BOS in place of its first token), on the positions llama.cpp scores: the second
+# half of each row (--kl-from; llama.cpp also leaves out the last position, one of 256).
 mor_kld() {  # MODEL DTYPE CHUNKS.ids THREADS
     local q=$OUT/$name-$2.mor
-    mor_cast "$1" "$2" "$q" || { echo "-"; return; }
+    mor_cast "$1" "$2" "$q" || { echo "- -"; return; }
     "$MOR_BIN/mor-eval" logits -m "$1" --ids -t "$4" -q "$3" |
-        "$MOR_BIN/mor-eval" kld -m "$q" --base - -t "$4" -q |
-        "$PYTHON" -c 'import json,sys; print("%.6f" % json.loads(sys.stdin.readline())["kl_mean"])' ||
-        echo "-"
+        "$MOR_BIN/mor-eval" kld -m "$q" --base - --kl-from $((KLD_CTX / 2)) -t "$4" -q |
+        "$PYTHON" -c 'import json,sys; j = json.loads(sys.stdin.readline()); print("%.6f %.3f%%" % (j["kl_mean"], 100 * j["top1_agree"]))' ||
+        echo "- -"
 }
 
 # ---- verification -------------------------------------------------------------------------
@@ -203,11 +204,11 @@ base=$OUT/$name-f32.kld
     --chunks "$KLD_CHUNKS" -t "$t" --kl-divergence-base "$base" >&2 2>/dev/null
 "$PYTHON" bench/peer_verify.py chunk-ids "$base" > "$OUT/$name-chunks.ids"
 echo "KL divergence against F32 (nats/token), $KLD_CHUNKS chunks of $KLD_CTX tokens of the held-out text"
-printf '%-6s %14s %12s %14s\n' type "llama.cpp KLD" "same top" "mor KLD"
+printf '%-6s %14s %12s %14s %12s\n' type "llama.cpp KLD" "same top" "mor KLD" "same top"
 for ty in ${types#f32 }; do
     log "llama-perplexity --kl-divergence $ty"
     res=$("$LLAMA_CPP_BIN/llama-perplexity" -m "$OUT/$name-$ty.gguf" --kl-divergence-base "$base" \
         --kl-divergence -t "$t" 2>&1 | tee -a "$OUT/kld-$ty.log" |
         sed -n -e 's/^Mean    KLD: *\([^ ]*\).*/\1/p' -e 's/^Same top p: *\([^ ]*\).*/\1%/p' | tr '\n' ' ')
-    printf '%-6s %14s %12s %14s\n' "$ty" $res "$(mor_kld "$model" "$ty" "$OUT/$name-chunks.ids" "$t")"
+    printf '%-6s %14s %12s %14s %12s\n' "$ty" $res $(mor_kld "$model" "$ty" "$OUT/$name-chunks.ids" "$t")
 done

@@ -32,6 +32,7 @@ typedef struct eval_opts {
     const char *fewshot_from, *base, *samples, *labels;
     double max_kld;
     int max_kld_set;
+    long kl_from; /* --kl-from: kld scores positions >= this of each frame */
 } eval_opts;
 
 const char *eval_routing_name(eval_routing r);

@@ -116,6 +116,7 @@ typedef struct {
     const float *base;     /* (n, V) the frame's logits */
     const int32_t *tokens; /* (n) */
     int n, V;
+    int from;   /* positions before this are not scored (--kl-from) */
     double *kl; /* every token's KL, for the percentiles */
     size_t nkl, cap;
     int64_t agree;
@@ -126,6 +127,7 @@ typedef struct {
 
 static void kld_row(void *user, int pos, const float *logits) {
     kld_state *s = user;
+    if (pos < s->from) return;
     const float *b = s->base + (size_t)pos * (size_t)s->V;
     if (s->nkl == s->cap) {
         size_t cap = s->cap ? 2 * s->cap : 4096;
@@ -191,7 +193,7 @@ int eval_cmd_kld(const eval_opts *o) {
     }
     mor_error err = {0};
     mor_source src;
-    kld_state s = {.V = r.V};
+    kld_state s = {.V = r.V, .from = (int)o->kl_from};
     int64_t frames = 0;
     if (mor_source_open(&src, in, o->base, &err)) {
         rc = cli_fail(&err);

@@ -48,6 +48,8 @@ static void usage(void) {
         "      --zstd              logits: compress the stream\n"
         "      --base FILE         kld: the reference stream (from mor-eval logits)\n"
         "      --max-kld X         kld: exit 3 when the mean KL exceeds X\n"
+        "      --kl-from N         kld: score positions N.. of each frame only (llama-perplexity\n"
+        "                          --kl-divergence scores the second half of each chunk)\n"
         "      --labels FILE       convert-task piqa: labels file (one 0/1 per line)\n"
         "  -q, --quiet             no logs or progress on stderr\n"
         "  -h, --help              this help\n"
@@ -167,6 +169,9 @@ static int parse_args(int argc, char **argv, eval_opts *o) {
             FOR(ON(EVAL_KLD));
             rc = !VAL() || cli_float(a, v, 0, 1e30, &o->max_kld);
             o->max_kld_set = 1;
+        } else if (!strcmp(a, "--kl-from")) {
+            FOR(ON(EVAL_KLD));
+            rc = !VAL() || cli_int(a, v, 0, 1 << 30, &o->kl_from);
         } else if (!strcmp(a, "--labels")) {
             FOR(ON(EVAL_CONVERT));
             if (!VAL()) return EXIT_USAGE;

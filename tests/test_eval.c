@@ -829,6 +829,13 @@ static void test_kld_bf16_and_perturbed(void **state) {
     assert_true(num(last(b), "kl_p90") <= num(last(b), "kl_p99"));
     assert_true(num(last(b), "kl_p99") <= num(last(b), "kl_max"));
     assert_true(json_is_true(json_object_get(last(b), "pass")));
+    /* --kl-from 3: the first three positions of every frame are not scored */
+    json_t *f = eval_json(0, NULL, "kld -m %s --base %s --kl-from 3 -q", model_bf16, tmp_path("base.stream"));
+    assert_int_equal(json_integer_value(json_object_get(last(f), "tokens")),
+                     json_integer_value(json_object_get(last(b), "tokens")) -
+                         3 * json_integer_value(json_object_get(last(b), "frames")));
+    assert_true(num(last(f), "kl_mean") != kb);
+    json_decref(f);
     char *err;
     json_t *p =
         eval_json(3, &err, "kld -m %s --base %s --max-kld 1e-3", model_bad, tmp_path("base.stream"));
