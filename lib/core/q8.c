@@ -50,9 +50,10 @@ void mor_q8_quantize_row(uint8_t *dst, const float *x, int64_t n) {
         /* The scale max|x|/127 to the nearest float16 (rounding it up, the
          * first writer, gave a coarser step: KL against F32 on the 135M
          * shape 1.11e-4 -> 1.10e-4, top-1 91.9% -> 92.8%, bench/README.md),
-         * unless rounding it up gives the smaller largest error: in float16's
-         * subnormal range the nearest scale can be far below max|x|/127 and
-         * clamp the largest values. */
+         * or rounded up where that gives the block the smaller largest error
+         * (either may win, block by block); that also keeps the documented
+         * bound in float16's subnormal range, where the nearest scale can be
+         * far below max|x|/127 and clamp the largest values. */
         float want = amax / 127.0f;
         uint16_t h = mor_f32_to_f16(want), hu = h;
         if (mor_f16_to_f32(hu) < want) hu++;

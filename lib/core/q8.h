@@ -27,8 +27,8 @@ static inline size_t mor_q8_row_bytes(int64_t n) { return (size_t)mor_q8_row_blo
 #define MOR_Q8_MAX_ABS (65504.0f * 127.0f)
 
 /* Quantizes n floats into mor_q8_row_bytes(n) bytes at dst. Per block:
- * d = max|x| / 127 rounded to the nearest float16 (or up, where that gives
- * the smaller largest error: float16 subnormals), q = round(x / d) clamped
+ * d = max|x| / 127 rounded to the nearest float16 or up, whichever gives the
+ * block the smaller largest error, q = round(x / d) clamped
  * to [-127, 127] (q = 0 when d is 0). The scale is rounded before q is
  * computed, so
  *   |x - d q| <= max|block| / 254 * (1 + 2^-10) + 2^-25
