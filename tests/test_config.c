@@ -480,7 +480,8 @@ static void test_configs_dir(void **state) {
         assert_int_equal(c.head_dim, is360 || is135 ? 64 : 8);
         if (strstr(name, "vanilla")) {
             assert_int_equal(c.recursive, 0);
-            assert_int_equal(c.n_layers, is360 ? 32 : is135 ? 30 : 5);
+            /* 135m-vanilla-32: the baseline of MoR-E N_R=3's unrolled depth */
+            assert_int_equal(c.n_layers, is360 ? 32 : is135 ? (strstr(name, "vanilla-32") ? 32 : 30) : 5);
             continue;
         }
         static const int layers[3][5] = {{0, 0, 32, 32, 34}, {0, 0, 30, 32, 30}, {0, 0, 8, 5, 6}};
@@ -497,7 +498,7 @@ static void test_configs_dir(void **state) {
         }
     }
     closedir(d);
-    assert_int_equal(n, 27); /* 9 variants x {360m, 135m, tiny} */
+    assert_int_equal(n, 28); /* 9 variants x {360m, 135m, tiny}, and 135m-vanilla-32 */
 }
 
 /* The model shape has no default: an empty or partial config is an error
