@@ -251,7 +251,7 @@ static int pending_add(pending *p, const char *s, size_t n) {
 static int flush_pending(pending *p, const options *o, FILE *out, int final) {
     size_t emit = p->len;
     int stopped = 0;
-    for (int s = 0; s < o->n_stops; s++) {
+    for (int s = 0; s < o->n_stops && p->buf; s++) { /* buf is NULL before any text */
         const char *hit = memmem(p->buf, p->len, o->stops[s], strlen(o->stops[s]));
         if (hit && (size_t)(hit - p->buf) <= emit) {
             emit = (size_t)(hit - p->buf);
@@ -606,7 +606,7 @@ static void queue_finish(prompt_queue *q, long index, char *line) {
 /* The JSON line of a finished slot, its text cut at the first stop string;
  * NULL when out of memory. */
 static char *slot_result(slot *s, const options *o, const char *prompt) {
-    for (int i = 0; i < o->n_stops; i++) {
+    for (int i = 0; i < o->n_stops && s->text.buf; i++) { /* no text: nothing to cut */
         const char *hit = memmem(s->text.buf, s->text.len, o->stops[i], strlen(o->stops[i]));
         if (hit) s->text.len = (size_t)(hit - s->text.buf);
     }
@@ -653,7 +653,7 @@ static int slot_step(slot *s, const mor_model *m, const options *o, const float 
     if (k > 0 && pending_add(&s->text, piece, (size_t)k)) return cli_usage_error("out of memory");
     s->prev = next;
     /* keep the text pending (not printed) but stop at a stop string */
-    for (int i = 0; i < o->n_stops; i++)
+    for (int i = 0; i < o->n_stops && s->text.buf; i++) /* no text yet: tokens without bytes */
         if (memmem(s->text.buf, s->text.len, o->stops[i], strlen(o->stops[i]))) s->busy = 0;
     if ((o->n_predict >= 0 && s->generated >= o->n_predict) ||
         mor_context_pos(s->ctx) >= mor_context_n_ctx(s->ctx))
