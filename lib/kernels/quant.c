@@ -318,27 +318,18 @@ int mor_q8_isa_supported(mor_q8_isa isa) {
     }
 }
 
-static int current_isa = -1; /* -1: not chosen yet */
-
+/* Resolved from cpuid at the first call and never changed after: every
+ * thread computes the same value, so a race on the first call is harmless
+ * (atomics keep it defined), as for kernels.c's best_isa. */
 static mor_q8_isa best_isa(void) {
-    return mor_q8_isa_supported(MOR_Q8_ISA_VNNI) ? MOR_Q8_ISA_VNNI
-         : mor_q8_isa_supported(MOR_Q8_ISA_AVX2) ? MOR_Q8_ISA_AVX2 : MOR_Q8_ISA_REF;
-}
-
-mor_q8_isa mor_q8_current_isa(void) {
-    int isa = __atomic_load_n(&current_isa, __ATOMIC_RELAXED);
+    static int resolved = -1; /* -1 until the first call, then a mor_q8_isa */
+    int isa = __atomic_load_n(&resolved, __ATOMIC_RELAXED);
     if (isa < 0) {
-        isa = best_isa();
-        __atomic_store_n(&current_isa, isa, __ATOMIC_RELAXED);
+        isa = mor_q8_isa_supported(MOR_Q8_ISA_VNNI) ? MOR_Q8_ISA_VNNI
+            : mor_q8_isa_supported(MOR_Q8_ISA_AVX2) ? MOR_Q8_ISA_AVX2 : MOR_Q8_ISA_REF;
+        __atomic_store_n(&resolved, isa, __ATOMIC_RELAXED);
     }
     return (mor_q8_isa)isa;
-}
-
-int mor_q8_set_isa(mor_q8_isa isa) {
-    if (isa == MOR_Q8_ISA_AUTO) isa = best_isa();
-    if (!mor_q8_isa_supported(isa)) return -1;
-    __atomic_store_n(&current_isa, (int)isa, __ATOMIC_RELAXED);
-    return (int)isa;
 }
 
 static block_fn isa_block(mor_q8_isa isa) {
@@ -352,6 +343,11 @@ static block_fn isa_block(mor_q8_isa isa) {
 
 void mor_q8_matmul(float *Y, const float *X, const uint8_t *W, int n, int out, int in,
                    int n_threads) {
+    mor_q8_matmul_isa(MOR_Q8_ISA_AUTO, Y, X, W, n, out, in, n_threads);
+}
+
+void mor_q8_matmul_isa(mor_q8_isa isa, float *Y, const float *X, const uint8_t *W, int n, int out,
+                       int in, int n_threads) {
     int nb = mor_q8_row_blocks(in);
     size_t per_vec = (size_t)nb * (MOR_Q8_BLOCK + sizeof(float));
     /* the quantized activations: 32 int8 and one float scale per block */
@@ -366,7 +362,7 @@ void mor_q8_matmul(float *Y, const float *X, const uint8_t *W, int n, int out, i
             chunk = fit;
         }
     }
-    block_fn block = isa_block(mor_q8_current_isa());
+    block_fn block = isa_block(isa == MOR_Q8_ISA_AUTO ? best_isa() : isa);
     int n_blocks = (out + 3) / 4;
     int par = n_threads > 1 && (size_t)out * (size_t)in >= PARALLEL_MIN_WEIGHTS;
     for (int v0 = 0; v0 < n; v0 += chunk) {

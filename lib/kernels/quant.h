@@ -27,11 +27,10 @@ void mor_q8_matmul(float *Y, const float *X, const uint8_t *W, int n, int out, i
 typedef enum { MOR_Q8_ISA_AUTO = -1, MOR_Q8_ISA_REF = 0, MOR_Q8_ISA_AVX2, MOR_Q8_ISA_VNNI } mor_q8_isa;
 /* 1 when this CPU (and build) can run isa. */
 int mor_q8_isa_supported(mor_q8_isa isa);
-/* Forces isa for the following products (AUTO: the best supported);
- * returns the isa in use, or -1 when isa is not supported (nothing changes). */
-int mor_q8_set_isa(mor_q8_isa isa);
-/* The isa mor_q8_matmul runs now. */
-mor_q8_isa mor_q8_current_isa(void);
+/* mor_q8_matmul on the given path (AUTO: the best this CPU has, what
+ * mor_q8_matmul runs); isa must be supported. For tests and benchmarks. */
+void mor_q8_matmul_isa(mor_q8_isa isa, float *Y, const float *X, const uint8_t *W, int n, int out,
+                       int in, int n_threads);
 
 /* An activation row quantized per block: nb = mor_q8_row_blocks(n) blocks,
  * q (nb*32 int8, zero-padded), d (nb float32 scales). */
