@@ -26,12 +26,11 @@ enum { PATH_AVX2, PATH_AVX512, PATH_SGEMM, PATH_Q8_AVX2, PATH_Q8_VNNI };
 static double time_product(int path, float *Y, const float *X, const float *W, const uint16_t *Wh,
                            const uint8_t *Wq, int n, int out, int in, int nt, int reps) {
     double best = 1e30;
-    if (path == PATH_Q8_AVX2 || path == PATH_Q8_VNNI)
-        mor_q8_set_isa(path == PATH_Q8_VNNI ? MOR_Q8_ISA_VNNI : MOR_Q8_ISA_AVX2);
     for (int r = 0; r <= reps; r++) {
         double t0 = bench_now(nt);
         if (path == PATH_Q8_AVX2 || path == PATH_Q8_VNNI)
-            mor_q8_matmul(Y, X, Wq, n, out, in, nt);
+            mor_q8_matmul_isa(path == PATH_Q8_VNNI ? MOR_Q8_ISA_VNNI : MOR_Q8_ISA_AVX2, Y, X, Wq, n, out,
+                              in, nt);
         else if (path == PATH_SGEMM)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, X, in, W, in,
                         0.0f, Y, out);
@@ -103,7 +102,6 @@ int main(int argc, char **argv) {
         }
         mor_free_big(W), mor_free_big(Wh), mor_free_big(Wq), mor_free_big(X), mor_free_big(Y);
     }
-    mor_q8_set_isa(MOR_Q8_ISA_AUTO);
     mor_threads_end(saved);
     return 0;
 }

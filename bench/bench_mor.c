@@ -223,71 +223,49 @@ static int parse_dtype(const char *s) {
     return !s ? DT_F32 : !strcmp(s, "bf16") ? DT_BF16 : !strcmp(s, "q8_0") ? DT_Q8 : DT_F32;
 }
 
-/* Matrices rounded to BF16 in place of the F32 ones (the kernels widen them
- * as they read, as for a BF16 checkpoint); norms and routers stay F32. The
- * BF16 copies are left for the process's end. */
-static const uint16_t *to_bf16(const float **w, size_t n) {
-    uint16_t *h = malloc(n * sizeof *h);
-    if (!h) die("bf16 weights", NULL);
-    for (size_t i = 0; i < n; i++) h[i] = mor_f32_to_bf16((*w)[i]);
-    *w = NULL;
-    return h;
-}
-
-static void cast_bf16(bench_model *b) {
-    mor_model *m = &b->m;
-    const mor_config *c = &m->cfg;
-    size_t D = c->dim, QD = (size_t)c->n_heads * c->head_dim, KVD = (size_t)c->n_kv_heads * c->head_dim,
-           F = c->hidden_dim, V = c->vocab_size;
-    for (int l = 0; l < mor_config_n_phys_layers(c); l++) {
-        mor_layer_weights *w = &m->layers[l];
-        w->wq_h = to_bf16(&w->wq, QD * D);
-        w->wk_h = to_bf16(&w->wk, KVD * D);
-        w->wv_h = to_bf16(&w->wv, KVD * D);
-        w->wo_h = to_bf16(&w->wo, D * QD);
-        w->w_gate_h = to_bf16(&w->w_gate, F * D);
-        w->w_up_h = to_bf16(&w->w_up, F * D);
-        w->w_down_h = to_bf16(&w->w_down, D * F);
+/* Matrix w (out, in) replaced by its BF16 bits (*h) or its Q8_0 rows (*q), as
+ * a checkpoint of that dtype gives them to the kernels; *w becomes NULL. The
+ * copies are left for the process's end. */
+static void cast_matrix(const float **w, const uint16_t **h, const uint8_t **q, size_t out, size_t in,
+                        int dt) {
+    if (dt == DT_BF16) {
+        uint16_t *hb = malloc(out * in * sizeof *hb);
+        if (!hb) die("bf16 weights", NULL);
+        for (size_t i = 0; i < out * in; i++) hb[i] = mor_f32_to_bf16((*w)[i]);
+        *h = hb;
+    } else {
+        size_t rb = mor_q8_row_bytes((int64_t)in);
+        uint8_t *qb = malloc(out * rb);
+        if (!qb) die("q8_0 weights", NULL);
+        for (size_t r = 0; r < out; r++) mor_q8_quantize_row(qb + r * rb, *w + r * in, (int64_t)in);
+        *q = qb;
     }
-    m->embed_h = m->lm_head_h = to_bf16(&m->embed, V * D); /* tied */
-    m->lm_head = NULL;
-    for (int l = 0; l < c->n_layers; l++) m->unrolled[l] = m->layers[m->layer_map[l]];
-}
-
-/* Matrices (out, in) quantized to Q8_0 rows in place of the F32 ones (the
- * kernels read them as for a Q8_0 checkpoint); norms and routers stay F32. */
-static const uint8_t *to_q8(const float **w, size_t out, size_t in) {
-    size_t rb = mor_q8_row_bytes((int64_t)in);
-    uint8_t *q = malloc(out * rb);
-    if (!q) die("q8_0 weights", NULL);
-    for (size_t r = 0; r < out; r++) mor_q8_quantize_row(q + r * rb, *w + r * in, (int64_t)in);
     *w = NULL;
-    return q;
 }
 
-static void cast_q8(bench_model *b) {
-    mor_model *m = &b->m;
-    const mor_config *c = &m->cfg;
-    size_t D = c->dim, QD = (size_t)c->n_heads * c->head_dim, KVD = (size_t)c->n_kv_heads * c->head_dim,
-           F = c->hidden_dim, V = c->vocab_size;
-    for (int l = 0; l < mor_config_n_phys_layers(c); l++) {
-        mor_layer_weights *w = &m->layers[l];
-        w->wq_q = to_q8(&w->wq, QD, D);
-        w->wk_q = to_q8(&w->wk, KVD, D);
-        w->wv_q = to_q8(&w->wv, KVD, D);
-        w->wo_q = to_q8(&w->wo, D, QD);
-        w->w_gate_q = to_q8(&w->w_gate, F, D);
-        w->w_up_q = to_q8(&w->w_up, F, D);
-        w->w_down_q = to_q8(&w->w_down, D, F);
-    }
-    m->embed_q = m->lm_head_q = to_q8(&m->embed, V, D); /* tied */
-    m->lm_head = NULL;
-    for (int l = 0; l < c->n_layers; l++) m->unrolled[l] = m->layers[m->layer_map[l]];
-}
-
+/* Every matrix cast to dt (norms and routers stay F32), as mor-convert cast
+ * --dtype bf16 / q8_0 would; F32 leaves the model as built. */
 static void cast_weights(bench_model *b, int dt) {
-    if (dt == DT_BF16) cast_bf16(b);
-    if (dt == DT_Q8) cast_q8(b);
+    if (dt == DT_F32) return;
+    mor_model *m = &b->m;
+    const mor_config *c = &m->cfg;
+    size_t D = c->dim, QD = (size_t)c->n_heads * c->head_dim, KVD = (size_t)c->n_kv_heads * c->head_dim,
+           F = c->hidden_dim, V = c->vocab_size;
+    for (int l = 0; l < mor_config_n_phys_layers(c); l++) {
+        mor_layer_weights *w = &m->layers[l];
+        cast_matrix(&w->wq, &w->wq_h, &w->wq_q, QD, D, dt);
+        cast_matrix(&w->wk, &w->wk_h, &w->wk_q, KVD, D, dt);
+        cast_matrix(&w->wv, &w->wv_h, &w->wv_q, KVD, D, dt);
+        cast_matrix(&w->wo, &w->wo_h, &w->wo_q, D, QD, dt);
+        cast_matrix(&w->w_gate, &w->w_gate_h, &w->w_gate_q, F, D, dt);
+        cast_matrix(&w->w_up, &w->w_up_h, &w->w_up_q, F, D, dt);
+        cast_matrix(&w->w_down, &w->w_down_h, &w->w_down_q, D, F, dt);
+    }
+    cast_matrix(&m->embed, &m->embed_h, &m->embed_q, V, D, dt); /* tied: the head reads it too */
+    m->lm_head = NULL;
+    m->lm_head_h = m->embed_h;
+    m->lm_head_q = m->embed_q;
+    for (int l = 0; l < c->n_layers; l++) m->unrolled[l] = m->layers[m->layer_map[l]];
 }
 
 /* Bytes of the weights as the kernels read them (matrices 2 bytes in BF16,
